@@ -1,0 +1,89 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetShardMapRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SlotRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("node", "dc", "address")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DC_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    dc: str
+    address: str
+    def __init__(self, node: _Optional[str] = ..., dc: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class Shard(_message.Message):
+    __slots__ = ("shard_id", "slots", "replicas", "leader_node")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_NODE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    slots: _containers.RepeatedCompositeFieldContainer[SlotRange]
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    leader_node: str
+    def __init__(self, shard_id: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotRange, _Mapping]]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., leader_node: _Optional[str] = ...) -> None: ...
+
+class ShardMap(_message.Message):
+    __slots__ = ("version", "slot_count", "shards")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SLOT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    slot_count: int
+    shards: _containers.RepeatedCompositeFieldContainer[Shard]
+    def __init__(self, version: _Optional[int] = ..., slot_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[Shard, _Mapping]]] = ...) -> None: ...
+
+class GetNodeStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LEADER_NODE_FIELD_NUMBER: _ClassVar[int]
+    HAS_QUORUM_FIELD_NUMBER: _ClassVar[int]
+    LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    role: str
+    term: int
+    commit_index: int
+    applied_index: int
+    leader_node: str
+    has_quorum: bool
+    log_size: int
+    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node", "dc", "address", "replicas", "shard_map_version")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DC_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    dc: str
+    address: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    shard_map_version: int
+    def __init__(self, node: _Optional[str] = ..., dc: _Optional[str] = ..., address: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., shard_map_version: _Optional[int] = ...) -> None: ...
