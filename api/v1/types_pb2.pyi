@@ -48,6 +48,7 @@ class CreateAccountResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_CODE: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_EXISTS: _ClassVar[CreateAccountResult]
+    CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: _ClassVar[CreateAccountResult]
 
 class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -112,6 +113,7 @@ class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_TRANSFER_RESULT_CREDIT_ACCOUNT_ALREADY_CLOSED: _ClassVar[CreateTransferResult]
     CREATE_TRANSFER_RESULT_ACCOUNTS_ON_DIFFERENT_SHARDS: _ClassVar[CreateTransferResult]
     CREATE_TRANSFER_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: _ClassVar[CreateTransferResult]
+    CREATE_TRANSFER_RESULT_INTERNAL_ERROR: _ClassVar[CreateTransferResult]
 ACCOUNT_FLAG_NONE: AccountFlag
 ACCOUNT_FLAG_LINKED: AccountFlag
 ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS: AccountFlag
@@ -146,6 +148,7 @@ CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_USER_DATA_32: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_CODE: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS: CreateAccountResult
+CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: CreateAccountResult
 CREATE_TRANSFER_RESULT_CREATED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_FAILED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_CHAIN_OPEN: CreateTransferResult
@@ -207,6 +210,7 @@ CREATE_TRANSFER_RESULT_DEBIT_ACCOUNT_ALREADY_CLOSED: CreateTransferResult
 CREATE_TRANSFER_RESULT_CREDIT_ACCOUNT_ALREADY_CLOSED: CreateTransferResult
 CREATE_TRANSFER_RESULT_ACCOUNTS_ON_DIFFERENT_SHARDS: CreateTransferResult
 CREATE_TRANSFER_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: CreateTransferResult
+CREATE_TRANSFER_RESULT_INTERNAL_ERROR: CreateTransferResult
 
 class U128(_message.Message):
     __slots__ = ("hi", "lo")
