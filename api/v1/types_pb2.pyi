@@ -49,6 +49,7 @@ class CreateAccountResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_CODE: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_EXISTS: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: _ClassVar[CreateAccountResult]
+    CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: _ClassVar[CreateAccountResult]
 
 class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -149,6 +150,7 @@ CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_CODE: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS: CreateAccountResult
 CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: CreateAccountResult
+CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: CreateAccountResult
 CREATE_TRANSFER_RESULT_CREATED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_FAILED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_CHAIN_OPEN: CreateTransferResult
