@@ -1,0 +1,87 @@
+"""Request-level failures as canonical gRPC codes with google.rpc rich details.
+
+Reasons (google.rpc.ErrorInfo, domain "tidebank.v1") a client can act on:
+NOT_LEADER and NO_LEADER (retry, after refreshing the shard map), OVERLOADED
+(back off), OUTCOME_UNKNOWN (the write may have applied: retry the same ids or
+look them up). INVALID_ARGUMENT carries google.rpc.BadRequest field violations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "tidebank.v1"
+
+
+class RequestError(Exception):
+    """Raised inside a handler; the servicer turns it into a gRPC status."""
+
+    def __init__(self, status: status_pb2.Status):
+        super().__init__(status.message)
+        self.status = status
+
+
+def _status(code: int, message: str, *details) -> status_pb2.Status:
+    status = status_pb2.Status(code=code, message=message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status
+
+
+def invalid_argument(violations: Iterable[tuple[str, str]]) -> RequestError:
+    violations = list(violations)
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                          for f, d in violations])
+    message = "; ".join(f"{f}: {d}" for f, d in violations)
+    return RequestError(_status(code_pb2.INVALID_ARGUMENT, message, bad_request))
+
+
+def retryable(reason: str, message: str, code: int = code_pb2.UNAVAILABLE, **metadata: object) -> RequestError:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN,
+                                       metadata={k: str(v) for k, v in metadata.items() if v is not None})
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromMilliseconds(50)
+    return RequestError(_status(code, message, info, retry))
+
+
+def not_leader(shard_id: int, leader_address: str | None) -> RequestError:
+    if leader_address is None:
+        return retryable("NO_LEADER", f"shard {shard_id} has no leader right now", shard_id=shard_id)
+    return retryable("NOT_LEADER", f"shard {shard_id} is led by {leader_address}", shard_id=shard_id,
+                     leader_address=leader_address)
+
+
+def overloaded(shard_id: int, why: str) -> RequestError:
+    return retryable("OVERLOADED", f"shard {shard_id} is overloaded: {why}",
+                     code=code_pb2.RESOURCE_EXHAUSTED, shard_id=shard_id)
+
+
+def outcome_unknown(shard_id: int, why: str) -> RequestError:
+    return retryable("OUTCOME_UNKNOWN", f"shard {shard_id}: outcome unknown ({why}); retry the same ids "
+                     "or look them up", shard_id=shard_id)
+
+
+def internal(message: str) -> RequestError:
+    return RequestError(_status(code_pb2.INTERNAL, message))
+
+
+def abort(context: grpc.ServicerContext, error: RequestError) -> None:
+    context.abort_with_status(rpc_status.to_status(error.status))
+
+
+def from_rpc_error(error: grpc.RpcError) -> RequestError:
+    """Pass a forwarded call's failure on unchanged, details included."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        status = status_pb2.Status(code=code.value[0], message=str(error.details() if hasattr(error, "details")
+                                                                     else error))
+    return RequestError(status)

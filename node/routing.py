@@ -1,0 +1,136 @@
+"""Which shard holds a key, and how a client batch splits into per-shard batches.
+
+Keys hash to slots (`tidebank.keys.slot_of`); a versioned shard map assigns slot
+ranges to shards. A batch is split by the shard of each item's routing key
+(account id; a transfer's debit account id) keeping every linked chain whole.
+Items that cannot be placed on one shard get their result code here and never
+reach a state machine, so nothing is ever applied half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tidebank.keys import slot_of
+from tidebank.node.records import Account, AccountFlags, Transfer, TransferFlags
+from tidebank.node.results import CreateAccountResult, CreateTransferResult
+
+
+class ShardMap:
+    """Slot ranges per shard, with a version that grows whenever slots move."""
+
+    def __init__(self, version: int, slot_count: int, slot_ranges: dict[int, Sequence[tuple[int, int]]]):
+        self.version = version
+        self.slot_count = slot_count
+        self.slot_ranges = {shard: tuple(ranges) for shard, ranges in slot_ranges.items()}
+        owner = [-1] * slot_count
+        for shard, ranges in self.slot_ranges.items():
+            for start, end in ranges:
+                for slot in range(start, end):
+                    if owner[slot] != -1:
+                        raise ValueError(f"slot {slot} is assigned to shards {owner[slot]} and {shard}")
+                    owner[slot] = shard
+        missing = [slot for slot, shard in enumerate(owner) if shard == -1]
+        if missing:
+            raise ValueError(f"{len(missing)} slots have no shard (first: {missing[0]})")
+        self._owner = owner
+
+    def shard_of(self, key_id: int) -> int:
+        return self._owner[slot_of(key_id, self.slot_count)]
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return sorted(self.slot_ranges)
+
+
+@dataclass
+class SubBatch:
+    """The items of one request that go to one shard, with their request positions."""
+
+    shard_id: int
+    positions: list[int] = field(default_factory=list)
+    items: list = field(default_factory=list)
+
+
+@dataclass
+class RoutedBatch:
+    size: int
+    sub_batches: dict[int, SubBatch]
+    codes: dict[int, int]  # request position -> result code decided by routing
+
+    def merge(self, shard_codes: dict[int, Sequence[int]]) -> list[int]:
+        """Per-item codes in request order, from each shard's codes for its sub-batch."""
+        merged = [-1] * self.size
+        for position, code in self.codes.items():
+            merged[position] = code
+        for shard_id, codes in shard_codes.items():
+            sub = self.sub_batches[shard_id]
+            assert len(codes) == len(sub.positions), "a shard answered a different number of items"
+            for position, code in zip(sub.positions, codes, strict=True):
+                merged[position] = code
+        assert all(code >= 0 for code in merged), "an item got no result"
+        return merged
+
+
+def chains(flags: Sequence[int], linked_bit: int) -> list[range]:
+    """Position ranges of linked chains; a lone item is a chain of one."""
+    spans, start = [], 0
+    for position, item_flags in enumerate(flags):
+        if not item_flags & linked_bit:
+            spans.append(range(start, position + 1))
+            start = position + 1
+    if start < len(flags):
+        spans.append(range(start, len(flags)))  # left open: the state machine reports it
+    return spans
+
+
+def _route(items: Sequence, place: Callable[[object], tuple[int | None, int | None]],
+           linked_bit: int, linked_event_failed: int, spans_shards: int) -> RoutedBatch:
+    routed = RoutedBatch(size=len(items), sub_batches={}, codes={})
+    for span in chains([item.flags for item in items], linked_bit):
+        chain_shard, failure = None, None
+        for position in span:
+            shard, code = place(items[position])
+            if code is None and chain_shard is not None and shard != chain_shard:
+                code = spans_shards
+            if code is not None:
+                failure = (position, code)
+                break
+            chain_shard = shard if chain_shard is None else chain_shard
+        if failure is not None:
+            for position in span:
+                routed.codes[position] = failure[1] if position == failure[0] else linked_event_failed
+            continue
+        sub = routed.sub_batches.setdefault(chain_shard, SubBatch(chain_shard))
+        for position in span:
+            sub.positions.append(position)
+            sub.items.append(items[position])
+    return routed
+
+
+def route_accounts(accounts: Sequence[Account], shard_map: ShardMap) -> RoutedBatch:
+    def place(account: Account) -> tuple[int, None]:
+        return shard_map.shard_of(account.id), None
+
+    return _route(accounts, place, AccountFlags.LINKED, CreateAccountResult.linked_event_failed,
+                  CreateAccountResult.chain_spans_shards)
+
+
+_CLOSES_PENDING = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
+
+
+def route_transfers(transfers: Sequence[Transfer], shard_map: ShardMap) -> RoutedBatch:
+    """A transfer lives on its debit account's shard; both accounts must share it for now."""
+
+    def place(transfer: Transfer) -> tuple[int | None, int | None]:
+        if transfer.debit_account_id == 0 and transfer.flags & _CLOSES_PENDING:
+            # The debit account is the routing key, so a post or void must name it.
+            return None, CreateTransferResult.debit_account_id_must_not_be_zero
+        shard = shard_map.shard_of(transfer.debit_account_id)
+        if transfer.credit_account_id and shard_map.shard_of(transfer.credit_account_id) != shard:
+            return shard, CreateTransferResult.accounts_on_different_shards
+        return shard, None
+
+    return _route(transfers, place, TransferFlags.LINKED, CreateTransferResult.linked_event_failed,
+                  CreateTransferResult.accounts_on_different_shards)

@@ -1,0 +1,188 @@
+"""The storage node process: one replica per shard placed here, one gRPC server.
+
+`python -m tidebank.node --config cluster.toml --node NAME` runs it until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tidebank.cluster.topology import NodeSpec, Topology
+from tidebank.node import metrics
+from tidebank.node.routing import ShardMap
+from tidebank.node.service import AdminService, LedgerService, NodeView, generic_handlers
+from tidebank.node.shard import ShardHost
+from tidebank.v1 import admin_pb2, ledger_pb2, ledger_pb2_grpc
+
+log = logging.getLogger("tidebank.node")
+
+GRPC_WORKERS = 64
+GRPC_CONCURRENT_RPCS_MAX = 1024
+GRPC_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a port clash must fail loudly (FACTS.md)
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+]
+PULSE_PERIOD_S = 0.5
+
+
+class Node(NodeView):
+    """The shards hosted here plus what is needed to reach the other nodes."""
+
+    def __init__(self, topology: Topology, node_name: str):
+        self.topology = topology
+        self.spec: NodeSpec = topology.node(node_name)
+        self.shard_map = ShardMap(topology.shard_map_version, topology.slot_count,
+                                  {s.shard_id: s.slots for s in topology.shards})
+        self._node_by_raft: dict[str, NodeSpec] = {}
+        for shard in topology.shards:
+            for replica_name in shard.replicas:
+                spec = topology.node(replica_name)
+                self._node_by_raft[spec.raft_address(shard.shard_id)] = spec
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, ledger_pb2_grpc.LedgerStub] = {}
+        self._channels_lock = threading.Lock()
+        self.shards: dict[int, ShardHost] = {}
+        for shard in topology.shards_on(node_name):
+            partners = [topology.node(name).raft_address(shard.shard_id) for name in shard.replicas
+                        if name != node_name]
+            self.shards[shard.shard_id] = ShardHost(
+                shard_id=shard.shard_id,
+                raft_address=self.spec.raft_address(shard.shard_id),
+                partner_addresses=partners,
+                data_dir=topology.node_data_dir(node_name) / f"shard-{shard.shard_id}",
+                secret=topology.secret,
+            )
+        self._stopping = threading.Event()
+        self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)
+        self._pulse.start()
+
+    # --- NodeView ---------------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.spec.grpc_address
+
+    def local_shard(self, shard_id: int) -> ShardHost | None:
+        return self.shards.get(shard_id)
+
+    def leader_spec(self, shard_id: int) -> NodeSpec | None:
+        host = self.shards.get(shard_id)
+        if host is None:
+            return None
+        raft_address = host.leader_raft_address()
+        return self._node_by_raft.get(raft_address) if raft_address else None
+
+    def leader_address(self, shard_id: int) -> str | None:
+        spec = self.leader_spec(shard_id)
+        return spec.grpc_address if spec else None
+
+    def replica_addresses(self, shard_id: int) -> list[str]:
+        return [self.topology.node(name).grpc_address for name in self.topology.shard(shard_id).replicas]
+
+    def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+        with self._channels_lock:
+            stub = self._stubs.get(address)
+            if stub is None:
+                channel = grpc.insecure_channel(address, options=GRPC_OPTIONS[1:])
+                self._channels[address] = channel
+                stub = self._stubs[address] = ledger_pb2_grpc.LedgerStub(channel)
+            return stub
+
+    # --- admin ------------------------------------------------------------------------------------------
+    def node_status(self) -> admin_pb2.NodeStatus:
+        status = admin_pb2.NodeStatus(node=self.spec.name, dc=self.spec.dc, address=self.spec.grpc_address,
+                                      shard_map_version=self.shard_map.version)
+        for shard_id, host in sorted(self.shards.items()):
+            s = host.status()
+            leader = self.leader_spec(shard_id)
+            status.replicas.add(shard_id=shard_id, role=s["role"], term=s["term"], commit_index=s["commit_index"],
+                                applied_index=s["applied_index"], leader_node=leader.name if leader else "",
+                                has_quorum=bool(s.get("has_quorum")), log_size=s.get("log_size", 0))
+        return status
+
+    def shard_map_message(self) -> admin_pb2.ShardMap:
+        message = admin_pb2.ShardMap(version=self.shard_map.version, slot_count=self.shard_map.slot_count)
+        for shard in self.topology.shards:
+            leader = self.leader_spec(shard.shard_id)
+            entry = message.shards.add(shard_id=shard.shard_id, leader_node=leader.name if leader else "")
+            for start, end in shard.slots:
+                entry.slots.add(start=start, end=end)
+            for name in shard.replicas:
+                spec = self.topology.node(name)
+                entry.replicas.add(node=spec.name, dc=spec.dc, address=spec.grpc_address)
+        return message
+
+    # --- expiry pulse -----------------------------------------------------------------------------------
+    def _pulse_loop(self) -> None:
+        """Pending transfers expire inside apply, on cluster time; a leader with nothing to write
+        proposes an empty entry when a timeout is due so expiry does not wait for traffic."""
+        while not self._stopping.wait(PULSE_PERIOD_S):
+            for host in list(self.shards.values()):
+                try:
+                    if host.is_leader() and host.expiry_due():
+                        host.barrier()
+                except Exception:
+                    log.exception("shard %d: expiry pulse failed", host.shard_id)
+
+    def close(self) -> None:
+        self._stopping.set()
+        for host in self.shards.values():
+            host.close()
+        with self._channels_lock:
+            for channel in self._channels.values():
+                channel.close()
+
+
+def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
+    node = Node(topology, node_name)
+    server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
+                         options=GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_CONCURRENT_RPCS_MAX)
+    ledger = metrics.instrument(LedgerService(node))
+    admin = AdminService(node.node_status, node.shard_map_message)
+    for handler in generic_handlers(ledger, admin):
+        server.add_generic_rpc_handlers((handler,))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_names = ("tidebank.v1.Ledger", "tidebank.v1.Admin")
+    reflection.enable_server_reflection(
+        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+    _ = ledger_pb2  # the Ledger/Admin descriptors must be loaded for reflection
+    if server.add_insecure_port(node.spec.grpc_address) == 0:
+        node.close()
+        raise SystemExit(f"cannot listen on {node.spec.grpc_address}")
+    server.start()
+    for name in ("", *service_names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics.start(node, node.spec)
+    log.info("node %s (%s) serving on %s with shards %s", node.spec.name, node.spec.dc, node.spec.grpc_address,
+             sorted(node.shards))
+    try:
+        stop.wait()
+    finally:
+        log.info("node %s stopping", node.spec.name)
+        health_servicer.enter_graceful_shutdown()
+        server.stop(grace=2).wait(5)
+        node.close()
+
+
+def main(config_path: str, node_name: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    topology = Topology.load(config_path)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    started = time.monotonic()
+    serve(topology, node_name, stop)
+    log.info("node %s stopped after %.1f s", node_name, time.monotonic() - started)
+    return 0

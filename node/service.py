@@ -1,0 +1,394 @@
+"""gRPC servicers: validate, route to shard leaders, wait, translate.
+
+Nothing about money is decided here: the state machine decides every per-item
+code, the router decides placement. This module checks the request's shape,
+splits it by shard, runs each part on the local leader (through its batcher) or
+forwards it to the leader's node, and merges the answers in request order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+
+from tidebank.node import convert, errors
+from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.records import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
+from tidebank.node.routing import ShardMap, route_accounts, route_transfers
+from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
+from tidebank.v1 import admin_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
+
+log = logging.getLogger(__name__)
+
+HOPS_HEADER = "x-tidebank-hops"
+HOPS_MAX = 2
+WAIT_DEFAULT_S = 30.0
+PAGE_SIZE_DEFAULT = 100
+LINEARIZABLE = ledger_pb2.READ_CONSISTENCY_LINEARIZABLE
+
+
+class NodeView:
+    """What the servicers need to know about the node they run on (implemented by server.Node)."""
+
+    shard_map: ShardMap
+
+    def local_shard(self, shard_id: int):  # -> ShardHost | None
+        raise NotImplementedError
+
+    def leader_address(self, shard_id: int) -> str | None:
+        """gRPC address of the shard's leader as seen from here."""
+        raise NotImplementedError
+
+    def replica_addresses(self, shard_id: int) -> list[str]:
+        raise NotImplementedError
+
+    def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class _Call:
+    """Context shared by the parts of one request."""
+
+    context: grpc.ServicerContext
+    hops: int
+    wait_s: float
+
+
+def _call(context: grpc.ServicerContext) -> _Call:
+    hops = 0
+    for key, value in context.invocation_metadata() or ():
+        if key == HOPS_HEADER:
+            try:
+                hops = int(value)
+            except ValueError:
+                hops = HOPS_MAX
+    remaining = context.time_remaining()
+    wait_s = WAIT_DEFAULT_S if remaining is None else max(0.0, min(remaining - 0.05, WAIT_DEFAULT_S))
+    return _Call(context, hops, wait_s)
+
+
+def _chain_future(source: grpc.Future, transform: Callable) -> Future:
+    target: Future = Future()
+
+    def done(f: grpc.Future) -> None:
+        try:
+            target.set_result(transform(f.result()))
+        except grpc.RpcError as exc:
+            target.set_exception(exc)
+        except Exception as exc:  # transform bug: surfaced as INTERNAL by the waiter
+            target.set_exception(exc)
+
+    source.add_done_callback(done)
+    return target
+
+
+class LedgerService(ledger_pb2_grpc.LedgerServicer):
+    def __init__(self, node: NodeView):
+        self.node = node
+
+    # --- writes -----------------------------------------------------------------------------------------
+    def CreateAccounts(self, request: ledger_pb2.CreateAccountsRequest, context) -> ledger_pb2.CreateAccountsResponse:
+        _check_batch_size("accounts", len(request.accounts))
+        accounts = [convert.account_from_pb(m) for m in request.accounts]
+        routed = route_accounts(accounts, self.node.shard_map)
+        call = _call(context)
+        parts = {}
+        for shard_id, sub in routed.sub_batches.items():
+            forward = ledger_pb2.CreateAccountsRequest(accounts=[request.accounts[i] for i in sub.positions])
+            parts[shard_id] = self._write(call, shard_id, Operation(OP_CREATE_ACCOUNTS, sub.items),
+                                          "CreateAccounts", forward)
+        codes = routed.merge(self._wait_writes(call, parts))
+        return ledger_pb2.CreateAccountsResponse(results=codes)
+
+    def CreateTransfers(self, request: ledger_pb2.CreateTransfersRequest, context) -> ledger_pb2.CreateTransfersResponse:
+        _check_batch_size("transfers", len(request.transfers))
+        transfers = [convert.transfer_from_pb(m) for m in request.transfers]
+        routed = route_transfers(transfers, self.node.shard_map)
+        call = _call(context)
+        parts = {}
+        for shard_id, sub in routed.sub_batches.items():
+            forward = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[i] for i in sub.positions])
+            parts[shard_id] = self._write(call, shard_id, Operation(OP_CREATE_TRANSFERS, sub.items),
+                                          "CreateTransfers", forward)
+        codes = routed.merge(self._wait_writes(call, parts))
+        return ledger_pb2.CreateTransfersResponse(results=codes)
+
+    def _write(self, call: _Call, shard_id: int, operation: Operation, method: str, forward_request) -> Future:
+        host = self.node.local_shard(shard_id)
+        if host is not None and host.is_leader():
+            try:
+                return host.submit(operation)
+            except OverloadedError as exc:
+                raise errors.overloaded(shard_id, str(exc)) from exc
+            except NotAppliedError:
+                pass  # lost leadership meanwhile: forward below
+        return self._forward(call, shard_id, method, forward_request, lambda response: list(response.results))
+
+    def _forward(self, call: _Call, shard_id: int, method: str, request, transform: Callable) -> Future:
+        leader = self.node.leader_address(shard_id)
+        if leader is None and self.node.local_shard(shard_id) is None:
+            # Not hosting this shard: ask a node that does; it forwards or names the leader.
+            leader = next(iter(self.node.replica_addresses(shard_id)), None)
+        if leader is None or leader == self.node.address or call.hops >= HOPS_MAX:
+            raise errors.not_leader(shard_id, leader if leader != self.node.address else None)
+        stub = self.node.ledger_stub(leader)
+        rpc = getattr(stub, method).future(request, timeout=call.wait_s,
+                                           metadata=((HOPS_HEADER, str(call.hops + 1)),))
+        return _chain_future(rpc, transform)
+
+    def _wait_writes(self, call: _Call, parts: dict[int, Future]) -> dict[int, list[int]]:
+        """Every part's codes, or the most actionable failure as a status (some parts may have applied:
+        a retry with the same ids is safe and answers `exists` for those)."""
+        results, failure = {}, None
+        for shard_id, future in parts.items():
+            try:
+                results[shard_id] = future.result(timeout=call.wait_s)
+            except FutureTimeout:
+                failure = failure or errors.outcome_unknown(shard_id, "no commit before the deadline")
+            except OutcomeUnknownError as exc:
+                failure = failure or errors.outcome_unknown(shard_id, str(exc))
+            except NotAppliedError:
+                # Certainly not applied (leadership moved or the node is stopping): retry elsewhere.
+                failure = failure or errors.not_leader(shard_id, self.node.leader_address(shard_id))
+            except grpc.RpcError as exc:
+                failure = failure or _forwarded_write_failure(shard_id, exc)
+            except Exception as exc:
+                log.exception("shard %d: write failed", shard_id)
+                failure = failure or errors.internal(f"shard {shard_id}: {exc}")
+        if failure is not None:
+            raise failure
+        return results
+
+    # --- reads ------------------------------------------------------------------------------------------
+    def LookupAccounts(self, request: ledger_pb2.LookupAccountsRequest, context) -> ledger_pb2.LookupAccountsResponse:
+        _check_batch_size("ids", len(request.ids))
+        ids = [convert.u128_from_pb(m) for m in request.ids]
+        found = self._lookup(_call(context), ids, request.consistency, "LookupAccounts",
+                             lambda host, part: host.lookup_accounts(part),
+                             lambda response: [convert.account_from_pb(m) for m in response.accounts],
+                             ledger_pb2.LookupAccountsRequest)
+        response = ledger_pb2.LookupAccountsResponse()
+        for key in ids:
+            if key in found:
+                convert.account_to_pb(found[key], response.accounts.add())
+        return response
+
+    def LookupTransfers(self, request: ledger_pb2.LookupTransfersRequest, context) -> ledger_pb2.LookupTransfersResponse:
+        _check_batch_size("ids", len(request.ids))
+        ids = [convert.u128_from_pb(m) for m in request.ids]
+        # A transfer lives on its debit account's shard, which its id does not tell: ask every shard.
+        found = self._lookup(_call(context), ids, request.consistency, "LookupTransfers",
+                             lambda host, part: host.lookup_transfers(part),
+                             lambda response: [convert.transfer_from_pb(m) for m in response.transfers],
+                             ledger_pb2.LookupTransfersRequest, every_shard=True)
+        response = ledger_pb2.LookupTransfersResponse()
+        for key in ids:
+            if key in found:
+                convert.transfer_to_pb(found[key], response.transfers.add())
+        return response
+
+    def _lookup(self, call: _Call, ids: Sequence[int], consistency: int, method: str,
+                read_local: Callable, from_response: Callable, request_cls, every_shard: bool = False) -> dict:
+        by_shard: dict[int, list[int]] = {}
+        if every_shard:
+            by_shard = {shard_id: list(ids) for shard_id in self.node.shard_map.shard_ids}
+        else:
+            for key in ids:
+                by_shard.setdefault(self.node.shard_map.shard_of(key), []).append(key)
+        futures = {shard_id: self._read(call, shard_id, consistency, method,
+                                        lambda host, part=part: read_local(host, part),
+                                        request_cls(ids=[_u128(k) for k in part], consistency=consistency),
+                                        from_response)
+                   for shard_id, part in by_shard.items()}
+        found = {}
+        for shard_id, future in futures.items():
+            for record in self._wait_read(call, shard_id, future):
+                found[record.id] = record
+        return found
+
+    def _read(self, call: _Call, shard_id: int, consistency: int, method: str, read_local: Callable,
+              forward_request, from_response: Callable) -> Future:
+        host = self.node.local_shard(shard_id)
+        if host is not None and consistency != LINEARIZABLE:
+            done: Future = Future()
+            done.set_result(read_local(host))
+            return done
+        if host is not None and host.is_leader():
+            result: Future = Future()
+
+            def after_barrier(barrier: Future) -> None:
+                try:
+                    barrier.result()
+                    result.set_result(read_local(host))
+                except Exception as exc:
+                    result.set_exception(exc)
+
+            try:
+                host.barrier().add_done_callback(after_barrier)
+                return result
+            except (NotAppliedError, OverloadedError):
+                pass
+        return self._forward(call, shard_id, method, forward_request, from_response)
+
+    def _wait_read(self, call: _Call, shard_id: int, future: Future) -> list:
+        try:
+            return future.result(timeout=call.wait_s)
+        except FutureTimeout as exc:
+            raise errors.retryable("NO_LEADER", f"shard {shard_id}: read not confirmed by a leader in time",
+                                   shard_id=shard_id) from exc
+        except (NotAppliedError, OutcomeUnknownError) as exc:
+            raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from exc
+
+    def GetAccountTransfers(self, request: ledger_pb2.GetAccountTransfersRequest, context
+                            ) -> ledger_pb2.GetAccountTransfersResponse:
+        limit = request.limit or PAGE_SIZE_DEFAULT
+        if limit > PAGE_SIZE_MAX:
+            raise errors.invalid_argument([("limit", f"at most {PAGE_SIZE_MAX}, got {limit}")])
+        if request.timestamp_max and request.timestamp_min > request.timestamp_max:
+            raise errors.invalid_argument([("timestamp_min", "must not exceed timestamp_max")])
+        account_id = convert.u128_from_pb(request.account_id)
+        debits, credits = (request.debits, request.credits) if (request.debits or request.credits) else (True, True)
+        timestamp_min, timestamp_max = request.timestamp_min, request.timestamp_max
+        if request.page_token:
+            bound = _decode_page_token(request.page_token, account_id, debits, credits, request.reversed)
+            if request.reversed:
+                timestamp_max = bound
+            else:
+                timestamp_min = bound
+            if timestamp_max and timestamp_min > timestamp_max:
+                return ledger_pb2.GetAccountTransfersResponse()
+        shard_id = self.node.shard_map.shard_of(account_id)
+        query = dict(timestamp_min=timestamp_min, timestamp_max=timestamp_max, limit=limit, debits=debits,
+                     credits=credits, reversed=request.reversed)
+        forward = ledger_pb2.GetAccountTransfersRequest()
+        forward.CopyFrom(request)
+        call = _call(context)
+        future = self._read(call, shard_id, request.consistency, "GetAccountTransfers",
+                            lambda host: host.get_account_transfers(account_id, **query), forward,
+                            lambda response: response)
+        result = self._wait_read(call, shard_id, future)
+        if isinstance(result, ledger_pb2.GetAccountTransfersResponse):
+            return result  # answered by the leader's node, token included
+        response = ledger_pb2.GetAccountTransfersResponse()
+        for transfer in result:
+            convert.transfer_to_pb(transfer, response.transfers.add())
+        if len(result) == limit:
+            last = result[-1].timestamp
+            next_bound = last - 1 if request.reversed else last + 1
+            response.next_page_token = _encode_page_token(account_id, debits, credits, request.reversed,
+                                                          next_bound)
+        return response
+
+
+def _u128(value: int) -> types_pb2.U128:
+    message = types_pb2.U128()
+    convert.u128_to_pb(message, value)
+    return message
+
+
+def _forwarded_write_failure(shard_id: int, exc: grpc.RpcError) -> errors.RequestError:
+    """A forwarded write that failed without an answer may still have applied."""
+    code = exc.code() if hasattr(exc, "code") else None
+    passed_on = errors.from_rpc_error(exc)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.outcome_unknown(shard_id, "the leader did not answer in time")
+    if code == grpc.StatusCode.UNAVAILABLE and not passed_on.status.details:
+        return errors.outcome_unknown(shard_id, "lost the connection to the leader")
+    return passed_on
+
+
+def _check_batch_size(field: str, count: int) -> None:
+    if count > BATCH_ITEMS_MAX:
+        raise errors.invalid_argument([(field, f"at most {BATCH_ITEMS_MAX} items per request, got {count}")])
+
+
+_PAGE_TOKEN = struct.Struct(">16sBQ")
+
+
+def _filter_bits(debits: bool, credits: bool, reversed_: bool) -> int:
+    return int(debits) | int(credits) << 1 | int(reversed_) << 2
+
+
+def _encode_page_token(account_id: int, debits: bool, credits: bool, reversed_: bool, bound: int) -> str:
+    raw = _PAGE_TOKEN.pack(account_id.to_bytes(16, "big"), _filter_bits(debits, credits, reversed_), bound)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, account_id: int, debits: bool, credits: bool, reversed_: bool) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        token_account, bits, bound = _PAGE_TOKEN.unpack(raw)
+    except (binascii.Error, struct.error, ValueError) as exc:
+        raise errors.invalid_argument([("page_token", "not a token this service issued")]) from exc
+    if token_account != account_id.to_bytes(16, "big") or bits != _filter_bits(debits, credits, reversed_):
+        raise errors.invalid_argument([("page_token", "belongs to a different query (account or filters)")])
+    return bound
+
+
+class AdminService:
+    """Admin.GetShardMap and Admin.GetNodeStatus (registered through the same raw-bytes handlers)."""
+
+    def __init__(self, node_status: Callable[[], admin_pb2.NodeStatus],
+                 shard_map: Callable[[], admin_pb2.ShardMap]):
+        self._node_status = node_status
+        self._shard_map = shard_map
+
+    def GetShardMap(self, request: admin_pb2.GetShardMapRequest, context) -> admin_pb2.ShardMap:
+        return self._shard_map()
+
+    def GetNodeStatus(self, request: admin_pb2.GetNodeStatusRequest, context) -> admin_pb2.NodeStatus:
+        return self._node_status()
+
+
+# --- registration: parse requests ourselves so a malformed message is INVALID_ARGUMENT, not INTERNAL --------
+
+def _raw_handler(method: Callable, request_cls, response_cls) -> grpc.RpcMethodHandler:
+    def handle(raw: bytes, context: grpc.ServicerContext):
+        request = request_cls()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            errors.abort(context, errors.invalid_argument(
+                [("request", f"not a valid {request_cls.DESCRIPTOR.full_name} message: {exc}")]))
+        try:
+            return method(request, context)
+        except errors.RequestError as exc:
+            errors.abort(context, exc)
+
+    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
+                                               response_serializer=response_cls.SerializeToString)
+
+
+def generic_handlers(ledger: LedgerService, admin: AdminService) -> list[grpc.GenericRpcHandler]:
+    handlers = []
+    for service_name, servicer, pb2 in (("tidebank.v1.Ledger", ledger, ledger_pb2),
+                                        ("tidebank.v1.Admin", admin, admin_pb2)):
+        service = pb2.DESCRIPTOR.services_by_name[service_name.split(".")[-1]]
+        methods = {}
+        for method in service.methods:
+            request_cls = _message_class(method.input_type)
+            response_cls = _message_class(method.output_type)
+            methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls)
+        handlers.append(grpc.method_handlers_generic_handler(service_name, methods))
+    return handlers
+
+
+def _message_class(descriptor):
+    return message_factory.GetMessageClass(descriptor)

@@ -1,0 +1,105 @@
+"""One shard on one node: its Raft replica, its ledger state machine and its batcher.
+
+The replica sees opaque bytes; this module is the one place where those bytes
+are decoded into ledger operations and handed to the state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+import lmdb
+
+from tidebank.node.batcher import ShardBatcher
+from tidebank.node.commands import decode_entry
+from tidebank.node.records import Account, Transfer
+from tidebank.node.replica import RaftTuning, ShardReplica
+from tidebank.node.state_machine import LedgerStateMachine, Operation
+
+log = logging.getLogger(__name__)
+
+
+class ShardHost:
+    def __init__(
+        self,
+        *,
+        shard_id: int,
+        raft_address: str,
+        partner_addresses: Sequence[str],
+        data_dir: pathlib.Path,
+        secret: str,
+        raft: RaftTuning | None = None,
+        fsync: bool = True,
+    ):
+        self.shard_id = shard_id
+        self.ledger: LedgerStateMachine | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.replica = ShardReplica(
+            shard_id=shard_id,
+            raft_address=raft_address,
+            partner_addresses=list(partner_addresses),
+            data_dir=data_dir,
+            secret=secret,
+            apply_fn=self._apply,
+            open_fn=self._open,
+            raft=raft or RaftTuning(),
+            fsync=fsync,
+        )
+        self.batcher = ShardBatcher(shard_id, self.replica.submit)
+
+    def _open(self, env: lmdb.Environment) -> None:
+        """Called by the replica whenever it (re)opens LMDB, e.g. after installing a snapshot."""
+        self.ledger = LedgerStateMachine(env)
+
+    def _apply(self, txn: lmdb.Transaction, payload: bytes) -> list[list[int]]:
+        """The replicated apply: runs on the Raft tick thread on every replica."""
+        timestamp_ns, operations = decode_entry(payload)
+        assert self.ledger is not None
+        return self.ledger.apply(txn, operations, timestamp_ns)
+
+    # Writes and linearizable reads go through the batcher (leader only).
+    def submit(self, operation: Operation) -> Future:
+        return self.batcher.submit(operation)
+
+    def barrier(self) -> Future:
+        """Resolves once an entry proposed now has been applied here: reads after it are linearizable."""
+        return self.batcher.submit(None)
+
+    def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        with self.replica.read_txn() as txn:
+            return self.ledger.lookup_accounts(txn, ids)
+
+    def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        with self.replica.read_txn() as txn:
+            return self.ledger.lookup_transfers(txn, ids)
+
+    def get_account_transfers(self, account_id: int, **query) -> list[Transfer]:
+        with self.replica.read_txn() as txn:
+            return self.ledger.get_account_transfers(txn, account_id, **query)
+
+    def ledger_totals(self) -> dict[int, dict[str, int]]:
+        with self.replica.read_txn() as txn:
+            return self.ledger.ledger_totals(txn)
+
+    def expiry_due(self, now_ns: int | None = None) -> bool:
+        """Whether a pending transfer has passed its timeout and needs an entry to expire it."""
+        with self.replica.read_txn() as txn:
+            due = self.ledger.next_expiry_ns(txn)
+        return due is not None and due <= (now_ns if now_ns is not None else time.time_ns())
+
+    def is_leader(self) -> bool:
+        return self.replica.is_leader()
+
+    def leader_raft_address(self) -> str | None:
+        return self.replica.leader_address()
+
+    def status(self) -> dict:
+        return self.replica.status()
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.replica.close()

@@ -1,0 +1,135 @@
+"""The router splits batches by shard, keeps linked chains whole, and rejects what spans shards."""
+
+import pytest
+
+from tidebank.keys import slot_of
+from tidebank.node.records import Account, AccountFlags, Transfer, TransferFlags
+from tidebank.node.results import CreateAccountResult, CreateTransferResult
+from tidebank.node.routing import ShardMap, chains, route_accounts, route_transfers
+
+SLOTS = 64
+MAP = ShardMap(1, SLOTS, {0: [(0, 16)], 1: [(16, 32)], 2: [(32, 48)], 3: [(48, 64)]})
+
+
+def ids_on(shard: int, count: int, start: int = 1) -> list[int]:
+    found, candidate = [], start
+    while len(found) < count:
+        if MAP.shard_of(candidate) == shard:
+            found.append(candidate)
+        candidate += 1
+    return found
+
+
+def test_shard_of_follows_the_slot_hash():
+    for key in range(1, 200):
+        slot = slot_of(key, SLOTS)
+        assert MAP.shard_of(key) == slot // 16
+
+
+def test_shard_map_rejects_overlapping_slots():
+    with pytest.raises(ValueError, match="assigned to shards"):
+        ShardMap(1, 4, {0: [(0, 3)], 1: [(2, 4)]})
+
+
+def test_shard_map_rejects_unassigned_slots():
+    with pytest.raises(ValueError, match="have no shard"):
+        ShardMap(1, 4, {0: [(0, 3)]})
+
+
+def test_chains_split_on_the_item_closing_each_chain():
+    linked = TransferFlags.LINKED
+    assert chains([0, linked, linked, 0, 0], linked) == [range(0, 1), range(1, 4), range(4, 5)]
+
+
+def test_open_chain_at_the_end_stays_one_chain():
+    linked = TransferFlags.LINKED
+    assert chains([0, linked, linked], linked) == [range(0, 1), range(1, 3)]
+
+
+def test_transfers_go_to_their_debit_accounts_shard_in_request_order():
+    a0, b0 = ids_on(0, 2)
+    a2, b2 = ids_on(2, 2)
+    batch = [Transfer(id=1, debit_account_id=a2, credit_account_id=b2),
+             Transfer(id=2, debit_account_id=a0, credit_account_id=b0),
+             Transfer(id=3, debit_account_id=b2, credit_account_id=a2)]
+    routed = route_transfers(batch, MAP)
+    assert routed.codes == {}
+    assert routed.sub_batches[2].positions == [0, 2]
+    assert routed.sub_batches[0].positions == [1]
+    assert routed.merge({2: [0, 55], 0: [46]}) == [0, 46, 55]
+
+
+def test_transfer_between_shards_is_rejected_before_any_shard_sees_it():
+    (a0,) = ids_on(0, 1)
+    (a1,) = ids_on(1, 1)
+    routed = route_transfers([Transfer(id=1, debit_account_id=a0, credit_account_id=a1)], MAP)
+    assert routed.sub_batches == {}
+    assert routed.codes == {0: CreateTransferResult.accounts_on_different_shards}
+
+
+def test_chain_with_a_cross_shard_item_fails_whole():
+    a0, b0 = ids_on(0, 2)
+    (a1,) = ids_on(1, 1)
+    linked = TransferFlags.LINKED
+    batch = [Transfer(id=1, debit_account_id=a0, credit_account_id=b0, flags=linked),
+             Transfer(id=2, debit_account_id=a0, credit_account_id=a1, flags=linked),
+             Transfer(id=3, debit_account_id=b0, credit_account_id=a0)]
+    routed = route_transfers(batch, MAP)
+    assert routed.sub_batches == {}
+    assert routed.merge({}) == [CreateTransferResult.linked_event_failed,
+                                CreateTransferResult.accounts_on_different_shards,
+                                CreateTransferResult.linked_event_failed]
+
+
+def test_chain_whose_items_debit_different_shards_fails_whole():
+    a0, b0 = ids_on(0, 2)
+    a1, b1 = ids_on(1, 2)
+    batch = [Transfer(id=1, debit_account_id=a0, credit_account_id=b0, flags=TransferFlags.LINKED),
+             Transfer(id=2, debit_account_id=a1, credit_account_id=b1)]
+    routed = route_transfers(batch, MAP)
+    assert routed.merge({}) == [CreateTransferResult.linked_event_failed,
+                                CreateTransferResult.accounts_on_different_shards]
+
+
+def test_chain_on_one_shard_stays_contiguous_in_its_sub_batch():
+    a0, b0 = ids_on(0, 2)
+    a1, b1 = ids_on(1, 2)
+    linked = TransferFlags.LINKED
+    batch = [Transfer(id=1, debit_account_id=a0, credit_account_id=b0, flags=linked),
+             Transfer(id=2, debit_account_id=b0, credit_account_id=a0),
+             Transfer(id=3, debit_account_id=a1, credit_account_id=b1)]
+    routed = route_transfers(batch, MAP)
+    assert routed.sub_batches[0].positions == [0, 1]
+    assert routed.sub_batches[1].positions == [2]
+
+
+def test_post_without_debit_account_is_rejected_because_it_cannot_be_routed():
+    routed = route_transfers([Transfer(id=5, pending_id=4, flags=TransferFlags.POST_PENDING_TRANSFER)], MAP)
+    assert routed.codes == {0: CreateTransferResult.debit_account_id_must_not_be_zero}
+
+
+def test_transfer_with_zero_credit_account_reaches_the_state_machine_for_its_own_code():
+    (a0,) = ids_on(0, 1)
+    routed = route_transfers([Transfer(id=5, debit_account_id=a0)], MAP)
+    assert routed.codes == {}
+    assert routed.sub_batches[0].positions == [0]
+
+
+def test_accounts_go_to_the_shard_of_their_id():
+    (a3,) = ids_on(3, 1)
+    routed = route_accounts([Account(id=a3)], MAP)
+    assert list(routed.sub_batches) == [3]
+
+
+def test_account_chain_across_shards_fails_whole():
+    (a0,) = ids_on(0, 1)
+    (a1,) = ids_on(1, 1)
+    routed = route_accounts([Account(id=a0, flags=AccountFlags.LINKED), Account(id=a1)], MAP)
+    assert routed.merge({}) == [CreateAccountResult.linked_event_failed, CreateAccountResult.chain_spans_shards]
+
+
+def test_merge_refuses_a_shard_answer_of_the_wrong_length():
+    a0, b0 = ids_on(0, 2)
+    routed = route_transfers([Transfer(id=1, debit_account_id=a0, credit_account_id=b0)], MAP)
+    with pytest.raises(AssertionError):
+        routed.merge({0: [0, 0]})
