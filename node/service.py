@@ -115,7 +115,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         codes = routed.merge(self._wait_writes(call, parts))
         return ledger_pb2.CreateAccountsResponse(results=codes)
 
-    def CreateTransfers(self, request: ledger_pb2.CreateTransfersRequest, context) -> ledger_pb2.CreateTransfersResponse:
+    def CreateTransfers(self, request: ledger_pb2.CreateTransfersRequest,
+                        context) -> ledger_pb2.CreateTransfersResponse:
         _check_batch_size("transfers", len(request.transfers))
         transfers = [convert.transfer_from_pb(m) for m in request.transfers]
         routed = route_transfers(transfers, self.node.shard_map)
@@ -188,7 +189,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
                 convert.account_to_pb(found[key], response.accounts.add())
         return response
 
-    def LookupTransfers(self, request: ledger_pb2.LookupTransfersRequest, context) -> ledger_pb2.LookupTransfersResponse:
+    def LookupTransfers(self, request: ledger_pb2.LookupTransfersRequest,
+                        context) -> ledger_pb2.LookupTransfersResponse:
         _check_batch_size("ids", len(request.ids))
         ids = [convert.u128_from_pb(m) for m in request.ids]
         # A transfer lives on its debit account's shard, which its id does not tell: ask every shard.
