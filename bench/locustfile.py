@@ -1,16 +1,16 @@
 """Locust load for tidebank: a gRPC user running a transfer mix through the client library.
 
     tidebank cluster up --dir /tmp/tb
-    .venv/bin/locust -f bench/locustfile.py --headless -u 64 -r 16 -t 60s \
-        --host "$(python -c 'from tidebank.cluster.launcher import LocalCluster as L; print(",".join(L.open("/tmp/tb").endpoints))')"
+    TIDEBANK_DIR=/tmp/tb .venv/bin/locust -f bench/locustfile.py --headless -u 64 -r 16 -t 60s
 
---host takes the comma-separated client endpoints. Accounts are created once at
+or --host HOST:PORT,HOST:PORT with the client endpoints instead of TIDEBANK_DIR. Accounts are created once at
 test start. The mix: single transfers (most), batches of 100, pending transfers
 that are posted or voided, and balance lookups.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -19,6 +19,7 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 
 from tidebank.client import Account, Client, Transfer, TransferFlags
+from tidebank.cluster.launcher import LocalCluster
 from tidebank.keys import slot_of
 
 grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to locust's gevent loop
@@ -45,7 +46,12 @@ def _accounts_by_shard(client: Client) -> dict[int, list[int]]:
 
 @events.test_start.add_listener
 def _setup(environment, **_kwargs):
-    endpoints = (environment.host or "127.0.0.1:7001").split(",")
+    if environment.host:
+        endpoints = environment.host.split(",")
+    elif os.environ.get("TIDEBANK_DIR"):
+        endpoints = LocalCluster.open(os.environ["TIDEBANK_DIR"]).endpoints
+    else:
+        raise SystemExit("give --host HOST:PORT,... or TIDEBANK_DIR=<cluster dir>")
     client = Client(endpoints, timeout_s=30.0)
     _state["client"] = client
     _state["by_shard"] = _accounts_by_shard(client)
