@@ -1,0 +1,101 @@
+"""Per-item result codes of create_accounts / create_transfers.
+
+Mirrors the tidebank.v1 CreateAccountResult / CreateTransferResult enums (lower-case,
+prefix dropped, same numbers) so the node does not depend on generated protobuf code;
+tests/unit/test_result_codes_match_proto.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CreateAccountResult(enum.IntEnum):
+    created = 0
+    linked_event_failed = 1
+    linked_event_chain_open = 2
+    timestamp_must_be_zero = 3
+    reserved_flag = 4
+    id_must_not_be_zero = 5
+    id_must_not_be_int_max = 6
+    flags_are_mutually_exclusive = 7
+    debits_pending_must_be_zero = 8
+    debits_posted_must_be_zero = 9
+    credits_pending_must_be_zero = 10
+    credits_posted_must_be_zero = 11
+    ledger_must_not_be_zero = 12
+    code_must_not_be_zero = 13
+    exists_with_different_flags = 14
+    exists_with_different_user_data_128 = 15
+    exists_with_different_user_data_64 = 16
+    exists_with_different_user_data_32 = 17
+    exists_with_different_ledger = 18
+    exists_with_different_code = 19
+    exists = 20
+    internal_error = 21
+    chain_spans_shards = 22
+
+
+class CreateTransferResult(enum.IntEnum):
+    created = 0
+    linked_event_failed = 1
+    linked_event_chain_open = 2
+    timestamp_must_be_zero = 3
+    reserved_flag = 4
+    id_must_not_be_zero = 5
+    id_must_not_be_int_max = 6
+    flags_are_mutually_exclusive = 7
+    debit_account_id_must_not_be_zero = 8
+    debit_account_id_must_not_be_int_max = 9
+    credit_account_id_must_not_be_zero = 10
+    credit_account_id_must_not_be_int_max = 11
+    accounts_must_be_different = 12
+    pending_id_must_be_zero = 13
+    pending_id_must_not_be_zero = 14
+    pending_id_must_not_be_int_max = 15
+    pending_id_must_be_different = 16
+    timeout_reserved_for_pending_transfer = 17
+    amount_must_not_be_zero = 18
+    ledger_must_not_be_zero = 19
+    code_must_not_be_zero = 20
+    debit_account_not_found = 21
+    credit_account_not_found = 22
+    accounts_must_have_the_same_ledger = 23
+    transfer_must_have_the_same_ledger_as_accounts = 24
+    pending_transfer_not_found = 25
+    pending_transfer_not_pending = 26
+    pending_transfer_has_different_debit_account_id = 27
+    pending_transfer_has_different_credit_account_id = 28
+    pending_transfer_has_different_ledger = 29
+    pending_transfer_has_different_code = 30
+    exceeds_pending_transfer_amount = 31
+    pending_transfer_has_different_amount = 32
+    pending_transfer_already_posted = 33
+    pending_transfer_already_voided = 34
+    pending_transfer_expired = 35
+    exists_with_different_flags = 36
+    exists_with_different_debit_account_id = 37
+    exists_with_different_credit_account_id = 38
+    exists_with_different_amount = 39
+    exists_with_different_pending_id = 40
+    exists_with_different_user_data_128 = 41
+    exists_with_different_user_data_64 = 42
+    exists_with_different_user_data_32 = 43
+    exists_with_different_timeout = 44
+    exists_with_different_code = 45
+    exists = 46
+    id_already_failed = 47
+    overflows_debits_pending = 48
+    overflows_credits_pending = 49
+    overflows_debits_posted = 50
+    overflows_credits_posted = 51
+    overflows_debits = 52
+    overflows_credits = 53
+    overflows_timeout = 54
+    exceeds_credits = 55
+    exceeds_debits = 56
+    debit_account_already_closed = 57
+    credit_account_already_closed = 58
+    accounts_on_different_shards = 59
+    exists_with_different_ledger = 60
+    internal_error = 61
