@@ -1,0 +1,489 @@
+"""Plain-Python values of the ledger API and their protobuf conversions.
+
+Nothing here does I/O. The result enums are built from the proto descriptors at
+import time, so they cannot drift from the contract; the flag and consistency
+enums are written out (for editors and type checkers) and checked against the
+descriptors at import time.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
+
+from tidebank.keys import U64_MAX, U128_MAX, slot_of
+from tidebank.v1 import admin_pb2, ledger_pb2, types_pb2
+
+__all__ = [
+    "Account",
+    "AccountFlags",
+    "AccountResult",
+    "CreateAccountResult",
+    "CreateTransferResult",
+    "Page",
+    "ReadConsistency",
+    "Replica",
+    "Shard",
+    "ShardMap",
+    "Transfer",
+    "TransferFlags",
+    "TransferResult",
+    "new_id",
+]
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class AccountFlags(enum.IntFlag):
+    """Bits of Account.flags (proto enum AccountFlag)."""
+
+    NONE = 0
+    LINKED = 1
+    DEBITS_MUST_NOT_EXCEED_CREDITS = 2
+    CREDITS_MUST_NOT_EXCEED_DEBITS = 4
+    HISTORY = 8
+    CLOSED = 16
+
+
+class TransferFlags(enum.IntFlag):
+    """Bits of Transfer.flags (proto enum TransferFlag)."""
+
+    NONE = 0
+    LINKED = 1
+    PENDING = 2
+    POST_PENDING_TRANSFER = 4
+    VOID_PENDING_TRANSFER = 8
+    BALANCING_DEBIT = 16
+    BALANCING_CREDIT = 32
+
+
+class ReadConsistency(enum.IntEnum):
+    """How fresh a read must be (proto enum ReadConsistency)."""
+
+    LINEARIZABLE = 0  # confirmed through the shard leader's log
+    STALE = 1  # any replica's local state: fast, possibly behind
+
+
+def _proto_members(descriptor: Any, prefix: str) -> dict[str, int]:
+    members = {}
+    for value in descriptor.values:
+        if not value.name.startswith(prefix):
+            raise RuntimeError(f"{descriptor.full_name}.{value.name} lacks the prefix {prefix}")
+        members[value.name[len(prefix) :]] = value.number
+    return members
+
+
+def _check_static_enum(cls: type[enum.Enum], descriptor: Any, prefix: str) -> None:
+    """Fail at import if a hand-written enum disagrees with the proto."""
+    want = _proto_members(descriptor, prefix)
+    have = {name: int(m.value) for name, m in cls.__members__.items()}
+    if want != have:
+        raise RuntimeError(f"{cls.__name__} drifted from {descriptor.full_name}: {have} != {want}")
+
+
+_check_static_enum(AccountFlags, types_pb2.AccountFlag.DESCRIPTOR, "ACCOUNT_FLAG_")
+_check_static_enum(TransferFlags, types_pb2.TransferFlag.DESCRIPTOR, "TRANSFER_FLAG_")
+_check_static_enum(ReadConsistency, ledger_pb2.ReadConsistency.DESCRIPTOR, "READ_CONSISTENCY_")
+
+
+def _result_enum(name: str, descriptor: Any, prefix: str) -> Any:
+    members = {k.lower(): v for k, v in _proto_members(descriptor, prefix).items()}
+    cls = enum.IntEnum(name, members, module=__name__, qualname=name)
+    cls.__doc__ = f"Per-item result codes of {descriptor.full_name} (built from the proto)."
+    return cls
+
+
+#: Per-item result of CreateAccounts: ``CreateAccountResult.created``, ``.exists``, ...
+CreateAccountResult = _result_enum(
+    "CreateAccountResult", types_pb2.CreateAccountResult.DESCRIPTOR, "CREATE_ACCOUNT_RESULT_"
+)
+#: Per-item result of CreateTransfers: ``CreateTransferResult.exceeds_credits``, ...
+CreateTransferResult = _result_enum(
+    "CreateTransferResult", types_pb2.CreateTransferResult.DESCRIPTOR, "CREATE_TRANSFER_RESULT_"
+)
+
+_ACCOUNT_OK = frozenset((CreateAccountResult.created, CreateAccountResult.exists))
+_TRANSFER_OK = frozenset((CreateTransferResult.created, CreateTransferResult.exists))
+
+
+def _account_status(code: int) -> Any:
+    try:
+        return CreateAccountResult(code)
+    except ValueError:  # a code newer than this client: keep the number
+        return code
+
+
+def _transfer_status(code: int) -> Any:
+    try:
+        return CreateTransferResult(code)
+    except ValueError:
+        return code
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(slots=True)
+class Account:
+    """An account (proto tidebank.v1.Account). Balances and timestamp are set by the server."""
+
+    id: int = 0
+    _: KW_ONLY
+    debits_pending: int = 0
+    debits_posted: int = 0
+    credits_pending: int = 0
+    credits_posted: int = 0
+    user_data_128: int = 0
+    user_data_64: int = 0
+    user_data_32: int = 0
+    ledger: int = 0
+    code: int = 0
+    flags: int = AccountFlags.NONE
+    timestamp: int = 0
+
+
+@dataclass(slots=True)
+class Transfer:
+    """A transfer (proto tidebank.v1.Transfer). The timestamp is set by the server."""
+
+    id: int = 0
+    _: KW_ONLY
+    debit_account_id: int = 0
+    credit_account_id: int = 0
+    amount: int = 0
+    pending_id: int = 0
+    user_data_128: int = 0
+    user_data_64: int = 0
+    user_data_32: int = 0
+    timeout: int = 0
+    ledger: int = 0
+    code: int = 0
+    flags: int = TransferFlags.NONE
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountResult:
+    """The outcome of one item of create_accounts: its index in the request, its id, its code."""
+
+    index: int
+    id: int
+    status: Any  # CreateAccountResult
+
+    @property
+    def ok(self) -> bool:
+        """True when the account exists as requested (created now or by an earlier request)."""
+        return self.status in _ACCOUNT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """The outcome of one item of create_transfers: its index in the request, its id, its code."""
+
+    index: int
+    id: int
+    status: Any  # CreateTransferResult
+
+    @property
+    def ok(self) -> bool:
+        """True when the transfer exists as requested (created now or by an earlier request)."""
+        return self.status in _TRANSFER_OK
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of get_account_transfers. ``next_page_token`` is empty on the last page."""
+
+    items: list[Transfer]
+    next_page_token: str = ""
+
+
+# --------------------------------------------------------------------------- shard map
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    node: str
+    dc: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    shard_id: int
+    slots: tuple[tuple[int, int], ...]  # [start, end) ranges
+    replicas: tuple[Replica, ...]
+    leader_node: str = ""  # as the answering node last saw it; "" if unknown
+    leader_address: str = ""  # the leader replica's address; "" if unknown
+
+    @property
+    def leader(self) -> Replica | None:
+        for r in self.replicas:
+            if r.node == self.leader_node:
+                return r
+        return None
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    """A versioned assignment of hash slots to shards (Admin.GetShardMap)."""
+
+    version: int
+    slot_count: int
+    shards: tuple[Shard, ...]
+    _by_slot: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    _by_id: dict[int, Shard] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_slot = [-1] * self.slot_count
+        for shard in self.shards:
+            for start, end in shard.slots:
+                for s in range(max(start, 0), min(end, self.slot_count)):
+                    by_slot[s] = shard.shard_id
+        object.__setattr__(self, "_by_slot", tuple(by_slot))
+        object.__setattr__(self, "_by_id", {s.shard_id: s for s in self.shards})
+
+    def slot_of(self, key_id: int) -> int:
+        return slot_of(key_id, self.slot_count)
+
+    def shard_id_for_slot(self, slot: int) -> int | None:
+        """The shard that owns a slot, or None if no shard lists it."""
+        sid = self._by_slot[slot] if 0 <= slot < self.slot_count else -1
+        return None if sid < 0 else sid
+
+    def shard_id_for(self, key_id: int) -> int | None:
+        """The shard that owns an account id (or debit account id of a transfer)."""
+        if self.slot_count <= 0:
+            return None
+        return self.shard_id_for_slot(slot_of(key_id, self.slot_count))
+
+    def shard(self, shard_id: int) -> Shard | None:
+        return self._by_id.get(shard_id)
+
+    def shard_for(self, key_id: int) -> Shard | None:
+        sid = self.shard_id_for(key_id)
+        return None if sid is None else self._by_id.get(sid)
+
+    def addresses(self) -> list[str]:
+        """Every replica address, each once, in map order."""
+        seen: dict[str, None] = {}
+        for shard in self.shards:
+            for r in shard.replicas:
+                if r.address:
+                    seen.setdefault(r.address, None)
+        return list(seen)
+
+    @classmethod
+    def from_proto(cls, m: admin_pb2.ShardMap) -> ShardMap:
+        shards = []
+        for s in m.shards:
+            replicas = tuple(Replica(r.node, r.dc, r.address) for r in s.replicas)
+            leader_address = ""
+            if s.leader_node:
+                for r in replicas:
+                    if r.node == s.leader_node:
+                        leader_address = r.address
+                        break
+            shards.append(
+                Shard(
+                    shard_id=s.shard_id,
+                    slots=tuple((r.start, r.end) for r in s.slots),
+                    replicas=replicas,
+                    leader_node=s.leader_node,
+                    leader_address=leader_address,
+                )
+            )
+        return cls(version=m.version, slot_count=m.slot_count, shards=tuple(shards))
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _set_u128(sub: Any, value: int) -> None:
+    sub.hi = value >> 64
+    sub.lo = value & U64_MAX
+
+
+def _u128(m: Any) -> int:
+    return (m.hi << 64) | m.lo
+
+
+def u128_to_proto(value: int) -> types_pb2.U128:
+    """A Python int (0..2^128-1) as a U128 message. ValueError when out of range."""
+    if not 0 <= value <= U128_MAX:
+        raise ValueError(f"{value} is not an unsigned 128-bit integer")
+    return types_pb2.U128(hi=value >> 64, lo=value & U64_MAX)
+
+
+def u128_from_proto(m: types_pb2.U128) -> int:
+    return (m.hi << 64) | m.lo
+
+
+_ACCOUNT_FIELDS = (
+    "id", "debits_pending", "debits_posted", "credits_pending", "credits_posted", "user_data_128",
+    "user_data_64", "user_data_32", "ledger", "code", "flags", "timestamp",
+)  # fmt: skip
+_TRANSFER_FIELDS = (
+    "id", "debit_account_id", "credit_account_id", "amount", "pending_id", "user_data_128",
+    "user_data_64", "user_data_32", "timeout", "ledger", "code", "flags", "timestamp",
+)  # fmt: skip
+_U128_FIELDS = frozenset(("id", "debit_account_id", "credit_account_id", "pending_id", "user_data_128"))
+
+
+def account_to_proto(a: Account) -> types_pb2.Account:
+    m = types_pb2.Account()
+    _set_u128(m.id, a.id)
+    if a.debits_pending:
+        m.debits_pending = a.debits_pending
+    if a.debits_posted:
+        m.debits_posted = a.debits_posted
+    if a.credits_pending:
+        m.credits_pending = a.credits_pending
+    if a.credits_posted:
+        m.credits_posted = a.credits_posted
+    if a.user_data_128:
+        _set_u128(m.user_data_128, a.user_data_128)
+    if a.user_data_64:
+        m.user_data_64 = a.user_data_64
+    if a.user_data_32:
+        m.user_data_32 = a.user_data_32
+    if a.ledger:
+        m.ledger = a.ledger
+    if a.code:
+        m.code = a.code
+    if a.flags:
+        m.flags = a.flags
+    if a.timestamp:
+        m.timestamp = a.timestamp
+    return m
+
+
+def transfer_to_proto(t: Transfer) -> types_pb2.Transfer:
+    m = types_pb2.Transfer()
+    _set_u128(m.id, t.id)
+    _set_u128(m.debit_account_id, t.debit_account_id)
+    _set_u128(m.credit_account_id, t.credit_account_id)
+    if t.amount:
+        m.amount = t.amount
+    if t.pending_id:
+        _set_u128(m.pending_id, t.pending_id)
+    if t.user_data_128:
+        _set_u128(m.user_data_128, t.user_data_128)
+    if t.user_data_64:
+        m.user_data_64 = t.user_data_64
+    if t.user_data_32:
+        m.user_data_32 = t.user_data_32
+    if t.timeout:
+        m.timeout = t.timeout
+    if t.ledger:
+        m.ledger = t.ledger
+    if t.code:
+        m.code = t.code
+    if t.flags:
+        m.flags = t.flags
+    if t.timestamp:
+        m.timestamp = t.timestamp
+    return m
+
+
+def account_from_proto(m: types_pb2.Account) -> Account:
+    return Account(
+        _u128(m.id),
+        debits_pending=m.debits_pending,
+        debits_posted=m.debits_posted,
+        credits_pending=m.credits_pending,
+        credits_posted=m.credits_posted,
+        user_data_128=_u128(m.user_data_128),
+        user_data_64=m.user_data_64,
+        user_data_32=m.user_data_32,
+        ledger=m.ledger,
+        code=m.code,
+        flags=AccountFlags(m.flags),
+        timestamp=m.timestamp,
+    )
+
+
+def transfer_from_proto(m: types_pb2.Transfer) -> Transfer:
+    return Transfer(
+        _u128(m.id),
+        debit_account_id=_u128(m.debit_account_id),
+        credit_account_id=_u128(m.credit_account_id),
+        amount=m.amount,
+        pending_id=_u128(m.pending_id),
+        user_data_128=_u128(m.user_data_128),
+        user_data_64=m.user_data_64,
+        user_data_32=m.user_data_32,
+        timeout=m.timeout,
+        ledger=m.ledger,
+        code=m.code,
+        flags=TransferFlags(m.flags),
+        timestamp=m.timestamp,
+    )
+
+
+def field_problem(item: Any, fields: tuple[str, ...], proto_cls: Any) -> tuple[str, str]:
+    """(field, description) of the first field of ``item`` that does not fit its proto type."""
+    m = proto_cls()
+    for name in fields:
+        value = getattr(item, name, None)
+        try:
+            if name in _U128_FIELDS:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise TypeError(f"expected an int, got {type(value).__name__}")
+                if not 0 <= value <= U128_MAX:
+                    raise ValueError(f"{value} is not an unsigned 128-bit integer")
+            else:
+                setattr(m, name, value)
+        except (TypeError, ValueError) as exc:
+            return name, str(exc)
+    return "", "invalid item"
+
+
+# --------------------------------------------------------------------------- ids
+
+
+class _IdGenerator:
+    """Time-ordered 128-bit ids: 48-bit unix ms, then 80 random bits incremented within a ms."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._last_random = 0
+
+    def reset_after_fork(self) -> None:
+        # A child must not continue the parent's sequence (both would produce last + 1).
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._last_random = 0
+
+    def __call__(self) -> int:
+        now_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            if now_ms > self._last_ms:
+                ms, rnd = now_ms, int.from_bytes(os.urandom(10), "big")
+            else:  # same ms, or the clock went backwards: keep counting from the last id
+                ms, rnd = self._last_ms, self._last_random + 1
+                if rnd >> 80:
+                    ms, rnd = ms + 1, int.from_bytes(os.urandom(10), "big")
+            value = ((ms & 0xFFFF_FFFF_FFFF) << 80) | rnd
+            if value == 0 or value >= U128_MAX:  # only reachable in the year 10889
+                raise OverflowError("id space exhausted")
+            self._last_ms, self._last_random = ms, rnd
+            return value
+
+
+_generator = _IdGenerator()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_generator.reset_after_fork)
+
+
+def new_id() -> int:
+    """A new 128-bit id: time-ordered (ms timestamp in the high 48 bits, then random),
+    strictly increasing within this process (also across threads and within one
+    millisecond), never 0 or 2^128-1."""
+    return _generator()

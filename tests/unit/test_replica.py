@@ -1,0 +1,421 @@
+"""ShardReplica with real pysyncobj and real LMDB: three replicas in one process on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import socket
+import threading
+import time
+
+import pytest
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.transport import TCPTransport
+
+from tidebank.node.replica import (
+    ApplyFailed,
+    RaftTuning,
+    ShardReplica,
+    normalize_append_entries,
+)
+
+SECRET = "unit-test-secret"
+FAST = RaftTuning(log_compaction_min_time=3600)
+
+
+class CountingKV:
+    """A tiny state machine: each payload increments a per-payload counter."""
+
+    def __init__(self):
+        self.db = None
+        self.opens = 0
+
+    def open_fn(self, env):
+        self.db = env.open_db(b"kv")
+        self.opens += 1
+
+    def apply(self, txn, payload: bytes):
+        if payload.startswith(b"boom"):
+            txn.put(b"half-written", b"x", db=self.db)  # must be rolled back
+            raise ValueError("deterministic bug")
+        key = b"count:" + payload
+        n = int(txn.get(key, db=self.db) or 0) + 1
+        txn.put(key, b"%d" % n, db=self.db)
+        return n
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Cluster:
+    def __init__(self, root: pathlib.Path, tuning: RaftTuning = FAST, size: int = 3):
+        self.root = root
+        self.tuning = tuning
+        self.addrs = [f"127.0.0.1:{p}" for p in _free_ports(size)]
+        self.replicas: list[ShardReplica | None] = [None] * size
+        self.kvs: list[CountingKV | None] = [None] * size
+
+    def start(self, i: int) -> ShardReplica:
+        assert self.replicas[i] is None
+        kv = CountingKV()
+        r = ShardReplica(
+            shard_id=7,
+            raft_address=self.addrs[i],
+            partner_addresses=self.addrs,
+            data_dir=self.root / f"r{i}",
+            secret=SECRET,
+            apply_fn=kv.apply,
+            open_fn=kv.open_fn,
+            raft=self.tuning,
+        )
+        self.replicas[i], self.kvs[i] = r, kv
+        return r
+
+    def start_all(self):
+        for i in range(len(self.addrs)):
+            self.start(i)
+
+    def stop(self, i: int):
+        r = self.replicas[i]
+        self.replicas[i] = None
+        if r is not None:
+            r.close()
+
+    def close(self):
+        for i in range(len(self.addrs)):
+            with contextlib.suppress(Exception):
+                self.stop(i)
+
+    def live(self) -> list[ShardReplica]:
+        return [r for r in self.replicas if r is not None]
+
+    def leader(self, timeout=10.0) -> ShardReplica:
+        found = []
+
+        def one_leader():
+            found[:] = [r for r in self.live() if r.is_leader()]
+            return len(found) == 1
+
+        wait_for(one_leader, timeout, what="a leader")
+        return found[0]
+
+    def contents(self, i: int) -> dict:
+        r, kv = self.replicas[i], self.kvs[i]
+        with r.read_txn() as txn:
+            return dict(txn.cursor(db=kv.db).iternext())
+
+    def wait_converged(self, timeout=15.0):
+        def same():
+            live = [i for i, r in enumerate(self.replicas) if r is not None]
+            states = [r.status() for r in self.live()]
+            if len({s["applied_index"] for s in states}) != 1:
+                return False
+            if len({s["commit_index"] for s in states}) != 1:
+                return False
+            first = self.contents(live[0])
+            return all(self.contents(i) == first for i in live[1:])
+
+        wait_for(same, timeout, interval=0.05, what="replicas to converge")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def submit_wait(replica: ShardReplica, payload: bytes, timeout=10.0):
+    done = threading.Event()
+    out = []
+
+    def cb(result, err):
+        out.append((result, err))
+        done.set()
+
+    replica.submit(payload, cb)
+    assert done.wait(timeout), f"no callback for {payload!r}"
+    return out[0]
+
+
+def submit_many(replica: ShardReplica, payloads, timeout=20.0):
+    results: dict[bytes, tuple] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    total = len(payloads)
+
+    def make_cb(p):
+        def cb(result, err):
+            with lock:
+                results[p] = (result, err)
+                if len(results) == total:
+                    done.set()
+
+        return cb
+
+    for p in payloads:
+        replica.submit(p, make_cb(p))
+    assert done.wait(timeout), f"{len(results)}/{total} callbacks"
+    return results
+
+
+def counts(contents: dict) -> dict:
+    return {k: int(v) for k, v in contents.items() if k.startswith(b"count:")}
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_three_replicas_elect_and_apply_everywhere(cluster, monkeypatch):
+    # sync-before-ack: no successful acknowledgement leaves with an unsynced journal
+    violations = []
+    real_send = TCPTransport.send
+
+    def checking_send(self, node, message):
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
+            if self._journal.dirty or self._journal.durable_index < message["next_node_idx"] - 1:
+                violations.append(("ack", message))
+        return real_send(self, node, message)
+
+    monkeypatch.setattr(TCPTransport, "send", checking_send)
+    # sync-before-count: a leader's commit index never exceeds what its journal has synced
+    real_stats = ShardReplica._record_tick_stats
+
+    def checking_stats(self):
+        if self._isLeader() and self.raftCommitIndex > self._journal.durable_index:
+            violations.append(("commit", self.raftCommitIndex, self._journal.durable_index))
+        real_stats(self)
+
+    monkeypatch.setattr(ShardReplica, "_record_tick_stats", checking_stats)
+
+    cluster.start_all()
+    leader = cluster.leader()
+    assert leader.leader_address() == leader.raft_address
+    result, err = submit_wait(leader, b"first")
+    assert (result, err) == (1, FAIL_REASON.SUCCESS)
+    results = submit_many(leader, [b"k%d" % i for i in range(300)])
+    assert all(v == (1, FAIL_REASON.SUCCESS) for v in results.values())
+    cluster.wait_converged()
+    for i in range(3):
+        c = counts(cluster.contents(i))
+        assert len(c) == 301 and set(c.values()) == {1}
+    followers = [r for r in cluster.live() if r is not leader]
+    assert all(f.leader_address() == leader.raft_address and not f.is_leader() for f in followers)
+    st = leader.status()
+    assert st["role"] == "leader" and st["has_quorum"] and st["journal_sync_count"] > 0
+    assert st["journal_sync_count"] < 301  # group commit
+    assert {f.status()["role"] for f in followers} == {"follower"}
+    assert violations == []
+
+
+def test_submit_through_a_follower_is_forwarded(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    follower = next(r for r in cluster.live() if r is not leader)
+    assert submit_wait(follower, b"via-follower") == (1, FAIL_REASON.SUCCESS)
+
+
+def test_restart_does_not_reapply(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    submit_many(leader, [b"a%d" % i for i in range(100)])
+    cluster.wait_converged()
+    victim = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
+    before = cluster.contents(victim)
+    applied_before = cluster.replicas[victim].status()["applied_index"]
+    cluster.stop(victim)
+    submit_many(leader, [b"b%d" % i for i in range(50)])  # it misses these
+    cluster.start(victim)  # replays its journal from index 2: everything is ALREADY_APPLIED
+    cluster.wait_converged()
+    after = counts(cluster.contents(victim))
+    assert len(after) == 150 and set(after.values()) == {1}
+    assert counts(before).items() <= after.items()
+    assert cluster.replicas[victim].status()["applied_index"] > applied_before
+
+
+def test_exception_in_apply_does_not_wedge(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    result, err = submit_wait(leader, b"boom-1")
+    assert err == FAIL_REASON.SUCCESS
+    assert isinstance(result, ApplyFailed) and "deterministic bug" in result.reason
+    assert submit_wait(leader, b"after-boom") == (1, FAIL_REASON.SUCCESS)
+    cluster.wait_converged()
+    for i in range(3):
+        kv = cluster.contents(i)
+        assert b"half-written" not in kv  # the failed txn was rolled back everywhere
+        assert counts(kv) == {b"count:after-boom": 1}
+        assert cluster.replicas[i].status()["apply_failures"] == 1
+
+
+def test_lagging_replica_catches_up_from_snapshot_and_restart_keeps_state(tmp_path):
+    tuning = RaftTuning(log_compaction_min_entries=20, log_compaction_min_time=3600)
+    cluster = Cluster(tmp_path, tuning)
+    try:
+        cluster.start_all()
+        leader = cluster.leader()
+        submit_many(leader, [b"x%d" % i for i in range(30)])
+        cluster.wait_converged()
+        lagging = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
+        cluster.stop(lagging)
+        for batch in range(4):  # several compactions while it is down
+            submit_many(leader, [b"y%d-%d" % (batch, i) for i in range(40)])
+        wait_for(lambda: leader.status()["snapshots_written"] >= 2, what="leader snapshots")
+        assert leader.status()["log_size"] < 100
+
+        cluster.start(lagging)
+        cluster.wait_converged(timeout=20)
+        st = cluster.replicas[lagging].status()
+        assert st["snapshots_installed"] >= 1
+        assert cluster.kvs[lagging].opens >= 2  # open_fn ran again on the installed env
+        c = counts(cluster.contents(lagging))
+        assert len(c) == 190 and set(c.values()) == {1}
+        assert submit_wait(leader, b"after-catch-up") == (1, FAIL_REASON.SUCCESS)
+        cluster.wait_converged()
+
+        # restart every replica after compaction: state comes from LMDB + dump + journal
+        expected = cluster.contents(0)
+        for i in range(3):
+            cluster.stop(i)
+        cluster.start_all()
+        new_leader = cluster.leader(timeout=15)
+        assert submit_wait(new_leader, b"after-restart") == (1, FAIL_REASON.SUCCESS)
+        cluster.wait_converged()
+        for i in range(3):
+            c = counts(cluster.contents(i))
+            assert set(c.values()) == {1}
+            assert len(c) == len(counts(expected)) + 1
+    finally:
+        cluster.close()
+
+
+def test_isolated_leader_stops_claiming_leadership(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    assert leader.is_leader()
+    for i, r in enumerate(cluster.replicas):
+        if r is not leader:
+            cluster.stop(i)
+    wait_for(lambda: not leader.is_leader(), timeout=3 * FAST.leader_fallback_timeout, what="step down")
+    assert leader.status()["is_leader"] is False
+
+
+def test_replica_requires_a_secret(tmp_path):
+    with pytest.raises(ValueError):
+        ShardReplica(
+            shard_id=1,
+            raft_address="127.0.0.1:1",
+            partner_addresses=[],
+            data_dir=tmp_path,
+            secret="",
+            apply_fn=lambda txn, p: None,
+        )
+
+
+def test_single_member_group_applies_and_restarts(tmp_path):
+    (port,) = _free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    kv = CountingKV()
+
+    def make():
+        return ShardReplica(
+            shard_id=1,
+            raft_address=addr,
+            partner_addresses=[addr],
+            data_dir=tmp_path,
+            secret=SECRET,
+            apply_fn=kv.apply,
+            open_fn=kv.open_fn,
+            raft=FAST,
+        )
+
+    r = make()
+    try:
+        wait_for(r.is_leader, what="single leader")
+        assert submit_wait(r, b"solo") == (1, FAIL_REASON.SUCCESS)
+        # the leader's no-op, appended and counted in the same tick, was synced on add
+        assert r._journal.durable_index >= r.raftCommitIndex
+    finally:
+        r.close()
+    r = make()
+    try:
+        wait_for(r.is_leader, what="single leader after restart")
+        assert submit_wait(r, b"solo") == (2, FAIL_REASON.SUCCESS)
+        with r.read_txn() as txn:
+            assert txn.get(b"count:solo", db=kv.db) == b"2"
+    finally:
+        r.close()
+
+
+# ---------------------------------------------------------------------- AppendEntries rewrite
+
+
+def _log(terms: dict[int, int]):
+    return terms.get, max(terms)
+
+
+def _ae(prev, prev_term, entries, commit=0):
+    return {
+        "type": "append_entries",
+        "term": 5,
+        "commit_index": commit,
+        "prevLogIdx": prev,
+        "prevLogTerm": prev_term,
+        "entries": [(b"c%d" % i, i, t) for i, t in entries],
+    }
+
+
+def test_normalize_passes_through_when_nothing_can_be_truncated():
+    term_at, last = _log({1: 1, 2: 1, 3: 1})
+    msg = _ae(3, 1, [(4, 2), (5, 2)])
+    assert normalize_append_entries(msg, term_at, last) == (msg, None)
+    mismatch = _ae(3, 9, [(4, 2)])  # prev does not match: pysyncobj resets
+    assert normalize_append_entries(mismatch, term_at, last) == (mismatch, None)
+    chunk = dict(msg, transmission="start")
+    assert normalize_append_entries(chunk, term_at, last) == (chunk, None)
+
+
+def test_normalize_keeps_acknowledged_entries_after_a_shorter_retransmit():
+    # follower holds 1..10; leader re-sends 4..6 (its nextIndex went back after an old ack)
+    term_at, last = _log({i: 1 for i in range(1, 11)})
+    msg = _ae(3, 1, [(4, 1), (5, 1), (6, 1)], commit=9)
+    new, ack = normalize_append_entries(msg, term_at, last)
+    assert new["entries"] == [] and new["prevLogIdx"] == 10 and new["prevLogTerm"] == 1
+    assert new["commit_index"] == 6  # only what this message verified
+    assert ack == 7
+    heartbeat = _ae(3, 1, [], commit=2)
+    new, ack = normalize_append_entries(heartbeat, term_at, last)
+    assert new["prevLogIdx"] == 10 and new["entries"] == [] and ack == 4 and new["commit_index"] == 2
+
+
+def test_normalize_skips_matching_prefix_and_truncates_only_conflicts():
+    term_at, last = _log({1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1})
+    msg = _ae(2, 1, [(3, 1), (4, 1), (5, 3), (6, 3), (7, 3)])
+    new, ack = normalize_append_entries(msg, term_at, last)
+    assert ack is None
+    assert new["prevLogIdx"] == 4 and new["prevLogTerm"] == 1
+    assert [e[1:] for e in new["entries"]] == [(5, 3), (6, 3), (7, 3)]
+    exact = _ae(2, 1, [(3, 1), (4, 1), (5, 1), (6, 1)])
+    new, ack = normalize_append_entries(exact, term_at, last)
+    assert new["entries"] == [] and new["prevLogIdx"] == 6 and ack is None
+    first_conflicts = _ae(2, 1, [(3, 2)])
+    assert normalize_append_entries(first_conflicts, term_at, last) == (first_conflicts, None)
