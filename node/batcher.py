@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pysyncobj import FAIL_REASON
 
 from tidebank.node.commands import ENTRY_OPERATIONS_MAX, encode_entry
+from tidebank.node.replica import ApplyFailed
 from tidebank.node.state_machine import Operation
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class NotAppliedError(Exception):
 
 class OutcomeUnknownError(Exception):
     """The entry may or may not have been applied: only an idempotent retry is safe."""
+
+
+class ApplyFailedError(Exception):
+    """Every replica recorded the entry as failed (a bug, logged CRITICAL): nothing was applied."""
 
 
 class OverloadedError(Exception):
@@ -155,6 +160,9 @@ class ShardBatcher:
             exc: Exception = (NotAppliedError if error in NOT_APPLIED else OutcomeUnknownError)(
                 f"raft: {error}")
             self._finish(entry, exc)
+            return
+        if isinstance(result, ApplyFailed):
+            self._finish(entry, ApplyFailedError(result.reason))
             return
         if not isinstance(result, list):
             self._finish(entry, OutcomeUnknownError(f"apply returned {result!r}"))

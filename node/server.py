@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tidebank.cluster.topology import NodeSpec, Topology
 from tidebank.node import metrics
+from tidebank.node.replica import RaftTuning
 from tidebank.node.routing import ShardMap
 from tidebank.node.service import AdminService, LedgerService, NodeView, generic_handlers
 from tidebank.node.shard import ShardHost
@@ -33,6 +35,16 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
 ]
 PULSE_PERIOD_S = 0.5
+
+
+def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
+    """Operator and test knobs: (Raft tuning, whether the journal fdatasyncs)."""
+    env = os.environ
+    tuning = RaftTuning(
+        log_compaction_min_entries=int(env.get("TIDEBANK_RAFT_LOG_COMPACTION_MIN_ENTRIES", 5000)),
+        log_compaction_min_time=float(env.get("TIDEBANK_RAFT_LOG_COMPACTION_MIN_TIME_S", 300.0)),
+    )
+    return tuning, env.get("TIDEBANK_RAFT_FSYNC", "1") != "0"
 
 
 class Node(NodeView):
@@ -52,6 +64,9 @@ class Node(NodeView):
         self._stubs: dict[str, ledger_pb2_grpc.LedgerStub] = {}
         self._channels_lock = threading.Lock()
         self.shards: dict[int, ShardHost] = {}
+        tuning, fsync = raft_tuning_from_env()
+        if not fsync:
+            log.warning("TIDEBANK_RAFT_FSYNC=0: acknowledged writes do not survive power loss")
         for shard in topology.shards_on(node_name):
             partners = [topology.node(name).raft_address(shard.shard_id) for name in shard.replicas
                         if name != node_name]
@@ -61,6 +76,8 @@ class Node(NodeView):
                 partner_addresses=partners,
                 data_dir=topology.node_data_dir(node_name) / f"shard-{shard.shard_id}",
                 secret=topology.secret,
+                raft=tuning,
+                fsync=fsync,
             )
         self._stopping = threading.Event()
         self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)

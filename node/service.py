@@ -22,7 +22,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from tidebank.node import convert, errors
-from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.batcher import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.records import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
 from tidebank.node.routing import ShardMap, route_accounts, route_transfers
 from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
@@ -163,6 +163,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
                 failure = failure or errors.outcome_unknown(shard_id, "no commit before the deadline")
             except OutcomeUnknownError as exc:
                 failure = failure or errors.outcome_unknown(shard_id, str(exc))
+            except ApplyFailedError as exc:
+                failure = failure or errors.internal(f"shard {shard_id}: entry failed on every replica: {exc}")
             except NotAppliedError:
                 # Certainly not applied (leadership moved or the node is stopping): retry elsewhere.
                 failure = failure or errors.not_leader(shard_id, self.node.leader_address(shard_id))
