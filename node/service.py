@@ -31,6 +31,7 @@ from tidebank.v1 import admin_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
 log = logging.getLogger(__name__)
 
 HOPS_HEADER = "x-tidebank-hops"
+SHARD_HEADER = "x-tidebank-shard"  # set on forwarded calls: the one shard the receiver must serve
 HOPS_MAX = 2
 WAIT_DEFAULT_S = 30.0
 PAGE_SIZE_DEFAULT = 100
@@ -67,19 +68,22 @@ class _Call:
     context: grpc.ServicerContext
     hops: int
     wait_s: float
+    only_shard: int | None  # a forwarded call serves one shard, never scatters again
 
 
 def _call(context: grpc.ServicerContext) -> _Call:
-    hops = 0
+    hops, only_shard = 0, None
     for key, value in context.invocation_metadata() or ():
-        if key == HOPS_HEADER:
-            try:
+        try:
+            if key == HOPS_HEADER:
                 hops = int(value)
-            except ValueError:
-                hops = HOPS_MAX
+            elif key == SHARD_HEADER:
+                only_shard = int(value)
+        except ValueError:
+            raise errors.invalid_argument([(key, f"not an integer: {value!r}")]) from None
     remaining = context.time_remaining()
     wait_s = WAIT_DEFAULT_S if remaining is None else max(0.0, min(remaining - 0.05, WAIT_DEFAULT_S))
-    return _Call(context, hops, wait_s)
+    return _Call(context, hops, wait_s, only_shard)
 
 
 def _chain_future(source: grpc.Future, transform: Callable) -> Future:
@@ -149,7 +153,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             raise errors.not_leader(shard_id, leader if leader != self.node.address else None)
         stub = self.node.ledger_stub(leader)
         rpc = getattr(stub, method).future(request, timeout=call.wait_s,
-                                           metadata=((HOPS_HEADER, str(call.hops + 1)),))
+                                           metadata=((HOPS_HEADER, str(call.hops + 1)),
+                                                     (SHARD_HEADER, str(shard_id))))
         return _chain_future(rpc, transform)
 
     def _wait_writes(self, call: _Call, parts: dict[int, Future]) -> dict[int, list[int]]:
@@ -210,7 +215,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
                 read_local: Callable, from_response: Callable, request_cls, every_shard: bool = False) -> dict:
         by_shard: dict[int, list[int]] = {}
         if every_shard:
-            by_shard = {shard_id: list(ids) for shard_id in self.node.shard_map.shard_ids}
+            shards = [call.only_shard] if call.only_shard is not None else self.node.shard_map.shard_ids
+            by_shard = {shard_id: list(ids) for shard_id in shards}
         else:
             for key in ids:
                 by_shard.setdefault(self.node.shard_map.shard_of(key), []).append(key)
