@@ -229,7 +229,7 @@ def test_whole_cluster_stop_and_start_keeps_every_acknowledged_transfer(tmp_path
             wait_until(lambda: len(workload.acknowledged) >= 300, 60, "transfers before the stop")
             workload.finish()
         if how == "sigkill":
-            for node in cluster.topology.node_names():
+            for node in cluster.topology.node_names:
                 cluster.kill(node)
         else:
             cluster.stop()
