@@ -1,0 +1,819 @@
+"""The `tidebank` admin CLI: run local clusters, look at any cluster, poke the ledger.
+
+Every command that talks to a cluster takes `--dir DIR` (a local cluster folder,
+as made by `tidebank cluster up`) or `--endpoints HOST:PORT,...`. Commands whose
+output is data take `-o table|json`. Exit codes: 0 ok, 1 failed or unhealthy,
+2 bad arguments or (for `status`/`shard-map`) no node reachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidebank import __version__
+from tidebank.cluster.launcher import (
+    CONFIG_NAME,
+    ClusterError,
+    LocalCluster,
+    NodeExitedError,
+    NoReachableNode,
+    StatusReport,
+    collect_status,
+    fetch_shard_map,
+    targets_from_shard_map,
+    targets_from_topology,
+)
+from tidebank.cluster.topology import Topology, TopologyError, split_address
+from tidebank.keys import U128_MAX
+
+DEBUG_ENV = "TIDEBANK_DEBUG"  # set to show tracebacks instead of one-line errors
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="tidebank",
+    help="tidebank admin CLI: local clusters, cluster status, accounts and transfers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+cluster_app = typer.Typer(help="Run a local multi-DC cluster (one process per node).", no_args_is_help=True)
+node_app = typer.Typer(help="Run one storage node, or disturb one in a local cluster.", no_args_is_help=True)
+account_app = typer.Typer(help="Create and look up accounts.", no_args_is_help=True)
+transfer_app = typer.Typer(help="Create and look up transfers.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(node_app, name="node")
+app.add_typer(account_app, name="account")
+app.add_typer(transfer_app, name="transfer")
+
+
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+DirOpt = Annotated[
+    pathlib.Path | None,
+    typer.Option("--dir", "-d", help="Local cluster folder (holds cluster.toml).", file_okay=False),
+]
+EndpointsOpt = Annotated[
+    str | None,
+    typer.Option("--endpoints", "-e", help="Comma-separated node endpoints.", metavar="HOST:PORT,..."),
+]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds.", min=0.1)]
+NodeOpt = Annotated[str, typer.Option("--node", "-n", help="Node name (as in cluster.toml).")]
+
+
+# ---- plumbing ----------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn exceptions into a one-line `error: ...` and exit code 1 (set
+    TIDEBANK_DEBUG=1 for the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            err.print(f"error: {_describe(e)}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+        return f"{e.code().name}: {e.details()}"
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, TopologyError | ClusterError | TimeoutError | FileExistsError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _parse_endpoints(text: str) -> list[str]:
+    endpoints = [e.strip() for e in text.split(",") if e.strip()]
+    if not endpoints:
+        raise typer.BadParameter("no endpoints given", param_hint="'--endpoints'")
+    for e in endpoints:
+        try:
+            split_address(e)
+        except TopologyError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--endpoints'") from None
+    return endpoints
+
+
+def _require_target(dir: pathlib.Path | None, endpoints: str | None) -> None:
+    if (dir is None) == (endpoints is None):
+        raise typer.BadParameter(
+            "give exactly one of --dir DIR or --endpoints HOST:PORT,...", param_hint="'--dir' / '--endpoints'"
+        )
+
+
+def _resolve_endpoints(dir: pathlib.Path | None, endpoints: str | None) -> list[str]:
+    _require_target(dir, endpoints)
+    if endpoints is not None:
+        return _parse_endpoints(endpoints)
+    return LocalCluster.open(dir).endpoints
+
+
+def _parse_id(text: str, what: str = "id") -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise typer.BadParameter(f"{what} {text!r} is not an integer (decimal or 0x hex)") from None
+    if not 0 < value < U128_MAX:
+        raise typer.BadParameter(f"{what} {text} is out of range: ids are 1 .. 2^128-2")
+    return value
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _flag_names(flag_enum: type, value: int) -> list[str]:
+    return [m.name.lower() for m in flag_enum if m.value and value & m.value == m.value]
+
+
+def _flag(flag_enum: type, name: str):
+    wanted = name.strip().lower().replace("-", "_")
+    for m in flag_enum:
+        if m.name.lower() == wanted and m.value:
+            return m
+    valid = ", ".join(m.name.lower() for m in flag_enum if m.value)
+    raise typer.BadParameter(f"unknown flag {name.strip()!r} (valid: {valid})", param_hint="'--flags'")
+
+
+def _parse_flags(flag_enum: type, text: str | None) -> int:
+    value = 0
+    for part in (text or "").split(","):
+        if part.strip():
+            value |= int(_flag(flag_enum, part))
+    return value
+
+
+@contextlib.contextmanager
+def _client(endpoints: list[str], timeout_s: float) -> Iterator[Any]:
+    from tidebank.client import Client
+
+    client = Client(endpoints, timeout_s=timeout_s)
+    try:
+        yield client
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+
+
+def _status_name(status: Any) -> str:
+    name = getattr(status, "name", None)
+    return name.lower() if isinstance(name, str) else str(status)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"tidebank {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Show the version and exit.", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """tidebank admin CLI: local clusters, cluster status, accounts and transfers."""
+
+
+# ---- cluster -----------------------------------------------------------------------
+
+
+@cluster_app.command("up")
+@_one_line_errors
+def cluster_up(
+    dir: Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Cluster folder.", file_okay=False)],
+    dcs: Annotated[int | None, typer.Option(help="Data centres: 3 or 5 (new clusters only). [default: 3]")] = None,
+    nodes_per_dc: Annotated[
+        int | None, typer.Option(help="Nodes per DC (new clusters only). [default: 1]", min=1)
+    ] = None,
+    shards: Annotated[int | None, typer.Option(help="Shards (new clusters only). [default: 4]", min=1)] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for leaders.", min=1)] = 60.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a local cluster in DIR (or reuse DIR/cluster.toml), start it, wait until
+    every shard has a leader, and print the client endpoints."""
+    if dcs is not None and dcs not in (3, 5):
+        raise typer.BadParameter("a shard has one replica per DC: 3 or 5", param_hint="'--dcs'")
+    config = dir / CONFIG_NAME
+    if config.exists():
+        cluster = LocalCluster.open(dir)
+        topo = cluster.topology
+        per_dc = len(topo.nodes) // len(topo.dcs)
+        asked = {
+            "--dcs": (dcs, len(topo.dcs)),
+            "--nodes-per-dc": (nodes_per_dc, per_dc),
+            "--shards": (shards, len(topo.shards)),
+        }
+        for opt, (want, have) in asked.items():
+            if want is not None and want != have:
+                err.print(f"note: reusing {config}: {opt} {want} ignored, the cluster has {have}")
+    else:
+        cluster = LocalCluster.create(dir, dcs=dcs or 3, nodes_per_dc=nodes_per_dc or 1, shards=shards or 4)
+    topo = cluster.topology
+    try:
+        to_start = [n for n in topo.node_names if not cluster.is_running(n)]
+        cluster.start(to_start)
+        if output == Output.table:
+            err.print(f"starting {len(to_start)} of {len(topo.nodes)} nodes in {cluster.dir} ...")
+        try:
+            cluster.wait_ready(timeout_s=timeout)
+        except KeyboardInterrupt:
+            cluster.stop(to_start)
+            raise
+        except (NodeExitedError, TimeoutError, ClusterError) as e:
+            err.print(f"error: cluster did not become ready: {e}", markup=False, soft_wrap=True)
+            if not isinstance(e, NodeExitedError):
+                for name in to_start:
+                    tail = cluster.log_tail(name, lines=8)
+                    if tail:
+                        err.print(f"--- {cluster.log_path(name)} (last lines)", markup=False)
+                        err.print(tail, markup=False, soft_wrap=True)
+            stopped = cluster.stop(to_start)
+            if stopped:
+                err.print(f"stopped the nodes it started ({', '.join(stopped)}); logs in {cluster.logs_dir}")
+            raise typer.Exit(1) from None
+    finally:
+        cluster.close()
+    endpoints = ",".join(cluster.endpoints)
+    if output == Output.json:
+        _print_json(
+            {
+                "dir": str(cluster.dir),
+                "config": str(cluster.config_path),
+                "endpoints": cluster.endpoints,
+                "nodes": [
+                    {"node": n.name, "dc": n.dc, "address": n.grpc_address, "pid": cluster.pid(n.name)}
+                    for n in topo.nodes
+                ],
+            }
+        )
+        return
+    out.print(
+        f"cluster {topo.cluster_name} ready: {len(topo.nodes)} nodes in {len(topo.dcs)} DCs, "
+        f"{len(topo.shards)} shards ({cluster.config_path})"
+    )
+    out.print(f"endpoints: {endpoints}")
+    out.print(f"try: tidebank status --dir {dir}")
+
+
+@cluster_app.command("down")
+@_one_line_errors
+def cluster_down(
+    dir: Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Cluster folder.", file_okay=False)],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds before SIGKILL.", min=0)] = 10.0,
+) -> None:
+    """Stop every node of the local cluster in DIR (data and logs are kept)."""
+    cluster = LocalCluster.open(dir)
+    stopped = cluster.stop(timeout_s=timeout)
+    out.print(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
+
+
+# ---- node --------------------------------------------------------------------------
+
+
+@node_app.command("start")
+@_one_line_errors
+def node_start(
+    config: Annotated[
+        pathlib.Path, typer.Option("--config", "-c", help="Topology file (cluster.toml).", exists=True, dir_okay=False)
+    ],
+    node: NodeOpt,
+) -> None:
+    """Run one storage node in the foreground until SIGTERM or Ctrl-C."""
+    topo = Topology.load(config)
+    topo.node(node)  # a clear error before the node process starts up
+    from tidebank.node.server import main as node_main
+
+    raise typer.Exit(node_main(str(config), node) or 0)
+
+
+LocalDirOpt = Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Local cluster folder.", file_okay=False)]
+
+
+@node_app.command("stop")
+@_one_line_errors
+def node_stop(dir: LocalDirOpt, node: NodeOpt) -> None:
+    """Stop a node of a local cluster cleanly (SIGTERM, SIGKILL after 10 s)."""
+    stopped = LocalCluster.open(dir).stop([node])
+    out.print(f"stopped {node}" if stopped else f"{node} was not running")
+
+
+@node_app.command("kill")
+@_one_line_errors
+def node_kill(dir: LocalDirOpt, node: NodeOpt) -> None:
+    """SIGKILL a node of a local cluster (a crash)."""
+    LocalCluster.open(dir).kill(node)
+    out.print(f"killed {node}")
+
+
+@node_app.command("pause")
+@_one_line_errors
+def node_pause(dir: LocalDirOpt, node: NodeOpt) -> None:
+    """SIGSTOP a node of a local cluster (a hung process)."""
+    LocalCluster.open(dir).pause(node)
+    out.print(f"paused {node}")
+
+
+@node_app.command("resume")
+@_one_line_errors
+def node_resume(dir: LocalDirOpt, node: NodeOpt) -> None:
+    """SIGCONT a paused node of a local cluster."""
+    LocalCluster.open(dir).resume(node)
+    out.print(f"resumed {node}")
+
+
+@node_app.command("restart")
+@_one_line_errors
+def node_restart(
+    dir: LocalDirOpt,
+    node: NodeOpt,
+    wait: Annotated[bool, typer.Option(help="Wait until every shard has a leader again.")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 60.0,
+) -> None:
+    """Restart a node of a local cluster on the same data (start it if it is down)."""
+    cluster = LocalCluster.open(dir)
+    cluster.restart(node)
+    if wait:
+        cluster.wait_ready(timeout_s=timeout)
+        out.print(f"restarted {node}; every shard has a leader")
+    else:
+        out.print(f"restarted {node}")
+
+
+# ---- status and shard map ----------------------------------------------------------
+
+_ROLE_STYLE = {"leader": "bold green", "follower": "", "candidate": "yellow", "down": "red", "absent": "red"}
+
+
+def _status_report(dir: pathlib.Path | None, endpoints: str | None, timeout_s: float) -> StatusReport:
+    _require_target(dir, endpoints)
+    if dir is not None:
+        return collect_status(targets_from_topology(LocalCluster.open(dir).topology), timeout_s)
+    shard_map = fetch_shard_map(_parse_endpoints(endpoints), timeout_s)
+    return collect_status(targets_from_shard_map(shard_map), timeout_s)
+
+
+def _num(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+@app.command("status")
+@_one_line_errors
+def status(
+    dir: DirOpt = None, endpoints: EndpointsOpt = None, output: OutputOpt = Output.table, timeout: TimeoutOpt = 2.0
+) -> None:
+    """One row per shard replica: role, term, commit and applied index, lag.
+
+    Exit code 1 when a shard has no leader or no quorum, 2 when no node answers."""
+    try:
+        report = _status_report(dir, endpoints, timeout)
+    except NoReachableNode as e:
+        if output == Output.json:
+            _print_json(
+                {"healthy": False, "problems": [str(e)], "nodes_total": 0, "nodes_reachable": 0, "replicas": []}
+            )
+        raise _fail(str(e), 2) from None
+    if output == Output.json:
+        _print_json(report.to_dict())
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("NODE", "DC", "ADDRESS", "SHARD", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"):
+            table.add_column(col, justify="right" if col in ("SHARD", "TERM", "COMMIT", "APPLIED", "LAG") else "left")
+        for r in report.rows:
+            table.add_row(
+                r.node,
+                r.dc,
+                r.address,
+                str(r.shard),
+                f"[{_ROLE_STYLE.get(r.role, '')}]{r.role}[/]" if _ROLE_STYLE.get(r.role) else r.role,
+                _num(r.term),
+                _num(r.commit_index),
+                _num(r.applied_index),
+                _num(r.lag),
+            )
+        out.print(table)
+        summary = f"{report.nodes_reachable}/{report.nodes_total} nodes answer"
+        if report.healthy:
+            out.print(f"{summary}; [green]healthy[/]")
+        else:
+            out.print(f"{summary}; [red]unhealthy[/]:")
+            for p in report.problems:
+                out.print(f"  - {p}", markup=False)
+    if report.nodes_reachable == 0:
+        raise typer.Exit(2)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+def _slots_text(slots) -> str:
+    return ", ".join(f"{s.start}-{s.end - 1}" for s in slots)
+
+
+@app.command("shard-map")
+@_one_line_errors
+def shard_map(
+    dir: DirOpt = None, endpoints: EndpointsOpt = None, output: OutputOpt = Output.table, timeout: TimeoutOpt = 2.0
+) -> None:
+    """The shard map as the nodes serve it: slots, replicas and current leader of each
+    shard (exit code 2 when no node answers)."""
+    try:
+        sm = fetch_shard_map(_resolve_endpoints(dir, endpoints), timeout)
+    except NoReachableNode as e:
+        raise _fail(str(e), 2) from None
+    shards = sorted(sm.shards, key=lambda s: s.shard_id)
+    if output == Output.json:
+        _print_json(
+            {
+                "version": sm.version,
+                "slot_count": sm.slot_count,
+                "shards": [
+                    {
+                        "shard_id": s.shard_id,
+                        "slots": [[r.start, r.end] for r in s.slots],
+                        "leader_node": s.leader_node,
+                        "replicas": [{"node": r.node, "dc": r.dc, "address": r.address} for r in s.replicas],
+                    }
+                    for s in shards
+                ],
+            }
+        )
+        return
+    out.print(f"shard map version {sm.version}, {sm.slot_count} slots")
+    table = Table(box=None, pad_edge=False)
+    for col in ("SHARD", "SLOTS", "LEADER", "REPLICAS (preferred leader first)"):
+        table.add_column(col, justify="right" if col == "SHARD" else "left")
+    for s in shards:
+        replicas = ", ".join(f"{r.node}@{r.dc}" for r in s.replicas)
+        table.add_row(str(s.shard_id), _slots_text(s.slots), s.leader_node or "[red]none[/]", replicas)
+    out.print(table)
+
+
+# ---- accounts ----------------------------------------------------------------------
+
+ClientTimeoutOpt = Annotated[float, typer.Option("--timeout-s", help="Client request timeout in seconds.", min=0.1)]
+
+
+def _print_results(results: list, ids: list[int], output: Output) -> None:
+    rows = []
+    for r in results:
+        index = getattr(r, "index", None)
+        rid = getattr(r, "id", None)
+        if rid is None and index is not None and index < len(ids):
+            rid = ids[index]
+        rows.append({"index": index, "id": str(rid), "status": _status_name(r.status), "ok": bool(r.ok)})
+    if output == Output.json:
+        _print_json(rows)
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("INDEX", "ID", "RESULT"):
+            table.add_column(col, justify="right" if col == "INDEX" else "left")
+        for row in rows:
+            style = "green" if row["ok"] else "red"
+            table.add_row(_num(row["index"]), row["id"], f"[{style}]{row['status']}[/]")
+        out.print(table)
+    if not all(row["ok"] for row in rows) or len(rows) < len(ids):
+        raise typer.Exit(1)
+
+
+@account_app.command("create")
+@_one_line_errors
+def account_create(
+    ledger: Annotated[int, typer.Option(help="Ledger (currency), nonzero.", min=1)],
+    code: Annotated[int, typer.Option(help="Account type, nonzero.", min=1)],
+    id: Annotated[
+        str | None, typer.Option("--id", help="Account id (default: a new time-ordered id).", metavar="ID")
+    ] = None,
+    flags: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated: linked, debits_must_not_exceed_credits, credits_must_not_exceed_debits, "
+            "history, closed."
+        ),
+    ] = None,
+    user_data_128: Annotated[int, typer.Option(min=0)] = 0,
+    user_data_64: Annotated[int, typer.Option(min=0)] = 0,
+    user_data_32: Annotated[int, typer.Option(min=0)] = 0,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: ClientTimeoutOpt = 10.0,
+) -> None:
+    """Create one account and print its result (exit code 1 unless created)."""
+    targets = _resolve_endpoints(dir, endpoints)
+    account_id = _parse_id(id) if id is not None else None
+    from tidebank.client import Account, AccountFlags, new_id
+
+    account_id = account_id or new_id()
+    account = Account(
+        id=account_id,
+        ledger=ledger,
+        code=code,
+        flags=_parse_flags(AccountFlags, flags),
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=user_data_32,
+    )
+    with _client(targets, timeout_s) as c:
+        results = c.create_accounts([account])
+    _print_results(results, [account_id], output)
+
+
+def _account_dict(a: Any, flag_enum: type) -> dict:
+    return {
+        "id": str(a.id),
+        "ledger": a.ledger,
+        "code": a.code,
+        "flags": _flag_names(flag_enum, int(a.flags)),
+        "debits_pending": a.debits_pending,
+        "debits_posted": a.debits_posted,
+        "credits_pending": a.credits_pending,
+        "credits_posted": a.credits_posted,
+        "user_data_128": str(a.user_data_128),
+        "user_data_64": a.user_data_64,
+        "user_data_32": a.user_data_32,
+        "timestamp": a.timestamp,
+    }
+
+
+def _print_missing(wanted: list[int], found: list[Any], what: str) -> bool:
+    have = {int(x.id) for x in found}
+    missing = [i for i in wanted if i not in have]
+    for i in missing:
+        err.print(f"{what} {i} not found")
+    return bool(missing)
+
+
+@account_app.command("get")
+@_one_line_errors
+def account_get(
+    ids: Annotated[list[str], typer.Argument(help="Account ids (decimal or 0x hex).", metavar="ID...")],
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: ClientTimeoutOpt = 10.0,
+) -> None:
+    """Look up accounts and their balances (exit code 1 if any is not found)."""
+    wanted = [_parse_id(i) for i in ids]
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import AccountFlags
+
+    with _client(targets, timeout_s) as c:
+        accounts = c.lookup_accounts(wanted)
+    rows = [_account_dict(a, AccountFlags) for a in accounts]
+    if output == Output.json:
+        _print_json(rows)
+    else:
+        table = Table(box=None, pad_edge=False)
+        cols = ("ID", "LEDGER", "CODE", "FLAGS", "DEBITS PENDING", "DEBITS POSTED", "CREDITS PENDING", "CREDITS POSTED")
+        for col in cols:
+            table.add_column(col, justify="left" if col in ("ID", "FLAGS") else "right")
+        for r in rows:
+            table.add_row(
+                r["id"],
+                str(r["ledger"]),
+                str(r["code"]),
+                ",".join(r["flags"]) or "-",
+                str(r["debits_pending"]),
+                str(r["debits_posted"]),
+                str(r["credits_pending"]),
+                str(r["credits_posted"]),
+            )
+        out.print(table)
+    if _print_missing(wanted, accounts, "account"):
+        raise typer.Exit(1)
+
+
+# ---- transfers ---------------------------------------------------------------------
+
+
+@transfer_app.command("create")
+@_one_line_errors
+def transfer_create(
+    debit: Annotated[str | None, typer.Option("--debit", help="Debit account id.", metavar="ID")] = None,
+    credit: Annotated[str | None, typer.Option("--credit", help="Credit account id.", metavar="ID")] = None,
+    amount: Annotated[int | None, typer.Option(help="Amount in minor units.", min=0)] = None,
+    ledger: Annotated[int | None, typer.Option(help="Ledger, same as the accounts'.", min=0)] = None,
+    code: Annotated[int | None, typer.Option(help="Transfer code, nonzero.", min=0)] = None,
+    id: Annotated[
+        str | None, typer.Option("--id", help="Transfer id (default: a new time-ordered id).", metavar="ID")
+    ] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Reserve the amount; post or void it later.")] = False,
+    timeout: Annotated[
+        int, typer.Option("--timeout", help="Pending only: seconds until it expires (0 = never).", min=0)
+    ] = 0,
+    post: Annotated[
+        str | None, typer.Option("--post", help="Post this pending transfer.", metavar="PENDING_ID")
+    ] = None,
+    void: Annotated[
+        str | None, typer.Option("--void", help="Void this pending transfer.", metavar="PENDING_ID")
+    ] = None,
+    user_data_128: Annotated[int, typer.Option(min=0)] = 0,
+    user_data_64: Annotated[int, typer.Option(min=0)] = 0,
+    user_data_32: Annotated[int, typer.Option(min=0)] = 0,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: ClientTimeoutOpt = 10.0,
+) -> None:
+    """Create one transfer and print its result (exit code 1 unless created).
+
+    With --post or --void, the debit and credit accounts, amount, ledger and code may
+    be left out; the node takes them from the pending transfer."""
+    if post is not None and void is not None:
+        raise typer.BadParameter("give --post or --void, not both", param_hint="'--post' / '--void'")
+    resolving = post is not None or void is not None
+    if resolving and pending:
+        raise typer.BadParameter(
+            "--pending creates a pending transfer; --post/--void resolve one", param_hint="'--pending'"
+        )
+    if timeout and not pending:
+        raise typer.BadParameter("only pending transfers have a timeout", param_hint="'--timeout'")
+    if not resolving:
+        missing = [
+            opt
+            for opt, v in (
+                ("--debit", debit),
+                ("--credit", credit),
+                ("--amount", amount),
+                ("--ledger", ledger),
+                ("--code", code),
+            )
+            if v is None
+        ]
+        if missing:
+            raise typer.BadParameter(f"missing {', '.join(missing)}", param_hint="transfer")
+    targets = _resolve_endpoints(dir, endpoints)
+    transfer_id = _parse_id(id) if id is not None else None
+    debit_id = _parse_id(debit, "debit account id") if debit is not None else 0
+    credit_id = _parse_id(credit, "credit account id") if credit is not None else 0
+    pending_id = _parse_id(post or void, "pending id") if resolving else 0
+    from tidebank.client import Transfer, TransferFlags, new_id
+
+    flags = 0
+    if pending:
+        flags |= int(_flag(TransferFlags, "pending"))
+    if post is not None:
+        flags |= int(_flag(TransferFlags, "post_pending_transfer"))
+    if void is not None:
+        flags |= int(_flag(TransferFlags, "void_pending_transfer"))
+    transfer_id = transfer_id or new_id()
+    transfer = Transfer(
+        id=transfer_id,
+        debit_account_id=debit_id,
+        credit_account_id=credit_id,
+        amount=amount or 0,
+        pending_id=pending_id,
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=user_data_32,
+        timeout=timeout,
+        ledger=ledger or 0,
+        code=code or 0,
+        flags=flags,
+    )
+    with _client(targets, timeout_s) as c:
+        results = c.create_transfers([transfer])
+    _print_results(results, [transfer_id], output)
+
+
+@transfer_app.command("get")
+@_one_line_errors
+def transfer_get(
+    ids: Annotated[list[str], typer.Argument(help="Transfer ids (decimal or 0x hex).", metavar="ID...")],
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: ClientTimeoutOpt = 10.0,
+) -> None:
+    """Look up transfers (exit code 1 if any is not found)."""
+    wanted = [_parse_id(i) for i in ids]
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import TransferFlags
+
+    with _client(targets, timeout_s) as c:
+        transfers = c.lookup_transfers(wanted)
+    rows = [
+        {
+            "id": str(t.id),
+            "debit_account_id": str(t.debit_account_id),
+            "credit_account_id": str(t.credit_account_id),
+            "amount": t.amount,
+            "pending_id": str(t.pending_id),
+            "ledger": t.ledger,
+            "code": t.code,
+            "flags": _flag_names(TransferFlags, int(t.flags)),
+            "timeout": t.timeout,
+            "user_data_128": str(t.user_data_128),
+            "user_data_64": t.user_data_64,
+            "user_data_32": t.user_data_32,
+            "timestamp": t.timestamp,
+        }
+        for t in transfers
+    ]
+    if output == Output.json:
+        _print_json(rows)
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("ID", "DEBIT", "CREDIT", "AMOUNT", "LEDGER", "CODE", "FLAGS", "PENDING ID", "TIMESTAMP"):
+            table.add_column(col, justify="right" if col in ("AMOUNT", "LEDGER", "CODE", "TIMESTAMP") else "left")
+        for r in rows:
+            table.add_row(
+                r["id"],
+                r["debit_account_id"],
+                r["credit_account_id"],
+                str(r["amount"]),
+                str(r["ledger"]),
+                str(r["code"]),
+                ",".join(r["flags"]) or "-",
+                r["pending_id"] if r["pending_id"] != "0" else "-",
+                str(r["timestamp"]),
+            )
+        out.print(table)
+    if _print_missing(wanted, transfers, "transfer"):
+        raise typer.Exit(1)
+
+
+# ---- demo --------------------------------------------------------------------------
+
+
+@app.command("demo")
+@_one_line_errors
+def demo(
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    accounts: Annotated[int, typer.Option(help="Accounts to create.", min=4)] = 1000,
+    transfers: Annotated[int, typer.Option(help="Transfers to run in batches.", min=0)] = 20000,
+    batch_size: Annotated[int, typer.Option(help="Transfers per batch.", min=1, max=8189)] = 1000,
+    concurrency: Annotated[int, typer.Option(help="Batches in flight at once.", min=1, max=64)] = 4,
+    seed: Annotated[int | None, typer.Option(help="Random seed for the workload.")] = None,
+    timeout_s: ClientTimeoutOpt = 30.0,
+) -> None:
+    """A short workload that shows the ledger at work: accounts on two ledgers,
+    batched transfers, pending/post/void, a rejected and a linked transfer, an
+    idempotent retry; then checks that debits equal credits (exit code 1 if not)."""
+    from tidebank.cluster.demo import run_demo
+
+    targets = _resolve_endpoints(dir, endpoints)
+    report = run_demo(
+        targets,
+        accounts=accounts,
+        transfers=transfers,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        seed=seed,
+        timeout_s=timeout_s,
+        console=out,
+    )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

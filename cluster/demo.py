@@ -1,0 +1,424 @@
+"""`tidebank demo`: a short workload that shows the ledger at work and checks it.
+
+It creates accounts on two ledgers (a quarter of them with
+debits_must_not_exceed_credits), funds them, runs batched transfers, then walks
+through the ledger's rules one by one: a pending transfer posted and one voided,
+an overdraft rejected with exceeds_credits, a linked chain that fails as a whole,
+and an identical re-submission answered with exists. At the end it reads every
+account back and checks, per ledger, that total debits equal total credits, and
+that each account holds exactly what the acknowledged transfers put there.
+
+Until cross-shard commit lands, every transfer's two accounts share a shard:
+accounts are grouped by (ledger, shard), each group with its own funding account.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from tidebank.cluster.launcher import fetch_shard_map
+from tidebank.keys import slot_of
+
+LEDGERS = (1, 2)
+CODE_FUNDING = 1
+CODE_LIMITED = 10  # debits_must_not_exceed_credits
+CODE_OPEN = 20
+CODE_TRANSFER = 1
+FUNDING_AMOUNT = 1_000_000
+MAX_AMOUNT = 1_000
+BATCH_ITEMS_MAX = 8189
+ATTEMPTS = 5
+APPLIED = ("created", "exists")  # a retried batch answers exists for what the first try applied
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class DemoReport:
+    checks: list[Check] = field(default_factory=list)
+    accounts_created: int = 0
+    transfers_submitted: int = 0
+    transfer_outcomes: Counter = field(default_factory=Counter)
+    transfers_per_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def _status(result: Any) -> str:
+    name = getattr(result.status, "name", None)
+    return name.lower() if isinstance(name, str) else str(result.status)
+
+
+class _ShardLocator:
+    def __init__(self, shard_map: Any):
+        self.slot_count = shard_map.slot_count
+        ranges = sorted((r.start, s.shard_id) for s in shard_map.shards for r in s.slots)
+        self.starts = [a for a, _ in ranges]
+        self.owners = [sid for _, sid in ranges]
+        self.shard_ids = sorted(s.shard_id for s in shard_map.shards)
+
+    def shard_of(self, key: int) -> int:
+        return self.owners[bisect.bisect_right(self.starts, slot_of(key, self.slot_count)) - 1]
+
+
+class _Demo:
+    def __init__(
+        self,
+        client: Any,
+        locator: _ShardLocator,
+        api: Any,
+        rng: random.Random,
+        console: Console,
+        batch_size: int,
+        concurrency: int,
+    ):
+        self.c = client
+        self.loc = locator
+        self.api = api  # the tidebank.client module
+        self.rng = rng
+        self.console = console
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.report = DemoReport()
+        # the model: what each account should hold, from the acknowledged transfers
+        self.debits: dict[int, int] = defaultdict(int)
+        self.credits: dict[int, int] = defaultdict(int)
+        self.booked: set[int] = set()  # transfer ids already in the model
+
+    # ---- helpers ---------------------------------------------------------------
+
+    def say(self, step: str, text: str) -> None:
+        self.console.print(f"[bold]{step:<11}[/] {text}")
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.report.checks.append(Check(name, ok, detail))
+        mark = "[green]ok[/]" if ok else "[red]FAILED[/]"
+        self.say(name, f"{detail}  {mark}")
+
+    def new_id_on(self, shard_id: int) -> int:
+        while True:
+            i = self.api.new_id()
+            if self.loc.shard_of(i) == shard_id:
+                return i
+
+    def flag(self, enum: Any, name: str) -> int:
+        for m in enum:
+            if m.name.lower() == name:
+                return int(m)
+        raise DemoError(f"the client has no {enum.__name__} flag {name}")
+
+    def _retry(self, what: str, fn: Callable[[], list]) -> list:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return fn()
+            except Exception as e:  # the client's errors: no leader yet, timeouts, ...
+                if attempt == ATTEMPTS:
+                    raise DemoError(f"{what} failed {ATTEMPTS} times, last: {type(e).__name__}: {e}") from e
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def by_index(results: list, n: int) -> list[str]:
+        """Status names for all n items (a client may report only the failures)."""
+        statuses = ["created"] * n
+        for pos, r in enumerate(results):
+            index = getattr(r, "index", None)
+            statuses[index if index is not None else pos] = _status(r)
+        return statuses
+
+    def create_accounts(self, accounts: list) -> list[str]:
+        statuses: list[str] = []
+        for i in range(0, len(accounts), BATCH_ITEMS_MAX):
+            chunk = accounts[i : i + BATCH_ITEMS_MAX]
+            results = self._retry("create_accounts", lambda chunk=chunk: self.c.create_accounts(chunk))
+            statuses += self.by_index(results, len(chunk))
+        return statuses
+
+    def create_transfers(self, transfers: list) -> list[str]:
+        results = self._retry("create_transfers", lambda: self.c.create_transfers(transfers))
+        statuses = self.by_index(results, len(transfers))
+        for t, s in zip(transfers, statuses, strict=True):
+            # "exists" on a retried batch: an earlier try applied it and the answer was lost
+            if s in APPLIED and t.id not in self.booked:
+                self.booked.add(t.id)
+                self.apply(t)
+        return statuses
+
+    def apply(self, t: Any) -> None:
+        """Book an acknowledged transfer in the model (pending amounts cancel out once
+        posted or voided; the demo resolves every pending transfer it makes)."""
+        if t.flags & self.flag(self.api.TransferFlags, "pending"):
+            return
+        if t.flags & self.flag(self.api.TransferFlags, "void_pending_transfer"):
+            return
+        self.debits[t.debit_account_id] += t.amount
+        self.credits[t.credit_account_id] += t.amount
+
+    def transfer(
+        self,
+        debit: int,
+        credit: int,
+        amount: int,
+        ledger: int,
+        *,
+        flags: int = 0,
+        pending_id: int = 0,
+        timeout: int = 0,
+        id: int | None = None,
+    ) -> Any:
+        return self.api.Transfer(
+            id=id if id is not None else self.api.new_id(),
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount=amount,
+            pending_id=pending_id,
+            user_data_128=0,
+            user_data_64=0,
+            user_data_32=0,
+            timeout=timeout,
+            ledger=ledger,
+            code=CODE_TRANSFER,
+            flags=flags,
+        )
+
+    # ---- phases ----------------------------------------------------------------
+
+    def run(self, n_accounts: int, n_transfers: int) -> DemoReport:
+        api = self.api
+        limited_flag = self.flag(api.AccountFlags, "debits_must_not_exceed_credits")
+        shards = self.loc.shard_ids
+        groups = [(ledger, shard) for ledger in LEDGERS for shard in shards]
+        self.say(
+            "cluster", f"{len(shards)} shards, ledgers {', '.join(map(str, LEDGERS))}; transfers stay within one shard"
+        )
+
+        # accounts: a funding account per (ledger, shard), the rest spread evenly
+        funding = {g: api.Account(id=self.new_id_on(g[1]), ledger=g[0], code=CODE_FUNDING, flags=0) for g in groups}
+        members: dict[tuple[int, int], list[int]] = {g: [] for g in groups}
+        limited: list[Any] = []
+        regular = []
+        for i in range(n_accounts):
+            g = groups[i % len(groups)]
+            is_limited = i % 4 == 0
+            a = api.Account(
+                id=self.new_id_on(g[1]),
+                ledger=g[0],
+                code=CODE_LIMITED if is_limited else CODE_OPEN,
+                flags=limited_flag if is_limited else 0,
+            )
+            regular.append(a)
+            members[g].append(a.id)
+            if is_limited:
+                limited.append((g, a))
+        # scenario accounts on ledger 1, first shard
+        home = groups[0]
+        alice = api.Account(id=self.new_id_on(home[1]), ledger=home[0], code=CODE_LIMITED, flags=limited_flag)
+        bob = api.Account(id=self.new_id_on(home[1]), ledger=home[0], code=CODE_OPEN, flags=0)
+        everyone = [*funding.values(), *regular, alice, bob]
+        t0 = time.perf_counter()
+        statuses = self.create_accounts(everyone)
+        counts = Counter(statuses)
+        self.report.accounts_created = counts["created"]
+        self.check(
+            "accounts",
+            counts["created"] == len(everyone),
+            f"{counts['created']} of {len(everyone)} created ({n_accounts} + {len(funding)} funding + 2 "
+            f"for the walk-through), {len(limited) + 1} with debits_must_not_exceed_credits "
+            f"in {time.perf_counter() - t0:.2f} s" + _others(counts, "created"),
+        )
+
+        # funding: every limited account gets money from its group's funding account
+        fund = [self.transfer(funding[g].id, a.id, FUNDING_AMOUNT, g[0]) for g, a in limited]
+        fund.append(self.transfer(funding[home].id, alice.id, 1_000, home[0]))
+        statuses = []
+        for i in range(0, len(fund), BATCH_ITEMS_MAX):
+            statuses += self.create_transfers(fund[i : i + BATCH_ITEMS_MAX])
+        counts = Counter(statuses)
+        self.check(
+            "funding",
+            counts["created"] == len(fund),
+            f"{counts['created']} of {len(fund)} funding transfers created" + _others(counts, "created"),
+        )
+
+        self.batched_transfers(members, funding, n_transfers)
+        self.walk_through(funding[home].id, alice.id, bob.id, home[0])
+        self.verify_balances([a.id for a in everyone])
+        return self.report
+
+    def batched_transfers(self, members: dict, funding: dict, n: int) -> None:
+        if n == 0:
+            return
+        by_shard: dict[int, list] = defaultdict(list)
+        groups = [g for g in members if members[g]]
+        for _ in range(n):
+            g = self.rng.choice(groups)
+            pool = members[g] + [funding[g].id]
+            debit, credit = self.rng.sample(pool, 2) if len(pool) > 1 else (funding[g].id, pool[0])
+            by_shard[g[1]].append(self.transfer(debit, credit, self.rng.randint(1, MAX_AMOUNT), g[0]))
+        batches = [ts[i : i + self.batch_size] for ts in by_shard.values() for i in range(0, len(ts), self.batch_size)]
+        self.rng.shuffle(batches)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.concurrency) as ex:
+            all_statuses = list(ex.map(self.create_transfers, batches))
+        elapsed = time.perf_counter() - t0
+        counts = Counter(s for statuses in all_statuses for s in statuses)
+        self.report.transfers_submitted = n
+        self.report.transfer_outcomes = counts
+        self.report.transfers_per_s = n / elapsed if elapsed > 0 else 0.0
+        outcomes = ", ".join(f"{v} {k}" for k, v in counts.most_common())
+        unexpected = {k: v for k, v in counts.items() if k not in ("created", "exceeds_credits")}
+        self.check(
+            "transfers",
+            not unexpected,
+            f"{n} in {len(batches)} batches of up to {self.batch_size}, {self.concurrency} in flight: "
+            f"{outcomes}; {elapsed:.2f} s, [bold]{self.report.transfers_per_s:,.0f} transfers/s[/]",
+        )
+
+    def walk_through(self, bank: int, alice: int, bob: int, ledger: int) -> None:
+        flags = self.api.TransferFlags
+        pending, post = self.flag(flags, "pending"), self.flag(flags, "post_pending_transfer")
+        void, linked = self.flag(flags, "void_pending_transfer"), self.flag(flags, "linked")
+
+        # pending, then posted
+        p1 = self.transfer(bank, bob, 500, ledger, flags=pending, timeout=3600)
+        s1 = self.create_transfers([p1])
+        s2 = self.create_transfers([self.transfer(bank, bob, 500, ledger, flags=post, pending_id=p1.id)])
+        self.check(
+            "pending",
+            (s1, s2) == (["created"], ["created"]),
+            f"reserved 500 for bob ({s1[0]}), then posted it ({s2[0]})",
+        )
+
+        # pending, then voided
+        p2 = self.transfer(bank, bob, 300, ledger, flags=pending, timeout=3600)
+        s1 = self.create_transfers([p2])
+        s2 = self.create_transfers([self.transfer(bank, bob, 300, ledger, flags=void, pending_id=p2.id)])
+        self.check(
+            "void", (s1, s2) == (["created"], ["created"]), f"reserved 300 for bob ({s1[0]}), then voided it ({s2[0]})"
+        )
+
+        # an overdraft on an account whose debits must not exceed its credits
+        s = self.create_transfers([self.transfer(alice, bob, 1_001, ledger)])
+        self.check(
+            "rejected",
+            s == ["exceeds_credits"],
+            f"alice (1000 in credits, debits_must_not_exceed_credits) pays 1001: {s[0]}",
+        )
+
+        # a linked chain whose middle link fails: nothing of it happens
+        chain = [
+            self.transfer(bank, alice, 100, ledger, flags=linked),
+            self.transfer(alice, bob, 5_000, ledger, flags=linked),
+            self.transfer(bob, bank, 1, ledger),
+        ]
+        s = self.create_transfers(chain)
+        stored = self._retry("lookup_transfers", lambda: self.c.lookup_transfers([t.id for t in chain]))
+        want = ["linked_event_failed", "exceeds_credits", "linked_event_failed"]
+        self.check(
+            "linked",
+            s == want and not stored,
+            f"chain of 3, the middle one overdraws: {', '.join(s)}; {len(stored)} of them stored",
+        )
+
+        # the same transfer submitted twice is applied once
+        t = self.transfer(bank, bob, 7, ledger)
+        s1 = self.create_transfers([t])
+        s2 = self.create_transfers([t])
+        self.check(
+            "idempotent",
+            (s1, s2) == (["created"], ["exists"]),
+            f"one transfer submitted twice with the same id: {s1[0]}, then {s2[0]}",
+        )
+
+    def verify_balances(self, ids: list[int]) -> None:
+        found: list[Any] = []
+        for i in range(0, len(ids), BATCH_ITEMS_MAX):
+            chunk = ids[i : i + BATCH_ITEMS_MAX]
+            found += self._retry("lookup_accounts", lambda chunk=chunk: self.c.lookup_accounts(chunk))
+        totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        wrong = []
+        for a in found:
+            tot = totals[a.ledger]
+            tot[0] += a.debits_posted
+            tot[1] += a.credits_posted
+            tot[2] += a.debits_pending
+            tot[3] += a.credits_pending
+            want = (self.debits[a.id], self.credits[a.id], 0, 0)
+            have = (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
+            if have != want:
+                wrong.append(a.id)
+        for ledger in sorted(totals):
+            d, c, dp, cp = totals[ledger]
+            self.check(
+                "balances",
+                d == c and dp == cp,
+                f"ledger {ledger}: debits {d:,} {'==' if d == c else '!='} credits {c:,} posted, "
+                f"{dp:,} {'==' if dp == cp else '!='} {cp:,} pending",
+            )
+        missing = len(ids) - len(found)
+        detail = f"{len(found)} accounts read back, each holds what the acknowledged transfers say"
+        if missing or wrong:
+            detail = f"{missing} accounts missing, {len(wrong)} with unexpected balances (e.g. {wrong[:3]})"
+        self.check("model", not missing and not wrong, detail)
+
+
+def _others(counts: Counter, expected: str) -> str:
+    rest = ", ".join(f"{v} {k}" for k, v in counts.items() if k != expected)
+    return f" (also: {rest})" if rest else ""
+
+
+def run_demo(
+    endpoints: Sequence[str],
+    *,
+    accounts: int = 1000,
+    transfers: int = 20000,
+    batch_size: int = 1000,
+    concurrency: int = 4,
+    seed: int | None = None,
+    timeout_s: float = 30.0,
+    console: Console | None = None,
+) -> DemoReport:
+    """Run the demo workload against a cluster and print what it did. The report's
+    `ok` is False when any step did not turn out as the ledger's rules say."""
+    import tidebank.client as api
+
+    console = console or Console(highlight=False)
+    if accounts < 4:
+        raise DemoError("the demo needs at least 4 accounts")
+    shard_map = fetch_shard_map(list(endpoints))
+    client = api.Client(list(endpoints), timeout_s=timeout_s)
+    try:
+        demo = _Demo(client, _ShardLocator(shard_map), api, random.Random(seed), console, batch_size, concurrency)
+        t0 = time.perf_counter()
+        report = demo.run(accounts, transfers)
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+    verdict = (
+        "[green]demo OK[/]"
+        if report.ok
+        else "[red]demo FAILED[/]: " + ", ".join(c.name for c in report.checks if not c.ok)
+    )
+    console.print(f"{verdict} ({time.perf_counter() - t0:.1f} s)")
+    return report
