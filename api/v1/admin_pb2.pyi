@@ -1,3 +1,4 @@
+from tidebank.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -87,3 +88,75 @@ class NodeStatus(_message.Message):
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     shard_map_version: int
     def __init__(self, node: _Optional[str] = ..., dc: _Optional[str] = ..., address: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., shard_map_version: _Optional[int] = ...) -> None: ...
+
+class LinkFaults(_message.Message):
+    __slots__ = ("isolated_dcs", "delays")
+    ISOLATED_DCS_FIELD_NUMBER: _ClassVar[int]
+    DELAYS_FIELD_NUMBER: _ClassVar[int]
+    isolated_dcs: _containers.RepeatedScalarFieldContainer[str]
+    delays: _containers.RepeatedCompositeFieldContainer[LinkDelay]
+    def __init__(self, isolated_dcs: _Optional[_Iterable[str]] = ..., delays: _Optional[_Iterable[_Union[LinkDelay, _Mapping]]] = ...) -> None: ...
+
+class LinkDelay(_message.Message):
+    __slots__ = ("from_dc", "to_dc", "delay_ms")
+    FROM_DC_FIELD_NUMBER: _ClassVar[int]
+    TO_DC_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    from_dc: str
+    to_dc: str
+    delay_ms: int
+    def __init__(self, from_dc: _Optional[str] = ..., to_dc: _Optional[str] = ..., delay_ms: _Optional[int] = ...) -> None: ...
+
+class GetLinkFaultsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetLedgerTotalsRequest(_message.Message):
+    __slots__ = ("shard_ids",)
+    SHARD_IDS_FIELD_NUMBER: _ClassVar[int]
+    shard_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shard_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LedgerTotal(_message.Message):
+    __slots__ = ("ledger", "debits_pending", "debits_posted", "credits_pending", "credits_posted", "reserved_debits", "reserved_credits", "remote_debits_posted", "remote_credits_posted", "remote_debits_pending", "remote_credits_pending")
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    DEBITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    DEBITS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_DEBITS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_DEBITS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_CREDITS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_DEBITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_CREDITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    ledger: int
+    debits_pending: _types_pb2.U128
+    debits_posted: _types_pb2.U128
+    credits_pending: _types_pb2.U128
+    credits_posted: _types_pb2.U128
+    reserved_debits: _types_pb2.U128
+    reserved_credits: _types_pb2.U128
+    remote_debits_posted: _types_pb2.U128
+    remote_credits_posted: _types_pb2.U128
+    remote_debits_pending: _types_pb2.U128
+    remote_credits_pending: _types_pb2.U128
+    def __init__(self, ledger: _Optional[int] = ..., debits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., debits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., credits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., credits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., reserved_debits: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., reserved_credits: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_debits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_credits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_debits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_credits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ...) -> None: ...
+
+class ShardLedgerTotals(_message.Message):
+    __slots__ = ("shard_id", "ledgers", "prepared_txns", "applied_index")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    LEDGERS_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_TXNS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    ledgers: _containers.RepeatedCompositeFieldContainer[LedgerTotal]
+    prepared_txns: int
+    applied_index: int
+    def __init__(self, shard_id: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[LedgerTotal, _Mapping]]] = ..., prepared_txns: _Optional[int] = ..., applied_index: _Optional[int] = ...) -> None: ...
+
+class LedgerTotals(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardLedgerTotals]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardLedgerTotals, _Mapping]]] = ...) -> None: ...

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Cluster introspection, served by every node.
+    """Cluster introspection and fault injection, served by every node.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,25 @@ class AdminStub:
                 request_serializer=tidebank_dot_v1_dot_admin__pb2.GetNodeStatusRequest.SerializeToString,
                 response_deserializer=tidebank_dot_v1_dot_admin__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.SetLinkFaults = channel.unary_unary(
+                '/tidebank.v1.Admin/SetLinkFaults',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.LinkFaults.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.LinkFaults.FromString,
+                _registered_method=True)
+        self.GetLinkFaults = channel.unary_unary(
+                '/tidebank.v1.Admin/GetLinkFaults',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.GetLinkFaultsRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.LinkFaults.FromString,
+                _registered_method=True)
+        self.GetLedgerTotals = channel.unary_unary(
+                '/tidebank.v1.Admin/GetLedgerTotals',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.GetLedgerTotalsRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.LedgerTotals.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Cluster introspection, served by every node.
+    """Cluster introspection and fault injection, served by every node.
     """
 
     def GetShardMap(self, request, context):
@@ -59,6 +74,26 @@ class AdminServicer:
 
     def GetNodeStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLinkFaults(self, request, context):
+        """Replace this node's table of simulated inter-DC link faults (the CLI sends it to every node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLinkFaults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLedgerTotals(self, request, context):
+        """Per-ledger sums over this node's shard replicas where it leads (linearizable), for `tidebank audit`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -76,6 +111,21 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=tidebank_dot_v1_dot_admin__pb2.GetNodeStatusRequest.FromString,
                     response_serializer=tidebank_dot_v1_dot_admin__pb2.NodeStatus.SerializeToString,
             ),
+            'SetLinkFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLinkFaults,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.LinkFaults.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.LinkFaults.SerializeToString,
+            ),
+            'GetLinkFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLinkFaults,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.GetLinkFaultsRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.LinkFaults.SerializeToString,
+            ),
+            'GetLedgerTotals': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedgerTotals,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.GetLedgerTotalsRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.LedgerTotals.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tidebank.v1.Admin', rpc_method_handlers)
@@ -85,7 +135,7 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Cluster introspection, served by every node.
+    """Cluster introspection and fault injection, served by every node.
     """
 
     @staticmethod
@@ -132,6 +182,87 @@ class Admin:
             '/tidebank.v1.Admin/GetNodeStatus',
             tidebank_dot_v1_dot_admin__pb2.GetNodeStatusRequest.SerializeToString,
             tidebank_dot_v1_dot_admin__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLinkFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/SetLinkFaults',
+            tidebank_dot_v1_dot_admin__pb2.LinkFaults.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.LinkFaults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLinkFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/GetLinkFaults',
+            tidebank_dot_v1_dot_admin__pb2.GetLinkFaultsRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.LinkFaults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedgerTotals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/GetLedgerTotals',
+            tidebank_dot_v1_dot_admin__pb2.GetLedgerTotalsRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.LedgerTotals.FromString,
             options,
             channel_credentials,
             insecure,
