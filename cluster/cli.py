@@ -8,13 +8,12 @@ output is data take `-o table|json`. Exit codes: 0 ok, 1 failed or unhealthy,
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import json
 import os
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import grpc
@@ -40,8 +39,8 @@ from tidebank.keys import U128_MAX
 
 DEBUG_ENV = "TIDEBANK_DEBUG"  # set to show tracebacks instead of one-line errors
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     name="tidebank",
@@ -100,7 +99,7 @@ def _one_line_errors(fn: F) -> F:
         except Exception as e:
             if os.environ.get(DEBUG_ENV):
                 raise
-            err.print(f"error: {_describe(e)}", markup=False, soft_wrap=True)
+            err.print(f"error: {_describe(e)}", markup=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -120,7 +119,7 @@ def _describe(e: BaseException) -> str:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    err.print(f"error: {message}", markup=False)
     return typer.Exit(code)
 
 
@@ -160,6 +159,13 @@ def _parse_id(text: str, what: str = "id") -> int:
     return value
 
 
+def _print_table(table: Table) -> None:
+    if not table.row_count:
+        return
+    # Piped output gets the table's natural width instead of rich's default 80 columns.
+    (out if out.is_terminal else Console(highlight=False, width=max(out.width, 240))).print(table)
+
+
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
@@ -185,17 +191,10 @@ def _parse_flags(flag_enum: type, text: str | None) -> int:
     return value
 
 
-@contextlib.contextmanager
-def _client(endpoints: list[str], timeout_s: float) -> Iterator[Any]:
-    from tidebank.client import Client
+def _client(endpoints: list[str], timeout_s: float):
+    from tidebank.client import Client  # imported late: commands without a client start faster
 
-    client = Client(endpoints, timeout_s=timeout_s)
-    try:
-        yield client
-    finally:
-        close = getattr(client, "close", None)
-        if close is not None:
-            close()
+    return Client(endpoints, timeout_s=timeout_s)
 
 
 def _status_name(status: Any) -> str:
@@ -264,13 +263,13 @@ def cluster_up(
             cluster.stop(to_start)
             raise
         except (NodeExitedError, TimeoutError, ClusterError) as e:
-            err.print(f"error: cluster did not become ready: {e}", markup=False, soft_wrap=True)
+            err.print(f"error: cluster did not become ready: {e}", markup=False)
             if not isinstance(e, NodeExitedError):
                 for name in to_start:
                     tail = cluster.log_tail(name, lines=8)
                     if tail:
                         err.print(f"--- {cluster.log_path(name)} (last lines)", markup=False)
-                        err.print(tail, markup=False, soft_wrap=True)
+                        err.print(tail, markup=False)
             stopped = cluster.stop(to_start)
             if stopped:
                 err.print(f"stopped the nodes it started ({', '.join(stopped)}); logs in {cluster.logs_dir}")
@@ -434,7 +433,7 @@ def status(
                 _num(r.applied_index),
                 _num(r.lag),
             )
-        out.print(table)
+        _print_table(table)
         summary = f"{report.nodes_reachable}/{report.nodes_total} nodes answer"
         if report.healthy:
             out.print(f"{summary}; [green]healthy[/]")
@@ -488,7 +487,7 @@ def shard_map(
     for s in shards:
         replicas = ", ".join(f"{r.node}@{r.dc}" for r in s.replicas)
         table.add_row(str(s.shard_id), _slots_text(s.slots), s.leader_node or "[red]none[/]", replicas)
-    out.print(table)
+    _print_table(table)
 
 
 # ---- accounts ----------------------------------------------------------------------
@@ -496,14 +495,9 @@ def shard_map(
 ClientTimeoutOpt = Annotated[float, typer.Option("--timeout-s", help="Client request timeout in seconds.", min=0.1)]
 
 
-def _print_results(results: list, ids: list[int], output: Output) -> None:
-    rows = []
-    for r in results:
-        index = getattr(r, "index", None)
-        rid = getattr(r, "id", None)
-        if rid is None and index is not None and index < len(ids):
-            rid = ids[index]
-        rows.append({"index": index, "id": str(rid), "status": _status_name(r.status), "ok": bool(r.ok)})
+def _print_results(results: list, output: Output) -> None:
+    """Per-item results of create_accounts/create_transfers; exit code 1 unless all ok."""
+    rows = [{"index": r.index, "id": str(r.id), "status": _status_name(r.status), "ok": r.ok} for r in results]
     if output == Output.json:
         _print_json(rows)
     else:
@@ -512,9 +506,9 @@ def _print_results(results: list, ids: list[int], output: Output) -> None:
             table.add_column(col, justify="right" if col == "INDEX" else "left")
         for row in rows:
             style = "green" if row["ok"] else "red"
-            table.add_row(_num(row["index"]), row["id"], f"[{style}]{row['status']}[/]")
-        out.print(table)
-    if not all(row["ok"] for row in rows) or len(rows) < len(ids):
+            table.add_row(str(row["index"]), row["id"], f"[{style}]{row['status']}[/]")
+        _print_table(table)
+    if not rows or not all(row["ok"] for row in rows):
         raise typer.Exit(1)
 
 
@@ -558,7 +552,7 @@ def account_create(
     )
     with _client(targets, timeout_s) as c:
         results = c.create_accounts([account])
-    _print_results(results, [account_id], output)
+    _print_results(results, output)
 
 
 def _account_dict(a: Any, flag_enum: type) -> dict:
@@ -621,7 +615,7 @@ def account_get(
                 str(r["credits_pending"]),
                 str(r["credits_posted"]),
             )
-        out.print(table)
+        _print_table(table)
     if _print_missing(wanted, accounts, "account"):
         raise typer.Exit(1)
 
@@ -660,8 +654,9 @@ def transfer_create(
 ) -> None:
     """Create one transfer and print its result (exit code 1 unless created).
 
-    With --post or --void, the debit and credit accounts, amount, ledger and code may
-    be left out; the node takes them from the pending transfer."""
+    With --post or --void, only --debit is needed (the transfer is routed by its debit
+    account); the credit account, amount, ledger and code are taken from the pending
+    transfer when left out, and --amount may post less than was reserved."""
     if post is not None and void is not None:
         raise typer.BadParameter("give --post or --void, not both", param_hint="'--post' / '--void'")
     resolving = post is not None or void is not None
@@ -671,20 +666,12 @@ def transfer_create(
         )
     if timeout and not pending:
         raise typer.BadParameter("only pending transfers have a timeout", param_hint="'--timeout'")
-    if not resolving:
-        missing = [
-            opt
-            for opt, v in (
-                ("--debit", debit),
-                ("--credit", credit),
-                ("--amount", amount),
-                ("--ledger", ledger),
-                ("--code", code),
-            )
-            if v is None
-        ]
-        if missing:
-            raise typer.BadParameter(f"missing {', '.join(missing)}", param_hint="transfer")
+    given = {"--debit": debit, "--credit": credit, "--amount": amount, "--ledger": ledger, "--code": code}
+    # Resolving a pending transfer needs only its debit account: the transfer is routed by it.
+    needed = ["--debit"] if resolving else list(given)
+    missing = [opt for opt in needed if given[opt] is None]
+    if missing:
+        raise typer.BadParameter(f"missing {', '.join(missing)}", param_hint="transfer")
     targets = _resolve_endpoints(dir, endpoints)
     transfer_id = _parse_id(id) if id is not None else None
     debit_id = _parse_id(debit, "debit account id") if debit is not None else 0
@@ -694,11 +681,11 @@ def transfer_create(
 
     flags = 0
     if pending:
-        flags |= int(_flag(TransferFlags, "pending"))
+        flags |= TransferFlags.PENDING
     if post is not None:
-        flags |= int(_flag(TransferFlags, "post_pending_transfer"))
+        flags |= TransferFlags.POST_PENDING_TRANSFER
     if void is not None:
-        flags |= int(_flag(TransferFlags, "void_pending_transfer"))
+        flags |= TransferFlags.VOID_PENDING_TRANSFER
     transfer_id = transfer_id or new_id()
     transfer = Transfer(
         id=transfer_id,
@@ -716,7 +703,7 @@ def transfer_create(
     )
     with _client(targets, timeout_s) as c:
         results = c.create_transfers([transfer])
-    _print_results(results, [transfer_id], output)
+    _print_results(results, output)
 
 
 @transfer_app.command("get")
@@ -771,7 +758,7 @@ def transfer_get(
                 r["pending_id"] if r["pending_id"] != "0" else "-",
                 str(r["timestamp"]),
             )
-        out.print(table)
+        _print_table(table)
     if _print_missing(wanted, transfers, "transfer"):
         raise typer.Exit(1)
 
@@ -789,7 +776,7 @@ def demo(
     batch_size: Annotated[int, typer.Option(help="Transfers per batch.", min=1, max=8189)] = 1000,
     concurrency: Annotated[int, typer.Option(help="Batches in flight at once.", min=1, max=64)] = 4,
     seed: Annotated[int | None, typer.Option(help="Random seed for the workload.")] = None,
-    timeout_s: ClientTimeoutOpt = 30.0,
+    timeout_s: ClientTimeoutOpt = 10.0,
 ) -> None:
     """A short workload that shows the ledger at work: accounts on two ledgers,
     batched transfers, pending/post/void, a rejected and a linked transfer, an

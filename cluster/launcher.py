@@ -160,13 +160,13 @@ class ReplicaRow:
     shard: int
     role: str  # leader | follower | candidate; "down" if the node did not answer,
     # "absent" if it answered without this replica
-    term: int | None
-    commit_index: int | None
-    applied_index: int | None
-    lag: int | None  # max commit_index over the shard's replicas minus applied_index
-    reachable: bool
-    leader_node: str
-    has_quorum: bool
+    term: int | None = None
+    commit_index: int | None = None
+    applied_index: int | None = None
+    lag: int | None = None  # max commit_index over the shard's replicas minus applied_index
+    reachable: bool = False
+    leader_node: str = ""
+    has_quorum: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,31 +241,14 @@ def collect_status(
     for t in targets:
         by_shard.setdefault(t.shard, []).append(t)
     for shard_id, replicas in sorted(by_shard.items()):
-        found = {}
-        for t in replicas:
-            found[t] = _replica(statuses.get(t.address), shard_id)
-        commits = [r.commit_index for r in found.values() if r is not None]
-        top = max(commits, default=None)
+        found = {t: _replica(statuses.get(t.address), shard_id) for t in replicas}
+        top = max((r.commit_index for r in found.values() if r is not None), default=0)
         shard_rows = []
         for t, r in found.items():
-            st = statuses.get(t.address)
             if r is None:
-                shard_rows.append(
-                    ReplicaRow(
-                        t.node,
-                        t.dc,
-                        t.address,
-                        shard_id,
-                        "down" if st is None else "absent",
-                        None,
-                        None,
-                        None,
-                        None,
-                        st is not None,
-                        "",
-                        False,
-                    )
-                )
+                reachable = statuses.get(t.address) is not None
+                role = "absent" if reachable else "down"
+                shard_rows.append(ReplicaRow(t.node, t.dc, t.address, shard_id, role, reachable=reachable))
             else:
                 shard_rows.append(
                     ReplicaRow(
@@ -289,6 +272,12 @@ def collect_status(
     return StatusReport(rows, problems, nodes_total=len(statuses), nodes_reachable=reachable)
 
 
+def _replica(status: admin_pb2.NodeStatus | None, shard_id: int) -> admin_pb2.ReplicaStatus | None:
+    if status is None:
+        return None
+    return next((r for r in status.replicas if r.shard_id == shard_id), None)
+
+
 def _shard_problems(shard_id: int, rows: list[ReplicaRow]) -> list[str]:
     problems = []
     answering = [r for r in rows if r.term is not None]
@@ -310,12 +299,6 @@ def _shard_problems(shard_id: int, rows: list[ReplicaRow]) -> list[str]:
 
 
 # ---- processes ---------------------------------------------------------------------
-
-
-def _replica(status: admin_pb2.NodeStatus | None, shard_id: int) -> admin_pb2.ReplicaStatus | None:
-    if status is None:
-        return None
-    return next((r for r in status.replicas if r.shard_id == shard_id), None)
 
 
 def _proc_state(pid: int) -> str | None:
@@ -518,10 +501,18 @@ class LocalCluster:
         exit, SIGKILL what is left. Paused nodes are resumed so that they can see
         the SIGTERM. Returns the names of the nodes that were running."""
         pids = {name: pid for name in self._names(nodes) if (pid := self.pid(name)) is not None}
+        # Resume paused nodes first and let them settle: a SIGTERM sent right after
+        # SIGCONT tends to land on a thread other than the main one, and a main
+        # thread blocked in a wait then never runs the handler. SIGTERM is repeated
+        # while waiting for the same reason.
+        paused = [pid for pid in pids.values() if _proc_state(pid) in ("T", "t")]
+        for pid in paused:
+            _signal(pid, signal.SIGCONT)
+        if paused:
+            time.sleep(0.2)
         for pid in pids.values():
             _signal(pid, signal.SIGTERM)
-            _signal(pid, signal.SIGCONT)
-        left = self._wait_gone(pids, timeout_s)
+        left = self._wait_gone(pids, timeout_s, resend=signal.SIGTERM)
         for pid in left.values():
             _signal(pid, signal.SIGKILL)
         left = self._wait_gone(left, 5.0)
@@ -562,9 +553,11 @@ class LocalCluster:
             raise ClusterError(f"node {node} is not running")
         return pid
 
-    def _wait_gone(self, pids: dict[str, int], timeout_s: float) -> dict[str, int]:
-        """Wait until the processes exit; returns those still alive at the deadline."""
-        deadline = time.monotonic() + timeout_s
+    def _wait_gone(self, pids: dict[str, int], timeout_s: float, resend: int | None = None) -> dict[str, int]:
+        """Wait until the processes exit (sending `resend` again every second);
+        returns those still alive at the deadline."""
+        now = time.monotonic()
+        deadline, next_resend = now + timeout_s, now + 1.0
         left = dict(pids)
         while left:
             for name, pid in list(left.items()):
@@ -572,8 +565,13 @@ class LocalCluster:
                 gone = proc.poll() is not None if proc is not None and proc.pid == pid else not _alive(pid)
                 if gone:
                     del left[name]
-            if not left or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not left or now >= deadline:
                 break
+            if resend is not None and now >= next_resend:
+                next_resend = now + 1.0
+                for pid in left.values():
+                    _signal(pid, resend)
             time.sleep(0.05)
         return left
 

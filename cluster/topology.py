@@ -180,7 +180,11 @@ class Topology:
         topo.validate()
         return topo
 
-    def dumps(self, *, include_secret: bool = True) -> str:
+    def dumps(self, *, include_secret: bool = True, base_dir: pathlib.Path | None = None) -> str:
+        """The topology as TOML. A data_dir inside base_dir is written relative to it."""
+        data_dir = self.data_dir
+        if base_dir is not None and data_dir.is_relative_to(base_dir):
+            data_dir = data_dir.relative_to(base_dir)
         out = ["# tidebank cluster topology", "", "[cluster]"]
         out.append(f"name = {_toml_str(self.cluster_name)}")
         if include_secret:
@@ -189,7 +193,7 @@ class Topology:
             out.append(f"# secret: set {SECRET_ENV}")
         out.append(f"slot_count = {self.slot_count}")
         out.append(f"shard_map_version = {self.shard_map_version}")
-        out.append(f"data_dir = {_toml_str(str(self.data_dir))}")
+        out.append(f"data_dir = {_toml_str(str(data_dir))}")
         for dc in self.dcs:
             out += ["", "[[dc]]", f"name = {_toml_str(dc)}"]
         for n in self.nodes:
@@ -211,14 +215,15 @@ class Topology:
 
     def dump(self, path: str | os.PathLike[str], *, include_secret: bool = True) -> None:
         """Write the topology as TOML (mode 0600: the file holds the Raft secret).
-        The write is atomic: a reader sees the old file or the new one."""
-        path = pathlib.Path(path)
+        The write is atomic: a reader sees the old file or the new one. A data_dir
+        under the file's folder is written relative, so the folder can be moved."""
+        path = pathlib.Path(path).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.dumps(include_secret=include_secret))
+                f.write(self.dumps(include_secret=include_secret, base_dir=path.parent))
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

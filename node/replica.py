@@ -73,7 +73,10 @@ _LEADER = 2
 class RaftTuning:
     """pysyncobj settings for a shard replica (SyncObjConf names in comments)."""
 
-    append_entries_period: float = 0.01  # appendEntriesPeriod: bounds commit latency
+    append_entries_period: float = 0.01  # appendEntriesPeriod: heartbeat period (and send period if batching)
+    # appendEntriesUseBatch: False ships entries as soon as they are added and wakes the tick thread on submit;
+    # measured worse here (more messages for the same CPU): bench/RESULTS.md.
+    append_entries_use_batch: bool = True
     auto_tick_period: float = 0.005  # autoTickPeriod: poll timeout of the tick thread
     raft_min_timeout: float = 0.3  # raftMinTimeout (must be > 3 * append_entries_period)
     raft_max_timeout: float = 0.6  # raftMaxTimeout
@@ -411,6 +414,7 @@ class ShardReplica(SyncObj):
                 autoTick=True,
                 autoTickPeriod=raft.auto_tick_period,
                 appendEntriesPeriod=raft.append_entries_period,
+                appendEntriesUseBatch=raft.append_entries_use_batch,
                 raftMinTimeout=raft.raft_min_timeout,
                 raftMaxTimeout=raft.raft_max_timeout,
                 leaderFallbackTimeout=raft.leader_fallback_timeout,

@@ -43,6 +43,7 @@ def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
     tuning = RaftTuning(
         log_compaction_min_entries=int(env.get("TIDEBANK_RAFT_LOG_COMPACTION_MIN_ENTRIES", 5000)),
         log_compaction_min_time=float(env.get("TIDEBANK_RAFT_LOG_COMPACTION_MIN_TIME_S", 300.0)),
+        append_entries_use_batch=env.get("TIDEBANK_RAFT_APPEND_ENTRIES_USE_BATCH", "1") == "1",
     )
     return tuning, env.get("TIDEBANK_RAFT_FSYNC", "1") != "0"
 
@@ -184,7 +185,8 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     log.info("node %s (%s) serving on %s with shards %s", node.spec.name, node.spec.dc, node.spec.grpc_address,
              sorted(node.shards))
     try:
-        stop.wait()
+        while not stop.wait(0.5):  # wake up so the main thread runs Python signal handlers promptly
+            pass
     finally:
         log.info("node %s stopping", node.spec.name)
         health_servicer.enter_graceful_shutdown()

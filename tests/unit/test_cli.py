@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from tidebank.cluster.cli import app
 from tidebank.cluster.launcher import LocalCluster
 from tidebank.cluster.topology import SECRET_ENV
+from tidebank.keys import slot_of
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 runner = CliRunner()
@@ -389,3 +390,85 @@ def test_shard_map_table_and_json(fake_cluster):
     assert data["shards"][1]["slots"] == [[8, 16]]
     assert data["shards"][1]["leader_node"] == "dc2-n1"
     assert [r["node"] for r in data["shards"][1]["replicas"]] == ["dc2-n1", "dc3-n1", "dc1-n1"]
+
+
+# ---- against a real local cluster ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_dir(tmp_path_factory):
+    """`tidebank cluster up` in a fresh folder; every node is stopped afterwards."""
+    d = tmp_path_factory.mktemp("cli-cluster")
+    try:
+        r = runner.invoke(app, ["cluster", "up", "--dir", str(d), "--shards", "2"])
+        assert r.exit_code == 0, r.output
+        assert "endpoints: 127.0.0.1:" in r.output
+        yield d
+    finally:
+        LocalCluster.open(d).stop()
+
+
+def _json(*args: str):
+    r = invoke(*args, "-o", "json")
+    return r.exit_code, json.loads(r.stdout)
+
+
+@pytest.mark.integration
+def test_cli_against_a_running_cluster(cluster_dir):
+    d = ["--dir", str(cluster_dir)]
+    assert invoke("status", *d).exit_code == 0
+    code, data = _json("status", *d)
+    assert code == 0 and data["healthy"] and len(data["replicas"]) == 6
+
+    # two accounts on the same shard (transfers are single-shard for now)
+    code, smap = _json("shard-map", *d)
+    assert code == 0 and [s["shard_id"] for s in smap["shards"]] == [0, 1]
+    slots = smap["shards"][0]["slots"][0]
+    on_shard_0 = [i for i in range(1000, 2000) if slots[0] <= slot_of(i, smap["slot_count"]) < slots[1]][:2]
+    a, b = map(str, on_shard_0)
+    code, res = _json("account", "create", *d, "--ledger", "7", "--code", "1", "--id", a)
+    assert code == 0 and res == [{"index": 0, "id": a, "status": "created", "ok": True}]
+    flags = ["--flags", "debits_must_not_exceed_credits"]
+    assert invoke("account", "create", *d, "--ledger", "7", "--code", "1", "--id", b, *flags).exit_code == 0
+    code, res = _json("account", "create", *d, "--ledger", "7", "--code", "2", "--id", a)
+    assert code == 1 and res[0]["status"] == "exists_with_different_code"
+
+    t = ["--ledger", "7", "--code", "1"]
+    assert (
+        invoke("transfer", "create", *d, "--debit", a, "--credit", b, "--amount", "100", *t, "--id", "9001").exit_code
+        == 0
+    )
+    code, res = _json("transfer", "create", *d, "--debit", b, "--credit", a, "--amount", "101", *t)
+    assert code == 1 and res[0]["status"] == "exceeds_credits"
+    pending = ["--debit", b, "--credit", a, "--amount", "40", *t, "--pending", "--timeout", "600", "--id", "9002"]
+    assert invoke("transfer", "create", *d, *pending).exit_code == 0
+    assert invoke("transfer", "create", *d, "--post", "9002", "--debit", b, "--id", "9003").exit_code == 0
+
+    code, accounts = _json("account", "get", *d, a, b)
+    assert code == 0
+    assert [(x["debits_posted"], x["credits_posted"], x["debits_pending"]) for x in accounts] == [
+        (100, 40, 0),
+        (40, 100, 0),
+    ]
+    assert accounts[1]["flags"] == ["debits_must_not_exceed_credits"]
+    code, transfers = _json("transfer", "get", *d, "9001", "9003")
+    assert code == 0 and [x["amount"] for x in transfers] == [100, 40]
+    assert transfers[1]["flags"] == ["post_pending_transfer"] and transfers[1]["pending_id"] == "9002"
+    r = invoke("transfer", "get", *d, "9001", "9999")
+    assert r.exit_code == 1 and "transfer 9999 not found" in r.output
+
+    r = invoke("demo", *d, "--accounts", "40", "--transfers", "400", "--batch-size", "100")
+    assert r.exit_code == 0, r.output
+    assert "demo OK" in r.output
+
+    # a node down: still healthy (2 of 3 replicas), and back after a restart
+    assert invoke("node", "kill", *d, "--node", "dc2-n1").exit_code == 0
+    code, data = _json("status", *d)
+    assert data["nodes_reachable"] == 2
+    assert invoke("node", "restart", *d, "--node", "dc2-n1").exit_code == 0
+    code, data = _json("status", *d)
+    assert data["nodes_reachable"] == 3
+
+    r = invoke("cluster", "down", *d)
+    assert r.exit_code == 0 and "stopped dc1-n1, dc2-n1, dc3-n1" in r.output
+    assert invoke("status", *d).exit_code == 2

@@ -42,6 +42,7 @@ def test_generate_dump_load_round_trip(tmp_path, topo):
     loaded = Topology.load(path)
     assert loaded == topo
     assert loaded.dumps() == topo.dumps()
+    assert loaded.node("dc1-n2") == topo.node("dc1-n2")
 
 
 def test_dump_is_private_because_it_holds_the_secret(tmp_path, topo):
@@ -76,6 +77,21 @@ def test_strings_with_quotes_and_backslashes_round_trip(tmp_path, topo):
     path = tmp_path / "cluster.toml"
     t.dump(path)
     assert Topology.load(path) == t
+
+
+def test_cluster_folder_can_be_moved(tmp_path, topo):
+    topo.dump(tmp_path / "cluster.toml")
+    assert 'data_dir = "data"' in (tmp_path / "cluster.toml").read_text()
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    tmp_path.rename(moved)
+    assert Topology.load(moved / "cluster.toml").data_dir == moved / "data"
+
+
+def test_data_dir_outside_the_folder_stays_absolute(tmp_path, topo):
+    doc = _doc(topo)
+    doc["cluster"]["data_dir"] = "/srv/tidebank"
+    Topology.from_dict(doc).dump(tmp_path / "cluster.toml")
+    assert Topology.load(tmp_path / "cluster.toml").data_dir == pathlib.Path("/srv/tidebank")
 
 
 def test_relative_data_dir_is_relative_to_the_file(tmp_path, topo):
