@@ -2,8 +2,9 @@
 
 Every command that talks to a cluster takes `--dir DIR` (a local cluster folder,
 as made by `tidebank cluster up`) or `--endpoints HOST:PORT,...`. Commands whose
-output is data take `-o table|json`. Exit codes: 0 ok, 1 failed or unhealthy,
-2 bad arguments or (for `status`/`shard-map`) no node reachable.
+output is data take `-o table|json`. Exit codes: 0 ok, 1 failed or unhealthy (for `dc`: a node not
+reached; for `audit`: a mismatch), 2 bad arguments or (for `status`/`shard-map`/`dc`/
+`audit`) no node reachable, 3 (`audit`) transactions still in flight.
 """
 
 from __future__ import annotations
@@ -54,10 +55,16 @@ cluster_app = typer.Typer(help="Run a local multi-DC cluster (one process per no
 node_app = typer.Typer(help="Run one storage node, or disturb one in a local cluster.", no_args_is_help=True)
 account_app = typer.Typer(help="Create and look up accounts.", no_args_is_help=True)
 transfer_app = typer.Typer(help="Create and look up transfers.", no_args_is_help=True)
+dc_app = typer.Typer(
+    help="Simulate data-centre network faults: cut a DC off, add latency between DCs, heal. "
+    "Faults live in the nodes' memory: a restarted node has none until the next `dc` command.",
+    no_args_is_help=True,
+)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(node_app, name="node")
 app.add_typer(account_app, name="account")
 app.add_typer(transfer_app, name="transfer")
+app.add_typer(dc_app, name="dc")
 
 
 class Output(enum.StrEnum):
@@ -76,6 +83,12 @@ EndpointsOpt = Annotated[
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds.", min=0.1)]
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="Node name (as in cluster.toml).")]
+NodeArg = Annotated[
+    str | None, typer.Argument(help="Node name (as in cluster.toml).", metavar="NODE", show_default=False)
+]
+NodeOptAlt = Annotated[
+    str | None, typer.Option("--node", "-n", help="Node name (same as the NODE argument).", show_default=False)
+]
 
 
 # ---- plumbing ----------------------------------------------------------------------
@@ -332,34 +345,47 @@ def node_start(
 LocalDirOpt = Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Local cluster folder.", file_okay=False)]
 
 
+def _node_name(argument: str | None, option: str | None) -> str:
+    """NODE as the positional argument or as --node (the older spelling); one is needed."""
+    if argument is None and option is None:
+        raise typer.BadParameter("name the node: NODE or --node NODE", param_hint="'NODE'")
+    if argument is not None and option is not None and argument != option:
+        raise typer.BadParameter(f"two different nodes given: {argument} and --node {option}", param_hint="'NODE'")
+    return argument if argument is not None else option  # type: ignore[return-value]
+
+
 @node_app.command("stop")
 @_one_line_errors
-def node_stop(dir: LocalDirOpt, node: NodeOpt) -> None:
+def node_stop(dir: LocalDirOpt, node_arg: NodeArg = None, node: NodeOptAlt = None) -> None:
     """Stop a node of a local cluster cleanly (SIGTERM, SIGKILL after 10 s)."""
+    node = _node_name(node_arg, node)
     stopped = LocalCluster.open(dir).stop([node])
     out.print(f"stopped {node}" if stopped else f"{node} was not running")
 
 
 @node_app.command("kill")
 @_one_line_errors
-def node_kill(dir: LocalDirOpt, node: NodeOpt) -> None:
+def node_kill(dir: LocalDirOpt, node_arg: NodeArg = None, node: NodeOptAlt = None) -> None:
     """SIGKILL a node of a local cluster (a crash)."""
+    node = _node_name(node_arg, node)
     LocalCluster.open(dir).kill(node)
     out.print(f"killed {node}")
 
 
 @node_app.command("pause")
 @_one_line_errors
-def node_pause(dir: LocalDirOpt, node: NodeOpt) -> None:
+def node_pause(dir: LocalDirOpt, node_arg: NodeArg = None, node: NodeOptAlt = None) -> None:
     """SIGSTOP a node of a local cluster (a hung process)."""
+    node = _node_name(node_arg, node)
     LocalCluster.open(dir).pause(node)
     out.print(f"paused {node}")
 
 
 @node_app.command("resume")
 @_one_line_errors
-def node_resume(dir: LocalDirOpt, node: NodeOpt) -> None:
+def node_resume(dir: LocalDirOpt, node_arg: NodeArg = None, node: NodeOptAlt = None) -> None:
     """SIGCONT a paused node of a local cluster."""
+    node = _node_name(node_arg, node)
     LocalCluster.open(dir).resume(node)
     out.print(f"resumed {node}")
 
@@ -368,11 +394,16 @@ def node_resume(dir: LocalDirOpt, node: NodeOpt) -> None:
 @_one_line_errors
 def node_restart(
     dir: LocalDirOpt,
-    node: NodeOpt,
+    node_arg: NodeArg = None,
+    node: NodeOptAlt = None,
     wait: Annotated[bool, typer.Option(help="Wait until every shard has a leader again.")] = True,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 60.0,
 ) -> None:
-    """Restart a node of a local cluster on the same data (start it if it is down)."""
+    """Restart a node of a local cluster on the same data (start it if it is down).
+
+    A restarted node has no simulated link faults (they live in memory): re-send them
+    with `tidebank dc ...`."""
+    node = _node_name(node_arg, node)
     cluster = LocalCluster.open(dir)
     cluster.restart(node)
     if wait:
@@ -488,6 +519,272 @@ def shard_map(
         replicas = ", ".join(f"{r.node}@{r.dc}" for r in s.replicas)
         table.add_row(str(s.shard_id), _slots_text(s.slots), s.leader_node or "[red]none[/]", replicas)
     _print_table(table)
+
+
+# ---- simulated data-centre faults ----------------------------------------------------
+
+
+def _fault_nodes(dir: pathlib.Path | None, endpoints: str | None, timeout_s: float, pool) -> tuple[list, list[str]]:
+    """(every node of the cluster, its DC names), from the topology or the shard map."""
+    from tidebank.cluster.faults import discover_nodes, nodes_from_topology
+
+    _require_target(dir, endpoints)
+    if dir is not None:
+        topo = LocalCluster.open(dir).topology
+        return nodes_from_topology(topo), list(topo.dcs)
+    try:
+        nodes = discover_nodes(_parse_endpoints(endpoints), timeout_s, pool)
+    except NoReachableNode as e:
+        raise _fail(str(e), 2) from None
+    return nodes, sorted({n.dc for n in nodes})
+
+
+def _check_dc(dc: str, dcs: list[str], hint: str) -> None:
+    if dc not in dcs:
+        raise typer.BadParameter(f"unknown DC {dc!r} (DCs: {', '.join(dcs)})", param_hint=hint)
+
+
+def _report_change(result, output: Output, verb: str) -> None:
+    """Print what a `dc` command did; exit 1 if a node was not reached, 2 if none was."""
+    if output == Output.json:
+        _print_json(result.to_dict())
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("NODE", "DC", "ADDRESS", "RESULT"):
+            table.add_column(col)
+        for n in result.nodes:
+            result_text = "[green]ok[/]" if n.reachable else f"[red]{n.error}[/]"
+            table.add_row(n.node.name, n.node.dc, n.node.address, result_text)
+        _print_table(table)
+        if result.after is not None:
+            out.print(f"{verb}; link faults now: {result.after.describe()}", markup=False)
+    failed = result.failed
+    if failed and len(failed) == len(result.nodes):
+        raise _fail("no node answered: nothing changed", 2)
+    if failed:
+        raise _fail(f"not reached (their link faults are unchanged): {', '.join(n.node.name for n in failed)}", 1)
+
+
+def _change_faults(dir, endpoints, timeout_s: float, output: Output, verb: str, change, check=None) -> None:
+    from tidebank.cluster.faults import change_tables
+    from tidebank.cluster.launcher import ChannelPool
+
+    with ChannelPool() as pool:
+        nodes, dcs = _fault_nodes(dir, endpoints, timeout_s, pool)
+        if check is not None:
+            check(dcs)
+        result = change_tables(nodes, change, timeout_s, pool)
+    _report_change(result, output, verb)
+
+
+@dc_app.command("partition")
+@_one_line_errors
+def dc_partition(
+    dc: Annotated[str, typer.Argument(help="The data centre to cut off.", metavar="DC")],
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout: TimeoutOpt = 2.0,
+) -> None:
+    """Cut DC off from every other DC, both directions (Raft and node-to-node RPC), on every node.
+
+    Clients still reach its nodes. Other DCs already cut off stay cut off. Exit code 1 if a
+    node could not be reached (it keeps its old table), 2 if none could."""
+    _change_faults(dir, endpoints, timeout, output, f"partitioned {dc}", lambda t: t.partition(dc),
+                   lambda dcs: _check_dc(dc, dcs, "'DC'"))
+
+
+@dc_app.command("latency")
+@_one_line_errors
+def dc_latency(
+    dc_a: Annotated[str, typer.Argument(help="One data centre.", metavar="DC_A")],
+    dc_b: Annotated[str, typer.Argument(help="Another data centre.", metavar="DC_B")],
+    ms: Annotated[int, typer.Argument(help="One-way delay in milliseconds (0 removes it).", metavar="MS",
+                                      min=0, max=60_000)],
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout: TimeoutOpt = 2.0,
+) -> None:
+    """Set the one-way delay between two DCs: MS from DC_A to DC_B and MS from DC_B to DC_A
+    (a round trip between them takes 2 x MS longer). Messages are delayed, never reordered.
+
+    Exit code 1 if a node could not be reached, 2 if none could."""
+    if dc_a == dc_b:
+        raise typer.BadParameter("latency is between two different DCs", param_hint="'DC_B'")
+
+    def check(dcs: list[str]) -> None:
+        _check_dc(dc_a, dcs, "'DC_A'")
+        _check_dc(dc_b, dcs, "'DC_B'")
+
+    _change_faults(dir, endpoints, timeout, output, f"set {dc_a}<->{dc_b} one-way delay to {ms} ms",
+                   lambda t: t.with_latency(dc_a, dc_b, ms), check)
+
+
+@dc_app.command("heal")
+@_one_line_errors
+def dc_heal(
+    dir: DirOpt = None, endpoints: EndpointsOpt = None, output: OutputOpt = Output.table, timeout: TimeoutOpt = 2.0
+) -> None:
+    """Remove every simulated fault (isolation and delays) on every node.
+
+    Exit code 1 if a node could not be reached, 2 if none could."""
+    from tidebank.cluster.faults import ChangeResult, send_table
+    from tidebank.cluster.launcher import ChannelPool
+    from tidebank.node.links import LinkTable
+
+    with ChannelPool() as pool:
+        nodes, _ = _fault_nodes(dir, endpoints, timeout, pool)
+        healed = LinkTable.healed()
+        result = ChangeResult(None, healed, send_table(nodes, healed, timeout, pool))
+    _report_change(result, output, "healed")
+
+
+@dc_app.command("status")
+@_one_line_errors
+def dc_status(
+    dir: DirOpt = None, endpoints: EndpointsOpt = None, output: OutputOpt = Output.table, timeout: TimeoutOpt = 2.0
+) -> None:
+    """Each node's table of simulated link faults.
+
+    Exit code 1 if a node could not be reached or the nodes' tables differ, 2 if no node answers."""
+    from tidebank.cluster.faults import consistent, fetch_tables
+    from tidebank.cluster.launcher import ChannelPool
+
+    with ChannelPool() as pool:
+        nodes, _ = _fault_nodes(dir, endpoints, timeout, pool)
+        answers = fetch_tables(nodes, timeout, pool)
+    same = consistent(answers)
+    if output == Output.json:
+        _print_json(
+            {
+                "consistent": same,
+                "nodes": [
+                    {
+                        "node": a.node.name,
+                        "dc": a.node.dc,
+                        "address": a.node.address,
+                        "reachable": a.reachable,
+                        "error": a.error,
+                        "faults": a.table.to_dict() if a.table is not None else None,
+                    }
+                    for a in answers
+                ],
+            }
+        )
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("NODE", "DC", "ADDRESS", "LINK FAULTS"):
+            table.add_column(col)
+        for a in answers:
+            text = a.table.describe() if a.table is not None else f"[red]{a.error}[/]"
+            table.add_row(a.node.name, a.node.dc, a.node.address, text)
+        _print_table(table)
+        if not same:
+            out.print("[red]the nodes' tables differ[/] (a restarted node has none): run a `dc` command again")
+    if answers and all(not a.reachable for a in answers):
+        raise typer.Exit(2)
+    if not same or any(not a.reachable for a in answers):
+        raise typer.Exit(1)
+
+
+# ---- audit -------------------------------------------------------------------------
+
+
+@app.command("audit")
+@_one_line_errors
+def audit(
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    wait_s: Annotated[
+        float, typer.Option("--wait-s", help="Seconds to re-poll while transactions are in flight.", min=0)
+    ] = 10.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds.", min=0.1)] = 5.0,
+) -> None:
+    """Check that the money adds up: per ledger over all shards (each read on its leader,
+    linearizable), debits posted == credits posted, debits pending == credits pending, and
+    the remote (cross-shard) legs match.
+
+    While cross-shard transactions are prepared somewhere, re-polls for up to --wait-s.
+    Exit codes: 0 balanced, 1 mismatch, 2 a shard has no leader that answers (or no node
+    answers), 3 still not quiescent after --wait-s."""
+    import time
+
+    from tidebank.cluster.audit import audit as judge
+    from tidebank.cluster.audit import collect_totals
+    from tidebank.cluster.launcher import ChannelPool
+
+    _require_target(dir, endpoints)
+    with ChannelPool() as pool:
+        if dir is not None:
+            topo = LocalCluster.open(dir).topology
+            addresses, expected = topo.endpoints, [s.shard_id for s in topo.shards]
+        else:
+            try:
+                sm = fetch_shard_map(_parse_endpoints(endpoints), timeout, pool)
+            except NoReachableNode as e:
+                raise _fail(str(e), 2) from None
+            addresses = list(dict.fromkeys(r.address for s in sm.shards for r in s.replicas))
+            expected = [s.shard_id for s in sm.shards]
+        deadline = time.monotonic() + wait_s
+        polls = 0
+        while True:
+            answers, unreachable = collect_totals(addresses, timeout, pool)
+            report = judge(answers, expected, unreachable)
+            polls += 1
+            if report.settled or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    if output == Output.json:
+        _print_json({**report.to_dict(), "polls": polls})
+    else:
+        _print_audit(report, polls)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _print_audit(report, polls: int) -> None:
+    table = Table(box=None, pad_edge=False)
+    cols = ("LEDGER", "DEBITS POSTED", "CREDITS POSTED", "DEBITS PENDING", "CREDITS PENDING", "RESERVED D/C",
+            "REMOTE POSTED D/C", "REMOTE PENDING D/C", "CHECK")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("CHECK",) else "right")
+    bad = {}
+    for m in report.mismatches:
+        bad.setdefault(m.ledger, []).append(m)
+    for ledger, t in report.ledgers.items():
+        problems = bad.get(ledger, [])
+        check = "[green]ok[/]" if not problems else "[red]" + "; ".join(
+            f"{m.left} - {m.right} = {m.difference:+d}" for m in problems) + "[/]"
+        table.add_row(
+            str(ledger),
+            str(t["debits_posted"]),
+            str(t["credits_posted"]),
+            str(t["debits_pending"]),
+            str(t["credits_pending"]),
+            f"{t['reserved_debits']}/{t['reserved_credits']}",
+            f"{t['remote_debits_posted']}/{t['remote_credits_posted']}",
+            f"{t['remote_debits_pending']}/{t['remote_credits_pending']}",
+            check,
+        )
+    _print_table(table)
+    shards = ", ".join(f"{s.shard_id}@{s.node}" for s in sorted(report.shards.values(), key=lambda s: s.shard_id))
+    out.print(f"{len(report.shards)} shards read on their leaders ({shards}); {len(report.ledgers)} ledgers; "
+              f"{polls} poll(s)", markup=False)
+    if report.unreachable:
+        out.print(f"not answering: {', '.join(report.unreachable)}", markup=False)
+    if report.missing_shards:
+        out.print(f"[red]incomplete[/]: no leader answered for shard(s) {', '.join(map(str, report.missing_shards))}")
+    elif not report.quiescent:
+        in_flight = ", ".join(f"shard {s}: {n}" for s, n in sorted(report.in_flight.items()))
+        out.print(f"[yellow]not quiescent[/]: prepared cross-shard transactions in flight ({in_flight})")
+    elif report.mismatches:
+        out.print("[red]MISMATCH[/]:")
+        for m in report.mismatches:
+            out.print(f"  - {m.describe()}", markup=False)
+    else:
+        out.print("[green]balanced[/]: every ledger's debits equal its credits")
 
 
 # ---- accounts ----------------------------------------------------------------------

@@ -18,15 +18,33 @@ from tidebank.node.records import (
     unpack_account,
     unpack_transfer,
 )
-from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
+from tidebank.node.state_machine import (
+    OP_CREATE_ACCOUNTS,
+    OP_CREATE_TRANSFERS,
+    OP_DECIDE,
+    OP_FINISH,
+    OP_PREPARE,
+    Operation,
+)
+from tidebank.node.txn_records import (
+    pack_decide,
+    pack_finish,
+    pack_prepare,
+    unpack_decide,
+    unpack_finish,
+    unpack_prepare,
+)
 
 FORMAT_VERSION = 1
 ENTRY_OPERATIONS_MAX = 4096
 _HEADER = struct.Struct("<BQH")  # version, proposer timestamp (ns), operation count
 _OP_HEADER = struct.Struct("<BI")  # kind, item count
+_ITEM_LENGTH = struct.Struct("<I")  # before each item of a variable-size kind (2PC steps)
 
 _PACKERS = {OP_CREATE_ACCOUNTS: pack_account, OP_CREATE_TRANSFERS: pack_transfer}
 _UNPACKERS = {OP_CREATE_ACCOUNTS: unpack_account, OP_CREATE_TRANSFERS: unpack_transfer}
+_VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide}
+_VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide}
 
 
 class CommandFormatError(ValueError):
@@ -46,9 +64,16 @@ def encode_entry(timestamp_ns: int, operations: Sequence[Operation]) -> bytes:
     assert len(operations) <= ENTRY_OPERATIONS_MAX
     parts = [_HEADER.pack(FORMAT_VERSION, timestamp_ns, len(operations))]
     for op in operations:
-        pack = _PACKERS[op.kind]
         parts.append(_OP_HEADER.pack(op.kind, len(op.items)))
-        parts.extend(pack(item) for item in op.items)
+        if op.kind in _VARIABLE_PACKERS:
+            pack = _VARIABLE_PACKERS[op.kind]
+            for item in op.items:
+                packed = pack(item)
+                parts.append(_ITEM_LENGTH.pack(len(packed)))
+                parts.append(packed)
+        else:
+            pack = _PACKERS[op.kind]
+            parts.extend(pack(item) for item in op.items)
     return b"".join(parts)
 
 
@@ -64,6 +89,20 @@ def decode_entry(payload: bytes) -> tuple[int, list[Operation]]:
     for _ in range(op_count):
         kind, count = _OP_HEADER.unpack_from(payload, offset)
         offset += _OP_HEADER.size
+        if kind in _VARIABLE_UNPACKERS:
+            unpack_variable = _VARIABLE_UNPACKERS[kind]
+            items = []
+            for _ in range(count):
+                if offset + _ITEM_LENGTH.size > len(payload):
+                    raise CommandFormatError("entry truncated")
+                (length,) = _ITEM_LENGTH.unpack_from(payload, offset)
+                offset += _ITEM_LENGTH.size
+                if offset + length > len(payload):
+                    raise CommandFormatError("entry truncated")
+                items.append(unpack_variable(payload[offset:offset + length]))
+                offset += length
+            operations.append(Operation(kind, items))
+            continue
         if kind not in _UNPACKERS:
             raise CommandFormatError(f"unknown operation kind {kind}")
         size = _RECORD_SIZE[kind]

@@ -53,6 +53,7 @@ from pysyncobj.monotonic import monotonic
 from pysyncobj.transport import TCPTransport
 
 from .journal import DurableJournal, fsync_dir, install, open_journal
+from .links import DelayLine, LinkPolicy
 from .snapshots import (
     SnapshotManager,
     open_meta_db,
@@ -184,10 +185,20 @@ class DurableTCPTransport(TCPTransport):
     message is sent, so the order of messages on the wire never changes.
     AppendEntries are normalized (:func:`normalize_append_entries`) before pysyncobj
     handles them. A vote request is sent only with a synced log.
+
+    Simulated inter-DC faults (links.py): with a :class:`~tidebank.node.links.LinkPolicy`
+    on the replica (``syncObj._links``), every message leaving the hold-back stage goes
+    through a :class:`~tidebank.node.links.DelayLine` (dropped on a cut link, queued FIFO
+    per destination on a delayed one and sent by :meth:`_onTick` once due), and messages
+    received from a node of a cut-off DC are dropped before anything else sees them.
     """
 
     def __init__(self, syncObj, selfNode, otherNodes):
         self._journal: DurableJournal = syncObj._journal
+        policy: LinkPolicy | None = getattr(syncObj, "_links", None)
+        self._link: DelayLine | None = (
+            DelayLine(policy, functools.partial(TCPTransport.send, self)) if policy is not None else None
+        )
         self._deferred_acks: list[tuple[Any, dict]] = []
         self._ack_override: int | None = None
         self._chunks: dict[Any, bytearray] = {}
@@ -200,6 +211,8 @@ class DurableTCPTransport(TCPTransport):
     # -- incoming -----------------------------------------------------------------------
 
     def _onMessageReceived(self, node, message):
+        if self._link is not None and not self._link.accept_from(node):
+            return  # simulated cut: the message never arrived
         if isinstance(message, dict) and message.get("type") == "append_entries":
             message, override = self._prepare_append_entries(node, message)
             self._ack_override = override
@@ -254,7 +267,13 @@ class DurableTCPTransport(TCPTransport):
             self.flush_acks()
         if mtype == "request_vote":
             self._journal.sync()
-        return super().send(node, message)
+        return self._wire_send(node, message)
+
+    def _wire_send(self, node, message) -> bool:
+        """Below the hold-back stage: through the simulated link, if any, to TCP."""
+        if self._link is None:
+            return super().send(node, message)
+        return self._link.send(node, message)
 
     def flush_acks(self) -> None:
         """fdatasync the journal once, then send the held-back acknowledgements."""
@@ -264,12 +283,24 @@ class DurableTCPTransport(TCPTransport):
         acks, self._deferred_acks = self._deferred_acks, []
         self.ack_flushes += 1
         for node, message in acks:
-            super().send(node, message)
+            self._wire_send(node, message)
         self.acks_sent += len(acks)
+
+    def _onTick(self):
+        """Tick callback (every SyncObj tick, before the poll): connect, and release the
+        delayed messages that are due. Never sleeps."""
+        super()._onTick()
+        if self._link is not None:
+            self._link.flush()
+
+    def link_stats(self) -> dict[str, int]:
+        return self._link.stats() if self._link is not None else {}
 
     def destroy(self):
         self._deferred_acks = []
         self._chunks = {}
+        if self._link is not None:
+            self._link.clear()
         super().destroy()
 
 
@@ -376,7 +407,9 @@ class ShardReplica(SyncObj):
         open_fn: Callable[[lmdb.Environment], None] | None = None,
         raft: RaftTuning = RaftTuning(),
         fsync: bool = True,
+        links: LinkPolicy | None = None,
     ):
+        """``links``: simulated inter-DC faults for this replica's Raft traffic (None: none)."""
         if not secret:
             raise ValueError("a cluster secret is required: pysyncobj unpickles every Raft frame")
         install()
@@ -387,6 +420,7 @@ class ShardReplica(SyncObj):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.tuning = raft
         self.fsync = fsync
+        self._links = links  # read by DurableTCPTransport while SyncObj.__init__ builds it
         self._apply_fn = apply_fn
         self._open_fn = open_fn
         self._gate = _EnvGate()
@@ -663,6 +697,7 @@ class ShardReplica(SyncObj):
             "ack_flushes": transport.ack_flushes,
             "rewritten_append_entries": transport.rewritten_append_entries,
             "truncations_avoided": transport.truncations_avoided,
+            **transport.link_stats(),
             "snapshots_written": self._snapshots.snapshots_written,
             "snapshots_installed": self._snapshots.snapshots_installed,
             "apply_failures": self.apply_failures,

@@ -3,8 +3,9 @@
 Keys hash to slots (`tidebank.keys.slot_of`); a versioned shard map assigns slot
 ranges to shards. A batch is split by the shard of each item's routing key
 (account id; a transfer's debit account id) keeping every linked chain whole.
-Items that cannot be placed on one shard get their result code here and never
-reach a state machine, so nothing is ever applied half.
+A transfer chain whose accounts span shards becomes a cross-shard group, run by
+the coordinator (two-phase commit). Items that cannot be placed get their result
+code here and never reach a state machine, so nothing is ever applied half.
 """
 
 from __future__ import annotations
@@ -54,14 +55,29 @@ class SubBatch:
 
 
 @dataclass
+class CrossShardGroup:
+    """A transfer or linked chain touching several shards; its coordinator is its first debit's shard."""
+
+    coordinator_shard: int
+    positions: list[int]
+    items: list
+
+
+@dataclass
 class RoutedBatch:
     size: int
     sub_batches: dict[int, SubBatch]
     codes: dict[int, int]  # request position -> result code decided by routing
+    groups: list[CrossShardGroup] = field(default_factory=list)
 
-    def merge(self, shard_codes: dict[int, Sequence[int]]) -> list[int]:
-        """Per-item codes in request order, from each shard's codes for its sub-batch."""
+    def merge(self, shard_codes: dict[int, Sequence[int]], group_codes: Sequence[Sequence[int]] = ()) -> list[int]:
+        """Per-item codes in request order, from each shard's codes for its sub-batch and each group's codes."""
         merged = [-1] * self.size
+        assert len(group_codes) == len(self.groups), "a cross-shard group got no answer"
+        for group, codes in zip(self.groups, group_codes, strict=True):
+            assert len(codes) == len(group.positions)
+            for position, code in zip(group.positions, codes, strict=True):
+                merged[position] = code
         for position, code in self.codes.items():
             merged[position] = code
         for shard_id, codes in shard_codes.items():
@@ -86,21 +102,30 @@ def chains(flags: Sequence[int], linked_bit: int) -> list[range]:
 
 
 def _route(items: Sequence, place: Callable[[object], tuple[int | None, int | None]],
-           linked_bit: int, linked_event_failed: int, spans_shards: int) -> RoutedBatch:
+           linked_bit: int, linked_event_failed: int, spans_shards: int | None) -> RoutedBatch:
+    """Place every chain; `place` gives (routing shard, code or None, other shards touched).
+
+    With `spans_shards` None, chains over several shards become cross-shard groups; otherwise they fail
+    with that code."""
     routed = RoutedBatch(size=len(items), sub_batches={}, codes={})
     for span in chains([item.flags for item in items], linked_bit):
-        chain_shard, failure = None, None
+        chain_shard, failure, touched = None, None, set()
         for position in span:
-            shard, code = place(items[position])
-            if code is None and chain_shard is not None and shard != chain_shard:
+            shard, code, others = place(items[position])
+            if code is None and spans_shards is not None and chain_shard is not None and shard != chain_shard:
                 code = spans_shards
             if code is not None:
                 failure = (position, code)
                 break
             chain_shard = shard if chain_shard is None else chain_shard
+            touched.add(shard)
+            touched.update(others)
         if failure is not None:
             for position in span:
                 routed.codes[position] = failure[1] if position == failure[0] else linked_event_failed
+            continue
+        if len(touched) > 1:
+            routed.groups.append(CrossShardGroup(chain_shard, list(span), [items[p] for p in span]))
             continue
         sub = routed.sub_batches.setdefault(chain_shard, SubBatch(chain_shard))
         for position in span:
@@ -110,8 +135,8 @@ def _route(items: Sequence, place: Callable[[object], tuple[int | None, int | No
 
 
 def route_accounts(accounts: Sequence[Account], shard_map: ShardMap) -> RoutedBatch:
-    def place(account: Account) -> tuple[int, None]:
-        return shard_map.shard_of(account.id), None
+    def place(account: Account) -> tuple[int, None, tuple]:
+        return shard_map.shard_of(account.id), None, ()
 
     return _route(accounts, place, AccountFlags.LINKED, CreateAccountResult.linked_event_failed,
                   CreateAccountResult.chain_spans_shards)
@@ -121,16 +146,14 @@ _CLOSES_PENDING = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDI
 
 
 def route_transfers(transfers: Sequence[Transfer], shard_map: ShardMap) -> RoutedBatch:
-    """A transfer lives on its debit account's shard; both accounts must share it for now."""
+    """A transfer lives on its debit account's shard (and, when they differ, on its credit account's too)."""
 
-    def place(transfer: Transfer) -> tuple[int | None, int | None]:
+    def place(transfer: Transfer) -> tuple[int | None, int | None, tuple]:
         if transfer.debit_account_id == 0 and transfer.flags & _CLOSES_PENDING:
             # The debit account is the routing key, so a post or void must name it.
-            return None, CreateTransferResult.debit_account_id_must_not_be_zero
+            return None, CreateTransferResult.debit_account_id_must_not_be_zero, ()
         shard = shard_map.shard_of(transfer.debit_account_id)
-        if transfer.credit_account_id and shard_map.shard_of(transfer.credit_account_id) != shard:
-            return shard, CreateTransferResult.accounts_on_different_shards
-        return shard, None
+        credit = (shard_map.shard_of(transfer.credit_account_id),) if transfer.credit_account_id else ()
+        return shard, None, credit
 
-    return _route(transfers, place, TransferFlags.LINKED, CreateTransferResult.linked_event_failed,
-                  CreateTransferResult.accounts_on_different_shards)
+    return _route(transfers, place, TransferFlags.LINKED, CreateTransferResult.linked_event_failed, None)

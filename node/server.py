@@ -18,11 +18,14 @@ from grpc_reflection.v1alpha import reflection
 
 from tidebank.cluster.topology import NodeSpec, Topology
 from tidebank.node import metrics
+from tidebank.node.coordinator import Coordinator, ShardSteps, Sweeper
+from tidebank.node.internal import InternalService
+from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
 from tidebank.node.replica import RaftTuning
 from tidebank.node.routing import ShardMap
 from tidebank.node.service import AdminService, LedgerService, NodeView, generic_handlers
 from tidebank.node.shard import ShardHost
-from tidebank.v1 import admin_pb2, ledger_pb2, ledger_pb2_grpc
+from tidebank.v1 import admin_pb2, internal_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 log = logging.getLogger("tidebank.node")
 
@@ -35,6 +38,7 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
 ]
 PULSE_PERIOD_S = 0.5
+COORDINATOR_WORKERS = 64  # cross-shard groups coordinated at once; each waits on Raft, not CPU
 
 
 def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
@@ -61,8 +65,11 @@ class Node(NodeView):
             for replica_name in shard.replicas:
                 spec = topology.node(replica_name)
                 self._node_by_raft[spec.raft_address(shard.shard_id)] = spec
+        self.link_faults = LinkFaults()  # simulated inter-DC faults (links.py); in memory: none after a restart
+        self._dc_by_address = {n.grpc_address: n.dc for n in topology.nodes}
+        links = LinkPolicy(self.spec.dc, lambda a: getattr(self._node_by_raft.get(a), "dc", None), self.link_faults)
         self._channels: dict[str, grpc.Channel] = {}
-        self._stubs: dict[str, ledger_pb2_grpc.LedgerStub] = {}
+        self._stubs: dict[tuple[str, str], object] = {}
         self._channels_lock = threading.Lock()
         self.shards: dict[int, ShardHost] = {}
         tuning, fsync = raft_tuning_from_env()
@@ -79,7 +86,12 @@ class Node(NodeView):
                 secret=topology.secret,
                 raft=tuning,
                 fsync=fsync,
+                links=links,
             )
+        self.steps = ShardSteps(self, topology.secret)
+        self.coordinator = Coordinator(self, self.steps)
+        self.coordinator_pool = ThreadPoolExecutor(max_workers=COORDINATOR_WORKERS, thread_name_prefix="coordinator")
+        self.sweeper: Sweeper | None = Sweeper(self, self.steps)
         self._stopping = threading.Event()
         self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)
         self._pulse.start()
@@ -106,14 +118,27 @@ class Node(NodeView):
     def replica_addresses(self, shard_id: int) -> list[str]:
         return [self.topology.node(name).grpc_address for name in self.topology.shard(shard_id).replicas]
 
-    def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+    def _channel(self, address: str) -> grpc.Channel:
+        """One channel per peer node, shared by every stub (node-to-node traffic: forwarding and 2PC)."""
         with self._channels_lock:
-            stub = self._stubs.get(address)
-            if stub is None:
-                channel = grpc.insecure_channel(address, options=GRPC_OPTIONS[1:])
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = intercepted_channel(address, self._dc_by_address.get(address), self.spec.dc,
+                                              self.link_faults, GRPC_OPTIONS[1:])
                 self._channels[address] = channel
-                stub = self._stubs[address] = ledger_pb2_grpc.LedgerStub(channel)
-            return stub
+            return channel
+
+    def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+        stub = self._stubs.get(("ledger", address))
+        if stub is None:
+            stub = self._stubs[("ledger", address)] = ledger_pb2_grpc.LedgerStub(self._channel(address))
+        return stub
+
+    def internal_stub(self, address: str) -> internal_pb2_grpc.InternalStub:
+        stub = self._stubs.get(("internal", address))
+        if stub is None:
+            stub = self._stubs[("internal", address)] = internal_pb2_grpc.InternalStub(self._channel(address))
+        return stub
 
     # --- admin ------------------------------------------------------------------------------------------
     def node_status(self) -> admin_pb2.NodeStatus:
@@ -153,6 +178,10 @@ class Node(NodeView):
 
     def close(self) -> None:
         self._stopping.set()
+        if self.sweeper is not None:
+            self.sweeper.close()
+        self.coordinator_pool.shutdown(wait=False, cancel_futures=True)
+        self.steps.close()
         for host in self.shards.values():
             host.close()
         with self._channels_lock:
@@ -165,8 +194,10 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                          options=GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_CONCURRENT_RPCS_MAX)
     ledger = metrics.instrument(LedgerService(node))
-    admin = AdminService(node.node_status, node.shard_map_message)
-    for handler in generic_handlers(ledger, admin):
+    admin = AdminService(node.node_status, node.shard_map_message, node=node, link_faults=node.link_faults,
+                         dcs=topology.dcs)
+    internal = InternalService(node, node.steps, topology.secret)
+    for handler in generic_handlers(ledger, admin, internal):
         server.add_generic_rpc_handlers((handler,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -23,10 +23,12 @@ from google.protobuf.message import DecodeError
 
 from tidebank.node import convert, errors
 from tidebank.node.batcher import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.coordinator import Group, ParticipantUnavailableError
+from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
 from tidebank.node.records import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
-from tidebank.node.routing import ShardMap, route_accounts, route_transfers
+from tidebank.node.routing import CrossShardGroup, ShardMap, route_accounts, route_transfers
 from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
-from tidebank.v1 import admin_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
+from tidebank.v1 import admin_pb2, internal_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class NodeView:
     """What the servicers need to know about the node they run on (implemented by server.Node)."""
 
     shard_map: ShardMap
+    coordinator = None  # runs cross-shard groups whose coordinator shard this node leads
+    coordinator_pool = None  # executor for coordinator.run
 
     def local_shard(self, shard_id: int):  # -> ShardHost | None
         raise NotImplementedError
@@ -130,8 +134,35 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             forward = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[i] for i in sub.positions])
             parts[shard_id] = self._write(call, shard_id, Operation(OP_CREATE_TRANSFERS, sub.items),
                                           "CreateTransfers", forward)
-        codes = routed.merge(self._wait_writes(call, parts))
+        groups = [self._cross_shard(call, group, request) for group in routed.groups]
+        shard_codes = self._wait_writes(call, parts)
+        group_codes = [self._wait_group(call, group, future) for group, future in zip(routed.groups, groups,
+                                                                                       strict=True)]
+        codes = routed.merge(shard_codes, group_codes)
         return ledger_pb2.CreateTransfersResponse(results=codes)
+
+    def _cross_shard(self, call: _Call, group: CrossShardGroup, request) -> Future:
+        """Run a group on its coordinator shard's leader: here, or forwarded there."""
+        shard_id = group.coordinator_shard
+        host = self.node.local_shard(shard_id)
+        if host is not None and host.is_leader() and self.node.coordinator is not None:
+            return self.node.coordinator_pool.submit(
+                self.node.coordinator.run, Group(list(group.items), shard_id), call.wait_s)
+        forward = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[i] for i in group.positions])
+        return self._forward(call, shard_id, "CreateTransfers", forward, lambda response: list(response.results))
+
+    def _wait_group(self, call: _Call, group: CrossShardGroup, future: Future) -> list[int]:
+        shard_id = group.coordinator_shard
+        try:
+            return future.result(timeout=call.wait_s + 1.0)
+        except FutureTimeout as exc:
+            raise errors.outcome_unknown(shard_id, "cross-shard commit not decided before the deadline") from exc
+        except ParticipantUnavailableError as exc:
+            raise errors.retryable("NOT_APPLIED", f"{exc}", shard_id=shard_id) from exc
+        except grpc.RpcError as exc:
+            raise _forwarded_write_failure(shard_id, exc) from exc
+        except (OutcomeUnknownError, NotAppliedError) as exc:
+            raise errors.outcome_unknown(shard_id, str(exc)) from exc
 
     def _write(self, call: _Call, shard_id: int, operation: Operation, method: str, forward_request) -> Future:
         host = self.node.local_shard(shard_id)
@@ -353,12 +384,17 @@ def _decode_page_token(token: str, account_id: int, debits: bool, credits: bool,
 
 
 class AdminService:
-    """Admin.GetShardMap and Admin.GetNodeStatus (registered through the same raw-bytes handlers)."""
+    """The Admin service (registered through the same raw-bytes handlers): shard map, node status,
+    the simulated link faults (links.py) and per-ledger totals for `tidebank audit`."""
 
     def __init__(self, node_status: Callable[[], admin_pb2.NodeStatus],
-                 shard_map: Callable[[], admin_pb2.ShardMap]):
+                 shard_map: Callable[[], admin_pb2.ShardMap], *, node: NodeView | None = None,
+                 link_faults: LinkFaults | None = None, dcs: Sequence[str] = ()):
         self._node_status = node_status
         self._shard_map = shard_map
+        self._node = node
+        self._link_faults = link_faults if link_faults is not None else LinkFaults()
+        self._dcs = tuple(dcs)
 
     def GetShardMap(self, request: admin_pb2.GetShardMapRequest, context) -> admin_pb2.ShardMap:
         return self._shard_map()
@@ -366,11 +402,78 @@ class AdminService:
     def GetNodeStatus(self, request: admin_pb2.GetNodeStatusRequest, context) -> admin_pb2.NodeStatus:
         return self._node_status()
 
+    # --- simulated link faults (in memory only: a restarted node has none) -------------------------------
+    def SetLinkFaults(self, request: admin_pb2.LinkFaults, context) -> admin_pb2.LinkFaults:
+        violations = validate_link_faults(request, self._dcs)
+        if violations:
+            raise errors.invalid_argument(violations)
+        table = self._link_faults.set_table(LinkTable.from_proto(request))
+        log.warning("simulated link faults set: %s", table.describe())
+        return table.to_proto()
+
+    def GetLinkFaults(self, request: admin_pb2.GetLinkFaultsRequest, context) -> admin_pb2.LinkFaults:
+        return self._link_faults.to_proto()
+
+    # --- audit ---------------------------------------------------------------------------------------------
+    def GetLedgerTotals(self, request: admin_pb2.GetLedgerTotalsRequest, context) -> admin_pb2.LedgerTotals:
+        """Totals of the requested shards (each must be led here) or of every shard led here, each
+        read after a barrier through the shard's log (linearizable). Without explicit shard ids a
+        shard whose leadership moves meanwhile is left out: the caller asks its new leader."""
+        node = self._node
+        if node is None:
+            raise errors.internal("this node serves no shards")
+        explicit = bool(request.shard_ids)
+        shard_ids = list(dict.fromkeys(request.shard_ids)) if explicit else list(node.shard_map.shard_ids)
+        unknown = [s for s in shard_ids if s not in node.shard_map.shard_ids]
+        if unknown:
+            raise errors.invalid_argument([("shard_ids", f"no shard {s}") for s in unknown])
+        barriers = {}
+        for shard_id in shard_ids:
+            host = node.local_shard(shard_id)
+            try:
+                if host is None or not host.is_leader():
+                    raise NotAppliedError("not the leader")
+                barriers[shard_id] = (host, host.barrier())
+            except (NotAppliedError, OverloadedError) as exc:
+                if explicit:
+                    raise errors.not_leader(shard_id, node.leader_address(shard_id)) from exc
+        response = admin_pb2.LedgerTotals()
+        for shard_id, (host, barrier) in barriers.items():
+            remaining = context.time_remaining()
+            wait_s = WAIT_DEFAULT_S if remaining is None else max(0.0, min(remaining - 0.05, WAIT_DEFAULT_S))
+            try:
+                barrier.result(timeout=wait_s)
+            except (FutureTimeout, NotAppliedError, OutcomeUnknownError, ApplyFailedError) as exc:
+                if explicit:
+                    raise errors.retryable("NO_LEADER", f"shard {shard_id}: read not confirmed by a leader in time",
+                                           shard_id=shard_id) from exc
+                continue
+            _shard_totals_to_pb(shard_id, host.audit_totals(), response.shards.add())
+        return response
+
+
+_LEDGER_TOTAL_FIELDS = [f.name for f in admin_pb2.LedgerTotal.DESCRIPTOR.fields if f.name != "ledger"]
+
+
+def _shard_totals_to_pb(shard_id: int, totals: dict, target: admin_pb2.ShardLedgerTotals) -> None:
+    target.shard_id = shard_id
+    target.prepared_txns = totals.get("prepared_txns", 0)
+    target.applied_index = totals.get("applied_index", 0)
+    for ledger, sums in sorted(totals.get("ledgers", {}).items()):
+        entry = target.ledgers.add(ledger=ledger)
+        for name in _LEDGER_TOTAL_FIELDS:
+            convert.u128_to_pb(getattr(entry, name), sums.get(name, 0))
+
 
 # --- registration: parse requests ourselves so a malformed message is INVALID_ARGUMENT, not INTERNAL --------
 
-def _raw_handler(method: Callable, request_cls, response_cls) -> grpc.RpcMethodHandler:
+def _raw_handler(method: Callable, request_cls, response_cls,
+                 authenticate: Callable | None = None) -> grpc.RpcMethodHandler:
+    name = method.__name__
+
     def handle(raw: bytes, context: grpc.ServicerContext):
+        if authenticate is not None:
+            authenticate(name, raw, context)
         request = request_cls()
         try:
             request.ParseFromString(raw)
@@ -386,16 +489,20 @@ def _raw_handler(method: Callable, request_cls, response_cls) -> grpc.RpcMethodH
                                                response_serializer=response_cls.SerializeToString)
 
 
-def generic_handlers(ledger: LedgerService, admin: AdminService) -> list[grpc.GenericRpcHandler]:
+def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None) -> list[grpc.GenericRpcHandler]:
+    """Handlers for the public Ledger and Admin services and, when given, the signed Internal service."""
     handlers = []
-    for service_name, servicer, pb2 in (("tidebank.v1.Ledger", ledger, ledger_pb2),
-                                        ("tidebank.v1.Admin", admin, admin_pb2)):
+    services = [("tidebank.v1.Ledger", ledger, ledger_pb2, None), ("tidebank.v1.Admin", admin, admin_pb2, None)]
+    if internal is not None:
+        services.append(("tidebank.v1.Internal", internal, internal_pb2, internal.authenticate))
+    for service_name, servicer, pb2, authenticate in services:
         service = pb2.DESCRIPTOR.services_by_name[service_name.split(".")[-1]]
         methods = {}
         for method in service.methods:
             request_cls = _message_class(method.input_type)
             response_cls = _message_class(method.output_type)
-            methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls)
+            methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls,
+                                                authenticate)
         handlers.append(grpc.method_handlers_generic_handler(service_name, methods))
     return handlers
 

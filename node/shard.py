@@ -16,6 +16,7 @@ import lmdb
 
 from tidebank.node.batcher import ShardBatcher
 from tidebank.node.commands import decode_entry
+from tidebank.node.links import LinkPolicy
 from tidebank.node.records import Account, Transfer
 from tidebank.node.replica import RaftTuning, ShardReplica
 from tidebank.node.state_machine import LedgerStateMachine, Operation
@@ -34,6 +35,7 @@ class ShardHost:
         secret: str,
         raft: RaftTuning | None = None,
         fsync: bool = True,
+        links: LinkPolicy | None = None,
     ):
         self.shard_id = shard_id
         self.ledger: LedgerStateMachine | None = None
@@ -48,6 +50,7 @@ class ShardHost:
             open_fn=self._open,
             raft=raft or RaftTuning(),
             fsync=fsync,
+            links=links,
         )
         self.batcher = ShardBatcher(shard_id, self.replica.submit)
 
@@ -84,6 +87,29 @@ class ShardHost:
     def ledger_totals(self) -> dict[int, dict[str, int]]:
         with self.replica.read_txn() as txn:
             return self.ledger.ledger_totals(txn)
+
+    def audit_totals(self) -> dict:
+        """For `tidebank audit`: ledger totals and prepared transactions from one read txn on
+        this replica (the caller runs a barrier first when it needs it linearizable), and the
+        applied index read just before it (a lower bound for that txn):
+        ``{"ledgers": {ledger: {field: int}}, "prepared_txns": n, "applied_index": i}``.
+        Fields the state machine does not keep are absent; prepared transactions count up to 1000."""
+        applied_index = self.replica.applied_index()
+        with self.replica.read_txn() as txn:
+            ledgers = self.ledger.ledger_totals(txn)
+            prepared = getattr(self.ledger, "prepared_txns", None)
+            prepared_txns = len(prepared(txn, limit=1000)) if prepared is not None else 0
+        return {"ledgers": ledgers, "prepared_txns": prepared_txns, "applied_index": applied_index}
+
+    def txn_decision(self, key: int):
+        """The coordinator decision recorded here for a 2PC attempt key (local replica, may lag)."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.txn_decision(txn, key)
+
+    def prepared_txns(self, limit: int = 100) -> list[tuple[int, int, int]]:
+        """(key, coordinator shard, prepared at ns) of transactions prepared here, oldest first."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.prepared_txns(txn, limit=limit)
 
     def expiry_due(self, now_ns: int | None = None) -> bool:
         """Whether a pending transfer has passed its timeout and needs an entry to expire it."""

@@ -22,8 +22,48 @@ ledger_pending             pending transfer id (16)                    status (1
 ledger_expiry              expires_at ns (8) + pending transfer id (16)  empty
 ledger_failed              transfer id (16)                            result code (1)
 ledger_meta                b"last_timestamp"                           u64 LE
-ledger_totals              ledger (4)                                  4 x u128 LE (dp, dpost, cp, cpost)
+ledger_totals              ledger (4)                                  10 x u128 LE (see _TOTAL_KEYS)
+ledger_txns                txid (16)                                   participant state of a 2PC txn
+ledger_txn_prepared        prepared_at ns (8) + txid (16)              coordinator shard (u32 LE)
+ledger_txn_ids             transfer id (16)                            txid (16) of the PREPARED txn
+ledger_locks               pending transfer id (16)                    txid (16) + leg kind (1)
+ledger_xpending            pending transfer id (16)                    sides (1) + expires_at ns (8, LE)
+ledger_decisions           txid (16)                                   timestamp (8, LE) + packed Decide
 =========================  ==========================================  ==================================
+
+Cross-shard transactions (two-phase commit; records in `txn_records`)
+---------------------------------------------------------------------
+
+A participant shard sees only the legs (transfers of the group) that touch its
+accounts, each with the side(s) that live here. PREPARE checks them in index order
+with the single-shard rules of the local side(s), reserves their amounts as pending
+(post/void legs instead lock their pending transfer) and records the txn PREPARED;
+any failure votes NO and changes nothing but the recorded vote. FINISH applies or
+releases. DECIDE records the coordinator's outcome, first writer wins.
+
+* Idempotent by txid: a PREPARE of a prepared/committed txid votes yes again; of a
+  txid that voted NO, was aborted, or has an abort tombstone (FINISH(abort) before any
+  PREPARE) it votes NO again, so a late PREPARE never prepares after an abort. A
+  PREPARE that names a known txid is answered from the record without reading its
+  legs. ledger_txns keeps one small record per txid for good (like transfers); the
+  legs are dropped at FINISH. ledger_decisions likewise keeps every decision (with
+  participants and transfer ids) for good: it grows with the cross-shard groups.
+* A transfer id named by a PREPARED txn is reserved (ledger_txn_ids) until FINISH:
+  creating that id meanwhile, single-shard or in another txn, is refused with
+  internal_error (the outcome is unknown until the txn finishes; not recorded as a
+  failed id, so a retry later gets the real answer).
+* A pending transfer locked by a PREPARED post/void leg cannot be posted or voided by
+  anything else: refused with pending_transfer_already_posted (lock is a post) or
+  _already_voided (lock is a void), recorded as failed like any such refusal on the
+  single-shard path. The expiry sweep skips it; it expires after the unlock if due.
+* A pending transfer created by a txn expires at commit_timestamp + timeout on every
+  shard (ledger_xpending). One whose accounts live on different shards can only be
+  posted or voided through a txn: the single-shard path answers
+  accounts_on_different_shards (not recorded).
+* Per ledger, one-sided legs (SIDE_DEBIT / SIDE_CREDIT) are counted as remote_* so
+  that debits_posted - remote_debits_posted == credits_posted - remote_credits_posted
+  (same for pending) holds on every shard; summed over a quiescent cluster the remote
+  debits equal the remote credits.
 """
 
 from __future__ import annotations
@@ -40,6 +80,8 @@ import lmdb
 from tidebank.node.records import (
     BATCH_ITEMS_MAX,
     PAGE_SIZE_MAX,
+    TRANSFER_SIZE,
+    U32_MAX,
     U64_MAX,
     U128_MAX,
     Account,
@@ -52,11 +94,35 @@ from tidebank.node.records import (
     unpack_transfer,
 )
 from tidebank.node.results import CreateAccountResult, CreateTransferResult
+from tidebank.node.txn_records import (
+    FINISH_ALREADY,
+    FINISH_APPLIED,
+    FINISH_CONFLICT,
+    FINISH_INTERNAL_ERROR,
+    FINISH_UNKNOWN_TXID,
+    PARTICIPANTS_MAX,
+    SIDE_BOTH,
+    SIDE_CREDIT,
+    SIDE_DEBIT,
+    Decide,
+    Decision,
+    Finish,
+    Leg,
+    Prepare,
+    Vote,
+    pack_decide,
+    unpack_decide,
+)
 
 __all__ = [
     "EXPIRE_PER_APPLY_MAX",
+    "EXPIRE_SCAN_MAX",
     "OP_CREATE_ACCOUNTS",
     "OP_CREATE_TRANSFERS",
+    "OP_DECIDE",
+    "OP_FINISH",
+    "OP_PREPARE",
+    "PREPARED_TXNS_LIMIT_MAX",
     "LedgerStateMachine",
     "Operation",
 ]
@@ -65,16 +131,22 @@ log = logging.getLogger(__name__)
 
 OP_CREATE_ACCOUNTS = 1
 OP_CREATE_TRANSFERS = 2
+OP_PREPARE = 3  # items: Prepare -> Vote
+OP_FINISH = 4  # items: Finish -> FINISH_* int
+OP_DECIDE = 5  # items: Decide -> Decision
 EXPIRE_PER_APPLY_MAX = 512
+# The sweep looks at most this many due expiry keys per apply (locked ones are skipped).
+EXPIRE_SCAN_MAX = 4 * EXPIRE_PER_APPLY_MAX
+PREPARED_TXNS_LIMIT_MAX = 1000
 NS_PER_SECOND = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One client batch inside a Raft entry: all accounts or all transfers."""
+    """One batch inside a Raft entry: all items of one kind."""
 
-    kind: int  # OP_CREATE_ACCOUNTS | OP_CREATE_TRANSFERS
-    items: Sequence[Account] | Sequence[Transfer]
+    kind: int  # OP_CREATE_ACCOUNTS | OP_CREATE_TRANSFERS | OP_PREPARE | OP_FINISH | OP_DECIDE
+    items: Sequence[Account] | Sequence[Transfer] | Sequence[Prepare] | Sequence[Finish] | Sequence[Decide]
 
 
 # Pending-transfer status (ledger_pending).
@@ -85,11 +157,55 @@ STATUS_EXPIRED = 4
 
 _STATUS = struct.Struct("<BQ")
 _U64 = struct.Struct("<Q")
-_TOTALS = struct.Struct("<8Q")
+_U32 = struct.Struct("<I")
+_TOTALS_V1 = struct.Struct("<8Q")  # the four balances only (records written before 2PC)
+_TOTALS = struct.Struct("<20Q")
 _SIDE_DEBIT = b"\x00"
 _SIDE_CREDIT = b"\x01"
 _META_LAST_TIMESTAMP = b"last_timestamp"
-_ZERO_TOTALS = _TOTALS.pack(0, 0, 0, 0, 0, 0, 0, 0)
+_ZERO_TOTALS = _TOTALS.pack(*[0] * 20)
+
+# ledger_totals record: the four balance sums, then the 2PC counters. The six 2PC
+# counters are kept in _Context.x deltas under the same positions minus 4.
+_TOTAL_KEYS = (
+    "debits_pending",
+    "debits_posted",
+    "credits_pending",
+    "credits_posted",
+    "reserved_debits",  # held by PREPARED txns (already included in debits_pending)
+    "reserved_credits",
+    "remote_debits_posted",  # one-sided legs committed on this shard
+    "remote_credits_posted",
+    "remote_debits_pending",  # one-sided legs held here (prepared, or committed pending transfers)
+    "remote_credits_pending",
+)
+_X_RES_D, _X_RES_C, _X_REM_DPO, _X_REM_CPO, _X_REM_DP, _X_REM_CP = range(6)
+
+# Participant state of a txn (ledger_txns, first byte).
+TXN_PREPARED = 1
+TXN_COMMITTED = 2
+TXN_ABORTED = 3  # prepared, then aborted
+TXN_VOTED_NO = 4
+TXN_TOMBSTONE = 5  # aborted before any PREPARE reached this shard
+_TXN_STATE_NAMES = {
+    TXN_PREPARED: "prepared",
+    TXN_COMMITTED: "committed",
+    TXN_ABORTED: "aborted",
+    TXN_VOTED_NO: "aborted",
+    TXN_TOMBSTONE: "aborted",
+}
+# state, coordinator_shard, prepared_at, group_size, leg count; then per leg _LEG_REC + packed Transfer
+_PREPARED_HEAD = struct.Struct("<BIQII")
+_LEG_REC = struct.Struct("<IBBQ")  # index, sides, kind, amount
+_COMMITTED = struct.Struct("<BQ")  # state, commit_timestamp
+_VOTED_NO = struct.Struct("<BII")  # state, failed_index, code
+_XPENDING = struct.Struct("<BQ")  # sides, expires_at (0: never)
+
+# Leg kinds.
+LEG_PLAIN = 0
+LEG_PENDING = 1
+LEG_POST = 2
+LEG_VOID = 3
 
 # Flags as plain ints: enum attribute access is measurably slow on the hot path.
 _A_LINKED = int(AccountFlags.LINKED)
@@ -170,7 +286,7 @@ class _Context:
     them (the chain's LMDB writes are undone by aborting its nested txn).
     """
 
-    __slots__ = ("accounts", "original", "dirty", "undo", "next_ts", "base")
+    __slots__ = ("accounts", "original", "dirty", "undo", "next_ts", "base", "x")
 
     def __init__(self, base: int, next_ts: int) -> None:
         self.accounts: dict[int, Account] = {}
@@ -179,6 +295,28 @@ class _Context:
         self.undo: dict[int, tuple[int, int, int, int]] | None = None
         self.next_ts = next_ts
         self.base = base
+        # ledger -> deltas of the six 2PC counters (reserved_*, remote_*), folded in at flush.
+        self.x: dict[int, list[int]] = {}
+
+    def xd(self, ledger: int) -> list[int]:
+        d = self.x.get(ledger)
+        if d is None:
+            d = self.x[ledger] = [0, 0, 0, 0, 0, 0]
+        return d
+
+
+class _Plan:
+    """One prepared leg: what FINISH needs to apply or release it."""
+
+    __slots__ = ("index", "sides", "kind", "amount", "record", "group_status")
+
+    def __init__(self, index: int, sides: int, kind: int, amount: int, record: Transfer) -> None:
+        self.index = index
+        self.sides = sides
+        self.kind = kind
+        self.amount = amount  # reserved (plain, pending) or to post (post; void: the pending amount)
+        self.record = record  # the transfer as it will be stored, timestamp 0 until FINISH
+        self.group_status = 0  # a pending leg posted/voided by a later leg of the same group
 
 
 class LedgerStateMachine:
@@ -193,6 +331,12 @@ class LedgerStateMachine:
         "ledger_failed",
         "ledger_meta",
         "ledger_totals",
+        "ledger_txns",
+        "ledger_txn_prepared",
+        "ledger_txn_ids",
+        "ledger_locks",
+        "ledger_xpending",
+        "ledger_decisions",
     )
 
     def __init__(self, env: lmdb.Environment, *, txn: lmdb.Transaction | None = None) -> None:
@@ -211,14 +355,26 @@ class LedgerStateMachine:
         self._failed = dbs["ledger_failed"]
         self._meta = dbs["ledger_meta"]
         self._totals = dbs["ledger_totals"]
+        self._txns = dbs["ledger_txns"]
+        self._txn_prepared = dbs["ledger_txn_prepared"]
+        self._txn_ids = dbs["ledger_txn_ids"]
+        self._locks = dbs["ledger_locks"]
+        self._xpending = dbs["ledger_xpending"]
+        self._decisions = dbs["ledger_decisions"]
 
     # ------------------------------------------------------------------ apply
 
-    def apply(self, txn: lmdb.Transaction, operations: Sequence[Operation], timestamp_ns: int) -> list[list[int]]:
-        """One Raft entry: the operations in order, each list of per-item result codes in order.
+    def apply(self, txn: lmdb.Transaction, operations: Sequence[Operation], timestamp_ns: int) -> list[list[Any]]:
+        """One Raft entry: the operations in order, each list of per-item results in order.
+
+        Results are int codes for OP_CREATE_*, `Vote` for OP_PREPARE, FINISH_* ints for
+        OP_FINISH and `Decision` for OP_DECIDE.
 
         Never raises. A failure inside one operation rolls that operation back and
-        reports internal_error for each of its items; the others still apply.
+        reports internal_error for each of its items; the others still apply. 2PC
+        operations roll back per item: Vote(False, 0, internal_error),
+        FINISH_INTERNAL_ERROR, or Decision(False, 0, internal_error, timestamp=0)
+        (nothing recorded; the step may be retried).
         """
         try:
             child = self._env.begin(write=True, parent=txn)
@@ -234,22 +390,28 @@ class LedgerStateMachine:
         child.commit()
         return results
 
-    def _apply(self, txn: lmdb.Transaction, operations: Sequence[Operation], timestamp_ns: int) -> list[list[int]]:
+    def _apply(self, txn: lmdb.Transaction, operations: Sequence[Operation], timestamp_ns: int) -> list[list[Any]]:
         last = self._last_timestamp(txn)
         base = max(timestamp_ns, last + 1)
         if base > U64_MAX:
             raise InvariantViolation(f"cluster time overflows u64: {base}")
         self._run_guarded(txn, "expiry sweep", functools.partial(self._expire, ctx=_Context(base, base)))
         next_ts = base
-        results: list[list[int]] = []
+        results: list[list[Any]] = []
         for op in operations:
             ctx = _Context(base, next_ts)
-            if op.kind == OP_CREATE_TRANSFERS:
+            kind = op.kind
+            if kind == OP_CREATE_TRANSFERS:
                 fn = functools.partial(self._create_transfers, items=op.items, ctx=ctx)
-                error = int(_TR.internal_error)
-            elif op.kind == OP_CREATE_ACCOUNTS:
+                error: Any = int(_TR.internal_error)
+            elif kind == OP_CREATE_ACCOUNTS:
                 fn = functools.partial(self._create_accounts, items=op.items, ctx=ctx)
                 error = int(_AR.internal_error)
+            elif kind in _TXN_STEPS:
+                step_name, error = _TXN_STEPS[kind]
+                fn = functools.partial(
+                    self._txn_items, items=op.items, ctx=ctx, step=getattr(self, step_name), error=error
+                )
             else:
                 log.critical("unknown operation kind %r: its %d items rejected", op.kind, len(op.items))
                 results.append([int(_TR.internal_error)] * len(op.items))
@@ -454,52 +616,14 @@ class LedgerStateMachine:
 
     def _create_transfer(self, txn: lmdb.Transaction, t: Transfer, ctx: _Context) -> int:
         # ---- checks on the request alone (not recorded as failed ids)
-        if t.timestamp:
-            return _TR.timestamp_must_be_zero
+        code = _static_check(t)
+        if code:
+            return code
         flags = t.flags
-        if flags & ~_T_KNOWN:
-            return _TR.reserved_flag
         tid = t.id
-        if tid == 0:
-            return _TR.id_must_not_be_zero
-        if tid == U128_MAX:
-            return _TR.id_must_not_be_int_max
         post_void = flags & _T_POST_VOID
-        if post_void:
-            if flags & _T_PENDING or post_void == _T_POST_VOID or flags & _T_BALANCING:
-                return _TR.flags_are_mutually_exclusive
-            pid = t.pending_id
-            if pid == 0:
-                return _TR.pending_id_must_not_be_zero
-            if pid == U128_MAX:
-                return _TR.pending_id_must_not_be_int_max
-            if pid == tid:
-                return _TR.pending_id_must_be_different
-            if t.timeout:
-                return _TR.timeout_reserved_for_pending_transfer
-        else:
-            d = t.debit_account_id
-            c = t.credit_account_id
-            if d == 0:
-                return _TR.debit_account_id_must_not_be_zero
-            if d == U128_MAX:
-                return _TR.debit_account_id_must_not_be_int_max
-            if c == 0:
-                return _TR.credit_account_id_must_not_be_zero
-            if c == U128_MAX:
-                return _TR.credit_account_id_must_not_be_int_max
-            if d == c:
-                return _TR.accounts_must_be_different
-            if t.pending_id:
-                return _TR.pending_id_must_be_zero
-            if t.timeout and not flags & _T_PENDING:
-                return _TR.timeout_reserved_for_pending_transfer
-            if t.amount == 0 and not flags & _T_BALANCING:
-                return _TR.amount_must_not_be_zero
-            if t.ledger == 0:
-                return _TR.ledger_must_not_be_zero
-            if t.code == 0:
-                return _TR.code_must_not_be_zero
+        d = t.debit_account_id
+        c = t.credit_account_id
 
         # ---- idempotency
         key = _key(tid)
@@ -508,6 +632,8 @@ class LedgerStateMachine:
             return _transfer_exists(t, unpack_transfer(raw))
         if txn.get(key, db=self._failed) is not None:
             return _TR.id_already_failed
+        if txn.get(key, db=self._txn_ids) is not None:
+            return _TR.internal_error  # named by a PREPARED txn: outcome unknown until it finishes
         if post_void:
             return self._post_or_void(txn, t, key, ctx)
 
@@ -607,6 +733,13 @@ class LedgerStateMachine:
         p = unpack_transfer(raw)
         if not p.flags & _T_PENDING:
             return _TR.pending_transfer_not_pending
+        xp = txn.get(pkey, db=self._xpending)
+        if xp is None:
+            expires_at = p.timestamp + p.timeout * NS_PER_SECOND if p.timeout else 0
+        else:  # created by a cross-shard txn
+            sides, expires_at = _XPENDING.unpack(xp)
+            if sides != SIDE_BOTH:
+                return _TR.accounts_on_different_shards
         if t.debit_account_id and t.debit_account_id != p.debit_account_id:
             return _TR.pending_transfer_has_different_debit_account_id
         if t.credit_account_id and t.credit_account_id != p.credit_account_id:
@@ -634,8 +767,10 @@ class LedgerStateMachine:
             return _TR.pending_transfer_already_voided
         if status == STATUS_EXPIRED:
             return _TR.pending_transfer_expired
-        expires_at = p.timestamp + p.timeout * NS_PER_SECOND if p.timeout else 0
-        if p.timeout and expires_at <= ctx.base:
+        lock = txn.get(pkey, db=self._locks)
+        if lock is not None:
+            return _lock_refusal(lock)
+        if expires_at and expires_at <= ctx.base:
             return _TR.pending_transfer_expired
         dr = self._account(txn, p.debit_account_id, ctx)
         cr = self._account(txn, p.credit_account_id, ctx)
@@ -661,20 +796,463 @@ class LedgerStateMachine:
         )  # fmt: skip
         self._store(txn, key, record, _key(p.debit_account_id), _key(p.credit_account_id))
         txn.put(pkey, _STATUS.pack(STATUS_POSTED if post else STATUS_VOIDED, amount), db=self._pending)
-        if p.timeout:
+        if expires_at:
             txn.delete(expires_at.to_bytes(8, "big") + pkey, db=self._expiry)
         return T_OK
+
+    # ------------------------------------------------- cross-shard transactions
+
+    def _txn_items(
+        self,
+        txn: lmdb.Transaction,
+        items: Sequence,
+        ctx: _Context,
+        step: Callable[..., Any],
+        error: Any,
+    ) -> list[Any]:
+        """Run a 2PC step per item, each in its own nested txn: a bug fails only its item."""
+        n = len(items)
+        if n > BATCH_ITEMS_MAX:
+            raise InvariantViolation(f"operation of {n} items exceeds BATCH_ITEMS_MAX")
+        out: list[Any] = []
+        for item in items:
+            sub = _Context(ctx.base, ctx.next_ts)
+            result = self._run_guarded(txn, "2pc step", functools.partial(step, item=item, ctx=sub))
+            if result is None:
+                result = error
+            else:
+                ctx.next_ts = sub.next_ts
+            out.append(result)
+        return out
+
+    # -- PREPARE
+
+    def _prepare(self, txn: lmdb.Transaction, item: Prepare, ctx: _Context) -> Vote:
+        txid = item.txid
+        if not 0 < txid < U128_MAX:
+            log.critical("PREPARE with invalid txid %r refused", txid)
+            return _VOTE_ERROR
+        tkey = _key(txid)
+        raw = txn.get(tkey, db=self._txns)
+        if raw is not None:
+            state = raw[0]
+            if state == TXN_PREPARED or state == TXN_COMMITTED:
+                return _VOTE_YES
+            if state == TXN_VOTED_NO:
+                _, index, code = _VOTED_NO.unpack(raw)
+                return Vote(False, index, code)
+            return _VOTE_ABORTED  # aborted after preparing, or an abort tombstone
+        problem = _malformed_prepare(item)
+        if problem:
+            log.critical("PREPARE of txid %d refused: %s", txid, problem)
+            return _VOTE_ERROR
+        child = self._env.begin(write=True, parent=txn)
+        try:
+            failed = self._prepare_legs(child, item, tkey, ctx)
+        except BaseException:
+            child.abort()
+            raise
+        if failed is None:
+            child.commit()
+            return _VOTE_YES
+        child.abort()
+        index, code = failed
+        txn.put(tkey, _VOTED_NO.pack(TXN_VOTED_NO, index, code), db=self._txns)
+        return Vote(False, index, code)
+
+    def _prepare_legs(self, txn: lmdb.Transaction, item: Prepare, tkey: bytes, ctx: _Context) -> tuple[int, int] | None:
+        """Check and reserve every leg; (failed_index, code) at the first failure (caller rolls back)."""
+        earlier: dict[int, _Plan] = {}  # transfer id -> plan of an earlier leg of this group
+        plans: list[_Plan] = []
+        for leg in item.legs:
+            code, plan = self._prepare_leg(txn, tkey, leg, ctx, earlier)
+            if code:
+                return leg.index, int(code)
+            assert plan is not None
+            earlier[plan.record.id] = plan
+            plans.append(plan)
+        self._flush(txn, ctx)
+        parts = [_PREPARED_HEAD.pack(TXN_PREPARED, item.coordinator_shard, ctx.base, item.group_size, len(plans))]
+        for plan in plans:
+            parts.append(_LEG_REC.pack(plan.index, plan.sides, plan.kind, plan.amount))
+            parts.append(pack_transfer(plan.record))
+        txn.put(tkey, b"".join(parts), db=self._txns)
+        txn.put(ctx.base.to_bytes(8, "big") + tkey, _U32.pack(item.coordinator_shard), db=self._txn_prepared)
+        for plan in plans:
+            txn.put(_key(plan.record.id), tkey, db=self._txn_ids)
+        return None
+
+    def _prepare_leg(
+        self, txn: lmdb.Transaction, tkey: bytes, leg: Leg, ctx: _Context, earlier: dict[int, _Plan]
+    ) -> tuple[int, _Plan | None]:
+        t = leg.transfer
+        code = _static_check(t)
+        if code:
+            return code, None
+        flags = t.flags
+        if flags & _T_BALANCING:
+            return _TR.accounts_on_different_shards, None  # a balancing amount needs both balances
+        tid = t.id
+        key = _key(tid)
+        raw = txn.get(key, db=self._transfers)
+        if raw is not None:
+            return _transfer_exists(t, unpack_transfer(raw)), None
+        same = earlier.get(tid)
+        if same is not None:
+            return _transfer_exists(t, same.record), None
+        if txn.get(key, db=self._failed) is not None:
+            return _TR.id_already_failed, None
+        if txn.get(key, db=self._txn_ids) is not None:
+            return _TR.internal_error, None  # named by another PREPARED txn: outcome unknown
+        if flags & _T_POST_VOID:
+            return self._prepare_post_void(txn, tkey, leg, ctx, earlier)
+
+        sides = leg.sides
+        d = t.debit_account_id
+        c = t.credit_account_id
+        dr = cr = None
+        if sides & SIDE_DEBIT:
+            dr = self._account(txn, d, ctx)
+            if dr is None:
+                return _TR.debit_account_not_found, None
+        if sides & SIDE_CREDIT:
+            cr = self._account(txn, c, ctx)
+            if cr is None:
+                return _TR.credit_account_not_found, None
+        ledger = t.ledger
+        if dr is not None and cr is not None and dr.ledger != cr.ledger:
+            return _TR.accounts_must_have_the_same_ledger, None
+        if (dr is not None and dr.ledger != ledger) or (cr is not None and cr.ledger != ledger):
+            return _TR.transfer_must_have_the_same_ledger_as_accounts, None
+        if dr is not None and dr.flags & _A_CLOSED:
+            return _TR.debit_account_already_closed, None
+        if cr is not None and cr.flags & _A_CLOSED:
+            return _TR.credit_account_already_closed, None
+        amount = t.amount
+        pending = flags & _T_PENDING
+        if pending:
+            if dr is not None and dr.debits_pending + amount > U64_MAX:
+                return _TR.overflows_debits_pending, None
+            if cr is not None and cr.credits_pending + amount > U64_MAX:
+                return _TR.overflows_credits_pending, None
+        if dr is not None and dr.debits_posted + amount > U64_MAX:
+            return _TR.overflows_debits_posted, None
+        if cr is not None and cr.credits_posted + amount > U64_MAX:
+            return _TR.overflows_credits_posted, None
+        if dr is not None and dr.debits_pending + dr.debits_posted + amount > U64_MAX:
+            return _TR.overflows_debits, None
+        if cr is not None and cr.credits_pending + cr.credits_posted + amount > U64_MAX:
+            return _TR.overflows_credits, None
+        timeout = t.timeout
+        if timeout and ctx.base + timeout * NS_PER_SECOND > U64_MAX:
+            return _TR.overflows_timeout, None
+        # Reservations count as pending: concurrent txns can never overdraw together.
+        if dr is not None and dr.flags & _A_DMNEC and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
+            return _TR.exceeds_credits, None
+        if (
+            cr is not None
+            and cr.flags & _A_CMNED
+            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted
+        ):
+            return _TR.exceeds_debits, None
+
+        x = ctx.xd(ledger)
+        if dr is not None:
+            self._touch(dr, ctx)
+            dr.debits_pending += amount
+            x[_X_RES_D] += amount
+            if cr is None:
+                x[_X_REM_DP] += amount
+        if cr is not None:
+            self._touch(cr, ctx)
+            cr.credits_pending += amount
+            x[_X_RES_C] += amount
+            if dr is None:
+                x[_X_REM_CP] += amount
+        record = Transfer(
+            tid, d, c, amount, 0, t.user_data_128, t.user_data_64, t.user_data_32,
+            timeout, ledger, t.code, flags, 0,
+        )  # fmt: skip
+        return 0, _Plan(leg.index, sides, LEG_PENDING if pending else LEG_PLAIN, amount, record)
+
+    def _prepare_post_void(
+        self, txn: lmdb.Transaction, tkey: bytes, leg: Leg, ctx: _Context, earlier: dict[int, _Plan]
+    ) -> tuple[int, _Plan | None]:
+        """A post/void leg: the single-shard checks, then lock the pending transfer for this txn."""
+        t = leg.transfer
+        pid = t.pending_id
+        pkey = _key(pid)
+        in_group = earlier.get(pid)  # a pending transfer created by an earlier leg of this group
+        if in_group is not None:
+            p = in_group.record
+            p_sides = in_group.sides
+            expires_at = 0  # created at commit: cannot have expired yet
+        else:
+            raw = txn.get(pkey, db=self._transfers)
+            if raw is None:
+                return _TR.pending_transfer_not_found, None
+            p = unpack_transfer(raw)
+            xp = txn.get(pkey, db=self._xpending)
+            if xp is None:
+                p_sides = SIDE_BOTH
+                expires_at = p.timestamp + p.timeout * NS_PER_SECOND if p.timeout else 0
+            else:
+                p_sides, expires_at = _XPENDING.unpack(xp)
+        if not p.flags & _T_PENDING:
+            return _TR.pending_transfer_not_pending, None
+        if t.debit_account_id and t.debit_account_id != p.debit_account_id:
+            return _TR.pending_transfer_has_different_debit_account_id, None
+        if t.credit_account_id and t.credit_account_id != p.credit_account_id:
+            return _TR.pending_transfer_has_different_credit_account_id, None
+        if t.ledger and t.ledger != p.ledger:
+            return _TR.pending_transfer_has_different_ledger, None
+        if t.code and t.code != p.code:
+            return _TR.pending_transfer_has_different_code, None
+        post = t.flags & _T_POST
+        if post:
+            amount = t.amount or p.amount
+            if amount > p.amount:
+                return _TR.exceeds_pending_transfer_amount, None
+        else:
+            if t.amount and t.amount != p.amount:
+                return _TR.pending_transfer_has_different_amount, None
+            amount = p.amount
+        if in_group is not None:
+            if in_group.group_status == STATUS_POSTED:
+                return _TR.pending_transfer_already_posted, None
+            if in_group.group_status == STATUS_VOIDED:
+                return _TR.pending_transfer_already_voided, None
+        else:
+            status_raw = txn.get(pkey, db=self._pending)
+            if status_raw is None:
+                raise InvariantViolation(f"pending transfer {pid} has no status")
+            status = status_raw[0]
+            if status == STATUS_POSTED:
+                return _TR.pending_transfer_already_posted, None
+            if status == STATUS_VOIDED:
+                return _TR.pending_transfer_already_voided, None
+            if status == STATUS_EXPIRED:
+                return _TR.pending_transfer_expired, None
+            lock = txn.get(pkey, db=self._locks)
+            if lock is not None:
+                return _lock_refusal(lock), None
+        if p_sides != leg.sides:
+            log.critical(
+                "PREPARE leg %d posts/voids pending transfer %d with sides %d, but its sides here are %d",
+                leg.index, pid, leg.sides, p_sides,
+            )  # fmt: skip
+            return _TR.internal_error, None
+        if expires_at and expires_at <= ctx.base:
+            return _TR.pending_transfer_expired, None
+        if post:
+            if p_sides & SIDE_DEBIT:
+                dr = self._account(txn, p.debit_account_id, ctx)
+                if dr is None:
+                    raise InvariantViolation(f"debit account of pending transfer {pid} is missing")
+                if dr.flags & _A_CLOSED:
+                    return _TR.debit_account_already_closed, None
+            if p_sides & SIDE_CREDIT:
+                cr = self._account(txn, p.credit_account_id, ctx)
+                if cr is None:
+                    raise InvariantViolation(f"credit account of pending transfer {pid} is missing")
+                if cr.flags & _A_CLOSED:
+                    return _TR.credit_account_already_closed, None
+        kind = LEG_POST if post else LEG_VOID
+        if in_group is not None:
+            in_group.group_status = STATUS_POSTED if post else STATUS_VOIDED
+        else:
+            txn.put(pkey, tkey + bytes((kind,)), db=self._locks)
+        record = Transfer(
+            t.id, p.debit_account_id, p.credit_account_id, amount, pid,
+            t.user_data_128, t.user_data_64, t.user_data_32, 0, p.ledger, p.code, t.flags, 0,
+        )  # fmt: skip
+        return 0, _Plan(leg.index, p_sides, kind, amount, record)
+
+    # -- FINISH
+
+    def _finish(self, txn: lmdb.Transaction, item: Finish, ctx: _Context) -> int:
+        txid = item.txid
+        commit = bool(item.commit)
+        if not 0 < txid < U128_MAX:
+            log.critical("FINISH with invalid txid %r refused", txid)
+            return FINISH_INTERNAL_ERROR
+        if commit and not 0 < item.commit_timestamp <= U64_MAX:
+            log.critical("FINISH(commit) of txid %d with invalid commit_timestamp %r", txid, item.commit_timestamp)
+            return FINISH_INTERNAL_ERROR
+        tkey = _key(txid)
+        raw = txn.get(tkey, db=self._txns)
+        if raw is None:
+            if commit:
+                log.critical("FINISH(commit) of txid %d that was never prepared here: nothing changed", txid)
+            else:
+                txn.put(tkey, bytes((TXN_TOMBSTONE,)), db=self._txns)
+            return FINISH_UNKNOWN_TXID
+        state = raw[0]
+        if state != TXN_PREPARED:
+            if (state == TXN_COMMITTED) == commit:
+                return FINISH_ALREADY
+            log.critical(
+                "FINISH(%s) of txid %d that is already %s here: nothing changed",
+                "commit" if commit else "abort", txid, _TXN_STATE_NAMES.get(state, state),
+            )  # fmt: skip
+            return FINISH_CONFLICT
+        _, _, prepared_at, _, plans = _unpack_prepared(raw)
+        if commit:
+            self._commit_legs(txn, plans, item.commit_timestamp, ctx)
+            txn.put(tkey, _COMMITTED.pack(TXN_COMMITTED, item.commit_timestamp), db=self._txns)
+        else:
+            self._release_legs(txn, plans, ctx)
+            txn.put(tkey, bytes((TXN_ABORTED,)), db=self._txns)
+        for plan in plans:
+            if plan.kind == LEG_POST or plan.kind == LEG_VOID:
+                pkey = _key(plan.record.pending_id)
+                lock = txn.get(pkey, db=self._locks)
+                if lock is not None and lock[:16] == tkey:
+                    txn.delete(pkey, db=self._locks)
+            txn.delete(_key(plan.record.id), db=self._txn_ids)
+        if not txn.delete(prepared_at.to_bytes(8, "big") + tkey, db=self._txn_prepared):
+            raise InvariantViolation(f"prepared txn {txid} is missing from the prepared index")
+        self._flush(txn, ctx)
+        return FINISH_APPLIED
+
+    def _commit_legs(self, txn: lmdb.Transaction, plans: list[_Plan], commit_ts: int, ctx: _Context) -> None:
+        for plan in plans:
+            rec = plan.record
+            sides = plan.sides
+            kind = plan.kind
+            amount = plan.amount
+            one_sided = sides != SIDE_BOTH
+            x = ctx.xd(rec.ledger)
+            if kind == LEG_PLAIN:
+                if sides & SIDE_DEBIT:
+                    dr = self._leg_account(txn, rec.debit_account_id, ctx)
+                    dr.debits_pending -= amount
+                    dr.debits_posted += amount
+                    x[_X_RES_D] -= amount
+                    if one_sided:
+                        x[_X_REM_DP] -= amount
+                        x[_X_REM_DPO] += amount
+                if sides & SIDE_CREDIT:
+                    cr = self._leg_account(txn, rec.credit_account_id, ctx)
+                    cr.credits_pending -= amount
+                    cr.credits_posted += amount
+                    x[_X_RES_C] -= amount
+                    if one_sided:
+                        x[_X_REM_CP] -= amount
+                        x[_X_REM_CPO] += amount
+            elif kind == LEG_PENDING:
+                # The hold stays; it is no longer a reservation but a pending transfer.
+                if sides & SIDE_DEBIT:
+                    x[_X_RES_D] -= amount
+                if sides & SIDE_CREDIT:
+                    x[_X_RES_C] -= amount
+                pkey = _key(rec.id)
+                expires_at = min(commit_ts + rec.timeout * NS_PER_SECOND, U64_MAX) if rec.timeout else 0
+                txn.put(pkey, _STATUS.pack(STATUS_PENDING, amount), db=self._pending)
+                txn.put(pkey, _XPENDING.pack(sides, expires_at), db=self._xpending)
+                if expires_at:
+                    txn.put(expires_at.to_bytes(8, "big") + pkey, b"", db=self._expiry)
+            else:
+                post = kind == LEG_POST
+                pkey = _key(rec.pending_id)
+                raw = txn.get(pkey, db=self._transfers)
+                status_raw = txn.get(pkey, db=self._pending)
+                if raw is None or status_raw is None or status_raw[0] != STATUS_PENDING:
+                    raise InvariantViolation(f"locked pending transfer {rec.pending_id} is not pending at commit")
+                p = unpack_transfer(raw)
+                xp = txn.get(pkey, db=self._xpending)
+                if xp is None:
+                    p_sides = SIDE_BOTH
+                    expires_at = p.timestamp + p.timeout * NS_PER_SECOND if p.timeout else 0
+                else:
+                    p_sides, expires_at = _XPENDING.unpack(xp)
+                if p_sides != sides:
+                    raise InvariantViolation(f"pending transfer {p.id} changed sides while locked")
+                self._release_pending(txn, p, sides, amount if post else 0, ctx)
+                txn.put(pkey, _STATUS.pack(STATUS_POSTED if post else STATUS_VOIDED, amount), db=self._pending)
+                if expires_at:
+                    txn.delete(expires_at.to_bytes(8, "big") + pkey, db=self._expiry)
+            ts = ctx.next_ts
+            ctx.next_ts = ts + 1
+            rec.timestamp = ts
+            key = _key(rec.id)
+            txn.put(key, pack_transfer(rec), db=self._transfers)
+            ts_key = ts.to_bytes(8, "big")
+            if sides & SIDE_DEBIT:
+                txn.put(_key(rec.debit_account_id) + ts_key, _SIDE_DEBIT + key, db=self._account_transfers)
+            if sides & SIDE_CREDIT:
+                txn.put(_key(rec.credit_account_id) + ts_key, _SIDE_CREDIT + key, db=self._account_transfers)
+
+    def _release_legs(self, txn: lmdb.Transaction, plans: list[_Plan], ctx: _Context) -> None:
+        for plan in plans:
+            if plan.kind != LEG_PLAIN and plan.kind != LEG_PENDING:
+                continue  # post/void legs only hold a lock
+            rec = plan.record
+            sides = plan.sides
+            amount = plan.amount
+            x = ctx.xd(rec.ledger)
+            if sides & SIDE_DEBIT:
+                dr = self._leg_account(txn, rec.debit_account_id, ctx)
+                dr.debits_pending -= amount
+                x[_X_RES_D] -= amount
+                if sides == SIDE_DEBIT:
+                    x[_X_REM_DP] -= amount
+            if sides & SIDE_CREDIT:
+                cr = self._leg_account(txn, rec.credit_account_id, ctx)
+                cr.credits_pending -= amount
+                x[_X_RES_C] -= amount
+                if sides == SIDE_CREDIT:
+                    x[_X_REM_CP] -= amount
+
+    def _leg_account(self, txn: lmdb.Transaction, account_id: int, ctx: _Context) -> Account:
+        a = self._account(txn, account_id, ctx)
+        if a is None:
+            raise InvariantViolation(f"account {account_id} of a prepared leg is missing")
+        self._touch(a, ctx)
+        return a
+
+    # -- DECIDE
+
+    def _decide(self, txn: lmdb.Transaction, item: Decide, ctx: _Context) -> Decision:
+        txid = item.txid
+        if not 0 < txid < U128_MAX:
+            log.critical("DECIDE with invalid txid %r refused", txid)
+            return _DECISION_ERROR
+        tkey = _key(txid)
+        raw = txn.get(tkey, db=self._decisions)
+        if raw is not None:
+            return _unpack_decision(raw)[0]
+        if len(item.participants) > PARTICIPANTS_MAX or len(item.transfer_ids) > BATCH_ITEMS_MAX:
+            log.critical(
+                "DECIDE of txid %d names %d participants and %d transfers: refused",
+                txid, len(item.participants), len(item.transfer_ids),
+            )  # fmt: skip
+            return _DECISION_ERROR
+        ts = ctx.base
+        txn.put(tkey, _U64.pack(ts) + pack_decide(item), db=self._decisions)
+        return Decision(bool(item.commit), item.failed_index, item.failed_code, ts)
 
     # ----------------------------------------------------------------- expiry
 
     def _expire(self, txn: lmdb.Transaction, ctx: _Context) -> int:
-        """Release pending transfers whose timeout passed, earliest first, at most EXPIRE_PER_APPLY_MAX."""
+        """Release pending transfers whose timeout passed, earliest first, at most EXPIRE_PER_APPLY_MAX.
+
+        Pending transfers locked by a PREPARED txn are skipped (they are posted or
+        voided by its FINISH, or expire after the unlock).
+        """
         due: list[bytes] = []
         cursor = txn.cursor(db=self._expiry)
+        locks = self._locks
         if cursor.first():
+            scanned = 0
             for k in cursor.iternext(keys=True, values=False):
-                if int.from_bytes(k[:8], "big") > ctx.base or len(due) >= EXPIRE_PER_APPLY_MAX:
+                if (
+                    int.from_bytes(k[:8], "big") > ctx.base
+                    or len(due) >= EXPIRE_PER_APPLY_MAX
+                    or scanned >= EXPIRE_SCAN_MAX
+                ):
                     break
+                scanned += 1
                 due.append(k)
         cursor.close()
         for k in due:
@@ -684,24 +1262,45 @@ class LedgerStateMachine:
             if raw is None or status_raw is None or status_raw[0] != STATUS_PENDING:
                 raise InvariantViolation(f"expiry index names a transfer that is not pending: {pkey.hex()}")
             p = unpack_transfer(raw)
-            dr = self._account(txn, p.debit_account_id, ctx)
-            cr = self._account(txn, p.credit_account_id, ctx)
-            if dr is None or cr is None:
-                raise InvariantViolation(f"accounts of pending transfer {pkey.hex()} are missing")
-            self._touch(dr, ctx)
-            self._touch(cr, ctx)
-            dr.debits_pending -= p.amount
-            cr.credits_pending -= p.amount
+            xp = txn.get(pkey, db=self._xpending)
+            sides = SIDE_BOTH if xp is None else xp[0]
+            self._release_pending(txn, p, sides, 0, ctx)
             txn.put(pkey, _STATUS.pack(STATUS_EXPIRED, p.amount), db=self._pending)
             txn.delete(k, db=self._expiry)
         self._flush(txn, ctx)
         return len(due)
 
+    def _release_pending(self, txn: lmdb.Transaction, p: Transfer, sides: int, posted: int, ctx: _Context) -> None:
+        """Drop pending transfer p's hold on the local side(s), posting `posted` of it (0 for void/expiry)."""
+        amount = p.amount
+        one_sided = sides != SIDE_BOTH
+        x = ctx.xd(p.ledger) if one_sided else None
+        if sides & SIDE_DEBIT:
+            dr = self._account(txn, p.debit_account_id, ctx)
+            if dr is None:
+                raise InvariantViolation(f"debit account of pending transfer {p.id} is missing")
+            self._touch(dr, ctx)
+            dr.debits_pending -= amount
+            dr.debits_posted += posted
+            if x is not None:
+                x[_X_REM_DP] -= amount
+                x[_X_REM_DPO] += posted
+        if sides & SIDE_CREDIT:
+            cr = self._account(txn, p.credit_account_id, ctx)
+            if cr is None:
+                raise InvariantViolation(f"credit account of pending transfer {p.id} is missing")
+            self._touch(cr, ctx)
+            cr.credits_pending -= amount
+            cr.credits_posted += posted
+            if x is not None:
+                x[_X_REM_CP] -= amount
+                x[_X_REM_CPO] += posted
+
     # ------------------------------------------------------ write back + checks
 
     def _flush(self, txn: lmdb.Transaction, ctx: _Context) -> None:
         """Write changed accounts back once, fold their deltas into ledger totals, check invariants."""
-        if not ctx.dirty:
+        if not ctx.dirty and not ctx.x:
             return
         deltas: dict[int, list[int]] = {}
         accounts_db = self._accounts
@@ -727,19 +1326,40 @@ class LedgerStateMachine:
             txn.put(_key(acct_id), pack_account(a), db=accounts_db)
             d = deltas.get(a.ledger)
             if d is None:
-                d = deltas[a.ledger] = [0, 0, 0, 0]
+                d = deltas[a.ledger] = [0] * 10
             d[0] += dp - o[0]
             d[1] += dpo - o[1]
             d[2] += cp - o[2]
             d[3] += cpo - o[3]
+        for ledger, xd in ctx.x.items():
+            d = deltas.get(ledger)
+            if d is None:
+                d = deltas[ledger] = [0] * 10
+            for i in range(6):
+                d[4 + i] += xd[i]
         for ledger, d in deltas.items():
+            if not any(d):
+                continue
             lkey = ledger.to_bytes(4, "big")
             totals = _unpack_totals(txn.get(lkey, db=self._totals))
             totals = [x + y for x, y in zip(totals, d, strict=True)]
-            if totals[0] != totals[2] or totals[1] != totals[3] or min(totals) < 0:
-                raise InvariantViolation(f"ledger {ledger} does not balance: {totals}")
+            dp, dpo, cp, cpo, res_d, res_c, rem_dpo, rem_cpo, rem_dp, rem_cp = totals
+            if (
+                dp - rem_dp != cp - rem_cp
+                or dpo - rem_dpo != cpo - rem_cpo
+                or min(totals) < 0
+                or res_d > dp
+                or res_c > cp
+                or rem_dp > dp
+                or rem_cp > cp
+                or rem_dpo > dpo
+                or rem_cpo > cpo
+            ):
+                shown = dict(zip(_TOTAL_KEYS, totals, strict=True))
+                raise InvariantViolation(f"ledger {ledger} does not balance: {shown}")
             txn.put(lkey, _pack_totals(totals), db=self._totals)
         ctx.dirty.clear()
+        ctx.x.clear()
 
     def _last_timestamp(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(_META_LAST_TIMESTAMP, db=self._meta)
@@ -835,12 +1455,21 @@ class LedgerStateMachine:
         return out
 
     def next_expiry_ns(self, txn: lmdb.Transaction) -> int | None:
-        """When the earliest still-pending transfer expires: the leader proposes an entry then."""
+        """When the earliest still-pending transfer expires: the leader proposes an entry then.
+
+        Pending transfers locked by a PREPARED txn are skipped (the sweep skips them too,
+        so naming them would wake the leader for nothing). Past EXPIRE_SCAN_MAX locked
+        ones the answer is the next key's time, as the sweep scans no further either.
+        """
         cursor = txn.cursor(db=self._expiry)
+        locks = self._locks
         try:
-            if not cursor.first():
-                return None
-            return int.from_bytes(cursor.key()[:8], "big")
+            scanned = 0
+            for k in cursor.iternext(keys=True, values=False):
+                if scanned >= EXPIRE_SCAN_MAX or txn.get(k[8:], db=locks) is None:
+                    return int.from_bytes(k[:8], "big")
+                scanned += 1
+            return None
         finally:
             cursor.close()
 
@@ -849,21 +1478,179 @@ class LedgerStateMachine:
         return self._last_timestamp(txn)
 
     def ledger_totals(self, txn: lmdb.Transaction) -> dict[int, dict[str, int]]:
-        """Per-ledger sums of the four balances over this shard's accounts (for audits)."""
+        """Per-ledger sums over this shard's accounts (for audits).
+
+        Keys: the four balance sums; reserved_debits / reserved_credits (held by
+        PREPARED txns, included in *_pending); remote_{debits,credits}_{posted,pending}
+        (one-sided cross-shard legs, included in the balance sums). On every shard
+        debits_X - remote_debits_X == credits_X - remote_credits_X; summed over a
+        quiescent cluster remote debits equal remote credits.
+        """
         out: dict[int, dict[str, int]] = {}
         cursor = txn.cursor(db=self._totals)
         try:
             for k, v in cursor.iternext():
-                dp, dpo, cp, cpo = _unpack_totals(v)
-                out[int.from_bytes(k, "big")] = {
-                    "debits_pending": dp,
-                    "debits_posted": dpo,
-                    "credits_pending": cp,
-                    "credits_posted": cpo,
-                }
+                out[int.from_bytes(k, "big")] = dict(zip(_TOTAL_KEYS, _unpack_totals(v), strict=True))
         finally:
             cursor.close()
         return out
+
+    # ------------------------------------------------------ 2PC reads
+
+    def txn_decision(self, txn: lmdb.Transaction, txid: int) -> Decision | None:
+        """The decision recorded for txid on this (coordinator) shard, if any."""
+        if not 0 < txid < U128_MAX:
+            return None
+        raw = txn.get(_key(txid), db=self._decisions)
+        return None if raw is None else _unpack_decision(raw)[0]
+
+    def txn_decision_record(self, txn: lmdb.Transaction, txid: int) -> tuple[Decision, Decide] | None:
+        """The decision and the DECIDE that recorded it (participants, transfer ids): for recovery."""
+        if not 0 < txid < U128_MAX:
+            return None
+        raw = txn.get(_key(txid), db=self._decisions)
+        return None if raw is None else _unpack_decision(raw)
+
+    def prepared_txns(self, txn: lmdb.Transaction, *, limit: int = 100) -> list[tuple[int, int, int]]:
+        """(txid, coordinator_shard, prepared_at_ns) of PREPARED txns, oldest first; limit capped at 1,000."""
+        limit = min(limit, PREPARED_TXNS_LIMIT_MAX)
+        out: list[tuple[int, int, int]] = []
+        if limit <= 0:
+            return out
+        cursor = txn.cursor(db=self._txn_prepared)
+        try:
+            for k, v in cursor.iternext():
+                out.append((int.from_bytes(k[8:], "big"), _U32.unpack(v)[0], int.from_bytes(k[:8], "big")))
+                if len(out) >= limit:
+                    break
+        finally:
+            cursor.close()
+        return out
+
+    def prepared_txn_count(self, txn: lmdb.Transaction) -> int:
+        """How many txns are PREPARED here and not yet finished."""
+        return txn.stat(self._txn_prepared)["entries"]
+
+    def txn_state(self, txn: lmdb.Transaction, txid: int) -> str | None:
+        """This participant's view of txid: "prepared", "committed", "aborted" (incl. voted NO) or None."""
+        if not 0 < txid < U128_MAX:
+            return None
+        raw = txn.get(_key(txid), db=self._txns)
+        return None if raw is None else _TXN_STATE_NAMES.get(raw[0])
+
+
+# ------------------------------------------------------------ 2PC helpers
+
+_VOTE_YES = Vote(True, 0, 0)
+_VOTE_ABORTED = Vote(False, 0, int(_TR.linked_event_failed))
+_VOTE_ERROR = Vote(False, 0, int(_TR.internal_error))
+_DECISION_ERROR = Decision(False, 0, int(_TR.internal_error), 0)
+# kind -> (method name, the result of an item that failed internally)
+_TXN_STEPS: dict[int, tuple[str, Any]] = {
+    OP_PREPARE: ("_prepare", _VOTE_ERROR),
+    OP_FINISH: ("_finish", FINISH_INTERNAL_ERROR),
+    OP_DECIDE: ("_decide", _DECISION_ERROR),
+}
+
+
+def _lock_refusal(lock: bytes) -> int:
+    """Posting or voiding a pending transfer that a PREPARED txn has locked."""
+    return _TR.pending_transfer_already_posted if lock[16] == LEG_POST else _TR.pending_transfer_already_voided
+
+
+def _malformed_prepare(p: Prepare) -> str:
+    """Why a PREPARE cannot be evaluated (a coordinator bug), or ""."""
+    legs = p.legs
+    if not legs:
+        return "no legs"
+    if len(legs) > BATCH_ITEMS_MAX:
+        return f"{len(legs)} legs exceed BATCH_ITEMS_MAX"
+    if not 0 < p.group_size <= BATCH_ITEMS_MAX:
+        return f"group_size {p.group_size}"
+    if not 0 <= p.coordinator_shard <= U32_MAX:
+        return f"coordinator_shard {p.coordinator_shard}"
+    previous = -1
+    for leg in legs:
+        if not previous < leg.index < p.group_size:
+            return f"leg index {leg.index} out of order or beyond group_size {p.group_size}"
+        if leg.sides not in (SIDE_DEBIT, SIDE_CREDIT, SIDE_BOTH):
+            return f"leg {leg.index} has sides {leg.sides}"
+        previous = leg.index
+    if legs[0].index == 0 and legs[0].transfer.id != p.txid:
+        return f"txid is not the id of the group's first transfer ({legs[0].transfer.id})"
+    return ""
+
+
+def _unpack_prepared(raw: bytes) -> tuple[int, int, int, int, list[_Plan]]:
+    """(coordinator_shard, group_size, prepared_at, leg count, plans) of a PREPARED record."""
+    _, coordinator, prepared_at, group_size, n = _PREPARED_HEAD.unpack_from(raw, 0)
+    plans = []
+    pos = _PREPARED_HEAD.size
+    for _ in range(n):
+        index, sides, kind, amount = _LEG_REC.unpack_from(raw, pos)
+        pos += _LEG_REC.size
+        plans.append(_Plan(index, sides, kind, amount, unpack_transfer(raw[pos : pos + TRANSFER_SIZE])))
+        pos += TRANSFER_SIZE
+    if pos != len(raw):
+        raise InvariantViolation("PREPARED record has trailing bytes")
+    return coordinator, group_size, prepared_at, n, plans
+
+
+def _unpack_decision(raw: bytes) -> tuple[Decision, Decide]:
+    ts = _U64.unpack_from(raw, 0)[0]
+    d = unpack_decide(raw[_U64.size :])
+    return Decision(d.commit, d.failed_index, d.failed_code, ts), d
+
+
+def _static_check(t: Transfer) -> int:
+    """The checks on the request alone, in the single-shard order: 0 if it passes them."""
+    if t.timestamp:
+        return _TR.timestamp_must_be_zero
+    flags = t.flags
+    if flags & ~_T_KNOWN:
+        return _TR.reserved_flag
+    tid = t.id
+    if tid == 0:
+        return _TR.id_must_not_be_zero
+    if tid == U128_MAX:
+        return _TR.id_must_not_be_int_max
+    post_void = flags & _T_POST_VOID
+    if post_void:
+        if flags & _T_PENDING or post_void == _T_POST_VOID or flags & _T_BALANCING:
+            return _TR.flags_are_mutually_exclusive
+        pid = t.pending_id
+        if pid == 0:
+            return _TR.pending_id_must_not_be_zero
+        if pid == U128_MAX:
+            return _TR.pending_id_must_not_be_int_max
+        if pid == tid:
+            return _TR.pending_id_must_be_different
+        if t.timeout:
+            return _TR.timeout_reserved_for_pending_transfer
+    else:
+        d = t.debit_account_id
+        c = t.credit_account_id
+        if d == 0:
+            return _TR.debit_account_id_must_not_be_zero
+        if d == U128_MAX:
+            return _TR.debit_account_id_must_not_be_int_max
+        if c == 0:
+            return _TR.credit_account_id_must_not_be_zero
+        if c == U128_MAX:
+            return _TR.credit_account_id_must_not_be_int_max
+        if d == c:
+            return _TR.accounts_must_be_different
+        if t.pending_id:
+            return _TR.pending_id_must_be_zero
+        if t.timeout and not flags & _T_PENDING:
+            return _TR.timeout_reserved_for_pending_transfer
+        if t.amount == 0 and not flags & _T_BALANCING:
+            return _TR.amount_must_not_be_zero
+        if t.ledger == 0:
+            return _TR.ledger_must_not_be_zero
+        if t.code == 0:
+            return _TR.code_must_not_be_zero
+    return 0
 
 
 def _transfer_exists(t: Transfer, e: Transfer) -> int:
@@ -905,9 +1692,12 @@ def _transfer_exists(t: Transfer, e: Transfer) -> int:
 
 def _unpack_totals(raw: bytes | None) -> list[int]:
     if raw is None:
-        return [0, 0, 0, 0]
+        return [0] * 10
+    if len(raw) == _TOTALS_V1.size:
+        v = _TOTALS_V1.unpack(raw)
+        return [v[0] | v[1] << 64, v[2] | v[3] << 64, v[4] | v[5] << 64, v[6] | v[7] << 64] + [0] * 6
     v = _TOTALS.unpack(raw)
-    return [v[0] | v[1] << 64, v[2] | v[3] << 64, v[4] | v[5] << 64, v[6] | v[7] << 64]
+    return [v[i] | v[i + 1] << 64 for i in range(0, 20, 2)]
 
 
 def _pack_totals(totals: Sequence[int]) -> bytes:
@@ -915,17 +1705,21 @@ def _pack_totals(totals: Sequence[int]) -> bytes:
     return _TOTALS.pack(*(part for x in totals for part in (x & m, x >> 64)))
 
 
-def _all_internal_error(operations: Sequence[Operation]) -> list[list[int]]:
+def _all_internal_error(operations: Sequence[Operation]) -> list[list[Any]]:
     """internal_error for every item, without trusting the operations to be well formed."""
-    out: list[list[int]] = []
+    out: list[list[Any]] = []
     try:
         for op in operations:
-            code = _AR.internal_error if getattr(op, "kind", None) == OP_CREATE_ACCOUNTS else _TR.internal_error
+            kind = getattr(op, "kind", None)
+            if kind in _TXN_STEPS:
+                code: Any = _TXN_STEPS[kind][1]
+            else:
+                code = int(_AR.internal_error if kind == OP_CREATE_ACCOUNTS else _TR.internal_error)
             try:
                 n = len(op.items)
             except Exception:
                 n = 0
-            out.append([int(code)] * n)
+            out.append([code] * n)
     except Exception:
         pass
     return out

@@ -223,13 +223,6 @@ def test_many_threads_sending_single_transfers_all_get_their_own_result(client, 
 
 # --- routing ---------------------------------------------------------------------------------------------
 
-def test_transfer_between_accounts_on_different_shards_is_rejected_and_changes_nothing(client, ids):
-    (a,) = open_accounts(client, ids, 0, 1)
-    (b,) = open_accounts(client, ids, 1, 1)
-    assert one(client, transfer(ids, a, b, 10)) == CreateTransferResult.accounts_on_different_shards
-    assert balances(client, a) == (0, 0, 0, 0) and balances(client, b) == (0, 0, 0, 0)
-
-
 def test_a_follower_forwards_writes_to_the_shard_leader(cluster, client, ids):
     debit, credit = open_accounts(client, ids, 2, 2)
     leader = leader_of(cluster, 2)

@@ -39,3 +39,16 @@ def test_unknown_format_version_is_refused():
     payload[0] = 99
     with pytest.raises(CommandFormatError, match="format"):
         decode_entry(bytes(payload))
+
+
+def test_entry_round_trips_two_phase_commit_steps():
+    from tidebank.node.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE
+    from tidebank.node.txn_records import SIDE_DEBIT, Decide, Finish, Leg, Prepare
+
+    prepare = Prepare(txid=U128_MAX - 2, coordinator_shard=3, group_size=2,
+                      legs=[Leg(1, SIDE_DEBIT, Transfer(id=7, debit_account_id=1, credit_account_id=2, amount=5))])
+    ops = [Operation(OP_PREPARE, [prepare, prepare]),
+           Operation(OP_DECIDE, [Decide(9, True, 0, 0, [0, 3], [7, 8])]),
+           Operation(OP_FINISH, [Finish(9, False, 123)])]
+    _, decoded = decode_entry(encode_entry(1, ops))
+    assert [(op.kind, list(op.items)) for op in decoded] == [(op.kind, list(op.items)) for op in ops]

@@ -59,15 +59,17 @@ def test_transfers_go_to_their_debit_accounts_shard_in_request_order():
     assert routed.merge({2: [0, 55], 0: [46]}) == [0, 46, 55]
 
 
-def test_transfer_between_shards_is_rejected_before_any_shard_sees_it():
+def test_transfer_between_shards_becomes_a_group_coordinated_by_its_debit_shard():
     (a0,) = ids_on(0, 1)
     (a1,) = ids_on(1, 1)
     routed = route_transfers([Transfer(id=1, debit_account_id=a0, credit_account_id=a1)], MAP)
-    assert routed.sub_batches == {}
-    assert routed.codes == {0: CreateTransferResult.accounts_on_different_shards}
+    assert routed.sub_batches == {} and routed.codes == {}
+    (group,) = routed.groups
+    assert (group.coordinator_shard, group.positions) == (0, [0])
+    assert routed.merge({}, [[CreateTransferResult.created]]) == [CreateTransferResult.created]
 
 
-def test_chain_with_a_cross_shard_item_fails_whole():
+def test_chain_with_a_cross_shard_item_becomes_one_group_in_chain_order():
     a0, b0 = ids_on(0, 2)
     (a1,) = ids_on(1, 1)
     linked = TransferFlags.LINKED
@@ -76,19 +78,25 @@ def test_chain_with_a_cross_shard_item_fails_whole():
              Transfer(id=3, debit_account_id=b0, credit_account_id=a0)]
     routed = route_transfers(batch, MAP)
     assert routed.sub_batches == {}
-    assert routed.merge({}) == [CreateTransferResult.linked_event_failed,
-                                CreateTransferResult.accounts_on_different_shards,
-                                CreateTransferResult.linked_event_failed]
+    (group,) = routed.groups
+    assert group.positions == [0, 1, 2] and [t.id for t in group.items] == [1, 2, 3]
 
 
-def test_chain_whose_items_debit_different_shards_fails_whole():
+def test_chain_whose_items_debit_different_shards_is_coordinated_by_the_first():
     a0, b0 = ids_on(0, 2)
     a1, b1 = ids_on(1, 2)
-    batch = [Transfer(id=1, debit_account_id=a0, credit_account_id=b0, flags=TransferFlags.LINKED),
-             Transfer(id=2, debit_account_id=a1, credit_account_id=b1)]
-    routed = route_transfers(batch, MAP)
-    assert routed.merge({}) == [CreateTransferResult.linked_event_failed,
-                                CreateTransferResult.accounts_on_different_shards]
+    batch = [Transfer(id=1, debit_account_id=a1, credit_account_id=b1, flags=TransferFlags.LINKED),
+             Transfer(id=2, debit_account_id=a0, credit_account_id=b0)]
+    (group,) = route_transfers(batch, MAP).groups
+    assert group.coordinator_shard == 1
+
+
+def test_merge_refuses_a_group_without_an_answer():
+    (a0,) = ids_on(0, 1)
+    (a1,) = ids_on(1, 1)
+    routed = route_transfers([Transfer(id=1, debit_account_id=a0, credit_account_id=a1)], MAP)
+    with pytest.raises(AssertionError):
+        routed.merge({})
 
 
 def test_chain_on_one_shard_stays_contiguous_in_its_sub_batch():

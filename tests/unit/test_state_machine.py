@@ -334,10 +334,24 @@ def test_account_open_chain_at_end_of_batch_fails(h):
     assert [a.id for a in h.read(h.sm.lookup_accounts, [1, 2, 3])] == [1]
 
 
+# Cross-shard (2PC) counters of ledger_totals: all zero without cross-shard txns.
+NO_2PC = dict.fromkeys(
+    [
+        "reserved_debits",
+        "reserved_credits",
+        "remote_debits_posted",
+        "remote_credits_posted",
+        "remote_debits_pending",
+        "remote_credits_pending",
+    ],
+    0,
+)
+
+
 def test_account_creation_lists_its_ledger_in_totals(h):
     h.accounts(acct(1, ledger=9))
     assert h.read(h.sm.ledger_totals) == {
-        9: {"debits_pending": 0, "debits_posted": 0, "credits_pending": 0, "credits_posted": 0}
+        9: {"debits_pending": 0, "debits_posted": 0, "credits_pending": 0, "credits_posted": 0, **NO_2PC}
     }
 
 
@@ -1026,8 +1040,8 @@ def test_get_account_transfers_unknown_account_is_empty(history):
 def test_ledger_totals_sum_balances_per_ledger(ab):
     ab.transfers(xfer(1, 1, 2, 10), xfer(2, 2, 1, 3, flags=PENDING))
     totals = ab.read(ab.sm.ledger_totals)
-    assert totals[1] == {"debits_pending": 3, "debits_posted": 10, "credits_pending": 3, "credits_posted": 10}
-    assert totals[2] == {"debits_pending": 0, "debits_posted": 0, "credits_pending": 0, "credits_posted": 0}
+    assert totals[1] == {"debits_pending": 3, "debits_posted": 10, "credits_pending": 3, "credits_posted": 10, **NO_2PC}
+    assert totals[2] == {"debits_pending": 0, "debits_posted": 0, "credits_pending": 0, "credits_posted": 0, **NO_2PC}
 
 
 # ------------------------------------------------------- errors and invariants

@@ -497,7 +497,8 @@ def _check_state(machine: LedgerStateMachine, env: lmdb.Environment, model: Mode
         for ledger in {a.ledger for a in model.accounts.values()}:
             members = [a for a in model.accounts.values() if a.ledger == ledger]
             want = {f: sum(getattr(a, f) for a in members) for f in BALANCE_FIELDS}
-            assert totals[ledger] == want
+            assert {f: totals[ledger][f] for f in BALANCE_FIELDS} == want
+            assert not any(v for f, v in totals[ledger].items() if f not in BALANCE_FIELDS)  # no 2PC counters
             # Conservation: every unit debited somewhere is credited somewhere.
             assert want["debits_pending"] == want["credits_pending"]
             assert want["debits_posted"] == want["credits_posted"]

@@ -1,0 +1,54 @@
+"""Soak: the bank test over many seeds, one summary line per seed (not part of the default suite).
+
+    .venv/bin/python bench/soak_bank.py --seeds 10 --duration-s 60
+
+Each seed gets a fresh local 3-DC cluster, the seeded workload and nemesis of
+tests/integration/bank.py, and the full checker. Exit code 1 if any seed fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from tests.integration.bank import Bank, check, summary  # noqa: E402
+from tests.integration.conftest import running_cluster  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    args = parser.parse_args()
+    failures = 0
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        with tempfile.TemporaryDirectory(prefix=f"tidebank-soak-{seed}-") as directory, \
+                running_cluster(pathlib.Path(directory)) as cluster:
+            bank = Bank(cluster, seed)
+            try:
+                bank.open()
+                bank.run(args.duration_s)
+                bank.heal_everything()
+                unknown = bank.resolve_unknowns()
+                quiescent_s = bank.wait_quiescent()
+                problems = check(bank)
+                line = summary(bank, unknown, quiescent_s, problems)
+            except Exception as exc:  # a crashed run is a failed seed, reported and counted
+                problems, line = [repr(exc)], f"seed={seed} FAIL (error: {exc!r})"
+            finally:
+                bank.close()
+            print(line, flush=True)
+            for problem in problems[:5]:
+                print(f"    {problem}", flush=True)
+            failures += bool(problems)
+    print(f"{args.seeds} seeds, {args.seeds - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Cross-shard transactions: two-phase commit over the shards' Raft logs, presume-abort.
+
+A group (one transfer, or one linked chain) whose accounts span shards is run by
+the leader of its coordinator shard (the shard of its first debit account):
+
+1. PREPARE on every participant shard, in parallel, each through that shard's log;
+2. DECIDE on the coordinator shard's log — the commit point, first writer wins;
+3. FINISH on every participant (apply or release), then answer the client.
+
+Every step is idempotent and keyed by the attempt key. An attempt that aborts
+without a failing item (a participant did not answer, or the recovery sweeper
+presumed abort) applied nothing anywhere; a retry of the same ids runs the next
+attempt with a fresh key. A business failure is final and replayed on retry.
+The `Sweeper` on every node resolves prepared transactions whose coordinator
+went silent, asking the coordinator, which records ABORT first if it has no
+decision. Nothing that decides an outcome lives only in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import grpc
+
+from tidebank.node import convert
+from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.records import Transfer, TransferFlags
+from tidebank.node.results import CreateTransferResult
+from tidebank.node.routing import ShardMap
+from tidebank.node.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
+from tidebank.node.txn_records import (
+    SIDE_BOTH,
+    SIDE_CREDIT,
+    SIDE_DEBIT,
+    Decide,
+    Decision,
+    Finish,
+    Leg,
+    Prepare,
+    Vote,
+    merge_votes,
+    pack_decide,
+    pack_finish,
+    pack_prepare,
+    unpack_decide,
+    unpack_finish,
+    unpack_prepare,
+)
+from tidebank.v1 import internal_pb2
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_MAX = 16
+STEP_TIMEOUT_S = 5.0  # one step (prepare, decide or finish) on one shard
+SWEEP_PERIOD_S = 1.0
+SWEEP_AFTER_S = 3.0  # a transaction prepared longer than this (cluster time) is resolved by the sweeper
+AUTH_HEADER = "x-tidebank-auth"
+WORKERS_MAX = 32
+
+_PACK = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide}
+_UNPACK = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide}
+
+class ParticipantUnavailableError(Exception):
+    """A shard did not take part in time: the attempt was aborted, nothing applied; retry the same ids."""
+
+
+def attempt_key(txid: int, attempt: int) -> int:
+    """The 2PC key of one attempt of a group: attempts never share participant records."""
+    if attempt == 0:
+        return txid
+    digest = hashlib.blake2b(txid.to_bytes(16, "big") + attempt.to_bytes(4, "big"), digest_size=16).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def sign(secret: bytes, method: str, body: bytes) -> str:
+    return hmac.new(secret, method.encode() + b"\0" + body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Group:
+    """A transfer or linked chain whose accounts span shards, in request order."""
+
+    transfers: list[Transfer]
+    coordinator_shard: int
+
+    @property
+    def txid(self) -> int:
+        return self.transfers[0].id
+
+
+def legs_by_shard(group: Group, shard_map: ShardMap) -> dict[int, list[Leg]]:
+    """Which legs each participant shard checks and holds."""
+    legs: dict[int, list[Leg]] = {}
+    for index, transfer in enumerate(group.transfers):
+        debit_shard = shard_map.shard_of(transfer.debit_account_id)
+        credit_shard = (shard_map.shard_of(transfer.credit_account_id) if transfer.credit_account_id
+                        else debit_shard)
+        if debit_shard == credit_shard:
+            legs.setdefault(debit_shard, []).append(Leg(index, SIDE_BOTH, transfer))
+        else:
+            legs.setdefault(debit_shard, []).append(Leg(index, SIDE_DEBIT, transfer))
+            legs.setdefault(credit_shard, []).append(Leg(index, SIDE_CREDIT, transfer))
+    return legs
+
+
+def group_codes(size: int, decision: Decision, replay: bool) -> list[int]:
+    if decision.committed:
+        return [CreateTransferResult.exists if replay else CreateTransferResult.created] * size
+    codes = [CreateTransferResult.linked_event_failed] * size
+    codes[decision.failed_index] = decision.code
+    return codes
+
+
+class ShardSteps:
+    """Run 2PC steps on any shard: through the local leader's batcher, or the leader's node over Internal."""
+
+    def __init__(self, node, secret: str):
+        self.node = node
+        self.secret = secret.encode()
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS_MAX, thread_name_prefix="2pc")
+
+    def run(self, shard_id: int, kind: int, item, deadline: float) -> object:
+        """One item through one shard's log; retried across leader changes until the deadline."""
+        delay = 0.02
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self._once(shard_id, kind, item, deadline)
+            except (NotAppliedError, OverloadedError, _Retry) as exc:
+                last = exc
+            except OutcomeUnknownError as exc:  # idempotent step: running it again is safe
+                last = exc
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+        raise ParticipantUnavailableError(f"shard {shard_id}: {last or 'no time left'}")
+
+    def run_async(self, shard_id: int, kind: int, item, deadline: float) -> Future:
+        return self.pool.submit(self.run, shard_id, kind, item, deadline)
+
+    def _once(self, shard_id: int, kind: int, item, deadline: float):
+        host = self.node.local_shard(shard_id)
+        if host is not None and host.is_leader():
+            future = host.submit(Operation(kind, [item]))
+            try:
+                (result,) = future.result(timeout=max(0.01, deadline - time.monotonic()))
+            except FutureTimeout as exc:
+                raise OutcomeUnknownError("step not applied before the deadline") from exc
+            return result
+        address = self.node.leader_address(shard_id)
+        if address is None or address == self.node.address:
+            raise _Retry(f"shard {shard_id} has no leader")
+        request = internal_pb2.InternalSubmitRequest(shard_id=shard_id, kind=kind, items=[_PACK[kind](item)])
+        try:
+            response = self._call(address, "Submit", request, deadline)
+        except grpc.RpcError as exc:
+            raise _Retry(f"shard {shard_id} via {address}: {exc.code()}") from exc
+        (result,) = response.results
+        return result_from_pb(kind, result, item)
+
+    def resolve(self, coordinator_shard: int, key: int, deadline: float) -> Decision:
+        """The coordinator's decision for `key`; presume-abort records ABORT if there is none."""
+        host = self.node.local_shard(coordinator_shard)
+        if host is not None and host.is_leader():
+            return self.run(coordinator_shard, OP_DECIDE, presumed_abort(key), deadline)
+        address = self.node.leader_address(coordinator_shard) or next(
+            iter(self.node.replica_addresses(coordinator_shard)))
+        request = internal_pb2.ResolveRequest(coordinator_shard=coordinator_shard)
+        convert.u128_to_pb(request.txid, key)
+        response = self._call(address, "Resolve", request, deadline)
+        return Decision(response.decision.ok, response.decision.failed_index, response.decision.code,
+                        response.decision.timestamp)
+
+    def _call(self, address: str, method: str, request, deadline: float):
+        body = request.SerializeToString()
+        stub = self.node.internal_stub(address)
+        return getattr(stub, method)(request, timeout=max(0.05, deadline - time.monotonic()),
+                                     metadata=((AUTH_HEADER, sign(self.secret, method, body)),))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Retry(Exception):
+    pass
+
+
+def presumed_abort(key: int) -> Decide:
+    return Decide(txid=key, commit=False, failed_index=0, failed_code=0, participants=[], transfer_ids=[])
+
+
+def result_from_pb(kind: int, message: internal_pb2.TxnResult, item):
+    if kind == OP_PREPARE:
+        return Vote(message.ok, message.failed_index, message.code)
+    if kind == OP_DECIDE:
+        return Decision(message.ok, message.failed_index, message.code, message.timestamp)
+    return message.code  # FINISH_* status
+
+
+def result_to_pb(kind: int, result) -> internal_pb2.TxnResult:
+    if kind == OP_PREPARE:
+        return internal_pb2.TxnResult(ok=result.prepared, failed_index=result.failed_index, code=result.code)
+    if kind == OP_DECIDE:
+        return internal_pb2.TxnResult(ok=result.committed, failed_index=result.failed_index, code=result.code,
+                                      timestamp=result.timestamp)
+    return internal_pb2.TxnResult(ok=result in (0, 1), code=int(result))
+
+
+class Coordinator:
+    """Runs groups whose coordinator shard this node leads."""
+
+    def __init__(self, node, steps: ShardSteps):
+        self.node = node
+        self.steps = steps
+
+    def run(self, group: Group, wait_s: float) -> list[int]:
+        """Per-item codes of the group; raises ParticipantUnavailableError when nothing was applied."""
+        deadline = time.monotonic() + wait_s
+        host = self.node.local_shard(group.coordinator_shard)
+        for attempt in range(ATTEMPTS_MAX):
+            key = attempt_key(group.txid, attempt)
+            known = host.txn_decision(key) if host is not None else None
+            if known is not None:
+                if known.committed or known.code != 0:
+                    return group_codes(len(group.transfers), known, replay=True)
+                continue  # an attempt aborted without a failing item: run the next one
+            return self._run_attempt(group, key, deadline)
+        raise ParticipantUnavailableError(f"group {group.txid}: {ATTEMPTS_MAX} attempts aborted")
+
+    def _run_attempt(self, group: Group, key: int, deadline: float) -> list[int]:
+        legs = legs_by_shard(group, self.node.shard_map)
+        participants = sorted(legs)
+        step_deadline = min(deadline, time.monotonic() + STEP_TIMEOUT_S)
+        votes = {shard: self.steps.run_async(shard, OP_PREPARE, Prepare(key, group.coordinator_shard,
+                                                                        len(group.transfers), shard_legs),
+                                             step_deadline)
+                 for shard, shard_legs in legs.items()}
+        collected, missing = [], []
+        for shard, future in votes.items():
+            try:
+                collected.append(future.result(timeout=max(0.01, step_deadline - time.monotonic()) + 1.0))
+            except (ParticipantUnavailableError, FutureTimeout):
+                missing.append(shard)
+        if missing:
+            decide = Decide(key, False, 0, 0, participants, [t.id for t in group.transfers])
+        elif all(v.prepared for v in collected):
+            decide = Decide(key, True, 0, 0, participants, [t.id for t in group.transfers])
+        else:
+            first = merge_votes(collected)  # the item a single-shard run would have reported
+            index, code = first.failed_index, first.code
+            decide = Decide(key, False, index, code, participants, [t.id for t in group.transfers])
+        decision: Decision = self.steps.run(group.coordinator_shard, OP_DECIDE, decide,
+                                            max(deadline, time.monotonic() + STEP_TIMEOUT_S))
+        self._finish(key, participants, decision, deadline)
+        if not decision.committed and decision.code == 0:
+            raise ParticipantUnavailableError(
+                f"group {group.txid}: shard(s) {missing or '?'} did not prepare in time; aborted, nothing applied")
+        return group_codes(len(group.transfers), decision, replay=False)
+
+    def _finish(self, key: int, participants: list[int], decision: Decision, deadline: float) -> None:
+        """Tell every participant; wait a little so the client reads its own write, the sweeper covers the rest."""
+        finish = Finish(key, decision.committed, decision.timestamp)
+        finish_deadline = max(deadline, time.monotonic() + STEP_TIMEOUT_S)
+        futures = [self.steps.run_async(shard, OP_FINISH, finish, finish_deadline) for shard in participants]
+        for future in futures:
+            try:
+                future.result(timeout=max(0.05, min(deadline, time.monotonic() + 2.0) - time.monotonic()))
+            except Exception as exc:  # the sweeper finishes it from the participant's side
+                log.warning("txn %x: finish not confirmed yet: %s", key, exc)
+
+
+class Sweeper:
+    """Resolves transactions prepared here whose coordinator went silent, and releases their holds."""
+
+    def __init__(self, node, steps: ShardSteps, clock_ns: Callable[[], int] = time.time_ns):
+        self.node = node
+        self.steps = steps
+        self.clock_ns = clock_ns
+        self._stop = threading.Event()
+        self.resolved = 0
+        self._thread = threading.Thread(target=self._loop, name="2pc-sweeper", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SWEEP_PERIOD_S):
+            for shard_id, host in list(self.node.shards.items()):
+                try:
+                    if host.is_leader():
+                        self.sweep(shard_id, host)
+                except Exception:
+                    log.exception("shard %d: sweep failed", shard_id)
+
+    def sweep(self, shard_id: int, host) -> int:
+        stale_before = self.clock_ns() - int(SWEEP_AFTER_S * 1e9)
+        done = 0
+        for key, coordinator_shard, prepared_at in host.prepared_txns(limit=100):
+            if prepared_at > stale_before or self._stop.is_set():
+                break
+            deadline = time.monotonic() + STEP_TIMEOUT_S
+            try:
+                decision = self.steps.resolve(coordinator_shard, key, deadline)
+                self.steps.run(shard_id, OP_FINISH, Finish(key, decision.committed, decision.timestamp), deadline)
+            except Exception as exc:
+                log.info("shard %d: txn %x still unresolved: %s", shard_id, key, exc)
+                continue
+            done += 1
+            self.resolved += 1
+            log.info("shard %d: recovered txn %x as %s", shard_id, key,
+                     "committed" if decision.committed else "aborted")
+        return done
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def is_cross_shard(transfers: Sequence[Transfer], shard_map: ShardMap) -> bool:
+    shards = set()
+    for t in transfers:
+        shards.add(shard_map.shard_of(t.debit_account_id))
+        if t.credit_account_id:
+            shards.add(shard_map.shard_of(t.credit_account_id))
+    return len(shards) > 1
+
+
+BALANCING = TransferFlags.BALANCING_DEBIT | TransferFlags.BALANCING_CREDIT

@@ -1,0 +1,271 @@
+"""`tidebank audit`: summing per ledger over shards and the verdict (pure functions), and the
+CLI command against fake nodes."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from typer.testing import CliRunner
+
+from tidebank.cluster.audit import (
+    EXIT_IN_FLIGHT,
+    EXIT_MISMATCH,
+    EXIT_NO_LEADER,
+    EXIT_OK,
+    FIELDS,
+    ShardTotals,
+    audit,
+    mismatches,
+    pick_per_shard,
+    shard_totals_from_proto,
+    sum_ledgers,
+)
+from tidebank.cluster.cli import app
+from tidebank.v1 import admin_pb2, admin_pb2_grpc
+
+BIG = 1 << 100  # beyond u64: sums are 128-bit
+
+
+def shard(shard_id: int, ledgers: dict, prepared: int = 0, applied: int = 10, node: str = "n") -> ShardTotals:
+    return ShardTotals(shard_id, node, applied, prepared, {k: {f: v.get(f, 0) for f in FIELDS} | v
+                                                           for k, v in ledgers.items()})
+
+
+def test_sums_per_ledger_over_shards():
+    a = shard(0, {1: {"debits_posted": 100, "credits_posted": 40}, 2: {"debits_pending": 5}})
+    b = shard(1, {1: {"debits_posted": 20, "credits_posted": 80}, 2: {"credits_pending": 5}})
+    totals = sum_ledgers([a, b])
+    assert list(totals) == [1, 2]
+    assert totals[1]["debits_posted"] == 120 and totals[1]["credits_posted"] == 120
+    assert totals[2]["debits_pending"] == 5 and totals[2]["credits_pending"] == 5
+    assert set(totals[1]) == set(FIELDS)
+
+
+def test_balanced_quiescent_cluster_passes():
+    report = audit([shard(0, {7: {"debits_posted": BIG, "credits_posted": 1}}),
+                    shard(1, {7: {"debits_posted": 1, "credits_posted": BIG}})], expected_shards=[0, 1])
+    assert report.quiescent and report.balanced and report.complete
+    assert report.exit_code == EXIT_OK and report.verdict == "balanced"
+    assert report.ledgers[7]["debits_posted"] == BIG + 1
+
+
+def test_mismatch_is_reported_with_the_difference():
+    report = audit([shard(0, {7: {"debits_posted": 100, "credits_posted": 90, "remote_debits_posted": 3}})],
+                   expected_shards=[0])
+    assert report.exit_code == EXIT_MISMATCH and not report.balanced
+    assert [(m.left, m.right, m.difference) for m in report.mismatches] == [
+        ("debits_posted", "credits_posted", 10),
+        ("remote_debits_posted", "remote_credits_posted", 3),
+    ]
+    assert "difference +10" in report.mismatches[0].describe()
+
+
+def test_pending_and_remote_pending_must_match_too():
+    found = mismatches({1: dict.fromkeys(FIELDS, 0) | {"debits_pending": 4, "remote_credits_pending": 2}})
+    assert [(m.left, m.difference) for m in found] == [("debits_pending", 4), ("remote_debits_pending", -2)]
+
+
+def test_reserved_amounts_are_summed_but_not_judged():
+    report = audit([shard(0, {1: {"reserved_debits": 9}})], expected_shards=[0])
+    assert report.ledgers[1]["reserved_debits"] == 9 and report.exit_code == EXIT_OK
+
+
+def test_prepared_transactions_mean_not_quiescent_even_when_sums_differ():
+    report = audit([shard(0, {1: {"debits_posted": 50}}, prepared=2), shard(1, {1: {}})], expected_shards=[0, 1])
+    assert not report.quiescent and report.in_flight == {0: 2}
+    assert report.exit_code == EXIT_IN_FLIGHT and report.verdict == "not quiescent"
+    assert not report.settled
+
+
+def test_a_shard_without_an_answer_makes_the_audit_incomplete():
+    report = audit([shard(0, {1: {}})], expected_shards=[0, 1], unreachable=["127.0.0.1:1"])
+    assert report.missing_shards == [1] and report.exit_code == EXIT_NO_LEADER
+    assert report.to_dict()["unreachable"] == ["127.0.0.1:1"]
+
+
+def test_each_shard_counts_once_from_the_most_advanced_answer():
+    stale = shard(0, {1: {"debits_posted": 1, "credits_posted": 1}}, applied=5, node="old")
+    fresh = shard(0, {1: {"debits_posted": 2, "credits_posted": 2}}, applied=9, node="new")
+    assert pick_per_shard([fresh, stale])[0].node == "new"
+    assert pick_per_shard([stale, fresh])[0].node == "new"
+    assert audit([stale, fresh], [0]).ledgers[1]["debits_posted"] == 2
+
+
+def test_from_proto_reads_u128_fields_and_missing_ones_are_zero():
+    message = admin_pb2.ShardLedgerTotals(shard_id=3, prepared_txns=1, applied_index=42)
+    entry = message.ledgers.add(ledger=9)
+    entry.debits_posted.hi, entry.debits_posted.lo = 1, 5
+    entry.credits_posted.lo = 7
+    t = shard_totals_from_proto(message, "addr")
+    assert (t.shard_id, t.node, t.prepared_txns, t.applied_index) == (3, "addr", 1, 42)
+    assert t.ledgers[9]["debits_posted"] == (1 << 64) + 5 and t.ledgers[9]["credits_posted"] == 7
+    assert t.ledgers[9]["remote_debits_pending"] == 0
+
+
+def test_json_keeps_128_bit_sums_exact():
+    data = audit([shard(0, {1: {"debits_posted": BIG, "credits_posted": BIG}})], [0]).to_dict()
+    assert data["ledgers"][0]["debits_posted"] == str(BIG)
+    assert data["verdict"] == "balanced" and data["exit_code"] == 0
+
+
+# ---------------------------------------------------------------------- the command, against fake nodes
+
+
+class FakeNode(admin_pb2_grpc.AdminServicer):
+    def __init__(self):
+        self.totals = admin_pb2.LedgerTotals()
+        self.shard_map = admin_pb2.ShardMap(version=1, slot_count=8)
+        self.calls = 0
+
+    def GetShardMap(self, request, context):
+        return self.shard_map
+
+    def GetLedgerTotals(self, request, context):
+        self.calls += 1
+        return self.totals
+
+
+@pytest.fixture
+def fake_nodes():
+    nodes, servers = [], []
+    for _ in range(2):
+        node = FakeNode()
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        admin_pb2_grpc.add_AdminServicer_to_server(node, server)
+        node.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        server.start()
+        nodes.append(node)
+        servers.append(server)
+    shard_map = admin_pb2.ShardMap(version=1, slot_count=8)
+    for s in range(len(nodes)):
+        entry = shard_map.shards.add(shard_id=s)
+        entry.slots.add(start=4 * s, end=4 * s + 4)
+        for i, n in enumerate(nodes):
+            entry.replicas.add(node=f"n{i}", dc=f"dc{i + 1}", address=n.address)
+    for node in nodes:
+        node.shard_map = shard_map
+    yield nodes
+    for server in servers:
+        server.stop(None)
+
+
+def _lead(node: FakeNode, shard_id: int, debits: int, credits: int, prepared: int = 0) -> None:
+    node.totals = admin_pb2.LedgerTotals()
+    s = node.totals.shards.add(shard_id=shard_id, prepared_txns=prepared, applied_index=3)
+    entry = s.ledgers.add(ledger=1)
+    entry.debits_posted.lo, entry.credits_posted.lo = debits, credits
+
+
+def run(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_audit_command_balanced(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 30)
+    _lead(b, 1, 30, 100)
+    r = run("audit", "--endpoints", a.address, "-o", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["verdict"] == "balanced" and data["ledgers"][0]["debits_posted"] == "130"
+    r = run("audit", "--endpoints", a.address)
+    assert r.exit_code == 0 and "balanced" in r.output
+
+
+def test_audit_command_mismatch_exits_1_and_shows_the_difference(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 30)
+    _lead(b, 1, 30, 99)
+    r = run("audit", "--endpoints", a.address)
+    assert r.exit_code == 1
+    assert "MISMATCH" in r.output and "difference +1" in r.output
+
+
+def test_audit_command_waits_for_quiescence_then_exits_3(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 30, prepared=1)
+    _lead(b, 1, 30, 100)
+    r = run("audit", "--endpoints", a.address, "--wait-s", "0.6")
+    assert r.exit_code == 3
+    assert "not quiescent" in r.output and "shard 0: 1" in r.output
+    assert a.calls >= 2  # it re-polled
+
+
+def test_audit_command_without_a_leader_for_a_shard_exits_2(fake_nodes):
+    a, _ = fake_nodes
+    _lead(a, 0, 1, 1)
+    r = run("audit", "--endpoints", a.address, "--wait-s", "0", "-o", "json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["missing_shards"] == [1]
+
+
+# ---------------------------------------------------------------------- the node side
+
+
+class FakeHost:
+    def __init__(self, leader: bool, totals: dict, barrier_error: Exception | None = None):
+        self.leader, self.totals, self.barrier_error = leader, totals, barrier_error
+
+    def is_leader(self):
+        return self.leader
+
+    def barrier(self):
+        from concurrent.futures import Future
+
+        f: Future = Future()
+        if self.barrier_error is not None:
+            f.set_exception(self.barrier_error)
+        else:
+            f.set_result(None)
+        return f
+
+    def audit_totals(self):
+        return self.totals
+
+
+class FakeNodeView:
+    def __init__(self, hosts: dict):
+        from tidebank.node.routing import ShardMap
+
+        self.hosts = hosts
+        self.shard_map = ShardMap(1, 8, {0: ((0, 4),), 1: ((4, 6),), 2: ((6, 8),)})
+
+    def local_shard(self, shard_id):
+        return self.hosts.get(shard_id)
+
+    def leader_address(self, shard_id):
+        return None
+
+
+class Context:
+    def time_remaining(self):
+        return 5.0
+
+
+def test_admin_service_reports_the_shards_it_leads_with_u128_totals():
+    from tidebank.node.batcher import NotAppliedError
+    from tidebank.node.service import AdminService
+
+    totals = {"ledgers": {4: {"debits_posted": BIG, "credits_posted": BIG, "reserved_debits": 3}},
+              "prepared_txns": 2, "applied_index": 17}
+    node = FakeNodeView({0: FakeHost(True, totals), 1: FakeHost(False, {}),
+                         2: FakeHost(True, {}, barrier_error=NotAppliedError("lost it"))})
+    admin = AdminService(lambda: None, lambda: None, node=node)
+    response = admin.GetLedgerTotals(admin_pb2.GetLedgerTotalsRequest(), Context())
+    assert [s.shard_id for s in response.shards] == [0]  # 1 is followed, 2 lost leadership meanwhile
+    t = shard_totals_from_proto(response.shards[0], "here")
+    assert (t.prepared_txns, t.applied_index) == (2, 17)
+    assert t.ledgers[4]["debits_posted"] == BIG and t.ledgers[4]["reserved_debits"] == 3
+    assert t.ledgers[4]["remote_credits_pending"] == 0
+
+    from tidebank.node.errors import RequestError
+
+    with pytest.raises(RequestError) as info:  # asked explicitly for a shard it does not lead
+        admin.GetLedgerTotals(admin_pb2.GetLedgerTotalsRequest(shard_ids=[1]), Context())
+    assert info.value.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    with pytest.raises(RequestError):
+        admin.GetLedgerTotals(admin_pb2.GetLedgerTotalsRequest(shard_ids=[9]), Context())
