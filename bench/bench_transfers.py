@@ -67,19 +67,23 @@ class Ids:
             return first
 
 
-def make_transfers(rng: random.Random, by_shard: dict[int, list[int]], ids: Ids, count: int) -> list[Transfer]:
+def make_transfers(rng: random.Random, by_shard: dict[int, list[int]], ids: Ids, count: int,
+                   uniform: bool = False) -> list[Transfer]:
+    """Same-shard pairs, or (uniform) pairs drawn from all accounts: mostly cross-shard."""
     shards = list(by_shard)
     first = ids.take(count)
     out = []
+    everyone = [a for accounts in by_shard.values() for a in accounts] if uniform else None
     for n in range(count):
-        accounts = by_shard[rng.choice(shards)]
+        accounts = everyone or by_shard[rng.choice(shards)]
         debit, credit = rng.sample(accounts, 2)
         out.append(Transfer(id=first + n, debit_account_id=debit, credit_account_id=credit, amount=1,
                             ledger=LEDGER, code=1))
     return out
 
 
-def batched(client: Client, by_shard, ids: Ids, duration_s: float, batch: int, senders: int) -> float:
+def batched(client: Client, by_shard, ids: Ids, duration_s: float, batch: int, senders: int,
+            uniform: bool = False) -> float:
     """Several senders each submitting batches of `batch` transfers spread over all shards."""
     done = [0] * senders
     stop = time.monotonic() + duration_s
@@ -87,7 +91,7 @@ def batched(client: Client, by_shard, ids: Ids, duration_s: float, batch: int, s
     def sender(k: int) -> None:
         rng = random.Random(k)
         while time.monotonic() < stop:
-            transfers = make_transfers(rng, by_shard, ids, batch)
+            transfers = make_transfers(rng, by_shard, ids, batch, uniform)
             results = client.create_transfers(transfers)
             done[k] += sum(1 for r in results if r.ok)
 
@@ -166,7 +170,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4, help="concurrent batch senders")
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--no-fsync", action="store_true", help="journal without fdatasync (own cluster only)")
-    parser.add_argument("--skip", default="", help="comma list of: batched,single,latency")
+    parser.add_argument("--skip", default="", help="comma list of: batched,cross,single,latency")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     report: dict[str, object] = {"shards": args.shards, "accounts": args.accounts, "fsync": not args.no_fsync,
@@ -182,6 +186,11 @@ def main() -> int:
                 batched(client, by_shard, ids, args.duration_s, args.batch, args.senders))
             print(f"batched ({args.batch}/call, {args.senders} senders): {report['batched_transfers_per_s']}/s",
                   file=sys.stderr)
+        if "cross" not in skip:
+            report["batched_uniform_transfers_per_s"] = round(
+                batched(client, by_shard, ids, args.duration_s, args.batch, args.senders, uniform=True))
+            print(f"batched uniform over all accounts (~{100 - 100 // args.shards}% cross-shard): "
+                  f"{report['batched_uniform_transfers_per_s']}/s", file=sys.stderr)
         if "single" not in skip:
             rate, _ = single_callers(client, by_shard, ids, args.duration_s, args.callers)
             report["single_callers"] = args.callers

@@ -69,6 +69,7 @@ DEFAULT_BACKOFF_BASE_S = 0.01
 DEFAULT_BACKOFF_MAX_S = 0.5
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAP_FETCH_TIMEOUT_S = 2.0  # per node asked for the shard map
+NO_LEADER_AVOID_S = 1.0  # how long to prefer other replicas after a node said it knows no leader
 SUSPECT_FOR_S = 1.0  # an address that failed to answer is avoided this long
 MIN_ATTEMPT_S = 0.005  # never start an attempt with less time than this left
 ERROR_DOMAIN = "tidebank.v1"
@@ -544,7 +545,11 @@ class Topology:
                 if self._leader_hint.get(shard_id) == address:
                     self._leader_hint.pop(shard_id, None)
         elif failure.reason == "NO_LEADER":
+            # This node knows no leader (an election, or it is cut off from the others): ask for a fresh
+            # map and try other replicas for a moment, or a client keeps asking an isolated node.
             self._leader_hint.pop(shard_id, None)
+            failure.refresh = True
+            self.suspect(address, now, for_s=NO_LEADER_AVOID_S)
         if failure.suspect:
             self.suspect(address, now)
 

@@ -78,6 +78,7 @@ class ShardBatcher:
         queue_items_max: int = 100_000,
         entry_timeout_s: float = 10.0,
         clock_ns: Callable[[], int] = time.time_ns,
+        is_leader: Callable[[], bool] = lambda: True,
     ):
         self.shard_id = shard_id
         self._submit = submit
@@ -86,6 +87,7 @@ class ShardBatcher:
         self._queue_items_max = queue_items_max
         self._entry_timeout_s = entry_timeout_s
         self._clock_ns = clock_ns
+        self._is_leader = is_leader
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
         self._in_flight: list[_InFlight] = []
@@ -123,7 +125,7 @@ class ShardBatcher:
         while True:
             with self._cond:
                 while not self._closed and (not self._queue or len(self._in_flight) >= self._in_flight_max):
-                    self._cond.wait(timeout=0.5)
+                    self._cond.wait(timeout=0.2)
                     self._expire_stuck_entries()
                 if self._closed:
                     return
@@ -147,7 +149,17 @@ class ShardBatcher:
                 self._finish(entry, NotAppliedError(f"could not submit: {exc}"))
 
     def _expire_stuck_entries(self) -> None:
-        """An entry pysyncobj never answers for (lost leadership) must not hold its slot forever."""
+        """An entry pysyncobj never answers for must not hold its slot forever. pysyncobj does not answer
+        commands proposed by a leader that stepped down, so losing leadership ends them at once: they may
+        still commit under the new leader (unknown outcome), and what was only queued was never proposed."""
+        if (self._in_flight or self._queue) and not self._is_leader():
+            for entry in list(self._in_flight):
+                self._finish(entry, OutcomeUnknownError("leadership lost before commit"), locked=True)
+            while self._queue:
+                pending = self._queue.popleft()
+                self._queued_items -= pending.items
+                pending.future.set_exception(NotAppliedError("not leader"))
+            return
         now = time.monotonic()
         for entry in list(self._in_flight):
             if now - entry.submitted_at > self._entry_timeout_s:

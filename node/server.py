@@ -68,6 +68,7 @@ class Node(NodeView):
         self.link_faults = LinkFaults()  # simulated inter-DC faults (links.py); in memory: none after a restart
         self._dc_by_address = {n.grpc_address: n.dc for n in topology.nodes}
         links = LinkPolicy(self.spec.dc, lambda a: getattr(self._node_by_raft.get(a), "dc", None), self.link_faults)
+        self._node_by_address = {spec.grpc_address: spec for spec in topology.nodes}
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, str], object] = {}
         self._channels_lock = threading.Lock()
@@ -127,6 +128,10 @@ class Node(NodeView):
                                               self.link_faults, GRPC_OPTIONS[1:])
                 self._channels[address] = channel
             return channel
+
+    def reachable(self, address: str) -> bool:
+        spec = self._node_by_address.get(address)
+        return spec is None or not self.link_faults.is_cut(self.spec.dc, spec.dc)
 
     def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
         stub = self._stubs.get(("ledger", address))

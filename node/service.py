@@ -60,6 +60,10 @@ class NodeView:
     def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
         raise NotImplementedError
 
+    def reachable(self, address: str) -> bool:
+        """Whether node-to-node traffic to `address` can pass (simulated DC faults)."""
+        return True
+
     @property
     def address(self) -> str:
         raise NotImplementedError
@@ -182,6 +186,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             leader = next(iter(self.node.replica_addresses(shard_id)), None)
         if leader is None or leader == self.node.address or call.hops >= HOPS_MAX:
             raise errors.not_leader(shard_id, leader if leader != self.node.address else None)
+        if not self.node.reachable(leader):
+            # Cut off from the leader's DC: certainly not sent; the client should go elsewhere.
+            raise errors.not_leader(shard_id, None)
         stub = self.node.ledger_stub(leader)
         rpc = getattr(stub, method).future(request, timeout=call.wait_s,
                                            metadata=((HOPS_HEADER, str(call.hops + 1)),

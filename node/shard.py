@@ -52,7 +52,7 @@ class ShardHost:
             fsync=fsync,
             links=links,
         )
-        self.batcher = ShardBatcher(shard_id, self.replica.submit)
+        self.batcher = ShardBatcher(shard_id, self.replica.submit, is_leader=self.replica.is_leader)
 
     def _open(self, env: lmdb.Environment) -> None:
         """Called by the replica whenever it (re)opens LMDB, e.g. after installing a snapshot."""

@@ -114,3 +114,20 @@ def test_entry_never_answered_times_out_as_unknown_and_frees_its_slot(raft):
         assert later.result(5) == [2]
     finally:
         b.close()
+
+
+def test_losing_leadership_ends_entries_in_flight_as_unknown_and_queued_ones_as_not_applied(raft):
+    leading = threading.Event()
+    leading.set()
+    b = ShardBatcher(0, raft.submit, in_flight_max=1, is_leader=leading.is_set)
+    try:
+        proposed = b.submit(op(1))
+        wait_for(lambda: raft.entries)
+        queued = b.submit(op(2))
+        leading.clear()
+        with pytest.raises(OutcomeUnknownError):
+            proposed.result(5)
+        with pytest.raises(NotAppliedError):
+            queued.result(5)
+    finally:
+        b.close()
