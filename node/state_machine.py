@@ -29,6 +29,7 @@ ledger_txn_ids             transfer id (16)                            txid (16)
 ledger_locks               pending transfer id (16)                    txid (16) + leg kind (1)
 ledger_xpending            pending transfer id (16)                    sides (1) + expires_at ns (8, LE)
 ledger_decisions           txid (16)                                   timestamp (8, LE) + packed Decide
+ledger_xfund               account id (16)                             credit fund (8) + debit fund (8), LE
 =========================  ==========================================  ==================================
 
 Cross-shard transactions (two-phase commit; records in `txn_records`)
@@ -48,10 +49,12 @@ releases. DECIDE records the coordinator's outcome, first writer wins.
   legs. ledger_txns keeps one small record per txid for good (like transfers); the
   legs are dropped at FINISH. ledger_decisions likewise keeps every decision (with
   participants and transfer ids) for good: it grows with the cross-shard groups.
-* A transfer id named by a PREPARED txn is reserved (ledger_txn_ids) until FINISH:
-  creating that id meanwhile, single-shard or in another txn, is refused with
-  internal_error (the outcome is unknown until the txn finishes; not recorded as a
-  failed id, so a retry later gets the real answer).
+* A transfer id named by a PREPARED txn is reserved (ledger_txn_ids) until FINISH.
+  Another PREPARE naming it (typically a retry attempt of the same group while the
+  earlier attempt is still prepared somewhere) votes NO with code 0, "busy": no rule
+  failed, the coordinator should abort that attempt and retry. A single-shard create
+  of that id is refused with internal_error (not recorded as a failed id, so a retry
+  after the txn finished gets the real answer: exists, or created).
 * A pending transfer locked by a PREPARED post/void leg cannot be posted or voided by
   anything else: refused with pending_transfer_already_posted (lock is a post) or
   _already_voided (lock is a void), recorded as failed like any such refusal on the
@@ -60,6 +63,27 @@ releases. DECIDE records the coordinator's outcome, first writer wins.
   shard (ledger_xpending). One whose accounts live on different shards can only be
   posted or voided through a txn: the single-shard path answers
   accounts_on_different_shards (not recorded).
+* Within a group, as in a single-shard linked chain, the posting credits an earlier
+  leg reserves on an account count for the limit checks of the group's later legs
+  (debits_must_not_exceed_credits; posting debits likewise for
+  credits_must_not_exceed_debits), because the group commits or aborts as one.
+  Everyone else still sees them as pending only. While the txn is PREPARED the
+  account's stored balances may then exceed its limit by at most what the same txn
+  both credits and debits; ledger_xfund keeps that allowance per account for the
+  invariant check, and FINISH removes it. Credits from post legs, and holds released
+  by void legs, of the same group are not counted (stricter than single-shard).
+* Balancing legs vote NO with accounts_on_different_shards (the amount needs both
+  balances). A PREPARE that cannot be evaluated (no legs, legs out of index order or
+  beyond group_size, bad sides, more than BATCH_ITEMS_MAX legs), and a post/void leg
+  whose sides differ from where the pending transfer's accounts live here, are
+  coordinator bugs: Vote(False, ., internal_error), logged critical; the former is
+  not recorded. A participant takes exactly one Prepare per txid: every leg that
+  touches it, in one item.
+* FINISH: FINISH_APPLIED the first time; FINISH_ALREADY for the outcome already
+  applied (an abort after a NO vote or tombstone included); FINISH_CONFLICT (nothing
+  changed, logged critical) for the opposite one; FINISH_UNKNOWN_TXID when nothing
+  was prepared here (an abort then leaves a tombstone, a commit changes nothing and
+  is logged critical).
 * Per ledger, one-sided legs (SIDE_DEBIT / SIDE_CREDIT) are counted as remote_* so
   that debits_posted - remote_debits_posted == credits_posted - remote_credits_posted
   (same for pending) holds on every shard; summed over a quiescent cluster the remote
@@ -200,6 +224,13 @@ _LEG_REC = struct.Struct("<IBBQ")  # index, sides, kind, amount
 _COMMITTED = struct.Struct("<BQ")  # state, commit_timestamp
 _VOTED_NO = struct.Struct("<BII")  # state, failed_index, code
 _XPENDING = struct.Struct("<BQ")  # sides, expires_at (0: never)
+_FUND_REC = struct.Struct("<QQQQ")  # account id lo, hi, credit fund, debit fund (in a PREPARED record)
+_FUND = struct.Struct("<QQ")  # ledger_xfund value: credit fund, debit fund
+
+# A leg whose transfer id another PREPARED txn holds: the NO vote carries code 0 ("busy",
+# no business rule failed), so the coordinator aborts the attempt without a failing item
+# and retries later instead of recording a final outcome.
+_LEG_BUSY = -1
 
 # Leg kinds.
 LEG_PLAIN = 0
@@ -286,7 +317,7 @@ class _Context:
     them (the chain's LMDB writes are undone by aborting its nested txn).
     """
 
-    __slots__ = ("accounts", "original", "dirty", "undo", "next_ts", "base", "x")
+    __slots__ = ("accounts", "original", "dirty", "undo", "next_ts", "base", "x", "group")
 
     def __init__(self, base: int, next_ts: int) -> None:
         self.accounts: dict[int, Account] = {}
@@ -297,6 +328,9 @@ class _Context:
         self.base = base
         # ledger -> deltas of the six 2PC counters (reserved_*, remote_*), folded in at flush.
         self.x: dict[int, list[int]] = {}
+        # During a PREPARE, what its earlier legs reserved per account: posting credits, posting
+        # debits, all credits, all debits (posting = not PENDING).
+        self.group: tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]] | None = None
 
     def xd(self, ledger: int) -> list[int]:
         d = self.x.get(ledger)
@@ -337,6 +371,7 @@ class LedgerStateMachine:
         "ledger_locks",
         "ledger_xpending",
         "ledger_decisions",
+        "ledger_xfund",
     )
 
     def __init__(self, env: lmdb.Environment, *, txn: lmdb.Transaction | None = None) -> None:
@@ -361,6 +396,7 @@ class LedgerStateMachine:
         self._locks = dbs["ledger_locks"]
         self._xpending = dbs["ledger_xpending"]
         self._decisions = dbs["ledger_decisions"]
+        self._xfund = dbs["ledger_xfund"]
 
     # ------------------------------------------------------------------ apply
 
@@ -864,18 +900,33 @@ class LedgerStateMachine:
         """Check and reserve every leg; (failed_index, code) at the first failure (caller rolls back)."""
         earlier: dict[int, _Plan] = {}  # transfer id -> plan of an earlier leg of this group
         plans: list[_Plan] = []
+        ctx.group = posting_credits, posting_debits, credits, debits = {}, {}, {}, {}
         for leg in item.legs:
             code, plan = self._prepare_leg(txn, tkey, leg, ctx, earlier)
             if code:
-                return leg.index, int(code)
+                return leg.index, 0 if code == _LEG_BUSY else int(code)
             assert plan is not None
             earlier[plan.record.id] = plan
             plans.append(plan)
+        ctx.group = None
+        # The allowance: what this txn both credits (posting) and debits on a limited account.
+        funds: list[tuple[int, int, int]] = []
+        for account_id in sorted(credits.keys() & debits.keys()):
+            flags = ctx.accounts[account_id].flags
+            fund = (
+                min(posting_credits.get(account_id, 0), debits[account_id]) if flags & _A_DMNEC else 0,
+                min(posting_debits.get(account_id, 0), credits[account_id]) if flags & _A_CMNED else 0,
+            )
+            if any(fund):
+                funds.append((account_id, *fund))
+                self._add_fund(txn, account_id, *fund)
         self._flush(txn, ctx)
         parts = [_PREPARED_HEAD.pack(TXN_PREPARED, item.coordinator_shard, ctx.base, item.group_size, len(plans))]
         for plan in plans:
             parts.append(_LEG_REC.pack(plan.index, plan.sides, plan.kind, plan.amount))
             parts.append(pack_transfer(plan.record))
+        parts.append(_U32.pack(len(funds)))
+        parts.extend(_FUND_REC.pack(a & U64_MAX, a >> 64, cf, df) for a, cf, df in funds)
         txn.put(tkey, b"".join(parts), db=self._txns)
         txn.put(ctx.base.to_bytes(8, "big") + tkey, _U32.pack(item.coordinator_shard), db=self._txn_prepared)
         for plan in plans:
@@ -903,7 +954,7 @@ class LedgerStateMachine:
         if txn.get(key, db=self._failed) is not None:
             return _TR.id_already_failed, None
         if txn.get(key, db=self._txn_ids) is not None:
-            return _TR.internal_error, None  # named by another PREPARED txn: outcome unknown
+            return _LEG_BUSY, None  # named by another PREPARED txn (maybe an earlier attempt): outcome unknown
         if flags & _T_POST_VOID:
             return self._prepare_post_void(txn, tkey, leg, ctx, earlier)
 
@@ -946,13 +997,20 @@ class LedgerStateMachine:
         timeout = t.timeout
         if timeout and ctx.base + timeout * NS_PER_SECOND > U64_MAX:
             return _TR.overflows_timeout, None
-        # Reservations count as pending: concurrent txns can never overdraw together.
-        if dr is not None and dr.flags & _A_DMNEC and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted:
+        # Reservations count as pending: concurrent txns can never overdraw together. The
+        # posting credits (debits) this group's earlier legs reserved count as posted.
+        group = ctx.group if ctx.group is not None else ({}, {}, {}, {})
+        group_credits, group_debits, all_credits, all_debits = group
+        if (
+            dr is not None
+            and dr.flags & _A_DMNEC
+            and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted + group_credits.get(d, 0)
+        ):
             return _TR.exceeds_credits, None
         if (
             cr is not None
             and cr.flags & _A_CMNED
-            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted
+            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted + group_debits.get(c, 0)
         ):
             return _TR.exceeds_debits, None
 
@@ -963,12 +1021,18 @@ class LedgerStateMachine:
             x[_X_RES_D] += amount
             if cr is None:
                 x[_X_REM_DP] += amount
+            all_debits[d] = all_debits.get(d, 0) + amount
+            if not pending:
+                group_debits[d] = group_debits.get(d, 0) + amount
         if cr is not None:
             self._touch(cr, ctx)
             cr.credits_pending += amount
             x[_X_RES_C] += amount
             if dr is None:
                 x[_X_REM_CP] += amount
+            all_credits[c] = all_credits.get(c, 0) + amount
+            if not pending:
+                group_credits[c] = group_credits.get(c, 0) + amount
         record = Transfer(
             tid, d, c, amount, 0, t.user_data_128, t.user_data_64, t.user_data_32,
             timeout, ledger, t.code, flags, 0,
@@ -1096,7 +1160,9 @@ class LedgerStateMachine:
                 "commit" if commit else "abort", txid, _TXN_STATE_NAMES.get(state, state),
             )  # fmt: skip
             return FINISH_CONFLICT
-        _, _, prepared_at, _, plans = _unpack_prepared(raw)
+        _, prepared_at, plans, funds = _unpack_prepared(raw)
+        for account_id, credit_fund, debit_fund in funds:
+            self._add_fund(txn, account_id, -credit_fund, -debit_fund)
         if commit:
             self._commit_legs(txn, plans, item.commit_timestamp, ctx)
             txn.put(tkey, _COMMITTED.pack(TXN_COMMITTED, item.commit_timestamp), db=self._txns)
@@ -1204,6 +1270,24 @@ class LedgerStateMachine:
                 if sides == SIDE_CREDIT:
                     x[_X_REM_CP] -= amount
 
+    def _add_fund(self, txn: lmdb.Transaction, account_id: int, credit_fund: int, debit_fund: int) -> None:
+        key = _key(account_id)
+        raw = txn.get(key, db=self._xfund)
+        cf, df = (0, 0) if raw is None else _FUND.unpack(raw)
+        cf += credit_fund
+        df += debit_fund
+        if cf < 0 or df < 0:
+            raise InvariantViolation(f"account {account_id} limit allowance below zero: {cf}, {df}")
+        if cf or df:
+            txn.put(key, _FUND.pack(cf, df), db=self._xfund)
+        else:
+            txn.delete(key, db=self._xfund)
+
+    def _fund(self, txn: lmdb.Transaction, account_id: int) -> tuple[int, int]:
+        """How far PREPARED txns that both credit and debit the account may hold it past its limit."""
+        raw = txn.get(_key(account_id), db=self._xfund)
+        return (0, 0) if raw is None else _FUND.unpack(raw)
+
     def _leg_account(self, txn: lmdb.Transaction, account_id: int, ctx: _Context) -> Account:
         a = self._account(txn, account_id, ctx)
         if a is None:
@@ -1253,7 +1337,8 @@ class LedgerStateMachine:
                 ):
                     break
                 scanned += 1
-                due.append(k)
+                if txn.get(k[8:], db=locks) is None:
+                    due.append(k)
         cursor.close()
         for k in due:
             pkey = k[8:]
@@ -1316,9 +1401,9 @@ class LedgerStateMachine:
                 and cp + cpo <= U64_MAX
             ):
                 raise InvariantViolation(f"account {acct_id} balances out of u64 range: {a}")
-            if a.flags & _A_DMNEC and dp + dpo > cpo:
+            if a.flags & _A_DMNEC and dp + dpo > cpo and dp + dpo > cpo + self._fund(txn, acct_id)[0]:
                 raise InvariantViolation(f"account {acct_id} debits exceed credits: {a}")
-            if a.flags & _A_CMNED and cp + cpo > dpo:
+            if a.flags & _A_CMNED and cp + cpo > dpo and cp + cpo > dpo + self._fund(txn, acct_id)[1]:
                 raise InvariantViolation(f"account {acct_id} credits exceed debits: {a}")
             o = ctx.original[acct_id]
             if (dp, dpo, cp, cpo) == o:
@@ -1576,14 +1661,12 @@ def _malformed_prepare(p: Prepare) -> str:
         if leg.sides not in (SIDE_DEBIT, SIDE_CREDIT, SIDE_BOTH):
             return f"leg {leg.index} has sides {leg.sides}"
         previous = leg.index
-    if legs[0].index == 0 and legs[0].transfer.id != p.txid:
-        return f"txid is not the id of the group's first transfer ({legs[0].transfer.id})"
     return ""
 
 
-def _unpack_prepared(raw: bytes) -> tuple[int, int, int, int, list[_Plan]]:
-    """(coordinator_shard, group_size, prepared_at, leg count, plans) of a PREPARED record."""
-    _, coordinator, prepared_at, group_size, n = _PREPARED_HEAD.unpack_from(raw, 0)
+def _unpack_prepared(raw: bytes) -> tuple[int, int, list[_Plan], list[tuple[int, int, int]]]:
+    """(coordinator_shard, prepared_at, plans, funds) of a PREPARED record."""
+    _, coordinator, prepared_at, _, n = _PREPARED_HEAD.unpack_from(raw, 0)
     plans = []
     pos = _PREPARED_HEAD.size
     for _ in range(n):
@@ -1591,9 +1674,16 @@ def _unpack_prepared(raw: bytes) -> tuple[int, int, int, int, list[_Plan]]:
         pos += _LEG_REC.size
         plans.append(_Plan(index, sides, kind, amount, unpack_transfer(raw[pos : pos + TRANSFER_SIZE])))
         pos += TRANSFER_SIZE
+    (n_funds,) = _U32.unpack_from(raw, pos)
+    pos += _U32.size
+    funds = []
+    for _ in range(n_funds):
+        lo, hi, credit_fund, debit_fund = _FUND_REC.unpack_from(raw, pos)
+        funds.append((lo | hi << 64, credit_fund, debit_fund))
+        pos += _FUND_REC.size
     if pos != len(raw):
         raise InvariantViolation("PREPARED record has trailing bytes")
-    return coordinator, group_size, prepared_at, n, plans
+    return coordinator, prepared_at, plans, funds
 
 
 def _unpack_decision(raw: bytes) -> tuple[Decision, Decide]:

@@ -105,7 +105,11 @@ class Decide:
 class Vote:
     prepared: bool
     failed_index: int
-    code: int  # CreateTransferResult of the failing leg; 0 when prepared
+    # CreateTransferResult of the failing leg; 0 when prepared. A NO with code 0 is
+    # "busy": leg failed_index names a transfer id that another PREPARED txn holds
+    # (e.g. an earlier attempt of the same group not finished here yet). No rule
+    # failed: abort the attempt without a failing item and retry.
+    code: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +233,12 @@ _PRECEDENCE = {int(c): i for i, c in enumerate(_STATE_CHECK_ORDER)}
 
 
 def failure_precedence(code: int) -> int:
-    """Lower is checked earlier by the single-shard rules (ties between participants' codes)."""
+    """Lower is checked earlier by the single-shard rules (ties between participants' codes).
+
+    A busy NO (code 0) comes first: at that leg the outcome is not known yet.
+    """
+    if code == 0:
+        return -2
     return _PRECEDENCE.get(code, -1)
 
 
@@ -237,7 +246,8 @@ def merge_votes(votes: Iterable[Vote]) -> Vote:
     """The group's vote: prepared if every participant prepared, else its earliest failure.
 
     Earliest means lowest failed_index, then the code the single-shard rules check
-    first. internal_error from any participant wins over everything (it is a bug).
+    first (a busy NO, code 0, before any rule). internal_error from any participant
+    wins over everything (it is a bug).
     """
     worst: Vote | None = None
     for v in votes:
