@@ -63,7 +63,8 @@ STEP_TIMEOUT_S = 5.0  # one step (prepare, decide or finish) on one shard
 SWEEP_PERIOD_S = 1.0
 SWEEP_AFTER_S = 3.0  # a transaction prepared longer than this (cluster time) is resolved by the sweeper
 AUTH_HEADER = "x-tidebank-auth"
-WORKERS_MAX = 32
+SUBMIT_ITEMS_MAX = 1024  # items per Internal.Submit call
+WORKERS_MAX = 512  # concurrent 2PC steps; each mostly waits on Raft
 
 _PACK = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide}
 _UNPACK = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide}
@@ -129,41 +130,49 @@ class ShardSteps:
 
     def run(self, shard_id: int, kind: int, item, deadline: float) -> object:
         """One item through one shard's log; retried across leader changes until the deadline."""
+        (result,) = self.run_items(shard_id, kind, [item], deadline)
+        return result
+
+    def run_items(self, shard_id: int, kind: int, items: list, deadline: float) -> list:
+        """Items of one kind through one shard's log (one entry when local); retried until the deadline.
+        Every step is idempotent by its key, so running it again after an unknown outcome is safe."""
         delay = 0.02
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                return self._once(shard_id, kind, item, deadline)
-            except (NotAppliedError, OverloadedError, _Retry) as exc:
-                last = exc
-            except OutcomeUnknownError as exc:  # idempotent step: running it again is safe
+                return self._once(shard_id, kind, items, deadline)
+            except (NotAppliedError, OverloadedError, OutcomeUnknownError, _Retry) as exc:
                 last = exc
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
         raise ParticipantUnavailableError(f"shard {shard_id}: {last or 'no time left'}")
 
-    def run_async(self, shard_id: int, kind: int, item, deadline: float) -> Future:
-        return self.pool.submit(self.run, shard_id, kind, item, deadline)
+    def run_items_async(self, shard_id: int, kind: int, items: list, deadline: float) -> Future:
+        return self.pool.submit(self.run_items, shard_id, kind, items, deadline)
 
-    def _once(self, shard_id: int, kind: int, item, deadline: float):
+    def _once(self, shard_id: int, kind: int, items: list, deadline: float) -> list:
         host = self.node.local_shard(shard_id)
         if host is not None and host.is_leader():
-            future = host.submit(Operation(kind, [item]))
+            future = host.submit(Operation(kind, items))
             try:
-                (result,) = future.result(timeout=max(0.01, deadline - time.monotonic()))
+                return future.result(timeout=max(0.01, deadline - time.monotonic()))
             except FutureTimeout as exc:
                 raise OutcomeUnknownError("step not applied before the deadline") from exc
-            return result
         address = self.node.leader_address(shard_id)
         if address is None or address == self.node.address:
             raise _Retry(f"shard {shard_id} has no leader")
-        request = internal_pb2.InternalSubmitRequest(shard_id=shard_id, kind=kind, items=[_PACK[kind](item)])
-        try:
-            response = self._call(address, "Submit", request, deadline)
-        except grpc.RpcError as exc:
-            raise _Retry(f"shard {shard_id} via {address}: {exc.code()}") from exc
-        (result,) = response.results
-        return result_from_pb(kind, result, item)
+        results = []
+        for start in range(0, len(items), SUBMIT_ITEMS_MAX):
+            chunk = items[start:start + SUBMIT_ITEMS_MAX]
+            request = internal_pb2.InternalSubmitRequest(shard_id=shard_id, kind=kind,
+                                                         items=[_PACK[kind](item) for item in chunk])
+            try:
+                response = self._call(address, "Submit", request, deadline)
+            except grpc.RpcError as exc:
+                raise _Retry(f"shard {shard_id} via {address}: {exc.code()}") from exc
+            results.extend(result_from_pb(kind, message, item) for message, item in zip(response.results, chunk,
+                                                                                         strict=True))
+        return results
 
     def resolve(self, coordinator_shard: int, key: int, deadline: float) -> Decision:
         """The coordinator's decision for `key`; presume-abort records ABORT if there is none."""
@@ -214,66 +223,123 @@ def result_to_pb(kind: int, result) -> internal_pb2.TxnResult:
 
 
 class Coordinator:
-    """Runs groups whose coordinator shard this node leads."""
+    """Runs groups whose coordinator shard this node leads, many at once.
+
+    All groups of one request that share a coordinator go through each step
+    together: one PREPARE entry per participant shard, one DECIDE entry, one
+    FINISH entry per participant. Each group still has its own key and outcome.
+    """
 
     def __init__(self, node, steps: ShardSteps):
         self.node = node
         self.steps = steps
 
     def run(self, group: Group, wait_s: float) -> list[int]:
-        """Per-item codes of the group; raises ParticipantUnavailableError when nothing was applied."""
+        """Per-item codes of one group; raises ParticipantUnavailableError when nothing was applied."""
+        (outcome,) = self.run_many([group], wait_s)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def run_many(self, groups: Sequence[Group], wait_s: float) -> list[list[int] | Exception]:
+        """Per group: its per-item codes, or the exception saying why it has no outcome to report."""
         deadline = time.monotonic() + wait_s
-        host = self.node.local_shard(group.coordinator_shard)
-        for attempt in range(ATTEMPTS_MAX):
-            key = attempt_key(group.txid, attempt)
-            known = host.txn_decision(key) if host is not None else None
-            if known is not None:
+        outcomes: list[list[int] | Exception | None] = [None] * len(groups)
+        todo: list[tuple[int, Group, int]] = []  # (position in groups, group, attempt key)
+        for position, group in enumerate(groups):
+            host = self.node.local_shard(group.coordinator_shard)
+            for attempt in range(ATTEMPTS_MAX):
+                key = attempt_key(group.txid, attempt)
+                known = host.txn_decision(key) if host is not None else None
+                if known is None:
+                    todo.append((position, group, key))
+                    break
                 if known.committed or known.code != 0:
-                    return group_codes(len(group.transfers), known, replay=True)
-                continue  # an attempt aborted without a failing item: run the next one
-            return self._run_attempt(group, key, deadline)
-        raise ParticipantUnavailableError(f"group {group.txid}: {ATTEMPTS_MAX} attempts aborted")
+                    outcomes[position] = group_codes(len(group.transfers), known, replay=True)
+                    break
+                # an attempt aborted without a failing item: try the next key
+            else:
+                outcomes[position] = ParticipantUnavailableError(
+                    f"group {group.txid}: {ATTEMPTS_MAX} attempts aborted")
+        by_coordinator: dict[int, list[tuple[int, Group, int]]] = {}
+        for entry in todo:
+            by_coordinator.setdefault(entry[1].coordinator_shard, []).append(entry)
+        for coordinator_shard, entries in by_coordinator.items():
+            for position, result in self._run_attempts(coordinator_shard, entries, deadline):
+                outcomes[position] = result
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
 
-    def _run_attempt(self, group: Group, key: int, deadline: float) -> list[int]:
-        legs = legs_by_shard(group, self.node.shard_map)
-        participants = sorted(legs)
+    def _run_attempts(self, coordinator_shard: int, entries: list[tuple[int, Group, int]],
+                      deadline: float) -> list[tuple[int, list[int] | Exception]]:
         step_deadline = min(deadline, time.monotonic() + STEP_TIMEOUT_S)
-        votes = {shard: self.steps.run_async(shard, OP_PREPARE, Prepare(key, group.coordinator_shard,
-                                                                        len(group.transfers), shard_legs),
-                                             step_deadline)
-                 for shard, shard_legs in legs.items()}
-        collected, missing = [], []
-        for shard, future in votes.items():
+        # 1. PREPARE: one entry per participant shard with every group's legs there.
+        prepares: dict[int, list[tuple[int, Prepare]]] = {}
+        participants: dict[int, list[int]] = {}
+        for n, (_, group, key) in enumerate(entries):
+            legs = legs_by_shard(group, self.node.shard_map)
+            participants[n] = sorted(legs)
+            for shard, shard_legs in legs.items():
+                prepares.setdefault(shard, []).append((n, Prepare(key, coordinator_shard, len(group.transfers),
+                                                                  shard_legs)))
+        futures = {shard: self.steps.run_items_async(shard, OP_PREPARE, [p for _, p in items], step_deadline)
+                   for shard, items in prepares.items()}
+        votes: dict[int, list[Vote]] = {n: [] for n in range(len(entries))}
+        missing: dict[int, list[int]] = {n: [] for n in range(len(entries))}
+        for shard, future in futures.items():
             try:
-                collected.append(future.result(timeout=max(0.01, step_deadline - time.monotonic()) + 1.0))
+                shard_votes = future.result(timeout=max(0.01, step_deadline - time.monotonic()) + 1.0)
             except (ParticipantUnavailableError, FutureTimeout):
-                missing.append(shard)
-        if missing:
-            decide = Decide(key, False, 0, 0, participants, [t.id for t in group.transfers])
-        elif all(v.prepared for v in collected):
-            decide = Decide(key, True, 0, 0, participants, [t.id for t in group.transfers])
-        else:
-            first = merge_votes(collected)  # the item a single-shard run would have reported
-            index, code = first.failed_index, first.code
-            decide = Decide(key, False, index, code, participants, [t.id for t in group.transfers])
-        decision: Decision = self.steps.run(group.coordinator_shard, OP_DECIDE, decide,
-                                            max(deadline, time.monotonic() + STEP_TIMEOUT_S))
-        self._finish(key, participants, decision, deadline)
-        if not decision.committed and decision.code == 0:
-            raise ParticipantUnavailableError(
-                f"group {group.txid}: shard(s) {missing or '?'} did not prepare in time; aborted, nothing applied")
-        return group_codes(len(group.transfers), decision, replay=False)
+                for n, _ in prepares[shard]:
+                    missing[n].append(shard)
+                continue
+            for (n, _), vote in zip(prepares[shard], shard_votes, strict=True):
+                votes[n].append(vote)
+        # 2. DECIDE: one entry on the coordinator shard; first writer wins per key.
+        decides = []
+        for n, (_, group, key) in enumerate(entries):
+            ids = [t.id for t in group.transfers]
+            if missing[n]:
+                decides.append(Decide(key, False, 0, 0, participants[n], ids))
+            elif all(v.prepared for v in votes[n]):
+                decides.append(Decide(key, True, 0, 0, participants[n], ids))
+            else:
+                first = merge_votes(votes[n])  # the item a single-shard run would have reported
+                decides.append(Decide(key, False, first.failed_index, first.code, participants[n], ids))
+        try:
+            decisions: list[Decision] = self.steps.run_items(coordinator_shard, OP_DECIDE, decides,
+                                                             max(deadline, time.monotonic() + STEP_TIMEOUT_S))
+        except ParticipantUnavailableError as exc:
+            # The decision may or may not be recorded: only the ids can tell, never a guess.
+            unknown = OutcomeUnknownError(f"decision not confirmed: {exc}")
+            return [(position, unknown) for position, _, _ in entries]
+        # 3. FINISH: one entry per participant, then answer.
+        finishes: dict[int, list[Finish]] = {}
+        for n, decision in enumerate(decisions):
+            for shard in participants[n]:
+                finishes.setdefault(shard, []).append(Finish(entries[n][2], decision.committed, decision.timestamp))
+        self._finish(finishes, deadline)
+        results: list[tuple[int, list[int] | Exception]] = []
+        for n, decision in enumerate(decisions):
+            position, group, _ = entries[n]
+            if not decision.committed and decision.code == 0:
+                results.append((position, ParticipantUnavailableError(
+                    f"group {group.txid}: shard(s) {missing[n] or '?'} did not prepare in time; "
+                    "aborted, nothing applied")))
+            else:
+                results.append((position, group_codes(len(group.transfers), decision, replay=False)))
+        return results
 
-    def _finish(self, key: int, participants: list[int], decision: Decision, deadline: float) -> None:
+    def _finish(self, finishes: dict[int, list[Finish]], deadline: float) -> None:
         """Tell every participant; wait a little so the client reads its own write, the sweeper covers the rest."""
-        finish = Finish(key, decision.committed, decision.timestamp)
         finish_deadline = max(deadline, time.monotonic() + STEP_TIMEOUT_S)
-        futures = [self.steps.run_async(shard, OP_FINISH, finish, finish_deadline) for shard in participants]
+        futures = [self.steps.run_items_async(shard, OP_FINISH, items, finish_deadline)
+                   for shard, items in finishes.items()]
         for future in futures:
             try:
                 future.result(timeout=max(0.05, min(deadline, time.monotonic() + 2.0) - time.monotonic()))
             except Exception as exc:  # the sweeper finishes it from the participant's side
-                log.warning("txn %x: finish not confirmed yet: %s", key, exc)
+                log.warning("finish not confirmed yet: %s", exc)
 
 
 class Sweeper:

@@ -17,6 +17,7 @@ from tidebank.node.coordinator import (
     _UNPACK,
     AUTH_HEADER,
     STEP_TIMEOUT_S,
+    SUBMIT_ITEMS_MAX,
     ParticipantUnavailableError,
     ShardSteps,
     result_to_pb,
@@ -24,8 +25,6 @@ from tidebank.node.coordinator import (
 )
 from tidebank.node.state_machine import OP_DECIDE, Operation
 from tidebank.v1 import internal_pb2
-
-SUBMIT_ITEMS_MAX = 1024
 
 
 class InternalService:

@@ -38,7 +38,7 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
 ]
 PULSE_PERIOD_S = 0.5
-COORDINATOR_WORKERS = 64  # cross-shard groups coordinated at once; each waits on Raft, not CPU
+COORDINATOR_WORKERS = 256  # cross-shard groups coordinated at once; each waits on Raft, not CPU
 
 
 def raft_tuning_from_env() -> tuple[RaftTuning, bool]:

@@ -138,35 +138,58 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             forward = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[i] for i in sub.positions])
             parts[shard_id] = self._write(call, shard_id, Operation(OP_CREATE_TRANSFERS, sub.items),
                                           "CreateTransfers", forward)
-        groups = [self._cross_shard(call, group, request) for group in routed.groups]
+        batches = self._cross_shard(call, routed.groups, request)
         shard_codes = self._wait_writes(call, parts)
-        group_codes = [self._wait_group(call, group, future) for group, future in zip(routed.groups, groups,
-                                                                                       strict=True)]
-        codes = routed.merge(shard_codes, group_codes)
+        codes = routed.merge(shard_codes, self._wait_groups(call, routed.groups, batches))
         return ledger_pb2.CreateTransfersResponse(results=codes)
 
-    def _cross_shard(self, call: _Call, group: CrossShardGroup, request) -> Future:
-        """Run a group on its coordinator shard's leader: here, or forwarded there."""
-        shard_id = group.coordinator_shard
-        host = self.node.local_shard(shard_id)
-        if host is not None and host.is_leader() and self.node.coordinator is not None:
-            return self.node.coordinator_pool.submit(
-                self.node.coordinator.run, Group(list(group.items), shard_id), call.wait_s)
-        forward = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[i] for i in group.positions])
-        return self._forward(call, shard_id, "CreateTransfers", forward, lambda response: list(response.results))
+    def _cross_shard(self, call: _Call, groups: list[CrossShardGroup], request) -> dict[int, tuple[list[int], Future]]:
+        """Per coordinator shard: the indexes of its groups and a future of their outcomes, run by this node's
+        coordinator when it leads that shard, else forwarded there as one request."""
+        by_coordinator: dict[int, list[int]] = {}
+        for index, group in enumerate(groups):
+            by_coordinator.setdefault(group.coordinator_shard, []).append(index)
+        batches = {}
+        for shard_id, indexes in by_coordinator.items():
+            host = self.node.local_shard(shard_id)
+            if host is not None and host.is_leader() and self.node.coordinator is not None:
+                future = self.node.coordinator_pool.submit(
+                    self.node.coordinator.run_many,
+                    [Group(list(groups[i].items), shard_id) for i in indexes], call.wait_s)
+            else:
+                positions = [p for i in indexes for p in groups[i].positions]
+                forward = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[p] for p in positions])
+                sizes = [len(groups[i].positions) for i in indexes]
+                future = self._forward(call, shard_id, "CreateTransfers", forward,
+                                       lambda response, sizes=sizes: _split(list(response.results), sizes))
+            batches[shard_id] = (indexes, future)
+        return batches
 
-    def _wait_group(self, call: _Call, group: CrossShardGroup, future: Future) -> list[int]:
-        shard_id = group.coordinator_shard
-        try:
-            return future.result(timeout=call.wait_s + 1.0)
-        except FutureTimeout as exc:
-            raise errors.outcome_unknown(shard_id, "cross-shard commit not decided before the deadline") from exc
-        except ParticipantUnavailableError as exc:
-            raise errors.retryable("NOT_APPLIED", f"{exc}", shard_id=shard_id) from exc
-        except grpc.RpcError as exc:
-            raise _forwarded_write_failure(shard_id, exc) from exc
-        except (OutcomeUnknownError, NotAppliedError) as exc:
-            raise errors.outcome_unknown(shard_id, str(exc)) from exc
+    def _wait_groups(self, call: _Call, groups: list[CrossShardGroup],
+                     batches: dict[int, tuple[list[int], Future]]) -> list[list[int]]:
+        """Each group's codes in group order, or the most actionable failure as a status (a retry with the same
+        ids is safe: committed groups answer `exists`)."""
+        codes: list[list[int] | None] = [None] * len(groups)
+        failure = None
+        for shard_id, (indexes, future) in batches.items():
+            try:
+                outcomes = future.result(timeout=call.wait_s + 1.0)
+            except FutureTimeout:
+                failure = failure or errors.outcome_unknown(shard_id, "cross-shard commit not decided in time")
+                continue
+            except grpc.RpcError as exc:
+                failure = failure or _forwarded_write_failure(shard_id, exc)
+                continue
+            for index, outcome in zip(indexes, outcomes, strict=True):
+                if isinstance(outcome, ParticipantUnavailableError):
+                    failure = failure or errors.retryable("NOT_APPLIED", str(outcome), shard_id=shard_id)
+                elif isinstance(outcome, Exception):
+                    failure = failure or errors.outcome_unknown(shard_id, str(outcome))
+                else:
+                    codes[index] = outcome
+        if failure is not None:
+            raise failure
+        return codes  # type: ignore[return-value]
 
     def _write(self, call: _Call, shard_id: int, operation: Operation, method: str, forward_request) -> Future:
         host = self.node.local_shard(shard_id)
@@ -360,6 +383,15 @@ def _forwarded_write_failure(shard_id: int, exc: grpc.RpcError) -> errors.Reques
     if code == grpc.StatusCode.UNAVAILABLE and not passed_on.status.details:
         return errors.outcome_unknown(shard_id, "lost the connection to the leader")
     return passed_on
+
+
+def _split(values: list[int], sizes: list[int]) -> list[list[int]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(values[start:start + size])
+        start += size
+    assert start == len(values), "a forwarded answer has a different number of items"
+    return out
 
 
 def _check_batch_size(field: str, count: int) -> None:
