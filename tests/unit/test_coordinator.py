@@ -1,0 +1,237 @@
+"""Two-phase commit protocol: outcomes, retries and recovery from each crash point.
+
+Shards here apply operations straight into their own real LMDB state machine,
+with no Raft in between, to isolate the coordinator and sweeper; the real thing
+runs in tests/integration (test_cross_shard.py, test_bank.py).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+
+import lmdb
+import pytest
+
+from tidebank.node import coordinator as coordinator_module
+from tidebank.node.batcher import NotAppliedError
+from tidebank.node.coordinator import (
+    Coordinator,
+    Group,
+    ParticipantUnavailableError,
+    ShardSteps,
+    Sweeper,
+    attempt_key,
+    legs_by_shard,
+)
+from tidebank.node.records import Account, AccountFlags, Transfer
+from tidebank.node.results import CreateTransferResult
+from tidebank.node.routing import ShardMap
+from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, LedgerStateMachine, Operation
+from tidebank.node.txn_records import Decide, Prepare
+
+SLOTS = 8
+SHARD_MAP = ShardMap(1, SLOTS, {0: [(0, 4)], 1: [(4, 8)]})
+
+
+class LocalShard:
+    """A shard without Raft: every submit is one write txn on its own LMDB."""
+
+    def __init__(self, path, shard_id: int):
+        self.shard_id = shard_id
+        self.env = lmdb.open(str(path / f"shard-{shard_id}"), max_dbs=32, map_size=1 << 28, sync=False)
+        self.ledger = LedgerStateMachine(self.env)
+        self.reachable = True
+
+    def is_leader(self) -> bool:
+        return True
+
+    def submit(self, operation: Operation) -> Future:
+        if not self.reachable:
+            raise NotAppliedError("shard unreachable (test)")
+        with self.env.begin(write=True) as txn:
+            (results,) = self.ledger.apply(txn, [operation], time.time_ns())
+        future: Future = Future()
+        future.set_result(results)
+        return future
+
+    def txn_decision(self, key: int):
+        with self.env.begin() as txn:
+            return self.ledger.txn_decision(txn, key)
+
+    def prepared_txns(self, limit: int = 100):
+        with self.env.begin() as txn:
+            return self.ledger.prepared_txns(txn, limit=limit)
+
+    def account(self, account_id: int) -> Account:
+        with self.env.begin() as txn:
+            (account,) = self.ledger.lookup_accounts(txn, [account_id])
+        return account
+
+
+class LocalNode:
+    address = "local"
+
+    def __init__(self, path):
+        self.shard_map = SHARD_MAP
+        self.shards = {0: LocalShard(path, 0), 1: LocalShard(path, 1)}
+
+    def local_shard(self, shard_id: int):
+        return self.shards.get(shard_id)
+
+    def leader_address(self, shard_id: int):
+        return None
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    monkeypatch.setattr(coordinator_module, "STEP_TIMEOUT_S", 0.3)
+    n = LocalNode(tmp_path)
+    yield n
+    for shard in n.shards.values():
+        shard.env.close()
+
+
+@pytest.fixture
+def steps(node):
+    s = ShardSteps(node, "secret")
+    yield s
+    s.close()
+
+
+def id_on(shard: int, start: int) -> int:
+    candidate = start
+    while SHARD_MAP.shard_of(candidate) != shard:
+        candidate += 1
+    return candidate
+
+
+def open_accounts(node, *flags_by_shard) -> list[int]:
+    ids = []
+    for n, (shard, flags) in enumerate(flags_by_shard):
+        account_id = id_on(shard, 1000 * (n + 1))
+        node.shards[shard].submit(Operation(OP_CREATE_ACCOUNTS, [Account(id=account_id, ledger=1, code=1,
+                                                                         flags=flags)]))
+        ids.append(account_id)
+    return ids
+
+
+def balances(node, account_id: int) -> tuple[int, int, int, int]:
+    a = node.shards[SHARD_MAP.shard_of(account_id)].account(account_id)
+    return a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted
+
+
+def group_of(*transfers: Transfer) -> Group:
+    return Group(list(transfers), SHARD_MAP.shard_of(transfers[0].debit_account_id))
+
+
+def transfer(tid: int, debit: int, credit: int, amount: int) -> Transfer:
+    return Transfer(id=tid, debit_account_id=debit, credit_account_id=credit, amount=amount, ledger=1, code=1)
+
+
+def test_cross_shard_group_commits_on_both_shards(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    assert Coordinator(node, steps).run(group_of(transfer(1, a, b, 10)), 2.0) == [CreateTransferResult.created]
+    assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
+
+
+def test_a_committed_group_retried_answers_exists_and_moves_nothing_more(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    coordinator = Coordinator(node, steps)
+    coordinator.run(group_of(transfer(1, a, b, 10)), 2.0)
+    assert coordinator.run(group_of(transfer(1, a, b, 10)), 2.0) == [CreateTransferResult.exists]
+    assert balances(node, b) == (0, 0, 0, 10)
+
+
+def test_a_business_failure_is_final_and_replayed_on_retry(node, steps):
+    a, b = open_accounts(node, (0, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS), (1, 0))
+    coordinator = Coordinator(node, steps)
+    for _ in range(2):
+        assert coordinator.run(group_of(transfer(1, a, b, 10)), 2.0) == [CreateTransferResult.exceeds_credits]
+    assert balances(node, a) == (0, 0, 0, 0) and balances(node, b) == (0, 0, 0, 0)
+    assert node.shards[1].prepared_txns() == []
+
+
+def test_unreachable_participant_aborts_the_attempt_and_releases_every_hold(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    node.shards[1].reachable = False
+    with pytest.raises(ParticipantUnavailableError):
+        Coordinator(node, steps).run(group_of(transfer(1, a, b, 10)), 2.0)
+    assert balances(node, a) == (0, 0, 0, 0)
+    assert node.shards[0].prepared_txns() == []
+
+
+def test_retry_after_an_aborted_attempt_runs_a_fresh_attempt_and_commits(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    coordinator = Coordinator(node, steps)
+    node.shards[1].reachable = False
+    with pytest.raises(ParticipantUnavailableError):
+        coordinator.run(group_of(transfer(1, a, b, 10)), 2.0)
+    node.shards[1].reachable = True
+    assert coordinator.run(group_of(transfer(1, a, b, 10)), 2.0) == [CreateTransferResult.created]
+    assert node.shards[0].txn_decision(attempt_key(1, 1)).committed
+    assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
+
+
+def prepare_everywhere(node, steps, group: Group, key: int) -> list[int]:
+    """The first step of an attempt, as a coordinator that then crashes would leave it."""
+    legs = legs_by_shard(group, SHARD_MAP)
+    for shard, shard_legs in legs.items():
+        (vote,) = steps.run_items(shard, OP_PREPARE, [Prepare(key, group.coordinator_shard, len(group.transfers),
+                                                               shard_legs)], time.monotonic() + 1)
+        assert vote.prepared
+    return sorted(legs)
+
+
+def sweep_all(node, steps, after_s: float = 0.0) -> None:
+    sweeper = Sweeper(node, steps, clock_ns=lambda: time.time_ns() + int(after_s * 1e9))
+    try:
+        for shard_id, host in node.shards.items():
+            sweeper.sweep(shard_id, host)
+    finally:
+        sweeper.close()
+
+
+def test_coordinator_crash_after_prepare_is_aborted_by_the_sweeper(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    group = group_of(transfer(1, a, b, 10))
+    prepare_everywhere(node, steps, group, attempt_key(1, 0))
+    assert balances(node, a) == (10, 0, 0, 0)  # held
+    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)
+    decision = node.shards[0].txn_decision(attempt_key(1, 0))
+    assert not decision.committed and decision.code == 0  # presume-abort, recorded on the coordinator
+    assert balances(node, a) == (0, 0, 0, 0) and balances(node, b) == (0, 0, 0, 0)
+    assert node.shards[0].prepared_txns() == [] and node.shards[1].prepared_txns() == []
+
+
+def test_sweeper_leaves_a_recently_prepared_transaction_to_its_coordinator(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    prepare_everywhere(node, steps, group_of(transfer(1, a, b, 10)), attempt_key(1, 0))
+    sweep_all(node, steps, after_s=0.0)
+    assert node.shards[0].txn_decision(attempt_key(1, 0)) is None
+    assert len(node.shards[1].prepared_txns()) == 1
+
+
+def test_coordinator_crash_after_deciding_commit_is_finished_by_the_sweeper(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    group = group_of(transfer(1, a, b, 10))
+    key = attempt_key(1, 0)
+    participants = prepare_everywhere(node, steps, group, key)
+    steps.run(0, OP_DECIDE, Decide(key, True, 0, 0, participants, [1]), time.monotonic() + 1)
+    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)
+    assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
+    assert Coordinator(node, steps).run(group, 2.0) == [CreateTransferResult.exists]
+
+
+def test_sweeper_abort_recorded_first_wins_over_the_coordinators_commit(node, steps):
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    group = group_of(transfer(1, a, b, 10))
+    key = attempt_key(1, 0)
+    participants = prepare_everywhere(node, steps, group, key)
+    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)  # the coordinator was too slow
+    late = steps.run(0, OP_DECIDE, Decide(key, True, 0, 0, participants, [1]), time.monotonic() + 1)
+    assert not late.committed  # first writer wins
+    assert balances(node, b) == (0, 0, 0, 0)
+    # The client's retry runs attempt 1 and commits exactly once.
+    assert Coordinator(node, steps).run(group, 2.0) == [CreateTransferResult.created]
+    assert balances(node, b) == (0, 0, 0, 10)
