@@ -30,6 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from tests.integration.bank import set_link_faults  # noqa: E402
 from tests.integration.conftest import running_cluster  # noqa: E402
+from tidebank.auth import signed  # noqa: E402
 from tidebank.client import Account, Client, Transfer  # noqa: E402
 from tidebank.keys import slot_of  # noqa: E402
 from tidebank.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
@@ -152,7 +153,9 @@ def main() -> int:
                   if a != b]
         for spec in cluster.topology.nodes:
             with grpc.insecure_channel(spec.grpc_address) as channel:
-                admin_pb2_grpc.AdminStub(channel).SetLinkFaults(admin_pb2.LinkFaults(delays=delays), timeout=5)
+                faults = admin_pb2.LinkFaults(delays=delays)
+                admin_pb2_grpc.AdminStub(channel).SetLinkFaults(
+                    faults, timeout=5, metadata=signed(cluster.topology.secret, "SetLinkFaults", faults))
         everyone = [a for v in by_shard.values() for a in v]
         shard_of = {a: s for s, v in by_shard.items() for a in v}
         latencies: list[float] = []

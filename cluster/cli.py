@@ -539,6 +539,13 @@ def _fault_nodes(dir: pathlib.Path | None, endpoints: str | None, timeout_s: flo
     return nodes, sorted({n.dc for n in nodes})
 
 
+def _fault_secret(dir: pathlib.Path | None) -> str | None:
+    """Fault injection is signed with the cluster secret: from DIR/cluster.toml, else the environment."""
+    from tidebank.cluster.faults import cluster_secret
+
+    return cluster_secret(LocalCluster.open(dir).topology.secret if dir is not None else None)
+
+
 def _check_dc(dc: str, dcs: list[str], hint: str) -> None:
     if dc not in dcs:
         raise typer.BadParameter(f"unknown DC {dc!r} (DCs: {', '.join(dcs)})", param_hint=hint)
@@ -573,7 +580,7 @@ def _change_faults(dir, endpoints, timeout_s: float, output: Output, verb: str, 
         nodes, dcs = _fault_nodes(dir, endpoints, timeout_s, pool)
         if check is not None:
             check(dcs)
-        result = change_tables(nodes, change, timeout_s, pool)
+        result = change_tables(nodes, change, timeout_s, pool, _fault_secret(dir))
     _report_change(result, output, verb)
 
 
@@ -636,7 +643,7 @@ def dc_heal(
     with ChannelPool() as pool:
         nodes, _ = _fault_nodes(dir, endpoints, timeout, pool)
         healed = LinkTable.healed()
-        result = ChangeResult(None, healed, send_table(nodes, healed, timeout, pool))
+        result = ChangeResult(None, healed, send_table(nodes, healed, timeout, pool, _fault_secret(dir)))
     _report_change(result, output, "healed")
 
 

@@ -15,6 +15,7 @@ reached are reported: they keep their old table until the next command reaches t
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from tidebank.auth import signed
 from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
-from tidebank.cluster.topology import Topology
+from tidebank.cluster.topology import SECRET_ENV, Topology
 from tidebank.node.links import LinkTable
 from tidebank.v1 import admin_pb2
 
@@ -94,13 +96,15 @@ def fetch_tables(nodes: Sequence[NodeTarget], timeout_s: float, pool: ChannelPoo
 
 
 def send_table(nodes: Sequence[NodeTarget], table: LinkTable, timeout_s: float,
-               pool: ChannelPool) -> list[NodeFaults]:
-    """SetLinkFaults(table) on every node; each answer is the table the node now holds."""
+               pool: ChannelPool, secret: str | None = None) -> list[NodeFaults]:
+    """SetLinkFaults(table) on every node, signed with the cluster secret; each answer is the table the
+    node now holds."""
     message = table.to_proto()
+    metadata = signed(secret, "SetLinkFaults", message) if secret else ()
 
     def send(node: NodeTarget) -> NodeFaults:
         try:
-            reply = pool.admin(node.address).SetLinkFaults(message, timeout=timeout_s)
+            reply = pool.admin(node.address).SetLinkFaults(message, timeout=timeout_s, metadata=metadata)
         except grpc.RpcError as e:
             return NodeFaults(node, None, _error_text(e))
         return NodeFaults(node, LinkTable.from_proto(reply))
@@ -143,8 +147,13 @@ class ChangeResult:
         }
 
 
+def cluster_secret(topology_secret: str | None = None) -> str | None:
+    """The secret that signs fault-injection calls: the topology's, else $TIDEBANK_CLUSTER_SECRET."""
+    return topology_secret or os.environ.get(SECRET_ENV) or None
+
+
 def change_tables(nodes: Sequence[NodeTarget], change: Callable[[LinkTable], LinkTable], timeout_s: float,
-                  pool: ChannelPool) -> ChangeResult:
+                  pool: ChannelPool, secret: str | None = None) -> ChangeResult:
     """Read the current table, apply ``change``, send the result to every node that answered
     the read (a node that did not is reported as failed without a second try)."""
     answers = fetch_tables(nodes, timeout_s, pool)
@@ -153,6 +162,6 @@ def change_tables(nodes: Sequence[NodeTarget], change: Callable[[LinkTable], Lin
         return ChangeResult(None, None, answers)
     after = change(before)
     reachable = [a.node for a in answers if a.reachable]
-    sent = {r.node.name: r for r in send_table(reachable, after, timeout_s, pool)}
+    sent = {r.node.name: r for r in send_table(reachable, after, timeout_s, pool, secret)}
     results = [sent.get(a.node.name, a) for a in answers]
     return ChangeResult(before, after, results)

@@ -19,7 +19,6 @@ decision. Nothing that decides an outcome lives only in memory.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from tidebank.auth import AUTH_HEADER, sign
 from tidebank.node import convert
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.records import Transfer, TransferFlags
@@ -62,7 +62,6 @@ ATTEMPTS_MAX = 16
 STEP_TIMEOUT_S = 5.0  # one step (prepare, decide or finish) on one shard
 SWEEP_PERIOD_S = 1.0
 SWEEP_AFTER_S = 3.0  # a transaction prepared longer than this (cluster time) is resolved by the sweeper
-AUTH_HEADER = "x-tidebank-auth"
 SUBMIT_ITEMS_MAX = 1024  # items per Internal.Submit call
 WORKERS_MAX = 512  # concurrent 2PC steps; each mostly waits on Raft
 
@@ -79,10 +78,6 @@ def attempt_key(txid: int, attempt: int) -> int:
         return txid
     digest = hashlib.blake2b(txid.to_bytes(16, "big") + attempt.to_bytes(4, "big"), digest_size=16).digest()
     return int.from_bytes(digest, "big") or 1
-
-
-def sign(secret: bytes, method: str, body: bytes) -> str:
-    return hmac.new(secret, method.encode() + b"\0" + body, hashlib.sha256).hexdigest()
 
 
 @dataclass

@@ -7,24 +7,29 @@ would move money.
 
 from __future__ import annotations
 
-import hmac
 import time
 
 import grpc
 
+from tidebank.auth import AUTH_HEADER, verify
 from tidebank.node import convert, errors
 from tidebank.node.coordinator import (
     _UNPACK,
-    AUTH_HEADER,
     STEP_TIMEOUT_S,
     SUBMIT_ITEMS_MAX,
     ParticipantUnavailableError,
     ShardSteps,
     result_to_pb,
-    sign,
 )
 from tidebank.node.state_machine import OP_DECIDE, Operation
 from tidebank.v1 import internal_pb2
+
+
+def require_signature(secret: bytes | str, method: str, raw: bytes, context: grpc.ServicerContext) -> None:
+    """Abort with PERMISSION_DENIED unless the call carries the cluster's signature of these exact bytes."""
+    presented = dict(context.invocation_metadata() or ()).get(AUTH_HEADER, "")
+    if not verify(secret, method, raw, presented):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs a valid cluster signature")
 
 
 class InternalService:
@@ -34,9 +39,7 @@ class InternalService:
         self.secret = secret.encode()
 
     def authenticate(self, method: str, raw: bytes, context: grpc.ServicerContext) -> None:
-        presented = dict(context.invocation_metadata() or ()).get(AUTH_HEADER, "")
-        if not hmac.compare_digest(presented, sign(self.secret, method, raw)):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "internal call without a valid cluster signature")
+        require_signature(self.secret, method, raw, context)
 
     def Submit(self, request: internal_pb2.InternalSubmitRequest, context) -> internal_pb2.InternalSubmitResponse:
         unpack = _UNPACK.get(request.kind)

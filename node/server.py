@@ -202,7 +202,7 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     admin = AdminService(node.node_status, node.shard_map_message, node=node, link_faults=node.link_faults,
                          dcs=topology.dcs)
     internal = InternalService(node, node.steps, topology.secret)
-    for handler in generic_handlers(ledger, admin, internal):
+    for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret):
         server.add_generic_rpc_handlers((handler,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

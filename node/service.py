@@ -528,8 +528,18 @@ def _raw_handler(method: Callable, request_cls, response_cls,
                                                response_serializer=response_cls.SerializeToString)
 
 
-def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None) -> list[grpc.GenericRpcHandler]:
-    """Handlers for the public Ledger and Admin services and, when given, the signed Internal service."""
+SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults"})  # fault injection: only holders of the cluster secret
+
+
+def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None,
+                     admin_secret: str | None = None) -> list[grpc.GenericRpcHandler]:
+    """Handlers for the public Ledger and Admin services and, when given, the signed Internal service.
+    With `admin_secret`, the fault-injection Admin methods require the cluster's signature too."""
+    from tidebank.node.internal import require_signature
+
+    def admin_auth(method, raw, context):
+        require_signature(admin_secret, method, raw, context)
+
     handlers = []
     services = [("tidebank.v1.Ledger", ledger, ledger_pb2, None), ("tidebank.v1.Admin", admin, admin_pb2, None)]
     if internal is not None:
@@ -540,8 +550,11 @@ def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None) 
         for method in service.methods:
             request_cls = _message_class(method.input_type)
             response_cls = _message_class(method.output_type)
+            method_auth = authenticate
+            if pb2 is admin_pb2 and admin_secret is not None and method.name in SIGNED_ADMIN_METHODS:
+                method_auth = admin_auth
             methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls,
-                                                authenticate)
+                                                method_auth)
         handlers.append(grpc.method_handlers_generic_handler(service_name, methods))
     return handlers
 

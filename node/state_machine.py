@@ -1453,14 +1453,25 @@ class LedgerStateMachine:
     # ------------------------------------------------------------------ reads
 
     def lookup_accounts(self, txn: lmdb.Transaction, ids: Sequence[int]) -> list[Account]:
-        """The accounts that exist, in request order (missing ids are left out)."""
+        """The accounts that exist, in request order (missing ids are left out).
+
+        A PREPARED group that credits an account and then debits it against that same credit holds both
+        amounts as pending, which can take the stored balances past the account's limit until the group
+        finishes (ledger_xfund). That matched pair nets to zero on the account, so reads leave it out: a
+        reader never sees an account beyond its limit, and net balances and conservation are unchanged."""
         out = []
         db = self._accounts
         for i in ids:
             if 0 < i < U128_MAX:
                 raw = txn.get(_key(i), db=db)
                 if raw is not None:
-                    out.append(unpack_account(raw))
+                    account = unpack_account(raw)
+                    credit_fund, debit_fund = self._fund(txn, i)
+                    if credit_fund or debit_fund:
+                        netted = min(credit_fund + debit_fund, account.debits_pending, account.credits_pending)
+                        account.debits_pending -= netted
+                        account.credits_pending -= netted
+                    out.append(account)
         return out
 
     def lookup_transfers(self, txn: lmdb.Transaction, ids: Sequence[int]) -> list[Transfer]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from tidebank.auth import signed
 from tidebank.client import (
     Account,
     AccountFlags,
@@ -281,7 +282,8 @@ def set_link_faults(cluster: LocalCluster, isolated_dcs: list[str]) -> None:
             continue
         with grpc.insecure_channel(spec.grpc_address) as channel:
             try:
-                admin_pb2_grpc.AdminStub(channel).SetLinkFaults(faults, timeout=5)
+                admin_pb2_grpc.AdminStub(channel).SetLinkFaults(
+                    faults, timeout=5, metadata=signed(cluster.topology.secret, "SetLinkFaults", faults))
             except grpc.RpcError:
                 if not cluster.is_paused(spec.name):
                     raise

@@ -446,10 +446,22 @@ def test_pending_credit_in_the_chain_does_not_fund_a_later_debit(cl):
 def test_chain_funded_credit_is_not_available_to_others_while_prepared(cl):
     group = [xfer(1, 21, 32, 10, flags=LINKED), xfer(2, 32, 11, 10)]
     assert cl.prepare_all(group) == {0: YES, 1: YES, 2: YES}
-    assert cl[2].balances(32) == (10, 0, 10, 0)  # past its limit, by what the txn itself funds
+    # Stored past its limit by what the txn itself funds; reads net that matched pair out.
+    assert cl[2].balances(32) == (0, 0, 0, 0)
     assert cl.prepare_all([xfer(3, 32, 12, 1)])[2] == Vote(False, 0, int(TR.exceeds_credits))
     assert cl[2].transfers(xfer(4, 32, 30, 1)) == [TR.exceeds_credits]
     assert cl[2].transfers(xfer(5, 30, 32, 1)) == [0]  # other changes to the account still pass the invariants
+
+
+def test_a_read_while_a_self_funded_group_is_prepared_never_shows_the_account_beyond_its_limit(cl):
+    cl.run(xfer(1, 20, 32, 4))  # 32 (DMNEC) has 4 credits posted of its own
+    group = [xfer(2, 21, 32, 10, flags=LINKED), xfer(3, 32, 11, 12)]  # pays 12: its 4 plus 8 of the chain's 10
+    assert cl.prepare_all(group) == {0: YES, 1: YES, 2: YES}
+    debits_pending, debits_posted, credits_pending, credits_posted = cl[2].balances(32)
+    assert debits_pending + debits_posted <= credits_posted
+    assert debits_pending - credits_pending == 12 - 10  # the net hold on the account is unchanged
+    cl.finish_all(group, cl.decide(group, YES))
+    assert cl[2].balances(32) == (0, 12, 0, 14)
 
 
 def test_abort_of_a_chain_funded_debit_removes_the_allowance(cl):
