@@ -32,7 +32,7 @@ import grpc
 from tidebank.auth import AUTH_HEADER, sign
 from tidebank.node import convert
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
-from tidebank.node.records import Transfer, TransferFlags
+from tidebank.node.records import Transfer
 from tidebank.node.results import CreateTransferResult
 from tidebank.node.routing import ShardMap
 from tidebank.node.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
@@ -165,8 +165,9 @@ class ShardSteps:
                 response = self._call(address, "Submit", request, deadline)
             except grpc.RpcError as exc:
                 raise _Retry(f"shard {shard_id} via {address}: {exc.code()}") from exc
-            results.extend(result_from_pb(kind, message, item) for message, item in zip(response.results, chunk,
-                                                                                         strict=True))
+            if len(response.results) != len(chunk):
+                raise _Retry(f"shard {shard_id} via {address}: {len(response.results)} results for {len(chunk)}")
+            results.extend(result_from_pb(kind, message) for message in response.results)
         return results
 
     def resolve(self, coordinator_shard: int, key: int, deadline: float) -> Decision:
@@ -200,7 +201,7 @@ def presumed_abort(key: int) -> Decide:
     return Decide(txid=key, commit=False, failed_index=0, failed_code=0, participants=[], transfer_ids=[])
 
 
-def result_from_pb(kind: int, message: internal_pb2.TxnResult, item):
+def result_from_pb(kind: int, message: internal_pb2.TxnResult):
     if kind == OP_PREPARE:
         return Vote(message.ok, message.failed_index, message.code)
     if kind == OP_DECIDE:
@@ -380,15 +381,3 @@ class Sweeper:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def is_cross_shard(transfers: Sequence[Transfer], shard_map: ShardMap) -> bool:
-    shards = set()
-    for t in transfers:
-        shards.add(shard_map.shard_of(t.debit_account_id))
-        if t.credit_account_id:
-            shards.add(shard_map.shard_of(t.credit_account_id))
-    return len(shards) > 1
-
-
-BALANCING = TransferFlags.BALANCING_DEBIT | TransferFlags.BALANCING_CREDIT

@@ -25,7 +25,7 @@ from tidebank.node.replica import RaftTuning
 from tidebank.node.routing import ShardMap
 from tidebank.node.service import AdminService, LedgerService, NodeView, generic_handlers
 from tidebank.node.shard import ShardHost
-from tidebank.v1 import admin_pb2, internal_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from tidebank.v1 import admin_pb2, internal_pb2_grpc, ledger_pb2_grpc
 
 log = logging.getLogger("tidebank.node")
 
@@ -210,7 +210,6 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     reflection.enable_server_reflection(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
-    _ = ledger_pb2  # the Ledger/Admin descriptors must be loaded for reflection
     if server.add_insecure_port(node.spec.grpc_address) == 0:
         node.close()
         raise SystemExit(f"cannot listen on {node.spec.grpc_address}")

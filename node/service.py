@@ -109,6 +109,20 @@ def _chain_future(source: grpc.Future, transform: Callable) -> Future:
     return target
 
 
+def _chain_local(source: Future, transform: Callable) -> Future:
+    """A future of transform(source's result); transform must be cheap: it may run on the Raft tick thread."""
+    target: Future = Future()
+
+    def done(f: Future) -> None:
+        try:
+            target.set_result(transform(f.result()))
+        except Exception as exc:
+            target.set_exception(exc)
+
+    source.add_done_callback(done)
+    return target
+
+
 class LedgerService(ledger_pb2_grpc.LedgerServicer):
     def __init__(self, node: NodeView):
         self.node = node
@@ -294,31 +308,28 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
 
     def _read(self, call: _Call, shard_id: int, consistency: int, method: str, read_local: Callable,
               forward_request, from_response: Callable) -> Future:
+        """A future of a zero-argument function that produces the read's records.
+
+        The local read itself runs in the waiting handler thread (`_wait_read`): the barrier's future is
+        resolved on the Raft tick thread, which must never do LMDB reads or conversions."""
         host = self.node.local_shard(shard_id)
         if host is not None and consistency != LINEARIZABLE:
             done: Future = Future()
-            done.set_result(read_local(host))
+            done.set_result(lambda: read_local(host))
             return done
         if host is not None and host.is_leader():
-            result: Future = Future()
-
-            def after_barrier(barrier: Future) -> None:
-                try:
-                    barrier.result()
-                    result.set_result(read_local(host))
-                except Exception as exc:
-                    result.set_exception(exc)
-
             try:
-                host.barrier().add_done_callback(after_barrier)
-                return result
+                barrier = host.barrier()
             except (NotAppliedError, OverloadedError):
                 pass
-        return self._forward(call, shard_id, method, forward_request, from_response)
+            else:
+                return _chain_local(barrier, lambda _: (lambda: read_local(host)))
+        return self._forward(call, shard_id, method, forward_request,
+                             lambda response: (lambda: from_response(response)))
 
     def _wait_read(self, call: _Call, shard_id: int, future: Future) -> list:
         try:
-            return future.result(timeout=call.wait_s)
+            read = future.result(timeout=call.wait_s)
         except FutureTimeout as exc:
             raise errors.retryable("NO_LEADER", f"shard {shard_id}: read not confirmed by a leader in time",
                                    shard_id=shard_id) from exc
@@ -326,6 +337,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from exc
+        return read()
 
     def GetAccountTransfers(self, request: ledger_pb2.GetAccountTransfersRequest, context
                             ) -> ledger_pb2.GetAccountTransfersResponse:
