@@ -1,6 +1,6 @@
-"""Per-item result codes of create_accounts / create_transfers.
+"""Per-item result codes of create_accounts / create_transfers and of the escrow steps.
 
-Mirrors the tidebank.v1 CreateAccountResult / CreateTransferResult enums (lower-case,
+Mirrors the tidebank.v1 CreateAccountResult / CreateTransferResult / TradeResultCode enums (lower-case,
 prefix dropped, same numbers) so the node does not depend on generated protobuf code;
 tests/unit/test_result_codes_match_proto.py keeps the two in step.
 """
@@ -34,6 +34,7 @@ class CreateAccountResult(enum.IntEnum):
     exists = 20
     internal_error = 21
     chain_spans_shards = 22
+    id_reserved_for_escrow = 23
 
 
 class CreateTransferResult(enum.IntEnum):
@@ -99,3 +100,52 @@ class CreateTransferResult(enum.IntEnum):
     accounts_on_different_shards = 59
     exists_with_different_ledger = 60
     internal_error = 61
+    account_reserved_for_escrow = 62
+
+
+class TradeResult(enum.IntEnum):
+    """Per-item result codes of the Escrow service (tidebank.v1.TradeResultCode)."""
+
+    ok = 0
+    exists = 1
+    id_must_not_be_zero = 2
+    id_must_not_be_int_max = 3
+    buyer_account_id_must_not_be_zero = 4
+    seller_account_id_must_not_be_zero = 5
+    account_id_must_not_be_int_max = 6
+    accounts_must_be_different = 7
+    account_reserved = 8
+    amount_must_not_be_zero = 9
+    ledger_must_not_be_zero = 10
+    fee_bps_above_10000 = 11
+    timeout_out_of_range = 12
+    buyer_account_not_found = 13
+    seller_account_not_found = 14
+    account_has_different_ledger = 15
+    account_closed = 16
+    account_flags_not_supported = 17
+    exists_with_different_buyer_account_id = 18
+    exists_with_different_seller_account_id = 19
+    exists_with_different_amount = 20
+    exists_with_different_ledger = 21
+    exists_with_different_fee_bps = 22
+    exists_with_different_timeouts = 23
+    exists_with_different_user_data = 24
+    trade_not_found = 25
+    trade_is_shipped = 26
+    trade_is_settled = 27
+    trade_is_refunded = 28
+    trade_is_disputed = 29
+    trade_is_closed = 30
+    trade_is_not_disputed = 31
+    dispute_already_opened = 32
+    deadline_passed = 33
+    refund_exceeds_held = 34
+    refund_id_must_not_be_zero = 35
+    too_many_refunds = 36
+    split_exceeds_held = 37
+    extension_id_must_not_be_zero = 38
+    extension_out_of_range = 39
+    too_many_extensions = 40
+    transfer_failed = 41
+    internal_error = 42

@@ -144,16 +144,48 @@ class LedgerTotal(_message.Message):
     def __init__(self, ledger: _Optional[int] = ..., debits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., debits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., credits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., credits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., reserved_debits: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., reserved_credits: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_debits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_credits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_debits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_credits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ...) -> None: ...
 
 class ShardLedgerTotals(_message.Message):
-    __slots__ = ("shard_id", "ledgers", "prepared_txns", "applied_index")
+    __slots__ = ("shard_id", "ledgers", "prepared_txns", "applied_index", "escrow")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGERS_FIELD_NUMBER: _ClassVar[int]
     PREPARED_TXNS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ESCROW_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     ledgers: _containers.RepeatedCompositeFieldContainer[LedgerTotal]
     prepared_txns: int
     applied_index: int
-    def __init__(self, shard_id: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[LedgerTotal, _Mapping]]] = ..., prepared_txns: _Optional[int] = ..., applied_index: _Optional[int] = ...) -> None: ...
+    escrow: _containers.RepeatedCompositeFieldContainer[EscrowTotal]
+    def __init__(self, shard_id: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[LedgerTotal, _Mapping]]] = ..., prepared_txns: _Optional[int] = ..., applied_index: _Optional[int] = ..., escrow: _Optional[_Iterable[_Union[EscrowTotal, _Mapping]]] = ...) -> None: ...
+
+class EscrowTotal(_message.Message):
+    __slots__ = ("ledger", "held", "fees", "released", "refunded", "escrow_balance", "fee_balance", "trades_paid", "trades_shipped", "trades_disputed", "trades_settled", "trades_refunded", "trades_closed")
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    FEES_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_FIELD_NUMBER: _ClassVar[int]
+    ESCROW_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    FEE_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    TRADES_PAID_FIELD_NUMBER: _ClassVar[int]
+    TRADES_SHIPPED_FIELD_NUMBER: _ClassVar[int]
+    TRADES_DISPUTED_FIELD_NUMBER: _ClassVar[int]
+    TRADES_SETTLED_FIELD_NUMBER: _ClassVar[int]
+    TRADES_REFUNDED_FIELD_NUMBER: _ClassVar[int]
+    TRADES_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    ledger: int
+    held: _types_pb2.U128
+    fees: _types_pb2.U128
+    released: _types_pb2.U128
+    refunded: _types_pb2.U128
+    escrow_balance: _types_pb2.U128
+    fee_balance: _types_pb2.U128
+    trades_paid: int
+    trades_shipped: int
+    trades_disputed: int
+    trades_settled: int
+    trades_refunded: int
+    trades_closed: int
+    def __init__(self, ledger: _Optional[int] = ..., held: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., fees: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., released: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., refunded: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., escrow_balance: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., fee_balance: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., trades_paid: _Optional[int] = ..., trades_shipped: _Optional[int] = ..., trades_disputed: _Optional[int] = ..., trades_settled: _Optional[int] = ..., trades_refunded: _Optional[int] = ..., trades_closed: _Optional[int] = ...) -> None: ...
 
 class LedgerTotals(_message.Message):
     __slots__ = ("shards",)

@@ -50,6 +50,7 @@ class CreateAccountResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_ACCOUNT_RESULT_EXISTS: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: _ClassVar[CreateAccountResult]
+    CREATE_ACCOUNT_RESULT_ID_RESERVED_FOR_ESCROW: _ClassVar[CreateAccountResult]
 
 class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -115,6 +116,7 @@ class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_TRANSFER_RESULT_ACCOUNTS_ON_DIFFERENT_SHARDS: _ClassVar[CreateTransferResult]
     CREATE_TRANSFER_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: _ClassVar[CreateTransferResult]
     CREATE_TRANSFER_RESULT_INTERNAL_ERROR: _ClassVar[CreateTransferResult]
+    CREATE_TRANSFER_RESULT_ACCOUNT_RESERVED_FOR_ESCROW: _ClassVar[CreateTransferResult]
 ACCOUNT_FLAG_NONE: AccountFlag
 ACCOUNT_FLAG_LINKED: AccountFlag
 ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS: AccountFlag
@@ -151,6 +153,7 @@ CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_CODE: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS: CreateAccountResult
 CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: CreateAccountResult
 CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: CreateAccountResult
+CREATE_ACCOUNT_RESULT_ID_RESERVED_FOR_ESCROW: CreateAccountResult
 CREATE_TRANSFER_RESULT_CREATED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_FAILED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_CHAIN_OPEN: CreateTransferResult
@@ -213,6 +216,7 @@ CREATE_TRANSFER_RESULT_CREDIT_ACCOUNT_ALREADY_CLOSED: CreateTransferResult
 CREATE_TRANSFER_RESULT_ACCOUNTS_ON_DIFFERENT_SHARDS: CreateTransferResult
 CREATE_TRANSFER_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: CreateTransferResult
 CREATE_TRANSFER_RESULT_INTERNAL_ERROR: CreateTransferResult
+CREATE_TRANSFER_RESULT_ACCOUNT_RESERVED_FOR_ESCROW: CreateTransferResult
 
 class U128(_message.Message):
     __slots__ = ("hi", "lo")

@@ -6,8 +6,8 @@ import enum
 
 import pytest
 
-from tidebank.node.results import CreateAccountResult, CreateTransferResult
-from tidebank.v1 import types_pb2
+from tidebank.node.results import CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.v1 import escrow_pb2, types_pb2
 
 
 def _proto_members(proto_enum, prefix: str) -> dict[str, int]:
@@ -23,8 +23,9 @@ def _node_members(node_enum: type[enum.IntEnum]) -> dict[str, int]:
     [
         (CreateAccountResult, types_pb2.CreateAccountResult, "CREATE_ACCOUNT_RESULT_"),
         (CreateTransferResult, types_pb2.CreateTransferResult, "CREATE_TRANSFER_RESULT_"),
+        (TradeResult, escrow_pb2.TradeResultCode, "TRADE_RESULT_"),
     ],
-    ids=["accounts", "transfers"],
+    ids=["accounts", "transfers", "trades"],
 )
 def test_result_enum_equals_proto_enum(node_enum, proto_enum, prefix):
     assert all(name.startswith(prefix) for name in proto_enum.keys())
@@ -33,7 +34,7 @@ def test_result_enum_equals_proto_enum(node_enum, proto_enum, prefix):
 
 def test_result_enums_have_no_aliases():
     # An alias (two names, one number) would make enum iteration drop a name silently.
-    for node_enum in (CreateAccountResult, CreateTransferResult):
+    for node_enum in (CreateAccountResult, CreateTransferResult, TradeResult):
         assert len(node_enum.__members__) == len(list(node_enum))
 
 
