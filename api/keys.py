@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 U128_MAX = (1 << 128) - 1
@@ -26,3 +27,87 @@ def u128_to_pair(value: int) -> tuple[int, int]:
 
 def pair_to_u128(hi: int, lo: int) -> int:
     return (hi << 64) | lo
+
+
+# --- escrow and platform-fee accounts --------------------------------------------------------------------
+#
+# Trades hash to slots like accounts do. Each (ledger, slot) has one escrow account
+# and one platform-fee account whose ids hash to that very slot, so a trade, its
+# escrow and its fee account always live on one shard, whichever shard owns the
+# slot: trades spread over every shard and no account is written by all of them.
+# Layout (big-endian): 32-bit prefix "TBSY", kind (8), ledger (32), slot (16),
+# 8 zero bits, then a 32-bit nonce chosen so that slot_of(id) == slot.
+
+SYSTEM_ACCOUNT_PREFIX = 0x54425359  # b"TBSY"
+SYSTEM_ESCROW = 1
+SYSTEM_FEE = 2
+SLOT_COUNT_MAX = 1 << 16
+
+
+def is_system_account(account_id: int) -> bool:
+    """Whether an id is in the range reserved for escrow and platform-fee accounts."""
+    return account_id >> 96 == SYSTEM_ACCOUNT_PREFIX
+
+
+def escrow_account_id(ledger: int, slot: int, slot_count: int = DEFAULT_SLOT_COUNT) -> int:
+    """The account holding the escrowed money of the trades of one ledger and hash slot."""
+    return _system_account_id(SYSTEM_ESCROW, ledger, slot, slot_count)
+
+
+def fee_account_id(ledger: int, slot: int, slot_count: int = DEFAULT_SLOT_COUNT) -> int:
+    """The account collecting the platform fees of the trades of one ledger and hash slot."""
+    return _system_account_id(SYSTEM_FEE, ledger, slot, slot_count)
+
+
+def system_account_kind(account_id: int) -> int:
+    """SYSTEM_ESCROW or SYSTEM_FEE for a system account id (0 otherwise)."""
+    return (account_id >> 88) & 0xFF if is_system_account(account_id) else 0
+
+
+@functools.lru_cache(maxsize=65536)
+def _system_account_id(kind: int, ledger: int, slot: int, slot_count: int) -> int:
+    if not 0 < ledger <= 0xFFFFFFFF:
+        raise ValueError(f"ledger {ledger} out of range")
+    if not 1 <= slot_count <= SLOT_COUNT_MAX or not 0 <= slot < slot_count:
+        raise ValueError(f"slot {slot} out of range for slot_count {slot_count}")
+    base = SYSTEM_ACCOUNT_PREFIX << 96 | kind << 88 | ledger << 56 | slot << 40
+    if slot_count & (slot_count - 1) == 0:
+        nonce = _solve_nonce(zlib.crc32(base.to_bytes(16, "big")), slot, slot_count)
+    else:  # no linear shortcut for a modulus that is not a power of two: search
+        nonce = next(n for n in range(1 << 32) if slot_of(base | n, slot_count) == slot)
+    account_id = base | nonce
+    assert slot_of(account_id, slot_count) == slot
+    return account_id
+
+
+def _nonce_basis() -> list[tuple[int, int]]:
+    """CRC-32 is affine: crc(base | n) = crc(base) ^ L(n) for a 32-bit nonce n in the last four bytes,
+    with L linear over GF(2). Returns (L(n), n) pairs for n = each single bit, for solving L(n) = target."""
+    zero = zlib.crc32(bytes(16))
+    return [(zlib.crc32((1 << bit).to_bytes(16, "big")) ^ zero, 1 << bit) for bit in range(32)]
+
+
+_NONCE_BASIS = _nonce_basis()
+
+
+def _solve_nonce(base_crc: int, slot: int, slot_count: int) -> int:
+    """A nonce n with (base_crc ^ L(n)) % slot_count == slot, slot_count a power of two (Gaussian elimination)."""
+    mask = slot_count - 1
+    want = (base_crc ^ slot) & mask
+    rows: dict[int, tuple[int, int]] = {}  # pivot bit -> (L(n) & mask, n), reduced
+    for value, nonce in _NONCE_BASIS:
+        value &= mask
+        for pivot in sorted(rows, reverse=True):
+            if value >> pivot & 1:
+                value ^= rows[pivot][0]
+                nonce ^= rows[pivot][1]
+        if value:
+            rows[value.bit_length() - 1] = (value, nonce)
+    solution = 0
+    for pivot in sorted(rows, reverse=True):
+        if want >> pivot & 1:
+            want ^= rows[pivot][0]
+            solution ^= rows[pivot][1]
+    if want:
+        raise AssertionError("CRC-32 nonce system has no solution")  # L is a bijection: cannot happen
+    return solution

@@ -32,7 +32,7 @@ import grpc
 from tidebank.auth import AUTH_HEADER, sign
 from tidebank.node import convert
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
-from tidebank.node.records import Transfer
+from tidebank.node.records import Transfer, pack_transfer
 from tidebank.node.results import CreateTransferResult
 from tidebank.node.routing import ShardMap
 from tidebank.node.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
@@ -45,6 +45,7 @@ from tidebank.node.txn_records import (
     Finish,
     Leg,
     Prepare,
+    TradeStep,
     Vote,
     merge_votes,
     pack_decide,
@@ -82,19 +83,32 @@ def attempt_key(txid: int, attempt: int) -> int:
 
 @dataclass
 class Group:
-    """A transfer or linked chain whose accounts span shards, in request order."""
+    """A transfer or linked chain whose accounts span shards, in request order; or an escrow step: the
+    trade's change (`trade`, checked and applied on the coordinator shard, the trade's) with its transfers."""
 
     transfers: list[Transfer]
     coordinator_shard: int
+    key: int = 0  # the 2PC key (txid); 0: group_key(transfers)
+    trade: TradeStep | None = None
 
     @property
     def txid(self) -> int:
-        return self.transfers[0].id
+        return self.key or group_key(self.transfers)
+
+
+def group_key(transfers: Sequence[Transfer]) -> int:
+    """The txid of a transfer group: a hash of all its transfers. A retry of the same group has the same key; a
+    different group that reuses a transfer id has another, so it can never be taken for the first one by a
+    participant that prepared it (which would apply the legs of one group under the decision of the other)."""
+    digest = hashlib.blake2b(b"tidebank-group" + b"".join(pack_transfer(t) for t in transfers), digest_size=16)
+    return int.from_bytes(digest.digest(), "big") or 1
 
 
 def legs_by_shard(group: Group, shard_map: ShardMap) -> dict[int, list[Leg]]:
-    """Which legs each participant shard checks and holds."""
+    """Which legs each participant shard checks and holds (an escrow step always involves its trade's shard)."""
     legs: dict[int, list[Leg]] = {}
+    if group.trade is not None:
+        legs[group.coordinator_shard] = []
     for index, transfer in enumerate(group.transfers):
         debit_shard = shard_map.shard_of(transfer.debit_account_id)
         credit_shard = (shard_map.shard_of(transfer.credit_account_id) if transfer.credit_account_id
@@ -239,8 +253,14 @@ class Coordinator:
 
     def run_many(self, groups: Sequence[Group], wait_s: float) -> list[list[int] | Exception]:
         """Per group: its per-item codes, or the exception saying why it has no outcome to report."""
+        return [o if isinstance(o, Exception) else group_codes(len(g.transfers), o[0], o[1])
+                for g, o in zip(groups, self.run_decisions(groups, wait_s), strict=True)]
+
+    def run_decisions(self, groups: Sequence[Group], wait_s: float) -> list[tuple[Decision, bool] | Exception]:
+        """Per group: (its decision, whether an earlier run had recorded it), or why it has none:
+        ParticipantUnavailableError (aborted, nothing applied: run it again) or OutcomeUnknownError."""
         deadline = time.monotonic() + wait_s
-        outcomes: list[list[int] | Exception | None] = [None] * len(groups)
+        outcomes: list[tuple[Decision, bool] | Exception | None] = [None] * len(groups)
         todo: list[tuple[int, Group, int]] = []  # (position in groups, group, attempt key)
         for position, group in enumerate(groups):
             host = self.node.local_shard(group.coordinator_shard)
@@ -251,7 +271,7 @@ class Coordinator:
                     todo.append((position, group, key))
                     break
                 if known.committed or known.code != 0:
-                    outcomes[position] = group_codes(len(group.transfers), known, replay=True)
+                    outcomes[position] = (known, True)
                     break
                 # an attempt aborted without a failing item: try the next key
             else:
@@ -267,7 +287,7 @@ class Coordinator:
         return outcomes  # type: ignore[return-value]
 
     def _run_attempts(self, coordinator_shard: int, entries: list[tuple[int, Group, int]],
-                      deadline: float) -> list[tuple[int, list[int] | Exception]]:
+                      deadline: float) -> list[tuple[int, tuple[Decision, bool] | Exception]]:
         step_deadline = min(deadline, time.monotonic() + STEP_TIMEOUT_S)
         # 1. PREPARE: one entry per participant shard with every group's legs there.
         prepares: dict[int, list[tuple[int, Prepare]]] = {}
@@ -276,8 +296,9 @@ class Coordinator:
             legs = legs_by_shard(group, self.node.shard_map)
             participants[n] = sorted(legs)
             for shard, shard_legs in legs.items():
+                trade = group.trade if shard == coordinator_shard else None
                 prepares.setdefault(shard, []).append((n, Prepare(key, coordinator_shard, len(group.transfers),
-                                                                  shard_legs)))
+                                                                  shard_legs, trade)))
         futures = {shard: self.steps.run_items_async(shard, OP_PREPARE, [p for _, p in items], step_deadline)
                    for shard, items in prepares.items()}
         votes: dict[int, list[Vote]] = {n: [] for n in range(len(entries))}
@@ -315,15 +336,15 @@ class Coordinator:
             for shard in participants[n]:
                 finishes.setdefault(shard, []).append(Finish(entries[n][2], decision.committed, decision.timestamp))
         self._finish(finishes, deadline)
-        results: list[tuple[int, list[int] | Exception]] = []
+        results: list[tuple[int, tuple[Decision, bool] | Exception]] = []
         for n, decision in enumerate(decisions):
             position, group, _ = entries[n]
             if not decision.committed and decision.code == 0:
+                why = f"shard(s) {missing[n]} did not prepare in time" if missing[n] else "a participant was busy"
                 results.append((position, ParticipantUnavailableError(
-                    f"group {group.txid}: shard(s) {missing[n] or '?'} did not prepare in time; "
-                    "aborted, nothing applied")))
+                    f"group {group.txid:x}: {why}; aborted, nothing applied")))
             else:
-                results.append((position, group_codes(len(group.transfers), decision, replay=False)))
+                results.append((position, (decision, False)))
         return results
 
     def _finish(self, finishes: dict[int, list[Finish]], deadline: float) -> None:

@@ -30,7 +30,31 @@ ledger_locks               pending transfer id (16)                    txid (16)
 ledger_xpending            pending transfer id (16)                    sides (1) + expires_at ns (8, LE)
 ledger_decisions           txid (16)                                   timestamp (8, LE) + packed Decide
 ledger_xfund               account id (16)                             credit fund (8) + debit fund (8), LE
+escrow_trades              trade id (16)                               packed Trade (`trades`)
+escrow_locks               trade id (16)                               txid (16) of the PREPARED escrow step
+escrow_timers              deadline ns (8) + trade id (16)             timer (1)
+escrow_by_buyer            buyer id (16) + created_at (8) + trade (16)  empty
+escrow_by_seller           seller id (16) + created_at (8) + trade (16) empty
+escrow_slots               ledger (4) + slot (2)                       held (8) + fees (8), LE
+escrow_totals              ledger (4)                                  see _ESCROW_TOTAL_KEYS
 =========================  ==========================================  ==================================
+
+Escrow (trades; rules in `escrow`, records in `trades`)
+--------------------------------------------------------
+
+A trade lives on the shard of its id, beside the escrow and fee accounts of its
+(ledger, hash slot) (`tidebank.keys`), which only escrow steps may touch: a plain
+transfer or a PREPARE without a trade step naming one is refused with
+account_reserved_for_escrow, an account create with such an id with
+id_reserved_for_escrow. Every escrow step is a 2PC group coordinated by the
+trade's shard; the PREPARE it sends there carries the `TradeStep` (command and the
+trade version it was planned on). That PREPARE locks the trade, re-evaluates the
+command on cluster time and checks that its legs are exactly the transfers the
+rules give (else internal_error); a version that moved on, a lock held by another
+step or a timer not yet due vote busy (code 0) at TRADE_STEP_INDEX, a refused step
+votes its TradeResult there. FINISH(commit) applies the legs and the new trade
+record in one txn and checks that each escrow (fee) account's posted balance equals
+the held money (fees) its slot's trades account for.
 
 Cross-shard transactions (two-phase commit; records in `txn_records`)
 ---------------------------------------------------------------------
@@ -101,6 +125,8 @@ from typing import Any
 
 import lmdb
 
+from tidebank.keys import DEFAULT_SLOT_COUNT, SYSTEM_ACCOUNT_PREFIX, SYSTEM_ESCROW, is_system_account, slot_of
+from tidebank.node import escrow
 from tidebank.node.records import (
     BATCH_ITEMS_MAX,
     PAGE_SIZE_MAX,
@@ -117,7 +143,24 @@ from tidebank.node.records import (
     unpack_account,
     unpack_transfer,
 )
-from tidebank.node.results import CreateAccountResult, CreateTransferResult
+from tidebank.node.results import CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.node.trades import (
+    CLOSED,
+    DISPUTED,
+    PAID,
+    REFUNDED,
+    SETTLED,
+    SHIPPED,
+    TERMINAL,
+    TRADE_STEP_INDEX,
+    TRADE_STEP_SIZE,
+    Trade,
+    TradeStep,
+    pack_trade,
+    pack_trade_step,
+    unpack_trade,
+    unpack_trade_step,
+)
 from tidebank.node.txn_records import (
     FINISH_ALREADY,
     FINISH_APPLIED,
@@ -226,6 +269,14 @@ _VOTED_NO = struct.Struct("<BII")  # state, failed_index, code
 _XPENDING = struct.Struct("<BQ")  # sides, expires_at (0: never)
 _FUND_REC = struct.Struct("<QQQQ")  # account id lo, hi, credit fund, debit fund (in a PREPARED record)
 _FUND = struct.Struct("<QQ")  # ledger_xfund value: credit fund, debit fund
+_SLOT_BOOK = struct.Struct("<QQ")  # escrow_slots value: held, fees
+# escrow_totals value: held, fees, released, refunded (u128 each), then trades per state (u64 each)
+_ESCROW_TOTAL_KEYS = ("held", "fees", "released", "refunded")
+_ESCROW_COUNTERS = ("trades_paid", "trades_shipped", "trades_settled", "trades_refunded", "trades_disputed",
+                    "trades_closed")
+_STATE_COUNTER = {PAID: "trades_paid", SHIPPED: "trades_shipped", SETTLED: "trades_settled",
+                  REFUNDED: "trades_refunded", DISPUTED: "trades_disputed", CLOSED: "trades_closed"}
+_ESCROW_TOTALS = struct.Struct("<8Q6Q")
 
 # A leg whose transfer id another PREPARED txn holds: the NO vote carries code 0 ("busy",
 # no business rule failed), so the coordinator aborts the attempt without a failing item
@@ -317,7 +368,7 @@ class _Context:
     them (the chain's LMDB writes are undone by aborting its nested txn).
     """
 
-    __slots__ = ("accounts", "original", "dirty", "undo", "next_ts", "base", "x", "group")
+    __slots__ = ("accounts", "original", "dirty", "undo", "next_ts", "base", "x", "group", "escrow")
 
     def __init__(self, base: int, next_ts: int) -> None:
         self.accounts: dict[int, Account] = {}
@@ -331,6 +382,8 @@ class _Context:
         # During a PREPARE, what its earlier legs reserved per account: posting credits, posting
         # debits, all credits, all debits (posting = not PENDING).
         self.group: tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]] | None = None
+        # During a PREPARE that carries a trade step: its legs may touch escrow and fee accounts.
+        self.escrow = False
 
     def xd(self, ledger: int) -> list[int]:
         d = self.x.get(ledger)
@@ -354,7 +407,7 @@ class _Plan:
 
 
 class LedgerStateMachine:
-    """Deterministic ledger rules over the "ledger_*" named dbs of one shard's LMDB env."""
+    """Deterministic ledger and escrow rules over the "ledger_*" and "escrow_*" named dbs of one shard's LMDB env."""
 
     DB_NAMES: tuple[str, ...] = (
         "ledger_accounts",
@@ -372,10 +425,22 @@ class LedgerStateMachine:
         "ledger_xpending",
         "ledger_decisions",
         "ledger_xfund",
+        "escrow_trades",
+        "escrow_locks",
+        "escrow_timers",
+        "escrow_by_buyer",
+        "escrow_by_seller",
+        "escrow_slots",
+        "escrow_totals",
     )
 
-    def __init__(self, env: lmdb.Environment, *, txn: lmdb.Transaction | None = None) -> None:
-        """Open (creating if needed) the named dbs; pass `txn` if a write txn is already open."""
+    def __init__(
+        self, env: lmdb.Environment, *, txn: lmdb.Transaction | None = None, slot_count: int = DEFAULT_SLOT_COUNT
+    ) -> None:
+        """Open (creating if needed) the named dbs; pass `txn` if a write txn is already open.
+
+        slot_count is the cluster's number of hash slots (fixed for its life): it places
+        each trade's escrow and fee accounts in the trade's own slot."""
         if env.flags().get("writemap"):
             # Linked chains and per-operation rollback use nested txns, which LMDB
             # does not support with MDB_WRITEMAP; fail at startup, not on every apply.
@@ -397,6 +462,14 @@ class LedgerStateMachine:
         self._xpending = dbs["ledger_xpending"]
         self._decisions = dbs["ledger_decisions"]
         self._xfund = dbs["ledger_xfund"]
+        self._trades = dbs["escrow_trades"]
+        self._trade_locks = dbs["escrow_locks"]
+        self._timers = dbs["escrow_timers"]
+        self._by_buyer = dbs["escrow_by_buyer"]
+        self._by_seller = dbs["escrow_by_seller"]
+        self._escrow_slots = dbs["escrow_slots"]
+        self._escrow_totals = dbs["escrow_totals"]
+        self._slot_count = slot_count
 
     # ------------------------------------------------------------------ apply
 
@@ -564,6 +637,8 @@ class LedgerStateMachine:
             return _AR.id_must_not_be_zero
         if aid == U128_MAX:
             return _AR.id_must_not_be_int_max
+        if is_system_account(aid):
+            return _AR.id_reserved_for_escrow
         if flags & _A_DMNEC and flags & _A_CMNED:
             return _AR.flags_are_mutually_exclusive
         if a.debits_pending:
@@ -660,6 +735,8 @@ class LedgerStateMachine:
         post_void = flags & _T_POST_VOID
         d = t.debit_account_id
         c = t.credit_account_id
+        if is_system_account(d) or is_system_account(c):
+            return _TR.account_reserved_for_escrow  # only escrow steps move escrow and fee money
 
         # ---- idempotency
         key = _key(tid)
@@ -900,6 +977,11 @@ class LedgerStateMachine:
         """Check and reserve every leg; (failed_index, code) at the first failure (caller rolls back)."""
         earlier: dict[int, _Plan] = {}  # transfer id -> plan of an earlier leg of this group
         plans: list[_Plan] = []
+        if item.trade is not None:
+            failed = self._prepare_trade(txn, item, tkey, ctx)
+            if failed is not None:
+                return failed
+            ctx.escrow = True
         ctx.group = posting_credits, posting_debits, credits, debits = {}, {}, {}, {}
         for leg in item.legs:
             code, plan = self._prepare_leg(txn, tkey, leg, ctx, earlier)
@@ -927,6 +1009,8 @@ class LedgerStateMachine:
             parts.append(pack_transfer(plan.record))
         parts.append(_U32.pack(len(funds)))
         parts.extend(_FUND_REC.pack(a & U64_MAX, a >> 64, cf, df) for a, cf, df in funds)
+        if item.trade is not None:
+            parts.append(pack_trade_step(item.trade))
         txn.put(tkey, b"".join(parts), db=self._txns)
         txn.put(ctx.base.to_bytes(8, "big") + tkey, _U32.pack(item.coordinator_shard), db=self._txn_prepared)
         for plan in plans:
@@ -943,6 +1027,11 @@ class LedgerStateMachine:
         flags = t.flags
         if flags & _T_BALANCING:
             return _TR.accounts_on_different_shards, None  # a balancing amount needs both balances
+        if not ctx.escrow and (
+            (leg.sides & SIDE_DEBIT and is_system_account(t.debit_account_id))
+            or (leg.sides & SIDE_CREDIT and is_system_account(t.credit_account_id))
+        ):
+            return _TR.account_reserved_for_escrow, None
         tid = t.id
         key = _key(tid)
         raw = txn.get(key, db=self._transfers)
@@ -1160,14 +1249,18 @@ class LedgerStateMachine:
                 "commit" if commit else "abort", txid, _TXN_STATE_NAMES.get(state, state),
             )  # fmt: skip
             return FINISH_CONFLICT
-        _, prepared_at, plans, funds = _unpack_prepared(raw)
+        _, prepared_at, plans, funds, trade_step = _unpack_prepared(raw)
         for account_id, credit_fund, debit_fund in funds:
             self._add_fund(txn, account_id, -credit_fund, -debit_fund)
         if commit:
             self._commit_legs(txn, plans, item.commit_timestamp, ctx)
+            if trade_step is not None:
+                self._commit_trade(txn, trade_step, tkey, item.commit_timestamp)
             txn.put(tkey, _COMMITTED.pack(TXN_COMMITTED, item.commit_timestamp), db=self._txns)
         else:
             self._release_legs(txn, plans, ctx)
+            if trade_step is not None:
+                self._unlock_trade(txn, trade_step.command.trade_id, tkey)
             txn.put(tkey, bytes((TXN_ABORTED,)), db=self._txns)
         for plan in plans:
             if plan.kind == LEG_POST or plan.kind == LEG_VOID:
@@ -1179,6 +1272,8 @@ class LedgerStateMachine:
         if not txn.delete(prepared_at.to_bytes(8, "big") + tkey, db=self._txn_prepared):
             raise InvariantViolation(f"prepared txn {txid} is missing from the prepared index")
         self._flush(txn, ctx)
+        if trade_step is not None and commit:
+            self._check_escrow_slot(txn, trade_step.command.trade_id)
         return FINISH_APPLIED
 
     def _commit_legs(self, txn: lmdb.Transaction, plans: list[_Plan], commit_ts: int, ctx: _Context) -> None:
@@ -1294,6 +1389,134 @@ class LedgerStateMachine:
             raise InvariantViolation(f"account {account_id} of a prepared leg is missing")
         self._touch(a, ctx)
         return a
+
+    # -- escrow steps (the trade part of a PREPARE / FINISH on the trade's shard)
+
+    def _prepare_trade(
+        self, txn: lmdb.Transaction, item: Prepare, tkey: bytes, ctx: _Context
+    ) -> tuple[int, int] | None:
+        """Check the trade step and lock the trade; (TRADE_STEP_INDEX, code) if it cannot prepare (code 0: busy)."""
+        step = item.trade
+        assert step is not None
+        cmd = step.command
+        trade_key = _key(cmd.trade_id)
+        if txn.get(trade_key, db=self._trade_locks) is not None:
+            return TRADE_STEP_INDEX, 0  # another step of this trade is prepared: retry after it finished
+        raw = txn.get(trade_key, db=self._trades)
+        trade = None if raw is None else unpack_trade(raw)
+        if (0 if trade is None else trade.version) != step.expected_version:
+            return TRADE_STEP_INDEX, 0  # planned on another version: re-plan
+        verdict = escrow.evaluate(trade, cmd, ctx.base)
+        if verdict.code == escrow.NOT_DUE:
+            return TRADE_STEP_INDEX, 0
+        if verdict.code != escrow.OK:
+            return TRADE_STEP_INDEX, verdict.code
+        planned = escrow.legs(trade, cmd, verdict, self._slot_count)
+        given = [leg.transfer for leg in item.legs]
+        if (
+            given != planned
+            or item.group_size != len(planned)
+            or [leg.index for leg in item.legs] != list(range(len(planned)))
+            or any(not _system_sides_here(leg) for leg in item.legs)
+        ):
+            log.critical("PREPARE of txid %d: legs of trade %d step %d are not the rules' legs", item.txid,
+                         cmd.trade_id, cmd.kind)
+            return TRADE_STEP_INDEX, int(TradeResult.internal_error)
+        ledger = cmd.ledger if trade is None else trade.ledger
+        escrow_id, fee_id = escrow.system_accounts(cmd.trade_id, ledger, self._slot_count)
+        touched = {a for t in planned for a in (t.debit_account_id, t.credit_account_id)}
+        for account_id, code in ((escrow_id, escrow.ESCROW_ACCOUNT_CODE), (fee_id, escrow.FEE_ACCOUNT_CODE)):
+            if account_id in touched:
+                self._ensure_system_account(txn, account_id, ledger, code, ctx)
+        txn.put(trade_key, tkey, db=self._trade_locks)
+        return None
+
+    def _ensure_system_account(self, txn: lmdb.Transaction, account_id: int, ledger: int, code: int,
+                               ctx: _Context) -> None:
+        """Escrow and fee accounts are opened on first use; they can never hold less than nothing."""
+        key = _key(account_id)
+        if txn.get(key, db=self._accounts) is not None:
+            return
+        ts = ctx.next_ts
+        ctx.next_ts = ts + 1
+        record = Account(account_id, ledger=ledger, code=code, flags=_A_DMNEC, timestamp=ts)
+        txn.put(key, pack_account(record), db=self._accounts)
+        txn.put(ledger.to_bytes(4, "big"), _ZERO_TOTALS, db=self._totals, overwrite=False)
+
+    def _unlock_trade(self, txn: lmdb.Transaction, trade_id: int, tkey: bytes) -> None:
+        key = _key(trade_id)
+        if txn.get(key, db=self._trade_locks) != tkey:
+            raise InvariantViolation(f"trade {trade_id} is not locked by the txn finishing it")
+        txn.delete(key, db=self._trade_locks)
+
+    def _commit_trade(self, txn: lmdb.Transaction, step: TradeStep, tkey: bytes, commit_ts: int) -> None:
+        """Apply a prepared escrow step: the new trade record, its timer, indexes and books."""
+        cmd = step.command
+        key = _key(cmd.trade_id)
+        self._unlock_trade(txn, cmd.trade_id, tkey)
+        raw = txn.get(key, db=self._trades)
+        old = None if raw is None else unpack_trade(raw)
+        if (0 if old is None else old.version) != step.expected_version:
+            raise InvariantViolation(f"trade {cmd.trade_id} changed while locked")
+        new = escrow.commit(old, cmd, commit_ts)
+        held = new.held
+        if not 0 <= held <= new.amount or min(new.refunded, new.released, new.fee) < 0:
+            raise InvariantViolation(f"trade {new.id} money out of range: {new}")
+        if (new.state in TERMINAL) != (held == 0):
+            raise InvariantViolation(f"trade {new.id} is {new.state} holding {held}")
+        txn.put(key, pack_trade(new), db=self._trades)
+        if old is not None and old.deadline:
+            txn.delete(old.deadline.to_bytes(8, "big") + key, db=self._timers)
+        if new.deadline:
+            txn.put(new.deadline.to_bytes(8, "big") + key, bytes((new.timer,)), db=self._timers)
+        if old is None:
+            created = new.created_at.to_bytes(8, "big")
+            txn.put(_key(new.buyer_account_id) + created + key, b"", db=self._by_buyer)
+            txn.put(_key(new.seller_account_id) + created + key, b"", db=self._by_seller)
+        self._book_trade(txn, old, new)
+
+    def _book_trade(self, txn: lmdb.Transaction, old: Trade | None, new: Trade) -> None:
+        """Fold a trade's change into its slot's book (checked against the accounts) and its ledger's totals."""
+        held_delta = new.held - (0 if old is None else old.held)
+        fee_delta = new.fee - (0 if old is None else old.fee)
+        slot_key = new.ledger.to_bytes(4, "big") + slot_of(new.id, self._slot_count).to_bytes(2, "big")
+        raw = txn.get(slot_key, db=self._escrow_slots)
+        held, fees = (0, 0) if raw is None else _SLOT_BOOK.unpack(raw)
+        held += held_delta
+        fees += fee_delta
+        if not (0 <= held <= U64_MAX and 0 <= fees <= U64_MAX):
+            raise InvariantViolation(f"escrow slot book out of range: held {held}, fees {fees}")
+        txn.put(slot_key, _SLOT_BOOK.pack(held, fees), db=self._escrow_slots)
+        lkey = new.ledger.to_bytes(4, "big")
+        totals = _unpack_escrow_totals(txn.get(lkey, db=self._escrow_totals))
+        totals["held"] += held_delta
+        totals["fees"] += fee_delta
+        totals["released"] += new.released - (0 if old is None else old.released)
+        totals["refunded"] += new.refunded - (0 if old is None else old.refunded)
+        if old is not None:
+            totals[_STATE_COUNTER[old.state]] -= 1
+        totals[_STATE_COUNTER[new.state]] += 1
+        if min(totals.values()) < 0:
+            raise InvariantViolation(f"escrow totals of ledger {new.ledger} below zero: {totals}")
+        txn.put(lkey, _pack_escrow_totals(totals), db=self._escrow_totals)
+
+    def _check_escrow_slot(self, txn: lmdb.Transaction, trade_id: int) -> None:
+        """The escrow (fee) account of a trade's slot holds exactly what that slot's trades hold (took as fees)."""
+        raw = txn.get(_key(trade_id), db=self._trades)
+        if raw is None:
+            raise InvariantViolation(f"trade {trade_id} missing after its step committed")
+        ledger = unpack_trade(raw).ledger
+        slot = slot_of(trade_id, self._slot_count)
+        book = txn.get(ledger.to_bytes(4, "big") + slot.to_bytes(2, "big"), db=self._escrow_slots)
+        held, fees = (0, 0) if book is None else _SLOT_BOOK.unpack(book)
+        escrow_id, fee_id = escrow.system_accounts(trade_id, ledger, self._slot_count)
+        for account_id, expected, what in ((escrow_id, held, "held"), (fee_id, fees, "fees")):
+            raw_account = txn.get(_key(account_id), db=self._accounts)
+            a = None if raw_account is None else unpack_account(raw_account)
+            balance = 0 if a is None else a.credits_posted - a.debits_posted
+            if balance != expected:
+                raise InvariantViolation(f"ledger {ledger} slot {slot}: account {account_id} has {balance}, "
+                                         f"its trades' {what} are {expected}")
 
     # -- DECIDE
 
@@ -1634,6 +1857,101 @@ class LedgerStateMachine:
         raw = txn.get(_key(txid), db=self._txns)
         return None if raw is None else _TXN_STATE_NAMES.get(raw[0])
 
+    # ------------------------------------------------------ escrow reads
+
+    def lookup_trades(self, txn: lmdb.Transaction, ids: Sequence[int]) -> list[Trade]:
+        """The trades that exist, in request order (missing ids are left out)."""
+        out = []
+        for i in ids:
+            if 0 < i < U128_MAX:
+                raw = txn.get(_key(i), db=self._trades)
+                if raw is not None:
+                    out.append(unpack_trade(raw))
+        return out
+
+    def trade_locked(self, txn: lmdb.Transaction, trade_id: int) -> bool:
+        """Whether an escrow step of the trade is prepared and not finished."""
+        return 0 < trade_id < U128_MAX and txn.get(_key(trade_id), db=self._trade_locks) is not None
+
+    def list_trades(self, txn: lmdb.Transaction, account_id: int, *, seller: bool = False,
+                    after: tuple[int, int] | None = None, limit: int = 100) -> list[Trade]:
+        """Trades of a buyer (or seller) account on this shard, by (created_at, id), strictly after `after`;
+        limit capped at PAGE_SIZE_MAX."""
+        limit = min(limit, PAGE_SIZE_MAX)
+        if limit <= 0 or not 0 < account_id < U128_MAX:
+            return []
+        prefix = _key(account_id)
+        start = prefix if after is None else prefix + after[0].to_bytes(8, "big") + _key(after[1])
+        out: list[Trade] = []
+        cursor = txn.cursor(db=self._by_seller if seller else self._by_buyer)
+        try:
+            if not cursor.set_range(start):
+                return out
+            for k in cursor.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                if after is not None and k == start:
+                    continue
+                raw = txn.get(k[24:], db=self._trades)
+                if raw is None:
+                    raise InvariantViolation(f"trade index names a missing trade {k[24:].hex()}")
+                out.append(unpack_trade(raw))
+                if len(out) >= limit:
+                    break
+        finally:
+            cursor.close()
+        return out
+
+    def due_trades(self, txn: lmdb.Transaction, now_ns: int, *, limit: int = 100) -> list[Trade]:
+        """Trades whose timer is due at `now_ns`, earliest first, skipping those with a step in flight."""
+        out: list[Trade] = []
+        cursor = txn.cursor(db=self._timers)
+        try:
+            scanned = 0
+            for k in cursor.iternext(keys=True, values=False):
+                if int.from_bytes(k[:8], "big") > now_ns or len(out) >= limit or scanned >= EXPIRE_SCAN_MAX:
+                    break
+                scanned += 1
+                key = k[8:]
+                if txn.get(key, db=self._trade_locks) is not None:
+                    continue
+                raw = txn.get(key, db=self._trades)
+                if raw is None:
+                    raise InvariantViolation(f"timer names a missing trade {key.hex()}")
+                out.append(unpack_trade(raw))
+        finally:
+            cursor.close()
+        return out
+
+    def escrow_totals(self, txn: lmdb.Transaction) -> dict[int, dict[str, int]]:
+        """Per ledger: what this shard's trades hold, paid and took (held, fees, released, refunded, trades
+        per state), and escrow_balance / fee_balance, the posted balances of this shard's escrow and fee
+        accounts (read from the accounts, for audits: held == escrow_balance and fees == fee_balance)."""
+        out: dict[int, dict[str, int]] = {}
+        cursor = txn.cursor(db=self._escrow_totals)
+        try:
+            for k, v in cursor.iternext():
+                totals = _unpack_escrow_totals(v)
+                totals["escrow_balance"] = totals["fee_balance"] = 0
+                out[int.from_bytes(k, "big")] = totals
+        finally:
+            cursor.close()
+        prefix = SYSTEM_ACCOUNT_PREFIX.to_bytes(4, "big")
+        cursor = txn.cursor(db=self._accounts)
+        try:
+            if cursor.set_range(prefix):
+                for k, v in cursor.iternext():
+                    if not k.startswith(prefix):
+                        break
+                    a = unpack_account(v)
+                    totals = out.setdefault(a.ledger, {**_unpack_escrow_totals(None), "escrow_balance": 0,
+                                                       "fee_balance": 0})
+                    field = "escrow_balance" if k[4] == SYSTEM_ESCROW else "fee_balance"
+                    totals[field] += a.credits_posted - a.debits_posted
+        finally:
+            cursor.close()
+        return out
+
 
 # ------------------------------------------------------------ 2PC helpers
 
@@ -1657,11 +1975,11 @@ def _lock_refusal(lock: bytes) -> int:
 def _malformed_prepare(p: Prepare) -> str:
     """Why a PREPARE cannot be evaluated (a coordinator bug), or ""."""
     legs = p.legs
-    if not legs:
+    if not legs and p.trade is None:
         return "no legs"
     if len(legs) > BATCH_ITEMS_MAX:
         return f"{len(legs)} legs exceed BATCH_ITEMS_MAX"
-    if not 0 < p.group_size <= BATCH_ITEMS_MAX:
+    if not (0 < p.group_size or p.trade is not None) or p.group_size > BATCH_ITEMS_MAX:
         return f"group_size {p.group_size}"
     if not 0 <= p.coordinator_shard <= U32_MAX:
         return f"coordinator_shard {p.coordinator_shard}"
@@ -1675,8 +1993,10 @@ def _malformed_prepare(p: Prepare) -> str:
     return ""
 
 
-def _unpack_prepared(raw: bytes) -> tuple[int, int, list[_Plan], list[tuple[int, int, int]]]:
-    """(coordinator_shard, prepared_at, plans, funds) of a PREPARED record."""
+def _unpack_prepared(
+    raw: bytes,
+) -> tuple[int, int, list[_Plan], list[tuple[int, int, int]], TradeStep | None]:
+    """(coordinator_shard, prepared_at, plans, funds, trade step) of a PREPARED record."""
     _, coordinator, prepared_at, _, n = _PREPARED_HEAD.unpack_from(raw, 0)
     plans = []
     pos = _PREPARED_HEAD.size
@@ -1692,9 +2012,13 @@ def _unpack_prepared(raw: bytes) -> tuple[int, int, list[_Plan], list[tuple[int,
         lo, hi, credit_fund, debit_fund = _FUND_REC.unpack_from(raw, pos)
         funds.append((lo | hi << 64, credit_fund, debit_fund))
         pos += _FUND_REC.size
+    trade = None
+    if pos + TRADE_STEP_SIZE == len(raw):
+        trade = unpack_trade_step(raw[pos:])
+        pos += TRADE_STEP_SIZE
     if pos != len(raw):
         raise InvariantViolation("PREPARED record has trailing bytes")
-    return coordinator, prepared_at, plans, funds
+    return coordinator, prepared_at, plans, funds, trade
 
 
 def _unpack_decision(raw: bytes) -> tuple[Decision, Decide]:
@@ -1789,6 +2113,29 @@ def _transfer_exists(t: Transfer, e: Transfer) -> int:
     if (t.code or not post_void) and t.code != e.code:
         return _TR.exists_with_different_code
     return _TR.exists
+
+
+def _system_sides_here(leg: Leg) -> bool:
+    """An escrow leg's escrow/fee side must be on the trade's shard, which is where this PREPARE is."""
+    t = leg.transfer
+    need = (SIDE_DEBIT if is_system_account(t.debit_account_id) else 0) | (
+        SIDE_CREDIT if is_system_account(t.credit_account_id) else 0)
+    return leg.sides & need == need
+
+
+def _unpack_escrow_totals(raw: bytes | None) -> dict[str, int]:
+    if raw is None:
+        return dict.fromkeys(_ESCROW_TOTAL_KEYS + _ESCROW_COUNTERS, 0)
+    v = _ESCROW_TOTALS.unpack(raw)
+    out = {name: v[2 * i] | v[2 * i + 1] << 64 for i, name in enumerate(_ESCROW_TOTAL_KEYS)}
+    out.update(zip(_ESCROW_COUNTERS, v[8:], strict=True))
+    return out
+
+
+def _pack_escrow_totals(totals: dict[str, int]) -> bytes:
+    m = U64_MAX
+    money = [part for name in _ESCROW_TOTAL_KEYS for part in (totals[name] & m, totals[name] >> 64)]
+    return _ESCROW_TOTALS.pack(*money, *(totals[name] for name in _ESCROW_COUNTERS))
 
 
 def _unpack_totals(raw: bytes | None) -> list[int]:

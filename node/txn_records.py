@@ -1,7 +1,9 @@
 """Cross-shard two-phase commit: the records a coordinator sends to shards, and their answers.
 
-A *group* is one transfer or one linked chain whose accounts span shards; its txid
-is the id of its first transfer. Each step is one item of an `Operation` in the Raft
+A *group* is one transfer or one linked chain whose accounts span shards, or one
+escrow step (a trade's state change with the transfers it implies); its txid is a
+hash of its whole content (`group_key`), so a retry of the same group has the same
+key and two different groups never share one. Each step is one item of an `Operation` in the Raft
 log of the shard concerned (see `state_machine`):
 
 * `Prepare` (OP_PREPARE) on every participant: check and reserve the legs that touch
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from tidebank.node.records import TRANSFER_SIZE, Transfer, pack_transfer, unpack_transfer
 from tidebank.node.results import CreateTransferResult
+from tidebank.node.trades import TRADE_STEP_INDEX, TRADE_STEP_SIZE, TradeStep, pack_trade_step, unpack_trade_step
 
 __all__ = [
     "FINISH_ALREADY",
@@ -82,6 +85,10 @@ class Prepare:
     coordinator_shard: int
     group_size: int
     legs: list[Leg]  # in index order
+    # An escrow step, only in the PREPARE sent to the trade's own shard (the coordinator): checked
+    # against the trade there, applied with the legs at FINISH. Its failure is voted with
+    # failed_index TRADE_STEP_INDEX and a TradeResult code.
+    trade: TradeStep | None = None
 
 
 @dataclass(slots=True)
@@ -141,6 +148,8 @@ def pack_prepare(p: Prepare) -> bytes:
     for leg in p.legs:
         parts.append(_LEG_HEAD.pack(leg.index, leg.sides))
         parts.append(pack_transfer(leg.transfer))
+    if p.trade is not None:  # appended, so a PREPARE without one has the same bytes as before escrow
+        parts.append(pack_trade_step(p.trade))
     return b"".join(parts)
 
 
@@ -148,7 +157,8 @@ def unpack_prepare(b: bytes) -> Prepare:
     if len(b) < _PREPARE_HEAD.size:
         raise ValueError("prepare shorter than its header")
     lo, hi, coordinator, group_size, n = _PREPARE_HEAD.unpack_from(b, 0)
-    if len(b) != _PREPARE_HEAD.size + n * _LEG_SIZE:
+    legs_end = _PREPARE_HEAD.size + n * _LEG_SIZE
+    if len(b) not in (legs_end, legs_end + TRADE_STEP_SIZE):
         raise ValueError(f"prepare of {n} legs has {len(b)} bytes")
     legs = []
     pos = _PREPARE_HEAD.size
@@ -157,7 +167,8 @@ def unpack_prepare(b: bytes) -> Prepare:
         start = pos + _LEG_HEAD.size
         legs.append(Leg(index, sides, unpack_transfer(b[start : start + TRANSFER_SIZE])))
         pos = start + TRANSFER_SIZE
-    return Prepare(lo | hi << 64, coordinator, group_size, legs)
+    trade = unpack_trade_step(b[legs_end:]) if len(b) > legs_end else None
+    return Prepare(lo | hi << 64, coordinator, group_size, legs, trade)
 
 
 def pack_finish(f: Finish) -> bytes:
@@ -245,20 +256,21 @@ def failure_precedence(code: int) -> int:
 def merge_votes(votes: Iterable[Vote]) -> Vote:
     """The group's vote: prepared if every participant prepared, else its earliest failure.
 
-    Earliest means lowest failed_index, then the code the single-shard rules check
-    first (a busy NO, code 0, before any rule). internal_error from any participant
-    wins over everything (it is a bug).
+    Earliest means the trade step (TRADE_STEP_INDEX) first, as it is checked before
+    its legs, then the lowest failed_index, then the code the single-shard rules
+    check first (a busy NO, code 0, before any rule). internal_error from any
+    participant wins over everything (it is a bug).
     """
     worst: Vote | None = None
     for v in votes:
         if v.prepared:
             continue
-        if v.code == _TR.internal_error:
+        if v.code == _TR.internal_error and v.failed_index != TRADE_STEP_INDEX:
             return v
-        if (
-            worst is None
-            or v.failed_index < worst.failed_index
-            or (v.failed_index == worst.failed_index and failure_precedence(v.code) < failure_precedence(worst.code))
-        ):
+        if worst is None or _vote_order(v) < _vote_order(worst):
             worst = v
     return worst if worst is not None else Vote(True, 0, 0)
+
+
+def _vote_order(v: Vote) -> tuple[int, int]:
+    return (-1 if v.failed_index == TRADE_STEP_INDEX else v.failed_index, failure_precedence(v.code))

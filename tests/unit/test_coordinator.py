@@ -168,8 +168,9 @@ def test_retry_after_an_aborted_attempt_runs_a_fresh_attempt_and_commits(node, s
     with pytest.raises(ParticipantUnavailableError):
         coordinator.run(group_of(transfer(1, a, b, 10)), 2.0)
     node.shards[1].reachable = True
-    assert coordinator.run(group_of(transfer(1, a, b, 10)), 2.0) == [CreateTransferResult.created]
-    assert node.shards[0].txn_decision(attempt_key(1, 1)).committed
+    group = group_of(transfer(1, a, b, 10))
+    assert coordinator.run(group, 2.0) == [CreateTransferResult.created]
+    assert node.shards[0].txn_decision(attempt_key(group.txid, 1)).committed
     assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
 
 
@@ -195,10 +196,10 @@ def sweep_all(node, steps, after_s: float = 0.0) -> None:
 def test_coordinator_crash_after_prepare_is_aborted_by_the_sweeper(node, steps):
     a, b = open_accounts(node, (0, 0), (1, 0))
     group = group_of(transfer(1, a, b, 10))
-    prepare_everywhere(node, steps, group, attempt_key(1, 0))
+    prepare_everywhere(node, steps, group, attempt_key(group.txid, 0))
     assert balances(node, a) == (10, 0, 0, 0)  # held
     sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)
-    decision = node.shards[0].txn_decision(attempt_key(1, 0))
+    decision = node.shards[0].txn_decision(attempt_key(group.txid, 0))
     assert not decision.committed and decision.code == 0  # presume-abort, recorded on the coordinator
     assert balances(node, a) == (0, 0, 0, 0) and balances(node, b) == (0, 0, 0, 0)
     assert node.shards[0].prepared_txns() == [] and node.shards[1].prepared_txns() == []
@@ -206,16 +207,17 @@ def test_coordinator_crash_after_prepare_is_aborted_by_the_sweeper(node, steps):
 
 def test_sweeper_leaves_a_recently_prepared_transaction_to_its_coordinator(node, steps):
     a, b = open_accounts(node, (0, 0), (1, 0))
-    prepare_everywhere(node, steps, group_of(transfer(1, a, b, 10)), attempt_key(1, 0))
+    group = group_of(transfer(1, a, b, 10))
+    prepare_everywhere(node, steps, group, attempt_key(group.txid, 0))
     sweep_all(node, steps, after_s=0.0)
-    assert node.shards[0].txn_decision(attempt_key(1, 0)) is None
+    assert node.shards[0].txn_decision(attempt_key(group.txid, 0)) is None
     assert len(node.shards[1].prepared_txns()) == 1
 
 
 def test_coordinator_crash_after_deciding_commit_is_finished_by_the_sweeper(node, steps):
     a, b = open_accounts(node, (0, 0), (1, 0))
     group = group_of(transfer(1, a, b, 10))
-    key = attempt_key(1, 0)
+    key = attempt_key(group.txid, 0)
     participants = prepare_everywhere(node, steps, group, key)
     steps.run(0, OP_DECIDE, Decide(key, True, 0, 0, participants, [1]), time.monotonic() + 1)
     sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)
@@ -226,7 +228,7 @@ def test_coordinator_crash_after_deciding_commit_is_finished_by_the_sweeper(node
 def test_sweeper_abort_recorded_first_wins_over_the_coordinators_commit(node, steps):
     a, b = open_accounts(node, (0, 0), (1, 0))
     group = group_of(transfer(1, a, b, 10))
-    key = attempt_key(1, 0)
+    key = attempt_key(group.txid, 0)
     participants = prepare_everywhere(node, steps, group, key)
     sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)  # the coordinator was too slow
     late = steps.run(0, OP_DECIDE, Decide(key, True, 0, 0, participants, [1]), time.monotonic() + 1)
@@ -235,3 +237,17 @@ def test_sweeper_abort_recorded_first_wins_over_the_coordinators_commit(node, st
     # The client's retry runs attempt 1 and commits exactly once.
     assert Coordinator(node, steps).run(group, 2.0) == [CreateTransferResult.created]
     assert balances(node, b) == (0, 0, 0, 10)
+
+
+def test_a_different_group_reusing_a_prepared_groups_transfer_id_is_never_taken_for_it(node, steps):
+    a, b, c = open_accounts(node, (0, 0), (1, 0), (1, 0))
+    first = group_of(transfer(1, a, b, 10))
+    prepare_everywhere(node, steps, first, attempt_key(first.txid, 0))  # then its coordinator crashed
+    other = group_of(transfer(1, a, c, 10))  # same transfer id, other credit account
+    with pytest.raises(ParticipantUnavailableError):  # id 1 is reserved by the prepared group: busy
+        Coordinator(node, steps).run(other, 2.0)
+    assert balances(node, c) == (0, 0, 0, 0)
+    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)  # presume-abort of the first
+    assert Coordinator(node, steps).run(other, 2.0) == [CreateTransferResult.created]
+    assert balances(node, b) == (0, 0, 0, 0) and balances(node, c) == (0, 0, 0, 10)
+    assert balances(node, a) == (0, 10, 0, 0)

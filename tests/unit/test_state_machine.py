@@ -183,8 +183,9 @@ def test_flags_have_contract_values():
 # ------------------------------------------------------------ construction
 
 
-def test_db_names_are_all_prefixed_ledger(env):
-    assert all(name.startswith("ledger_") for name in LedgerStateMachine.DB_NAMES)
+def test_db_names_are_all_prefixed_ledger_or_escrow(env):
+    # The replica's own dbs are "replica_*": the state machine's never collide with them.
+    assert all(name.startswith(("ledger_", "escrow_")) for name in LedgerStateMachine.DB_NAMES)
 
 
 def test_apply_only_creates_named_dbs_it_declares(h):
