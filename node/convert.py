@@ -6,8 +6,10 @@ touch record internals. These run once per item per request: keep them flat.
 
 from __future__ import annotations
 
+from tidebank.node.escrow import system_accounts
 from tidebank.node.records import Account, Transfer
-from tidebank.v1 import types_pb2
+from tidebank.node.trades import CMD_CREATE, CMD_EXTEND, CMD_REFUND, CMD_RESOLVE_DISPUTE, Trade, TradeCommand
+from tidebank.v1 import escrow_pb2, types_pb2
 
 _U64 = (1 << 64) - 1
 
@@ -89,3 +91,80 @@ def transfer_to_pb(t: Transfer, m: types_pb2.Transfer) -> None:
     m.code = t.code
     m.flags = t.flags
     m.timestamp = t.timestamp
+
+
+# --- escrow ---------------------------------------------------------------------------------------------------
+
+def _u128(m: types_pb2.U128) -> int:
+    return (m.hi << 64) | m.lo
+
+
+def create_trade_from_pb(m: escrow_pb2.CreateTrade) -> TradeCommand:
+    return TradeCommand(
+        CMD_CREATE, _u128(m.id), amount=m.amount, buyer_account_id=_u128(m.buyer_account_id),
+        seller_account_id=_u128(m.seller_account_id), ledger=m.ledger, fee_bps=m.fee_bps,
+        ship_by_timeout_s=m.ship_by_timeout_s, auto_confirm_timeout_s=m.auto_confirm_timeout_s,
+        user_data_128=_u128(m.user_data_128), user_data_64=m.user_data_64, user_data_32=m.user_data_32,
+    )  # fmt: skip
+
+
+def trade_action_from_pb(kind: int):
+    """A converter of TradeId messages into commands of one kind (ship, confirm, open/withdraw dispute)."""
+
+    def convert(m: escrow_pb2.TradeId) -> TradeCommand:
+        return TradeCommand(kind, _u128(m.trade_id))
+
+    return convert
+
+
+def refund_from_pb(m: escrow_pb2.Refund) -> TradeCommand:
+    return TradeCommand(CMD_REFUND, _u128(m.trade_id), arg_id=_u128(m.refund_id), amount=m.amount)
+
+
+def resolution_from_pb(m: escrow_pb2.DisputeResolution) -> TradeCommand:
+    return TradeCommand(CMD_RESOLVE_DISPUTE, _u128(m.trade_id), amount=m.buyer_amount)
+
+
+def extension_from_pb(m: escrow_pb2.Extension) -> TradeCommand:
+    return TradeCommand(CMD_EXTEND, _u128(m.trade_id), arg_id=_u128(m.extension_id), seconds=m.extend_by_s)
+
+
+def trade_to_pb(t: Trade, m: escrow_pb2.Trade, slot_count: int) -> None:
+    """Fill `m` from a trade record, with the escrow and fee accounts of its (ledger, slot)."""
+    u128_to_pb(m.id, t.id)
+    u128_to_pb(m.buyer_account_id, t.buyer_account_id)
+    u128_to_pb(m.seller_account_id, t.seller_account_id)
+    m.amount = t.amount
+    m.ledger = t.ledger
+    m.fee_bps = t.fee_bps
+    m.ship_by_timeout_s = t.ship_by_timeout_s
+    m.auto_confirm_timeout_s = t.auto_confirm_timeout_s
+    if t.user_data_128:
+        u128_to_pb(m.user_data_128, t.user_data_128)
+    m.user_data_64 = t.user_data_64
+    m.user_data_32 = t.user_data_32
+    m.state = t.state
+    m.state_before_dispute = t.state_before_dispute
+    m.closed_by = t.closed_by
+    m.version = t.version
+    m.held = t.held
+    m.refunded = t.refunded
+    m.released = t.released
+    m.fee = t.fee
+    m.created_at = t.created_at
+    m.shipped_at = t.shipped_at
+    m.closed_at = t.closed_at
+    m.timer = t.timer
+    m.deadline = t.deadline
+    m.timer_remaining_ns = t.timer_remaining_ns
+    m.extended_s = t.extended_s
+    m.dispute_opened = t.dispute_opened
+    for refund_id, amount in t.refunds:
+        r = m.refunds.add(amount=amount)
+        u128_to_pb(r.refund_id, refund_id)
+    for extension_id, seconds in t.extensions:
+        e = m.extensions.add(extend_by_s=seconds)
+        u128_to_pb(e.extension_id, extension_id)
+    escrow_id, fee_id = system_accounts(t.id, t.ledger, slot_count)
+    u128_to_pb(m.escrow_account_id, escrow_id)
+    u128_to_pb(m.fee_account_id, fee_id)

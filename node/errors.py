@@ -73,6 +73,16 @@ def internal(message: str) -> RequestError:
     return RequestError(_status(code_pb2.INTERNAL, message))
 
 
+def reason_of(error: RequestError) -> str:
+    """The ErrorInfo reason of a request error ("" if it has none)."""
+    for detail in error.status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
 def abort(context: grpc.ServicerContext, error: RequestError) -> None:
     context.abort_with_status(rpc_status.to_status(error.status))
 

@@ -13,13 +13,18 @@ ITEMS = Counter("tidebank_request_items_total", "items in batch requests", ["met
 LATENCY = Histogram("tidebank_request_latency_seconds", "gRPC request latency", ["method"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
-_BATCH_FIELDS = {"CreateAccounts": "accounts", "CreateTransfers": "transfers", "LookupAccounts": "ids",
-                 "LookupTransfers": "ids"}
+LEDGER_BATCH_FIELDS = {"CreateAccounts": "accounts", "CreateTransfers": "transfers", "LookupAccounts": "ids",
+                       "LookupTransfers": "ids", "GetAccountTransfers": None}
+ESCROW_BATCH_FIELDS = {"CreateTrades": "trades", "ShipTrades": "trades", "ConfirmTrades": "trades",
+                       "RefundTrades": "refunds", "OpenDisputes": "trades", "WithdrawDisputes": "trades",
+                       "ResolveDisputes": "resolutions", "ExtendTrades": "extensions", "LookupTrades": "ids",
+                       "ListTrades": None}
 
 
-def instrument(servicer):
-    """Wrap the servicer's RPC methods with counters and a latency histogram."""
-    for method, field in (*_BATCH_FIELDS.items(), ("GetAccountTransfers", None)):
+def instrument(servicer, batch_fields: dict[str, str | None] = LEDGER_BATCH_FIELDS):
+    """Wrap the servicer's RPC methods (name -> the request's batch field, or None) with counters and a
+    latency histogram."""
+    for method, field in batch_fields.items():
         original = getattr(servicer, method)
 
         @functools.wraps(original)

@@ -19,13 +19,15 @@ from grpc_reflection.v1alpha import reflection
 from tidebank.cluster.topology import NodeSpec, Topology
 from tidebank.node import metrics
 from tidebank.node.coordinator import Coordinator, ShardSteps, Sweeper
+from tidebank.node.escrow_coordinator import EscrowCoordinator, EscrowTimers
+from tidebank.node.escrow_service import EscrowService
 from tidebank.node.internal import InternalService
 from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
 from tidebank.node.replica import RaftTuning
 from tidebank.node.routing import ShardMap
 from tidebank.node.service import AdminService, LedgerService, NodeView, generic_handlers
 from tidebank.node.shard import ShardHost
-from tidebank.v1 import admin_pb2, internal_pb2_grpc, ledger_pb2_grpc
+from tidebank.v1 import admin_pb2, escrow_pb2_grpc, internal_pb2_grpc, ledger_pb2_grpc
 
 log = logging.getLogger("tidebank.node")
 
@@ -88,11 +90,14 @@ class Node(NodeView):
                 raft=tuning,
                 fsync=fsync,
                 links=links,
+                slot_count=topology.slot_count,
             )
         self.steps = ShardSteps(self, topology.secret)
         self.coordinator = Coordinator(self, self.steps)
         self.coordinator_pool = ThreadPoolExecutor(max_workers=COORDINATOR_WORKERS, thread_name_prefix="coordinator")
         self.sweeper: Sweeper | None = Sweeper(self, self.steps)
+        self.escrow = EscrowCoordinator(self, self.coordinator, topology.slot_count)
+        self.escrow_timers: EscrowTimers | None = EscrowTimers(self, self.escrow)
         self._stopping = threading.Event()
         self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)
         self._pulse.start()
@@ -139,6 +144,12 @@ class Node(NodeView):
             stub = self._stubs[("ledger", address)] = ledger_pb2_grpc.LedgerStub(self._channel(address))
         return stub
 
+    def escrow_stub(self, address: str) -> escrow_pb2_grpc.EscrowStub:
+        stub = self._stubs.get(("escrow", address))
+        if stub is None:
+            stub = self._stubs[("escrow", address)] = escrow_pb2_grpc.EscrowStub(self._channel(address))
+        return stub
+
     def internal_stub(self, address: str) -> internal_pb2_grpc.InternalStub:
         stub = self._stubs.get(("internal", address))
         if stub is None:
@@ -183,6 +194,8 @@ class Node(NodeView):
 
     def close(self) -> None:
         self._stopping.set()
+        if self.escrow_timers is not None:
+            self.escrow_timers.close()
         if self.sweeper is not None:
             self.sweeper.close()
         self.coordinator_pool.shutdown(wait=False, cancel_futures=True)
@@ -199,14 +212,15 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                          options=GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_CONCURRENT_RPCS_MAX)
     ledger = metrics.instrument(LedgerService(node))
+    escrow = metrics.instrument(EscrowService(node), metrics.ESCROW_BATCH_FIELDS)
     admin = AdminService(node.node_status, node.shard_map_message, node=node, link_faults=node.link_faults,
                          dcs=topology.dcs)
     internal = InternalService(node, node.steps, topology.secret)
-    for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret):
+    for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret, escrow=escrow):
         server.add_generic_rpc_handlers((handler,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = ("tidebank.v1.Ledger", "tidebank.v1.Admin")
+    service_names = ("tidebank.v1.Ledger", "tidebank.v1.Escrow", "tidebank.v1.Admin")
     reflection.enable_server_reflection(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)

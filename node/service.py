@@ -28,7 +28,7 @@ from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
 from tidebank.node.records import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
 from tidebank.node.routing import CrossShardGroup, ShardMap, route_accounts, route_transfers
 from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
-from tidebank.v1 import admin_pb2, internal_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
+from tidebank.v1 import admin_pb2, escrow_pb2, internal_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,70 @@ def _chain_local(source: Future, transform: Callable) -> Future:
     return target
 
 
-class LedgerService(ledger_pb2_grpc.LedgerServicer):
+class ShardRouter:
+    """What every public servicer does with a shard: run on its local leader, or forward once to its leader's
+    node; reads after a barrier through the shard's log (linearizable) or from the local replica (stale)."""
+
     def __init__(self, node: NodeView):
         self.node = node
+
+    def _stub(self, address: str):
+        """The stub of this servicer's own service on another node (forwarded calls)."""
+        raise NotImplementedError
+
+    def _forward(self, call: _Call, shard_id: int, method: str, request, transform: Callable) -> Future:
+        leader = self.node.leader_address(shard_id)
+        if leader is None and self.node.local_shard(shard_id) is None:
+            # Not hosting this shard: ask a node that does; it forwards or names the leader.
+            leader = next(iter(self.node.replica_addresses(shard_id)), None)
+        if leader is None or leader == self.node.address or call.hops >= HOPS_MAX:
+            raise errors.not_leader(shard_id, leader if leader != self.node.address else None)
+        if not self.node.reachable(leader):
+            # Cut off from the leader's DC: certainly not sent; the client should go elsewhere.
+            raise errors.not_leader(shard_id, None)
+        stub = self._stub(leader)
+        rpc = getattr(stub, method).future(request, timeout=call.wait_s,
+                                           metadata=((HOPS_HEADER, str(call.hops + 1)),
+                                                     (SHARD_HEADER, str(shard_id))))
+        return _chain_future(rpc, transform)
+
+    def _read(self, call: _Call, shard_id: int, consistency: int, method: str, read_local: Callable,
+              forward_request, from_response: Callable) -> Future:
+        """A future of a zero-argument function that produces the read's records.
+
+        The local read itself runs in the waiting handler thread (`_wait_read`): the barrier's future is
+        resolved on the Raft tick thread, which must never do LMDB reads or conversions."""
+        host = self.node.local_shard(shard_id)
+        if host is not None and consistency != LINEARIZABLE:
+            done: Future = Future()
+            done.set_result(lambda: read_local(host))
+            return done
+        if host is not None and host.is_leader():
+            try:
+                barrier = host.barrier()
+            except (NotAppliedError, OverloadedError):
+                pass
+            else:
+                return _chain_local(barrier, lambda _: (lambda: read_local(host)))
+        return self._forward(call, shard_id, method, forward_request,
+                             lambda response: (lambda: from_response(response)))
+
+    def _wait_read(self, call: _Call, shard_id: int, future: Future) -> list:
+        try:
+            read = future.result(timeout=call.wait_s)
+        except FutureTimeout as exc:
+            raise errors.retryable("NO_LEADER", f"shard {shard_id}: read not confirmed by a leader in time",
+                                   shard_id=shard_id) from exc
+        except (NotAppliedError, OutcomeUnknownError) as exc:
+            raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from exc
+        return read()
+
+
+class LedgerService(ShardRouter, ledger_pb2_grpc.LedgerServicer):
+    def _stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+        return self.node.ledger_stub(address)
 
     # --- writes -----------------------------------------------------------------------------------------
     def CreateAccounts(self, request: ledger_pb2.CreateAccountsRequest, context) -> ledger_pb2.CreateAccountsResponse:
@@ -216,22 +277,6 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
                 pass  # lost leadership meanwhile: forward below
         return self._forward(call, shard_id, method, forward_request, lambda response: list(response.results))
 
-    def _forward(self, call: _Call, shard_id: int, method: str, request, transform: Callable) -> Future:
-        leader = self.node.leader_address(shard_id)
-        if leader is None and self.node.local_shard(shard_id) is None:
-            # Not hosting this shard: ask a node that does; it forwards or names the leader.
-            leader = next(iter(self.node.replica_addresses(shard_id)), None)
-        if leader is None or leader == self.node.address or call.hops >= HOPS_MAX:
-            raise errors.not_leader(shard_id, leader if leader != self.node.address else None)
-        if not self.node.reachable(leader):
-            # Cut off from the leader's DC: certainly not sent; the client should go elsewhere.
-            raise errors.not_leader(shard_id, None)
-        stub = self.node.ledger_stub(leader)
-        rpc = getattr(stub, method).future(request, timeout=call.wait_s,
-                                           metadata=((HOPS_HEADER, str(call.hops + 1)),
-                                                     (SHARD_HEADER, str(shard_id))))
-        return _chain_future(rpc, transform)
-
     def _wait_writes(self, call: _Call, parts: dict[int, Future]) -> dict[int, list[int]]:
         """Every part's codes, or the most actionable failure as a status (some parts may have applied:
         a retry with the same ids is safe and answers `exists` for those)."""
@@ -305,39 +350,6 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             for record in self._wait_read(call, shard_id, future):
                 found[record.id] = record
         return found
-
-    def _read(self, call: _Call, shard_id: int, consistency: int, method: str, read_local: Callable,
-              forward_request, from_response: Callable) -> Future:
-        """A future of a zero-argument function that produces the read's records.
-
-        The local read itself runs in the waiting handler thread (`_wait_read`): the barrier's future is
-        resolved on the Raft tick thread, which must never do LMDB reads or conversions."""
-        host = self.node.local_shard(shard_id)
-        if host is not None and consistency != LINEARIZABLE:
-            done: Future = Future()
-            done.set_result(lambda: read_local(host))
-            return done
-        if host is not None and host.is_leader():
-            try:
-                barrier = host.barrier()
-            except (NotAppliedError, OverloadedError):
-                pass
-            else:
-                return _chain_local(barrier, lambda _: (lambda: read_local(host)))
-        return self._forward(call, shard_id, method, forward_request,
-                             lambda response: (lambda: from_response(response)))
-
-    def _wait_read(self, call: _Call, shard_id: int, future: Future) -> list:
-        try:
-            read = future.result(timeout=call.wait_s)
-        except FutureTimeout as exc:
-            raise errors.retryable("NO_LEADER", f"shard {shard_id}: read not confirmed by a leader in time",
-                                   shard_id=shard_id) from exc
-        except (NotAppliedError, OutcomeUnknownError) as exc:
-            raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
-        except grpc.RpcError as exc:
-            raise errors.from_rpc_error(exc) from exc
-        return read()
 
     def GetAccountTransfers(self, request: ledger_pb2.GetAccountTransfersRequest, context
                             ) -> ledger_pb2.GetAccountTransfersResponse:
@@ -504,6 +516,9 @@ class AdminService:
 
 
 _LEDGER_TOTAL_FIELDS = [f.name for f in admin_pb2.LedgerTotal.DESCRIPTOR.fields if f.name != "ledger"]
+_ESCROW_MONEY_FIELDS = [f.name for f in admin_pb2.EscrowTotal.DESCRIPTOR.fields if f.message_type is not None]
+_ESCROW_COUNT_FIELDS = [f.name for f in admin_pb2.EscrowTotal.DESCRIPTOR.fields
+                        if f.message_type is None and f.name != "ledger"]
 
 
 def _shard_totals_to_pb(shard_id: int, totals: dict, target: admin_pb2.ShardLedgerTotals) -> None:
@@ -514,6 +529,12 @@ def _shard_totals_to_pb(shard_id: int, totals: dict, target: admin_pb2.ShardLedg
         entry = target.ledgers.add(ledger=ledger)
         for name in _LEDGER_TOTAL_FIELDS:
             convert.u128_to_pb(getattr(entry, name), sums.get(name, 0))
+    for ledger, sums in sorted(totals.get("escrow", {}).items()):
+        book = target.escrow.add(ledger=ledger)
+        for name in _ESCROW_MONEY_FIELDS:
+            convert.u128_to_pb(getattr(book, name), sums.get(name, 0))
+        for name in _ESCROW_COUNT_FIELDS:
+            setattr(book, name, sums.get(name, 0))
 
 
 # --- registration: parse requests ourselves so a malformed message is INVALID_ARGUMENT, not INTERNAL --------
@@ -544,9 +565,9 @@ SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults"})  # fault injection: only hol
 
 
 def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None,
-                     admin_secret: str | None = None) -> list[grpc.GenericRpcHandler]:
-    """Handlers for the public Ledger and Admin services and, when given, the signed Internal service.
-    With `admin_secret`, the fault-injection Admin methods require the cluster's signature too."""
+                     admin_secret: str | None = None, escrow=None) -> list[grpc.GenericRpcHandler]:
+    """Handlers for the public Ledger and Admin services and, when given, the Escrow service and the signed
+    Internal service. With `admin_secret`, the fault-injection Admin methods require the cluster's signature."""
     from tidebank.node.internal import require_signature
 
     def admin_auth(method, raw, context):
@@ -554,6 +575,8 @@ def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None,
 
     handlers = []
     services = [("tidebank.v1.Ledger", ledger, ledger_pb2, None), ("tidebank.v1.Admin", admin, admin_pb2, None)]
+    if escrow is not None:
+        services.append(("tidebank.v1.Escrow", escrow, escrow_pb2, None))
     if internal is not None:
         services.append(("tidebank.v1.Internal", internal, internal_pb2, internal.authenticate))
     for service_name, servicer, pb2, authenticate in services:

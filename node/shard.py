@@ -14,12 +14,14 @@ from concurrent.futures import Future
 
 import lmdb
 
+from tidebank.keys import DEFAULT_SLOT_COUNT
 from tidebank.node.batcher import ShardBatcher
 from tidebank.node.commands import decode_entry
 from tidebank.node.links import LinkPolicy
 from tidebank.node.records import Account, Transfer
 from tidebank.node.replica import RaftTuning, ShardReplica
 from tidebank.node.state_machine import LedgerStateMachine, Operation
+from tidebank.node.trades import Trade
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,10 @@ class ShardHost:
         raft: RaftTuning | None = None,
         fsync: bool = True,
         links: LinkPolicy | None = None,
+        slot_count: int = DEFAULT_SLOT_COUNT,
     ):
         self.shard_id = shard_id
+        self.slot_count = slot_count
         self.ledger: LedgerStateMachine | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
         self.replica = ShardReplica(
@@ -56,7 +60,7 @@ class ShardHost:
 
     def _open(self, env: lmdb.Environment) -> None:
         """Called by the replica whenever it (re)opens LMDB, e.g. after installing a snapshot."""
-        self.ledger = LedgerStateMachine(env)
+        self.ledger = LedgerStateMachine(env, slot_count=self.slot_count)
 
     def _apply(self, txn: lmdb.Transaction, payload: bytes) -> list[list[int]]:
         """The replicated apply: runs on the Raft tick thread on every replica."""
@@ -99,7 +103,24 @@ class ShardHost:
             ledgers = self.ledger.ledger_totals(txn)
             prepared = getattr(self.ledger, "prepared_txns", None)
             prepared_txns = len(prepared(txn, limit=1000)) if prepared is not None else 0
-        return {"ledgers": ledgers, "prepared_txns": prepared_txns, "applied_index": applied_index}
+            escrow = self.ledger.escrow_totals(txn)
+        return {"ledgers": ledgers, "prepared_txns": prepared_txns, "applied_index": applied_index,
+                "escrow": escrow}
+
+    # --- escrow reads (local replica; callers run a barrier first when they need them linearizable)
+    def lookup_trades(self, ids: Sequence[int]) -> list[Trade]:
+        with self.replica.read_txn() as txn:
+            return self.ledger.lookup_trades(txn, ids)
+
+    def list_trades(self, account_id: int, *, seller: bool, after: tuple[int, int] | None,
+                    limit: int) -> list[Trade]:
+        with self.replica.read_txn() as txn:
+            return self.ledger.list_trades(txn, account_id, seller=seller, after=after, limit=limit)
+
+    def due_trades(self, now_ns: int, limit: int) -> list[Trade]:
+        """Trades whose timer is due by `now_ns` and that no step is changing right now."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.due_trades(txn, now_ns, limit=limit)
 
     def txn_decision(self, key: int):
         """The coordinator decision recorded here for a 2PC attempt key (local replica, may lag)."""
