@@ -309,7 +309,7 @@ def _timer(state: int, timer: int, closed_by: int):
         if t.state != state or t.timer != timer:
             if t.closed_by == closed_by:
                 return Evaluation(int(_R.exists))
-            return Evaluation(_REFUSAL.get(t.state, int(_R.internal_error)))
+            return Evaluation(int(_R.timer_not_running))
         if now_ns is not None and not _due(t, now_ns):
             return Evaluation(NOT_DUE)
         if timer == TIMER_SHIP_BY:

@@ -149,3 +149,4 @@ class TradeResult(enum.IntEnum):
     too_many_extensions = 40
     transfer_failed = 41
     internal_error = 42
+    timer_not_running = 43

@@ -79,6 +79,7 @@ class TradeResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRADE_RESULT_TOO_MANY_EXTENSIONS: _ClassVar[TradeResultCode]
     TRADE_RESULT_TRANSFER_FAILED: _ClassVar[TradeResultCode]
     TRADE_RESULT_INTERNAL_ERROR: _ClassVar[TradeResultCode]
+    TRADE_RESULT_TIMER_NOT_RUNNING: _ClassVar[TradeResultCode]
 
 class TradeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -143,6 +144,7 @@ TRADE_RESULT_EXTENSION_OUT_OF_RANGE: TradeResultCode
 TRADE_RESULT_TOO_MANY_EXTENSIONS: TradeResultCode
 TRADE_RESULT_TRANSFER_FAILED: TradeResultCode
 TRADE_RESULT_INTERNAL_ERROR: TradeResultCode
+TRADE_RESULT_TIMER_NOT_RUNNING: TradeResultCode
 TRADE_ROLE_BUYER: TradeRole
 TRADE_ROLE_SELLER: TradeRole
 
