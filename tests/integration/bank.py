@@ -2,7 +2,9 @@
 
 Clients move money between accounts spread over every shard (mostly cross-shard)
 with single transfers, linked chains and pending transfers later posted or
-voided, while a nemesis kills and restarts shard leaders, pauses a node,
+voided, and escrow trades between the same accounts (created, shipped, confirmed,
+refunded, disputed and split, extended, or left to their 2-5 s timers), while a
+nemesis kills and restarts shard leaders, pauses a node,
 partitions a data centre and heals it, and restarts a node, on a schedule
 derived from the seed. Every operation is recorded with its outcome; afterwards
 unknown outcomes are resolved by re-submitting the same ids, and the checker
@@ -27,8 +29,15 @@ from tidebank.client import (
     Client,
     CreateAccountResult,
     CreateTransferResult,
+    DisputeResolution,
+    Extension,
+    NewTrade,
     OutcomeUnknownError,
+    Refund,
     TidebankError,
+    TradeClosedBy,
+    TradeResultCode,
+    TradeState,
     Transfer,
     TransferFlags,
 )
@@ -40,6 +49,12 @@ LEDGER = 7
 INITIAL_BALANCE = 10_000
 OK = {CreateTransferResult.created, CreateTransferResult.exists}
 QUIESCENCE_BOUND_S = 30.0  # after faults heal, no prepared transaction or hold may remain longer
+TRADE_OK = {TradeResultCode.ok, TradeResultCode.exists}
+TRADE_SHARE = 0.25  # of the workers' operations
+# Transfer codes of escrow legs (tidebank.node.escrow): hold, release, fee, refund.
+CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND = 9101, 9102, 9103, 9104
+ESCROW_CODES = {CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND}
+RESTING = {TradeState.SETTLED, TradeState.REFUNDED, TradeState.CLOSED, TradeState.DISPUTED}  # no timer runs
 
 
 @dataclass
@@ -53,8 +68,20 @@ class Op:
 
 
 @dataclass
+class TradeOp:
+    """One escrow call and what it was told."""
+
+    kind: str  # create | ship | confirm | refund | dispute | withdraw | resolve | extend
+    trade_id: int
+    item: object  # NewTrade, Refund, DisputeResolution, Extension, or the trade id
+    outcome: str = "pending"  # ok | failed | unknown
+    code: int = -1
+
+
+@dataclass
 class History:
     ops: list[Op] = field(default_factory=list)
+    trade_ops: list[TradeOp] = field(default_factory=list)
     limit_violations: list[str] = field(default_factory=list)
     reads: int = 0
     faults: list[str] = field(default_factory=list)
@@ -63,6 +90,10 @@ class History:
     def add(self, op: Op) -> None:
         with self.lock:
             self.ops.append(op)
+
+    def add_trade(self, op: TradeOp) -> None:
+        with self.lock:
+            self.trade_ops.append(op)
 
 
 class Bank:
@@ -122,9 +153,48 @@ class Bank:
             op.outcome = "ok" if all(r.status in OK for r in results) else "failed"
         self.history.add(op)
 
+    # --- escrow workload --------------------------------------------------------------------------------
+    def _trade_op(self, rng: random.Random, mine: list[int]) -> TradeOp:
+        if not mine or rng.random() < 0.35:
+            buyer, seller = rng.sample(self.accounts, 2)
+            t = NewTrade(self.new_id(), buyer, seller, rng.randint(1, 300), LEDGER,
+                         fee_bps=rng.choice([0, 150, 275]), ship_by_timeout_s=rng.randint(2, 5),
+                         auto_confirm_timeout_s=rng.randint(2, 5))
+            return TradeOp("create", t.id, t)
+        trade_id = rng.choice(mine)
+        kind = rng.choice(["ship", "ship", "confirm", "refund", "dispute", "withdraw", "resolve", "extend"])
+        if kind == "refund":
+            return TradeOp(kind, trade_id, Refund(trade_id, self.new_id(), rng.randint(1, 60)))
+        if kind == "resolve":
+            return TradeOp(kind, trade_id, DisputeResolution(trade_id, rng.randint(0, 60)))
+        if kind == "extend":
+            return TradeOp(kind, trade_id, Extension(trade_id, self.new_id(), rng.randint(1, 3)))
+        return TradeOp(kind, trade_id, trade_id)
+
+    def _submit_trade(self, op: TradeOp) -> None:
+        c = self.client
+        call = {"create": c.create_trades, "ship": c.ship_trades, "confirm": c.confirm_trades,
+                "refund": c.refund_trades, "dispute": c.open_disputes, "withdraw": c.withdraw_disputes,
+                "resolve": c.resolve_disputes, "extend": c.extend_trades}[op.kind]
+        try:
+            (result,) = call([op.item])
+        except (OutcomeUnknownError, TidebankError, grpc.RpcError):
+            op.outcome = "unknown"
+        else:
+            op.code = int(result.status)
+            op.outcome = "ok" if result.status in TRADE_OK else "failed"
+
     def worker(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
+        mine: list[int] = []  # trades this worker opened
         while not self.stop.is_set():
+            if rng.random() < TRADE_SHARE:
+                trade_op = self._trade_op(rng, mine)
+                self._submit_trade(trade_op)
+                self.history.add_trade(trade_op)
+                if trade_op.kind == "create" and trade_op.outcome != "failed":
+                    mine.append(trade_op.trade_id)
+                continue
             choice = rng.random()
             if choice < 0.5:
                 op = Op("single", [self._transfer(rng)])
@@ -258,17 +328,28 @@ class Bank:
                     time.sleep(0.5)
             op.codes = [int(r.status) for r in results]
             op.outcome = "ok" if all(r.status in OK for r in results) else "failed"
-        return len(unknown)
+        unknown_trade_ops = [op for op in self.history.trade_ops if op.outcome == "unknown"]
+        for trade_op in unknown_trade_ops:
+            deadline = time.monotonic() + 60
+            while trade_op.outcome == "unknown":
+                self._submit_trade(trade_op)
+                if trade_op.outcome == "unknown":
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"escrow step {trade_op.kind} of {trade_op.trade_id} stays unknown")
+                    time.sleep(0.5)
+        return len(unknown) + len(unknown_trade_ops)
 
     def wait_quiescent(self) -> float:
-        """Seconds until no shard holds a prepared transaction (bounded)."""
+        """Seconds until no shard holds a prepared transaction and every trade's timer has fired (bounded)."""
         began = time.monotonic()
+        trade_ids = sorted({op.trade_id for op in self.history.trade_ops if op.kind == "create"})
         while True:
             prepared = prepared_transactions(self.cluster)
-            if prepared == 0:
+            if prepared == 0 and all(t.state in RESTING for t in _lookup_trades(self.client, trade_ids)):
                 return time.monotonic() - began
             if time.monotonic() - began > QUIESCENCE_BOUND_S:
-                raise AssertionError(f"{prepared} prepared transactions left {QUIESCENCE_BOUND_S} s after healing")
+                raise AssertionError(f"{prepared} prepared transactions (or trades with running timers) left "
+                                     f"{QUIESCENCE_BOUND_S} s after healing")
             time.sleep(0.25)
 
     def close(self) -> None:
@@ -318,8 +399,13 @@ def check(bank: Bank) -> list[str]:
 
     applied = [t for op in ops if op.outcome == "ok" for t in op.transfers]
     refused = [t for op in ops if op.outcome == "failed" for t in op.transfers]
+    trades = _trades_of(bank)
     # Replay the applied transfers into expected balances.
     expected = {a: [0, 0, 0, 0] for a in [bank.mint, *bank.accounts]}  # dp, dpost, cp, cpost
+    for tr in trades.values():  # what the trades say they took from buyers and paid to either side
+        expected[tr.buyer_account_id][1] += tr.amount
+        expected[tr.buyer_account_id][3] += tr.refunded
+        expected[tr.seller_account_id][3] += tr.released
     pending_amount: dict[int, Transfer] = {}
     for t in sorted(applied, key=lambda t: t.id):  # ids grow with time per thread; replay is order-free below
         if t.flags & TransferFlags.PENDING:
@@ -351,7 +437,9 @@ def check(bank: Bank) -> list[str]:
         actual = (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
         if actual != (dp, dpost, cp, cpost):
             problems.append(f"account {account_id}: balances {actual} != replay {(dp, dpost, cp, cpost)}")
-    totals = [sum(getattr(a, f) for a in accounts.values())
+    system = sorted({i for tr in trades.values() for i in (tr.escrow_account_id, tr.fee_account_id)})
+    books = {a.id: a for a in client.lookup_accounts(system)} if system else {}
+    totals = [sum(getattr(a, f) for a in [*accounts.values(), *books.values()])
               for f in ("debits_posted", "credits_posted", "debits_pending", "credits_pending")]
     if totals[0] != totals[1] or totals[2] != totals[3]:
         problems.append(f"money not conserved: debits {totals[0]}/{totals[2]} credits {totals[1]}/{totals[3]}")
@@ -361,8 +449,13 @@ def check(bank: Bank) -> list[str]:
     for t in applied:
         touching[t.debit_account_id] += 1
         touching[t.credit_account_id] += 1
+    legs: dict[int, list[Transfer]] = {}  # trade id -> its escrow legs, as the parties' histories show them
     for account_id in expected:
-        seen = [t.id for page in _history(client, account_id) for t in page]
+        everything = [t for page in _history(client, account_id) for t in page]
+        for t in everything:
+            if t.code in ESCROW_CODES:
+                legs.setdefault(t.user_data_128, []).append(t)
+        seen = [t.id for t in everything if t.code not in ESCROW_CODES]
         if len(seen) != len(set(seen)):
             problems.append(f"account {account_id}: a transfer appears twice in its history")
         if len(seen) != touching[account_id]:
@@ -375,7 +468,76 @@ def check(bank: Bank) -> list[str]:
     ghosts = {t.id for t in _lookup_all(client, [t.id for t in refused])}
     if ghosts:
         problems.append(f"{len(ghosts)} refused transfers were applied, e.g. {sorted(ghosts)[:3]}")
+    problems.extend(check_trades(bank, trades, legs, books))
     return problems
+
+
+def check_trades(bank: Bank, trades: dict, legs: dict[int, list[Transfer]], books: dict[int, Account]) -> list[str]:
+    """Every acknowledged escrow step is in its trade, no refused create left a trade, each trade's money matches
+    its state, the parties' histories hold exactly the legs the trade records, and the escrow and fee accounts
+    hold exactly what the trades say."""
+    problems: list[str] = []
+    trade_ops = bank.history.trade_ops
+    created = {op.trade_id for op in trade_ops if op.kind == "create" and op.outcome == "ok"}
+    refused = {op.trade_id for op in trade_ops if op.kind == "create" and op.outcome == "failed"} - created
+    lost = created - trades.keys()
+    if lost:
+        problems.append(f"{len(lost)} acknowledged trades missing, e.g. {sorted(lost)[:3]}")
+    ghosts = refused & trades.keys()
+    if ghosts:
+        problems.append(f"{len(ghosts)} refused trades exist, e.g. {sorted(ghosts)[:3]}")
+    for tr in trades.values():
+        gross = tr.released + tr.fee
+        if tr.held != tr.amount - tr.refunded - tr.released - tr.fee or tr.held < 0:
+            problems.append(f"trade {tr.id}: held {tr.held} != amount - refunded - released - fee")
+        if (tr.state in (TradeState.SETTLED, TradeState.REFUNDED, TradeState.CLOSED)) != (tr.held == 0):
+            problems.append(f"trade {tr.id}: state {TradeState(tr.state).name} with {tr.held} held")
+        if tr.fee != gross * tr.fee_bps // 10_000:
+            problems.append(f"trade {tr.id}: fee {tr.fee} is not the fee on {gross}")
+        moved = Counter()
+        for t in legs.get(tr.id, []):
+            moved[t.code] += t.amount
+        want = {CODE_HOLD: tr.amount, CODE_REFUND: tr.refunded, CODE_RELEASE: tr.released}
+        got = {code: moved[code] for code in want}
+        if got != want:
+            problems.append(f"trade {tr.id}: legs in the parties' histories {got} != the trade's book {want}")
+    for op in trade_ops:
+        tr = trades.get(op.trade_id)
+        if op.outcome != "ok" or tr is None:
+            continue
+        item = op.item
+        if op.kind == "refund" and (item.refund_id, item.amount) not in tr.refunds:
+            problems.append(f"trade {tr.id}: acknowledged refund {item.refund_id} is not in the trade")
+        elif op.kind == "extend" and (item.extension_id, item.extend_by_s) not in tr.extensions:
+            problems.append(f"trade {tr.id}: acknowledged extension {item.extension_id} is not in the trade")
+        elif op.kind == "ship" and not tr.shipped_at:
+            problems.append(f"trade {tr.id}: acknowledged ship, never shipped")
+        elif op.kind == "confirm" and tr.closed_by != TradeClosedBy.BUYER_CONFIRMED:
+            problems.append(f"trade {tr.id}: acknowledged confirm, closed by {tr.closed_by}")
+        elif op.kind == "dispute" and not tr.dispute_opened:
+            problems.append(f"trade {tr.id}: acknowledged dispute, never opened")
+        elif op.kind == "resolve" and tr.closed_by != TradeClosedBy.DISPUTE_RESOLVED:
+            problems.append(f"trade {tr.id}: acknowledged resolution, closed by {tr.closed_by}")
+    held = sum(tr.held for tr in trades.values())
+    fees = sum(tr.fee for tr in trades.values())
+    escrow_ids = {tr.escrow_account_id for tr in trades.values()}
+    in_escrow = sum(a.credits_posted - a.debits_posted for i, a in books.items() if i in escrow_ids)
+    in_fees = sum(a.credits_posted - a.debits_posted for i, a in books.items() if i not in escrow_ids)
+    if (held, fees) != (in_escrow, in_fees):
+        problems.append(f"escrow accounts hold {in_escrow} and fee accounts {in_fees}; trades say {held} and {fees}")
+    return problems
+
+
+def _trades_of(bank: Bank) -> dict:
+    ids = sorted({op.trade_id for op in bank.history.trade_ops if op.kind == "create"})
+    return {t.id: t for t in _lookup_trades(bank.client, ids)}
+
+
+def _lookup_trades(client, ids: list[int]) -> list:
+    found = []
+    for start in range(0, len(ids), 4000):
+        found.extend(client.lookup_trades(ids[start:start + 4000]))
+    return found
 
 
 def _history(client: Client, account_id: int):
@@ -398,7 +560,9 @@ def _lookup_all(client: Client, ids: list[int]) -> list[Transfer]:
 def summary(bank: Bank, unknown: int, quiescent_s: float, problems: list[str]) -> str:
     outcomes = Counter(op.outcome for op in bank.history.ops)
     kinds = Counter(op.kind for op in bank.history.ops if op.outcome == "ok")
+    trade_kinds = Counter(op.kind for op in bank.history.trade_ops if op.outcome == "ok")
     verdict = "PASS" if not problems else f"FAIL ({len(problems)} problems)"
     return (f"seed={bank.seed} {verdict} ops={len(bank.history.ops)} ok={outcomes['ok']} "
             f"failed={outcomes['failed']} unknown_resolved={unknown} applied_by_kind={dict(kinds)} "
+            f"trade_steps_ok={dict(trade_kinds)} "
             f"reads={bank.history.reads} quiescent_after_s={quiescent_s:.1f} faults={len(bank.history.faults)}")
