@@ -8,8 +8,12 @@
 
 Both clients route items to shard leaders, retry with the same ids (ids are the
 idempotency keys) until ``timeout_s``, and coalesce the items of concurrent
-callers into batched RPCs. A write whose outcome could not be learned raises
-OutcomeUnknownError: re-submit the same ids or look them up; never guess.
+callers into batched RPCs. The same holds for the escrow (trades) API:
+``create_trades``, ``ship_trades``, ``confirm_trades``, ``refund_trades``, the
+dispute calls and ``extend_trades`` (each also as a single-item call, e.g.
+``create_trade``), ``lookup_trades`` and ``list_trades`` / ``iter_trades``. A write
+whose outcome could not be learned raises OutcomeUnknownError: re-submit the same
+ids or look them up; never guess.
 """
 
 from ._async import AsyncClient
@@ -27,15 +31,29 @@ from ._model import (
     AccountResult,
     CreateAccountResult,
     CreateTransferResult,
+    DisputeResolution,
+    Extension,
+    NewTrade,
     Page,
     ReadConsistency,
+    Refund,
     Replica,
     Shard,
     ShardMap,
+    Trade,
+    TradeClosedBy,
+    TradePage,
+    TradeResult,
+    TradeResultCode,
+    TradeRole,
+    TradeState,
+    TradeTimer,
     Transfer,
     TransferFlags,
     TransferResult,
     new_id,
+    trade_from_proto,
+    trade_to_proto,
     u128_from_proto,
     u128_to_proto,
 )
@@ -50,20 +68,34 @@ __all__ = [
     "ClientClosedError",
     "CreateAccountResult",
     "CreateTransferResult",
+    "DisputeResolution",
+    "Extension",
     "FieldViolation",
     "InvalidRequestError",
+    "NewTrade",
     "OutcomeUnknownError",
     "Page",
     "ReadConsistency",
+    "Refund",
     "Replica",
     "Shard",
     "ShardMap",
     "TidebankError",
+    "Trade",
+    "TradeClosedBy",
+    "TradePage",
+    "TradeResult",
+    "TradeResultCode",
+    "TradeRole",
+    "TradeState",
+    "TradeTimer",
     "Transfer",
     "TransferFlags",
     "TransferResult",
     "UnavailableError",
     "new_id",
+    "trade_from_proto",
+    "trade_to_proto",
     "u128_from_proto",
     "u128_to_proto",
 ]

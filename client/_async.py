@@ -1,32 +1,43 @@
 """The asyncio client (grpc.aio): the same API as Client, awaitable.
 
-Coroutines calling create_transfers/create_accounts queue their items per shard;
-each batch is sent by its own task, whose completion hands every caller its
-results and sends what queued up meanwhile. Use one AsyncClient per event loop.
+Coroutines calling create_transfers/create_accounts (or an escrow write) queue
+their items per shard and RPC method; each batch is sent by its own task, whose
+completion hands every caller its results and sends what queued up meanwhile.
+Use one AsyncClient per event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from tidebank.v1 import admin_pb2, ledger_pb2
+from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2
 
 from ._core import (
     ACCOUNTS,
+    CONFIRM_TRADES,
+    CREATE_TRADES,
     DONE,
+    EXTEND_TRADES,
     GET_ACCOUNT_TRANSFERS_METHOD,
     GET_SHARD_MAP_METHOD,
+    LIST_TRADES_METHOD,
     LOOKUP_ACCOUNTS,
+    LOOKUP_TRADES,
     LOOKUP_TRANSFERS,
     MAP_FETCH_TIMEOUT_S,
     MIN_ATTEMPT_S,
+    OPEN_DISPUTES,
+    REFUND_TRADES,
+    RESOLVE_DISPUTES,
+    SHIP_TRADES,
     TRANSFERS,
+    WITHDRAW_DISPUTES,
     BaseClient,
     Entry,
     Failure,
@@ -43,21 +54,32 @@ from ._core import (
     check_consistency,
     classify,
     closed_failure,
+    list_trades_request,
     lookup_request,
     now_s,
     plan_lookup,
     settle_batch,
+    trade_refs,
     validate_ids,
 )
 from ._errors import ClientClosedError
 from ._model import (
     Account,
     AccountResult,
+    DisputeResolution,
+    Extension,
+    NewTrade,
     Page,
     ReadConsistency,
+    Refund,
     ShardMap,
+    Trade,
+    TradePage,
+    TradeResult,
+    TradeRole,
     Transfer,
     TransferResult,
+    trade_from_proto,
     transfer_from_proto,
 )
 
@@ -153,7 +175,7 @@ class AsyncClient(BaseClient):
         return mc
 
     def _queue(self, op: WriteOp, shard_id: int) -> _Queue:
-        key = (op.name, shard_id)
+        key = (op.method, shard_id)
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = _Queue(op, shard_id)
@@ -257,6 +279,77 @@ class AsyncClient(BaseClient):
         """Create transfers; one TransferResult per item, in request order (see Client)."""
         return await self._write(TRANSFERS, list(transfers), timeout_s)
 
+    # ------------------------------------------------------------------ escrow writes (see Client)
+
+    async def create_trades(self, trades: Iterable[NewTrade], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Open trades: each buyer's amount moves into escrow at once, or nothing happens."""
+        return await self._write(CREATE_TRADES, list(trades), timeout_s)
+
+    async def ship_trades(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """PAID -> SHIPPED; starts each trade's auto-confirm timer."""
+        return await self._write(SHIP_TRADES, trade_refs(trade_ids), timeout_s)
+
+    async def confirm_trades(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """The buyer confirms receipt: the held amount less the fee goes to the seller."""
+        return await self._write(CONFIRM_TRADES, trade_refs(trade_ids), timeout_s)
+
+    async def refund_trades(self, refunds: Iterable[Refund], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Partial or full refunds from the held money, each idempotent by its refund id."""
+        return await self._write(REFUND_TRADES, list(refunds), timeout_s)
+
+    async def open_disputes(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Freeze each trade's timer (one dispute per trade)."""
+        return await self._write(OPEN_DISPUTES, trade_refs(trade_ids), timeout_s)
+
+    async def withdraw_disputes(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """End disputes without a ruling: the timers resume with the time they had left."""
+        return await self._write(WITHDRAW_DISPUTES, trade_refs(trade_ids), timeout_s)
+
+    async def resolve_disputes(
+        self, resolutions: Iterable[DisputeResolution], *, timeout_s: float | None = None
+    ) -> list[TradeResult]:
+        """End disputes by a split; the trades are CLOSED."""
+        return await self._write(RESOLVE_DISPUTES, list(resolutions), timeout_s)
+
+    async def extend_trades(
+        self, extensions: Iterable[Extension], *, timeout_s: float | None = None
+    ) -> list[TradeResult]:
+        """Extend auto-confirm timers, each idempotent by its extension id."""
+        return await self._write(EXTEND_TRADES, list(extensions), timeout_s)
+
+    async def create_trade(self, trade: NewTrade, *, timeout_s: float | None = None) -> TradeResult:
+        """create_trades for one trade (concurrent callers still share RPCs)."""
+        return (await self.create_trades([trade], timeout_s=timeout_s))[0]
+
+    async def ship_trade(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return (await self.ship_trades([trade_id], timeout_s=timeout_s))[0]
+
+    async def confirm_trade(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return (await self.confirm_trades([trade_id], timeout_s=timeout_s))[0]
+
+    async def refund_trade(
+        self, trade_id: int, refund_id: int, amount: int, *, timeout_s: float | None = None
+    ) -> TradeResult:
+        """One refund; keep ``refund_id`` for retries (a fresh id would be a second refund)."""
+        return (await self.refund_trades([Refund(trade_id, refund_id, amount)], timeout_s=timeout_s))[0]
+
+    async def open_dispute(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return (await self.open_disputes([trade_id], timeout_s=timeout_s))[0]
+
+    async def withdraw_dispute(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return (await self.withdraw_disputes([trade_id], timeout_s=timeout_s))[0]
+
+    async def resolve_dispute(self, trade_id: int, buyer_amount: int, *, timeout_s: float | None = None) -> TradeResult:
+        return (await self.resolve_disputes([DisputeResolution(trade_id, buyer_amount)], timeout_s=timeout_s))[0]
+
+    async def extend_trade(
+        self, trade_id: int, extension_id: int, extend_by_s: int, *, timeout_s: float | None = None
+    ) -> TradeResult:
+        """One extension; like refund_trade, keep ``extension_id`` for retries."""
+        return (await self.extend_trades([Extension(trade_id, extension_id, extend_by_s)], timeout_s=timeout_s))[0]
+
+    # ------------------------------------------------------------------ write machinery
+
     async def _write(self, op: WriteOp, items: list[Any], timeout_s: float | None) -> list[Any]:
         self._check_open()
         call = WriteCall(op, items, self._cfg, timeout_s, now_s())
@@ -300,7 +393,7 @@ class AsyncClient(BaseClient):
             if not waiter.fut.done():  # deadline, or this coroutine was cancelled
                 f = Failure(Failure.RETRY, "not sent before the deadline")
                 for e in entries:
-                    q = self._queues.get((op.name, e.shard_id))
+                    q = self._queues.get((op.method, e.shard_id))
                     if q is not None and q.state.cancel(e, f):
                         q.room.set()
 
@@ -411,6 +504,16 @@ class AsyncClient(BaseClient):
         """The transfers found among ``ids``, in request order (missing ids are skipped)."""
         return await self._lookup(LOOKUP_TRANSFERS, ids, consistency, timeout_s)
 
+    async def lookup_trades(
+        self,
+        ids: Iterable[int],
+        *,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> list[Trade]:
+        """The trades found among ``ids``, in request order (missing ids are skipped)."""
+        return await self._lookup(LOOKUP_TRADES, ids, consistency, timeout_s)
+
     async def _lookup(self, op: LookupOp, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> list[Any]:
         self._check_open()
         id_list = validate_ids(ids)
@@ -486,26 +589,43 @@ class AsyncClient(BaseClient):
             timestamp_max=timestamp_max,
             consistency=level,
         )
-        call = ReadCall("get_account_transfers", self._cfg, timeout_s, now_s())
+        resp = await self._routed_read(
+            "get_account_transfers",
+            account_id,
+            GET_ACCOUNT_TRANSFERS_METHOD,
+            req,
+            ledger_pb2.GetAccountTransfersResponse.FromString,
+            level,
+            timeout_s,
+        )
+        return Page([transfer_from_proto(m) for m in resp.transfers], resp.next_page_token)
+
+    async def _routed_read(
+        self,
+        what: str,
+        key_id: int,
+        method: str,
+        req: Any,
+        deserializer: Callable[[bytes], Any],
+        level: ReadConsistency,
+        timeout_s: float | None,
+    ) -> Any:
+        """One read RPC sent to the shard of ``key_id`` (its leader for linearizable reads),
+        retried until ``timeout_s``."""
+        call = ReadCall(what, self._cfg, timeout_s, now_s())
         while True:
             smap = await self._map(call)
             generation = self._topology.generation
-            sid = smap.shard_id_for(account_id)
+            sid = smap.shard_id_for(key_id)
             if sid is None:
-                f = Failure(Failure.RETRY, "the shard map assigns no shard to the account", refresh=True)
+                f = Failure(Failure.RETRY, f"the shard map assigns no shard to {key_id}", refresh=True)
             else:
                 now = now_s()
                 addr = self._topology.pick(sid, now, leader=level == ReadConsistency.LINEARIZABLE)
                 try:
-                    mc = self._unary(
-                        addr,
-                        GET_ACCOUNT_TRANSFERS_METHOD,
-                        ledger_pb2.GetAccountTransfersRequest.SerializeToString,
-                        ledger_pb2.GetAccountTransfersResponse.FromString,
-                    )
+                    mc = self._unary(addr, method, type(req).SerializeToString, deserializer)
                     self._rpc_count += 1
-                    resp = await mc(req, timeout=max(0.001, min(self._cfg.attempt_timeout_s, call.remaining(now))))
-                    return Page([transfer_from_proto(m) for m in resp.transfers], resp.next_page_token)
+                    return await mc(req, timeout=max(0.001, min(self._cfg.attempt_timeout_s, call.remaining(now))))
                 except Exception as exc:  # noqa: BLE001
                     f = classify(exc, write=False, closed=self._closed)
                     self._topology.note(sid, addr, f, now_s())
@@ -516,6 +636,37 @@ class AsyncClient(BaseClient):
         kwargs = dict(kwargs)
         while True:
             page = await self.get_account_transfers(account_id, **kwargs)
+            for t in page.items:
+                yield t
+            if not page.next_page_token:
+                return
+            kwargs["page_token"] = page.next_page_token
+
+    async def list_trades(
+        self,
+        account_id: int,
+        *,
+        role: TradeRole = TradeRole.BUYER,
+        limit: int = 100,
+        page_token: str = "",
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> TradePage:
+        """One page of the trades of ``account_id`` as buyer or seller (see Client.list_trades)."""
+        self._check_open()
+        level = check_consistency(consistency)
+        req = list_trades_request(account_id, role=role, limit=limit, page_token=page_token, consistency=level)
+        resp = await self._routed_read(
+            "list_trades", account_id, LIST_TRADES_METHOD, req, escrow_pb2.ListTradesResponse.FromString, level,
+            timeout_s,
+        )  # fmt: skip
+        return TradePage([trade_from_proto(m) for m in resp.trades], resp.next_page_token)
+
+    async def iter_trades(self, account_id: int, **kwargs: Any) -> AsyncIterator[Trade]:
+        """Every trade of list_trades(account_id, **kwargs), page after page."""
+        kwargs = dict(kwargs)
+        while True:
+            page = await self.list_trades(account_id, **kwargs)
             for t in page.items:
                 yield t
             if not page.next_page_token:

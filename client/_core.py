@@ -31,7 +31,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tidebank.keys import U64_MAX, U128_MAX
-from tidebank.v1 import ledger_pb2, types_pb2
+from tidebank.v1 import escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (
     ClientClosedError,
@@ -43,18 +43,36 @@ from ._errors import (
 )
 from ._model import (
     _ACCOUNT_FIELDS,
+    _EXTENSION_FIELDS,
+    _NEW_TRADE_FIELDS,
+    _REFUND_FIELDS,
+    _RESOLUTION_FIELDS,
+    _TRADE_REF_FIELDS,
     _TRANSFER_FIELDS,
     Account,
     AccountResult,
+    DisputeResolution,
+    Extension,
+    NewTrade,
     ReadConsistency,
+    Refund,
     ShardMap,
+    TradeRef,
+    TradeRole,
     Transfer,
     TransferResult,
     _account_status,
     _transfer_status,
     account_from_proto,
     account_to_proto,
+    extension_to_proto,
     field_problem,
+    new_trade_to_proto,
+    refund_to_proto,
+    resolution_to_proto,
+    trade_from_proto,
+    trade_ref_to_proto,
+    trade_result,
     transfer_from_proto,
     transfer_to_proto,
 )
@@ -162,7 +180,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float
 # --------------------------------------------------------------------------- operations
 
 _LINKED = 1  # the LINKED bit, same in AccountFlag and TransferFlag
-_FIELD_TAG = b"\x0a"  # field 1, wire type 2: `repeated Account accounts = 1` / `repeated Transfer transfers = 1`
+# Field 1, wire type 2: every write request is `repeated <Item> <name> = 1` (accounts, transfers,
+# trades, refunds, resolutions, extensions), so a batch is the concatenation of its items' frames.
+_FIELD_TAG = b"\x0a"
 
 
 def _varint(n: int) -> bytes:
@@ -174,18 +194,43 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _item_id(item: Any) -> int:
+    return item.id
+
+
+def _trade_id(item: Any) -> int:
+    return item.trade_id
+
+
+def _flag_linked(item: Any) -> bool:
+    return bool(int(item.flags) & _LINKED)
+
+
 @dataclass(frozen=True, slots=True)
 class WriteOp:
-    name: str  # "accounts" | "transfers": the request's field name, used in field paths
-    method: str  # full gRPC method path
+    """One batch write RPC: how its items are checked, encoded, routed and answered.
+
+    The response's ``results`` holds one wire result per item, in order (an enum
+    int for the ledger, a TradeResult message for escrow); ``result`` makes the
+    caller's result object of one.
+    """
+
+    name: str  # the request's repeated field ("accounts", "trades", "refunds", ...), used in field paths
+    method: str  # full gRPC method path; also keys the per-shard queues
     item_cls: type
     proto_cls: Any
     fields: tuple[str, ...]
     to_proto: Callable[[Any], Any]
     key: Callable[[Any], int]  # routing key
     response_cls: Any
-    status: Callable[[int], Any]
-    result_cls: type
+    result: Callable[[int, int, Any], Any]  # (index in the request, item id, wire result) -> caller's result
+    ident: Callable[[Any], int] = _item_id  # the item's id, as results and errors report it
+    linked: Callable[[Any], bool] | None = None  # True: the item chains to the next (travels with it)
+    label: str = ""  # the call's name in messages, when not ``name``
+
+    @property
+    def what(self) -> str:
+        return self.label or self.name
 
 
 ACCOUNTS = WriteOp(
@@ -197,8 +242,8 @@ ACCOUNTS = WriteOp(
     to_proto=account_to_proto,
     key=lambda a: a.id,
     response_cls=ledger_pb2.CreateAccountsResponse,
-    status=_account_status,
-    result_cls=AccountResult,
+    result=lambda i, id_, code: AccountResult(i, id_, _account_status(code)),
+    linked=_flag_linked,
 )
 TRANSFERS = WriteOp(
     name="transfers",
@@ -209,9 +254,65 @@ TRANSFERS = WriteOp(
     to_proto=transfer_to_proto,
     key=lambda t: t.debit_account_id,
     response_cls=ledger_pb2.CreateTransfersResponse,
-    status=_transfer_status,
-    result_cls=TransferResult,
+    result=lambda i, id_, code: TransferResult(i, id_, _transfer_status(code)),
+    linked=_flag_linked,
 )
+
+
+def _escrow_op(
+    method: str,
+    label: str,
+    name: str,
+    item_cls: type,
+    proto_cls: Any,
+    fields: tuple[str, ...],
+    to_proto: Callable[[Any], Any],
+) -> WriteOp:
+    """An Escrow write: items go to the shard of their trade id, are reported by it, never chain."""
+    ident = _item_id if item_cls is NewTrade else _trade_id  # a new trade's own id is its trade id
+    return WriteOp(
+        name=name,
+        method=f"/tidebank.v1.Escrow/{method}",
+        item_cls=item_cls,
+        proto_cls=proto_cls,
+        fields=fields,
+        to_proto=to_proto,
+        key=ident,
+        response_cls=escrow_pb2.TradeResultsResponse,
+        result=trade_result,
+        ident=ident,
+        label=label,
+    )
+
+
+def _trade_ids_op(method: str, label: str) -> WriteOp:
+    return _escrow_op(method, label, "trades", TradeRef, escrow_pb2.TradeId, _TRADE_REF_FIELDS, trade_ref_to_proto)
+
+
+CREATE_TRADES = _escrow_op(
+    "CreateTrades", "create_trades", "trades", NewTrade, escrow_pb2.CreateTrade, _NEW_TRADE_FIELDS,
+    new_trade_to_proto,
+)  # fmt: skip
+SHIP_TRADES = _trade_ids_op("ShipTrades", "ship_trades")
+CONFIRM_TRADES = _trade_ids_op("ConfirmTrades", "confirm_trades")
+OPEN_DISPUTES = _trade_ids_op("OpenDisputes", "open_disputes")
+WITHDRAW_DISPUTES = _trade_ids_op("WithdrawDisputes", "withdraw_disputes")
+REFUND_TRADES = _escrow_op(
+    "RefundTrades", "refund_trades", "refunds", Refund, escrow_pb2.Refund, _REFUND_FIELDS, refund_to_proto
+)
+RESOLVE_DISPUTES = _escrow_op(
+    "ResolveDisputes", "resolve_disputes", "resolutions", DisputeResolution, escrow_pb2.DisputeResolution,
+    _RESOLUTION_FIELDS, resolution_to_proto,
+)  # fmt: skip
+EXTEND_TRADES = _escrow_op(
+    "ExtendTrades", "extend_trades", "extensions", Extension, escrow_pb2.Extension, _EXTENSION_FIELDS,
+    extension_to_proto,
+)  # fmt: skip
+
+
+def trade_refs(trade_ids: Iterable[int]) -> list[TradeRef]:
+    """The items of ship/confirm/open/withdraw; their ids are checked when encoded (``trades[i].trade_id``)."""
+    return [TradeRef(v) for v in trade_ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +341,16 @@ LOOKUP_TRANSFERS = LookupOp(
     "transfers",
     transfer_from_proto,
 )
+LOOKUP_TRADES = LookupOp(
+    "lookup_trades",
+    "/tidebank.v1.Escrow/LookupTrades",
+    escrow_pb2.LookupTradesRequest,
+    escrow_pb2.LookupTradesResponse,
+    "trades",
+    trade_from_proto,
+)
 GET_ACCOUNT_TRANSFERS_METHOD = "/tidebank.v1.Ledger/GetAccountTransfers"
+LIST_TRADES_METHOD = "/tidebank.v1.Escrow/ListTrades"
 GET_SHARD_MAP_METHOD = "/tidebank.v1.Admin/GetShardMap"
 
 
@@ -251,7 +361,7 @@ def encode_items(op: WriteOp, items: Sequence[Any]) -> tuple[list[bytes], list[i
     bytes). A unit is a half-open index range that must travel in one RPC: a
     single item, or a linked chain (items flagged LINKED plus the one closing it;
     a chain left open at the end is a unit too, the server answers
-    linked_event_chain_open for it).
+    linked_event_chain_open for it). Operations without chains have one unit per item.
     """
     frames: list[bytes] = []
     keys: list[int] = []
@@ -259,14 +369,14 @@ def encode_items(op: WriteOp, items: Sequence[Any]) -> tuple[list[bytes], list[i
     units: list[tuple[int, int]] = []
     violations: list[FieldViolation] = []
     start = 0
-    to_proto, item_cls = op.to_proto, op.item_cls
+    to_proto, item_cls, linked, ident = op.to_proto, op.item_cls, op.linked, op.ident
     for i, item in enumerate(items):
         if not isinstance(item, item_cls):
             raise TypeError(f"{op.name}[{i}] is a {type(item).__name__}, expected {item_cls.__name__}")
         try:
             payload = to_proto(item).SerializeToString()
             key = op.key(item)
-            flags = int(item.flags)
+            chained = linked is not None and linked(item)
         except (TypeError, ValueError, OverflowError):
             name, desc = field_problem(item, op.fields, op.proto_cls)
             violations.append(FieldViolation(f"{op.name}[{i}].{name}" if name else f"{op.name}[{i}]", desc))
@@ -274,8 +384,8 @@ def encode_items(op: WriteOp, items: Sequence[Any]) -> tuple[list[bytes], list[i
         n = len(payload)
         frames.append(_FIELD_TAG + (bytes((n,)) if n < 0x80 else _varint(n)) + payload)
         keys.append(key)
-        ids.append(item.id)
-        if not flags & _LINKED:
+        ids.append(ident(item))
+        if not chained:
             units.append((start, i + 1))
             start = i + 1
     if violations:
@@ -295,6 +405,15 @@ def validate_ids(ids: Iterable[int], what: str = "ids") -> list[int]:
     if bad:
         raise InvalidRequestError(f"invalid {what} (nothing was sent)", bad, code=None)
     return out
+
+
+def validate_id(value: Any, what: str) -> int:
+    """One id argument (e.g. ``account_id``), checked like the ids of a request."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U128_MAX:
+        raise InvalidRequestError(
+            f"invalid {what} (nothing was sent)", [FieldViolation(what, "not an unsigned 128-bit integer")], code=None
+        )
+    return value
 
 
 def u128_fields(msg: Any, value: int) -> None:
@@ -336,6 +455,27 @@ def account_transfers_request(
         )
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"invalid get_account_transfers request: {exc}", code=None) from exc
+    u128_fields(req.account_id, account_id)
+    return req
+
+
+def list_trades_request(
+    account_id: int, *, role: Any, limit: int, page_token: str, consistency: int
+) -> escrow_pb2.ListTradesRequest:
+    """The ListTrades request, refused before sending when an argument cannot be right."""
+    validate_id(account_id, "account_id")
+    problems = []
+    try:
+        role = TradeRole(role)
+    except ValueError:
+        problems.append(FieldViolation("role", f"unknown trade role {role!r}"))
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_BATCH_ITEMS:
+        problems.append(FieldViolation("limit", f"must be 1..{MAX_BATCH_ITEMS} (0 means 100), got {limit!r}"))
+    if not isinstance(page_token, str):
+        problems.append(FieldViolation("page_token", f"expected a str, got {type(page_token).__name__}"))
+    if problems:
+        raise InvalidRequestError("invalid list_trades request (nothing was sent)", problems, code=None)
+    req = escrow_pb2.ListTradesRequest(role=role, limit=limit, page_token=page_token, consistency=int(consistency))
     u128_fields(req.account_id, account_id)
     return req
 
@@ -613,7 +753,7 @@ class Entry:
         self.solo = solo
         self.deadline = deadline
         self.state = NEW
-        self.outcome: list[int] | Failure | None = None
+        self.outcome: list[Any] | Failure | None = None  # the items' wire results, in order
         self.waiter: Any = None  # has .done_one()
 
 
@@ -709,7 +849,7 @@ def _reindex(v: FieldViolation, name: str, entry: Entry, offset: int) -> FieldVi
     return FieldViolation(f"{name}[{entry.indexes[k]}]{m.group(3)}", v.description)
 
 
-def settle_batch(batch: list[Entry], op_name: str, results: Sequence[int] | None, failure: Failure | None) -> None:
+def settle_batch(batch: list[Entry], op_name: str, results: Sequence[Any] | None, failure: Failure | None) -> None:
     """Hand every entry of a finished batch its own outcome, and wake its caller."""
     total = sum(e.n for e in batch)
     if failure is None and results is not None and len(results) != total:
@@ -787,7 +927,8 @@ class Verdict:
 
 
 class WriteCall:
-    """The state of one create_accounts / create_transfers call across its attempts.
+    """The state of one batch write call (create_accounts, create_transfers, the escrow writes)
+    across its attempts.
 
     A call advances in rounds. Each round sends, per shard, the first run of the
     call's unresolved units (at most max_batch_items), so a call's items reach
@@ -807,7 +948,7 @@ class WriteCall:
                     code=None,
                 )
         self.n = len(self.ids)
-        self.codes: list[int | None] = [None] * self.n
+        self.codes: list[Any] = [None] * self.n  # per item: its wire result once known
         self.pending: list[int] = list(range(len(self.units)))
         self.maybe_applied = bytearray(self.n)
         self.attempt = 0
@@ -930,12 +1071,12 @@ class WriteCall:
         return [self.ids[i] for i in self.unresolved()]
 
     def partial_results(self) -> list[Any]:
-        op, ids = self.op, self.ids
-        return [None if c is None else op.result_cls(i, ids[i], op.status(c)) for i, c in enumerate(self.codes)]
+        ids, result = self.ids, self.op.result
+        return [None if c is None else result(i, ids[i], c) for i, c in enumerate(self.codes)]
 
     def results(self) -> list[Any]:
-        ids, cls, status = self.ids, self.op.result_cls, self.op.status
-        return [cls(i, ids[i], status(c)) for i, c in enumerate(self.codes)]
+        ids, result = self.ids, self.op.result
+        return [result(i, ids[i], c) for i, c in enumerate(self.codes)]
 
     def _maybe(self) -> bool:
         ma = self.maybe_applied
@@ -952,13 +1093,13 @@ class WriteCall:
         }
         if self._maybe():
             return OutcomeUnknownError(
-                f"{self.op.name}: outcome unknown for {len(kw['ids'])} items ({f.describe()}); "
+                f"{self.op.what}: outcome unknown for {len(kw['ids'])} items ({f.describe()}); "
                 "re-submit them with the same ids or look them up",
                 **kw,
             )
         if f.closed:
             return ClientClosedError("client closed; the unresolved items were not sent", **kw)
-        return TidebankError(f"{self.op.name} failed: {f.describe()}", **kw)
+        return TidebankError(f"{self.op.what} failed: {f.describe()}", **kw)
 
     def timeout_error(self) -> TidebankError:
         last = self.last.describe() if self.last is not None else "no attempt finished"
@@ -972,12 +1113,12 @@ class WriteCall:
         }
         if self._maybe():
             return OutcomeUnknownError(
-                f"{self.op.name}: outcome unknown for {len(kw['ids'])} items after "
+                f"{self.op.what}: outcome unknown for {len(kw['ids'])} items after "
                 f"{self.cfg.timeout_s:g}s (last: {last}); re-submit them with the same ids or look them up",
                 **kw,
             )
         return UnavailableError(
-            f"{self.op.name}: no leader answered before the deadline (last: {last}); "
+            f"{self.op.what}: no leader answered before the deadline (last: {last}); "
             f"{len(kw['ids'])} items were not applied",
             **kw,
         )

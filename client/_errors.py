@@ -31,8 +31,10 @@ class TidebankError(Exception):
 
     ``code`` is the gRPC status code behind it (None when the client decided on
     its own), ``reason``/``metadata`` come from a google.rpc.ErrorInfo detail.
-    Errors of create_accounts/create_transfers carry ``results``: one slot per
-    request item, the item's result where it is known, None where it is not.
+    Errors of batch writes (create_accounts, create_transfers, the escrow writes)
+    carry ``results``: one slot per request item, the item's result where it is
+    known, None where it is not; ``ids`` are the unresolved items' ids (for escrow
+    writes their trade ids: refunds and extensions are told apart by index).
     """
 
     def __init__(

@@ -16,7 +16,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from tidebank.keys import U64_MAX, U128_MAX, slot_of
-from tidebank.v1 import admin_pb2, ledger_pb2, types_pb2
+from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 __all__ = [
     "Account",
@@ -24,11 +24,23 @@ __all__ = [
     "AccountResult",
     "CreateAccountResult",
     "CreateTransferResult",
+    "DisputeResolution",
+    "Extension",
+    "NewTrade",
     "Page",
     "ReadConsistency",
+    "Refund",
     "Replica",
     "Shard",
     "ShardMap",
+    "Trade",
+    "TradeClosedBy",
+    "TradePage",
+    "TradeResult",
+    "TradeResultCode",
+    "TradeRole",
+    "TradeState",
+    "TradeTimer",
     "Transfer",
     "TransferFlags",
     "TransferResult",
@@ -69,6 +81,44 @@ class ReadConsistency(enum.IntEnum):
     STALE = 1  # any replica's local state: fast, possibly behind
 
 
+class TradeState(enum.IntEnum):
+    """Where a trade is in its life (proto enum TradeState)."""
+
+    UNSPECIFIED = 0
+    PAID = 1  # the buyer's money is held; waiting for the seller to ship
+    SHIPPED = 2  # waiting for the buyer to confirm (or the auto-confirm timer)
+    SETTLED = 3  # released to the seller (terminal)
+    REFUNDED = 4  # everything held went back to the buyer (terminal)
+    DISPUTED = 5  # timers frozen until the dispute is withdrawn or resolved
+    CLOSED = 6  # a dispute was resolved by a split (terminal)
+
+
+class TradeTimer(enum.IntEnum):
+    """Which timer of a trade runs, or is paused while disputed (proto enum TradeTimer)."""
+
+    NONE = 0
+    SHIP_BY = 1  # fires: the held money is refunded to the buyer
+    AUTO_CONFIRM = 2  # fires: the held money is released to the seller
+
+
+class TradeClosedBy(enum.IntEnum):
+    """How a trade reached its terminal state (proto enum TradeClosedBy)."""
+
+    NONE = 0
+    BUYER_CONFIRMED = 1
+    AUTO_CONFIRMED = 2
+    REFUNDED = 3
+    SHIP_BY_EXPIRED = 4
+    DISPUTE_RESOLVED = 5
+
+
+class TradeRole(enum.IntEnum):
+    """Which side of its trades list_trades lists an account on (proto enum TradeRole)."""
+
+    BUYER = 0
+    SELLER = 1
+
+
 def _proto_members(descriptor: Any, prefix: str) -> dict[str, int]:
     members = {}
     for value in descriptor.values:
@@ -89,6 +139,10 @@ def _check_static_enum(cls: type[enum.Enum], descriptor: Any, prefix: str) -> No
 _check_static_enum(AccountFlags, types_pb2.AccountFlag.DESCRIPTOR, "ACCOUNT_FLAG_")
 _check_static_enum(TransferFlags, types_pb2.TransferFlag.DESCRIPTOR, "TRANSFER_FLAG_")
 _check_static_enum(ReadConsistency, ledger_pb2.ReadConsistency.DESCRIPTOR, "READ_CONSISTENCY_")
+_check_static_enum(TradeState, escrow_pb2.TradeState.DESCRIPTOR, "TRADE_STATE_")
+_check_static_enum(TradeTimer, escrow_pb2.TradeTimer.DESCRIPTOR, "TRADE_TIMER_")
+_check_static_enum(TradeClosedBy, escrow_pb2.TradeClosedBy.DESCRIPTOR, "TRADE_CLOSED_BY_")
+_check_static_enum(TradeRole, escrow_pb2.TradeRole.DESCRIPTOR, "TRADE_ROLE_")
 
 
 def _result_enum(name: str, descriptor: Any, prefix: str) -> Any:
@@ -107,8 +161,12 @@ CreateTransferResult = _result_enum(
     "CreateTransferResult", types_pb2.CreateTransferResult.DESCRIPTOR, "CREATE_TRANSFER_RESULT_"
 )
 
+#: Per-item result of every Escrow write: ``TradeResultCode.ok``, ``.exists``, ``.transfer_failed``, ...
+TradeResultCode = _result_enum("TradeResultCode", escrow_pb2.TradeResultCode.DESCRIPTOR, "TRADE_RESULT_")
+
 _ACCOUNT_OK = frozenset((CreateAccountResult.created, CreateAccountResult.exists))
 _TRANSFER_OK = frozenset((CreateTransferResult.created, CreateTransferResult.exists))
+_TRADE_OK = frozenset((TradeResultCode.ok, TradeResultCode.exists))
 
 
 def _account_status(code: int) -> Any:
@@ -123,6 +181,14 @@ def _transfer_status(code: int) -> Any:
         return CreateTransferResult(code)
     except ValueError:
         return code
+
+
+def _known(cls: type[enum.IntEnum], value: int) -> Any:
+    """``cls(value)``, or the bare int for a value newer than this client."""
+    try:
+        return cls(value)
+    except ValueError:
+        return value
 
 
 # --------------------------------------------------------------------------- values
@@ -200,6 +266,133 @@ class Page:
     """One page of get_account_transfers. ``next_page_token`` is empty on the last page."""
 
     items: list[Transfer]
+    next_page_token: str = ""
+
+
+# --------------------------------------------------------------------------- escrow values
+
+
+@dataclass(slots=True)
+class NewTrade:
+    """A trade to open (proto CreateTrade): ``amount`` moves from the buyer into escrow.
+
+    The two timeouts are required: no default fits every business, and a wrong one
+    refunds or releases money on its own.
+    """
+
+    id: int
+    buyer_account_id: int
+    seller_account_id: int
+    amount: int
+    ledger: int
+    _: KW_ONLY
+    fee_bps: int = 0
+    ship_by_timeout_s: int
+    auto_confirm_timeout_s: int
+    user_data_128: int = 0
+    user_data_64: int = 0
+    user_data_32: int = 0
+
+
+@dataclass(slots=True)
+class Refund:
+    """A partial or full refund of a trade, idempotent by ``refund_id`` within the trade."""
+
+    trade_id: int
+    refund_id: int
+    amount: int
+
+
+@dataclass(slots=True)
+class DisputeResolution:
+    """Ends a dispute by a split: ``buyer_amount`` to the buyer, the rest (less the fee) to the seller."""
+
+    trade_id: int
+    buyer_amount: int
+
+
+@dataclass(slots=True)
+class Extension:
+    """Extends a trade's auto-confirm timer, idempotent by ``extension_id`` within the trade."""
+
+    trade_id: int
+    extension_id: int
+    extend_by_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRef:
+    """One trade id as an item of ship/confirm/open/withdraw (proto TradeId)."""
+
+    trade_id: int
+
+
+@dataclass(slots=True)
+class Trade:
+    """A trade as the server keeps it (proto tidebank.v1.Trade); every field is set by the server.
+
+    ``refunds`` are (refund_id, amount) pairs and ``extensions`` (extension_id,
+    extend_by_s) pairs, in the order they were applied. Times are cluster time in ns.
+    """
+
+    id: int = 0
+    _: KW_ONLY
+    buyer_account_id: int = 0
+    seller_account_id: int = 0
+    amount: int = 0
+    ledger: int = 0
+    fee_bps: int = 0
+    ship_by_timeout_s: int = 0
+    auto_confirm_timeout_s: int = 0
+    user_data_128: int = 0
+    user_data_64: int = 0
+    user_data_32: int = 0
+    state: int = TradeState.UNSPECIFIED
+    state_before_dispute: int = TradeState.UNSPECIFIED
+    closed_by: int = TradeClosedBy.NONE
+    version: int = 0
+    held: int = 0
+    refunded: int = 0
+    released: int = 0
+    fee: int = 0
+    created_at: int = 0
+    shipped_at: int = 0
+    closed_at: int = 0
+    timer: int = TradeTimer.NONE
+    deadline: int = 0
+    timer_remaining_ns: int = 0
+    extended_s: int = 0
+    dispute_opened: bool = False
+    refunds: list[tuple[int, int]] = field(default_factory=list)
+    extensions: list[tuple[int, int]] = field(default_factory=list)
+    escrow_account_id: int = 0
+    fee_account_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TradeResult:
+    """The outcome of one item of an escrow write: its index in the request, its trade id, its code.
+
+    ``transfer_status`` says why the money movement was refused; it is set only when
+    ``status`` is ``TradeResultCode.transfer_failed``.
+    """
+
+    index: int
+    trade_id: int
+    status: Any  # TradeResultCode (an int if newer than this client)
+    transfer_status: Any = None  # CreateTransferResult | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the step is applied (now or by an earlier request with the same ids)."""
+        return self.status in _TRADE_OK
+
+
+@dataclass(slots=True)
+class TradePage:
+    """One page of list_trades. ``next_page_token`` is empty on the last page."""
+
+    items: list[Trade]
     next_page_token: str = ""
 
 
@@ -426,13 +619,134 @@ def transfer_from_proto(m: types_pb2.Transfer) -> Transfer:
     )
 
 
+def _u128_names(proto_cls: Any) -> frozenset[str]:
+    """The fields of a message that are U128s (ids, user_data_128)."""
+    return frozenset(
+        f.name
+        for f in proto_cls.DESCRIPTOR.fields
+        if f.message_type is not None and f.message_type.full_name == types_pb2.U128.DESCRIPTOR.full_name
+    )
+
+
+# --------------------------------------------------------------------------- escrow conversions
+
+_NEW_TRADE_FIELDS = (
+    "id", "buyer_account_id", "seller_account_id", "amount", "ledger", "fee_bps", "ship_by_timeout_s",
+    "auto_confirm_timeout_s", "user_data_128", "user_data_64", "user_data_32",
+)  # fmt: skip
+_TRADE_REF_FIELDS = ("trade_id",)
+_REFUND_FIELDS = ("trade_id", "refund_id", "amount")
+_RESOLUTION_FIELDS = ("trade_id", "buyer_amount")
+_EXTENSION_FIELDS = ("trade_id", "extension_id", "extend_by_s")
+_TRADE_SCALARS = (
+    "amount", "ledger", "fee_bps", "ship_by_timeout_s", "auto_confirm_timeout_s", "user_data_64", "user_data_32",
+    "state", "state_before_dispute", "closed_by", "version", "held", "refunded", "released", "fee", "created_at",
+    "shipped_at", "closed_at", "timer", "deadline", "timer_remaining_ns", "extended_s", "dispute_opened",
+)  # fmt: skip
+_TRADE_IDS = ("buyer_account_id", "seller_account_id", "user_data_128", "escrow_account_id", "fee_account_id")
+
+
+def _put_u128(sub: Any, value: int) -> None:
+    """Set a U128 field, refusing what is not an unsigned 128-bit int (bools included)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an int, got {type(value).__name__}")
+    if not 0 <= value <= U128_MAX:
+        raise ValueError(f"{value} is not an unsigned 128-bit integer")
+    sub.hi = value >> 64
+    sub.lo = value & U64_MAX
+
+
+def new_trade_to_proto(t: NewTrade) -> escrow_pb2.CreateTrade:
+    m = escrow_pb2.CreateTrade()
+    _put_u128(m.id, t.id)
+    _put_u128(m.buyer_account_id, t.buyer_account_id)
+    _put_u128(m.seller_account_id, t.seller_account_id)
+    m.amount = t.amount
+    m.ledger = t.ledger
+    m.fee_bps = t.fee_bps
+    m.ship_by_timeout_s = t.ship_by_timeout_s
+    m.auto_confirm_timeout_s = t.auto_confirm_timeout_s
+    if t.user_data_128 != 0:
+        _put_u128(m.user_data_128, t.user_data_128)
+    m.user_data_64 = t.user_data_64
+    m.user_data_32 = t.user_data_32
+    return m
+
+
+def trade_ref_to_proto(r: TradeRef) -> escrow_pb2.TradeId:
+    m = escrow_pb2.TradeId()
+    _put_u128(m.trade_id, r.trade_id)
+    return m
+
+
+def refund_to_proto(r: Refund) -> escrow_pb2.Refund:
+    m = escrow_pb2.Refund()
+    _put_u128(m.trade_id, r.trade_id)
+    _put_u128(m.refund_id, r.refund_id)
+    m.amount = r.amount
+    return m
+
+
+def resolution_to_proto(r: DisputeResolution) -> escrow_pb2.DisputeResolution:
+    m = escrow_pb2.DisputeResolution()
+    _put_u128(m.trade_id, r.trade_id)
+    m.buyer_amount = r.buyer_amount
+    return m
+
+
+def extension_to_proto(e: Extension) -> escrow_pb2.Extension:
+    m = escrow_pb2.Extension()
+    _put_u128(m.trade_id, e.trade_id)
+    _put_u128(m.extension_id, e.extension_id)
+    m.extend_by_s = e.extend_by_s
+    return m
+
+
+def trade_from_proto(m: escrow_pb2.Trade) -> Trade:
+    t = Trade(_u128(m.id))
+    for name in _TRADE_IDS:
+        setattr(t, name, _u128(getattr(m, name)))
+    for name in _TRADE_SCALARS:
+        setattr(t, name, getattr(m, name))
+    t.state = _known(TradeState, m.state)
+    t.state_before_dispute = _known(TradeState, m.state_before_dispute)
+    t.closed_by = _known(TradeClosedBy, m.closed_by)
+    t.timer = _known(TradeTimer, m.timer)
+    t.refunds = [(_u128(r.refund_id), r.amount) for r in m.refunds]
+    t.extensions = [(_u128(e.extension_id), e.extend_by_s) for e in m.extensions]
+    return t
+
+
+def trade_to_proto(t: Trade) -> escrow_pb2.Trade:
+    """The wire form of a Trade: what a server (or the fake cluster) answers with."""
+    m = escrow_pb2.Trade()
+    _put_u128(m.id, t.id)
+    for name in _TRADE_IDS:
+        _put_u128(getattr(m, name), getattr(t, name))
+    for name in _TRADE_SCALARS:
+        setattr(m, name, getattr(t, name))
+    for refund_id, amount in t.refunds:
+        _put_u128(m.refunds.add(amount=amount).refund_id, refund_id)
+    for extension_id, extend_by_s in t.extensions:
+        _put_u128(m.extensions.add(extend_by_s=extend_by_s).extension_id, extension_id)
+    return m
+
+
+def trade_result(index: int, trade_id: int, m: escrow_pb2.TradeResult) -> TradeResult:
+    """The caller's TradeResult of one wire result (transfer_status only for transfer_failed)."""
+    status = _known(TradeResultCode, m.code)
+    transfer = _transfer_status(m.transfer_result) if status == TradeResultCode.transfer_failed else None
+    return TradeResult(index, trade_id, status, transfer)
+
+
 def field_problem(item: Any, fields: tuple[str, ...], proto_cls: Any) -> tuple[str, str]:
     """(field, description) of the first field of ``item`` that does not fit its proto type."""
     m = proto_cls()
+    u128 = _U128_FIELDS | _u128_names(proto_cls)
     for name in fields:
         value = getattr(item, name, None)
         try:
-            if name in _U128_FIELDS:
+            if name in u128:
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise TypeError(f"expected an int, got {type(value).__name__}")
                 if not 0 <= value <= U128_MAX:

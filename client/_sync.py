@@ -1,11 +1,11 @@
 """The blocking client: thread-safe, coalescing concurrent callers into batched RPCs.
 
-Threads calling create_transfers/create_accounts put their items on a per-shard
-queue and wait. Batches leave on gRPC futures; the completion callback of one RPC
-(running on gRPC's own daemon threads, which channel.close() stops) hands every
-caller its results and sends whatever queued up meanwhile as the next batch. No
-thread of this module's own is needed; waiting, backoff and retries happen in the
-calling threads.
+Threads calling create_transfers/create_accounts (or an escrow write) put their
+items on a queue per shard and RPC method, and wait. Batches leave on gRPC
+futures; the completion callback of one RPC (running on gRPC's own daemon
+threads, which channel.close() stops) hands every caller its results and sends
+whatever queued up meanwhile as the next batch. No thread of this module's own
+is needed; waiting, backoff and retries happen in the calling threads.
 """
 
 from __future__ import annotations
@@ -15,23 +15,33 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
 
-from tidebank.v1 import admin_pb2, ledger_pb2
+from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2
 
 from ._core import (
     ACCOUNTS,
+    CONFIRM_TRADES,
+    CREATE_TRADES,
     DONE,
+    EXTEND_TRADES,
     GET_ACCOUNT_TRANSFERS_METHOD,
     GET_SHARD_MAP_METHOD,
+    LIST_TRADES_METHOD,
     LOOKUP_ACCOUNTS,
+    LOOKUP_TRADES,
     LOOKUP_TRANSFERS,
     MAP_FETCH_TIMEOUT_S,
     MIN_ATTEMPT_S,
+    OPEN_DISPUTES,
+    REFUND_TRADES,
+    RESOLVE_DISPUTES,
+    SHIP_TRADES,
     TRANSFERS,
+    WITHDRAW_DISPUTES,
     BaseClient,
     Entry,
     Failure,
@@ -48,21 +58,32 @@ from ._core import (
     check_consistency,
     classify,
     closed_failure,
+    list_trades_request,
     lookup_request,
     now_s,
     plan_lookup,
     settle_batch,
+    trade_refs,
     validate_ids,
 )
 from ._errors import ClientClosedError
 from ._model import (
     Account,
     AccountResult,
+    DisputeResolution,
+    Extension,
+    NewTrade,
     Page,
     ReadConsistency,
+    Refund,
     ShardMap,
+    Trade,
+    TradePage,
+    TradeResult,
+    TradeRole,
     Transfer,
     TransferResult,
+    trade_from_proto,
     transfer_from_proto,
 )
 
@@ -174,7 +195,7 @@ class Client(BaseClient):
         return mc
 
     def _queue(self, op: WriteOp, shard_id: int) -> _Queue:
-        key = (op.name, shard_id)
+        key = (op.method, shard_id)
         q = self._queues.get(key)
         if q is None:
             with self._lock:
@@ -272,6 +293,81 @@ class Client(BaseClient):
         """
         return self._write(TRANSFERS, list(transfers), timeout_s)
 
+    # ------------------------------------------------------------------ escrow writes
+    #
+    # Every escrow write is a batch with one TradeResult per item, in request order;
+    # items are routed by trade id and coalesced with concurrent callers like
+    # create_transfers. Each step is idempotent (a retry of an applied step answers
+    # ``exists``), so the same errors apply: OutcomeUnknownError means re-submit.
+
+    def create_trades(self, trades: Iterable[NewTrade], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Open trades: each buyer's amount moves into escrow at once, or nothing happens."""
+        return self._write(CREATE_TRADES, list(trades), timeout_s)
+
+    def ship_trades(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """PAID -> SHIPPED; starts each trade's auto-confirm timer."""
+        return self._write(SHIP_TRADES, trade_refs(trade_ids), timeout_s)
+
+    def confirm_trades(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """The buyer confirms receipt: the held amount less the fee goes to the seller."""
+        return self._write(CONFIRM_TRADES, trade_refs(trade_ids), timeout_s)
+
+    def refund_trades(self, refunds: Iterable[Refund], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Partial or full refunds from the held money, each idempotent by its refund id."""
+        return self._write(REFUND_TRADES, list(refunds), timeout_s)
+
+    def open_disputes(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Freeze each trade's timer (one dispute per trade)."""
+        return self._write(OPEN_DISPUTES, trade_refs(trade_ids), timeout_s)
+
+    def withdraw_disputes(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """End disputes without a ruling: the timers resume with the time they had left."""
+        return self._write(WITHDRAW_DISPUTES, trade_refs(trade_ids), timeout_s)
+
+    def resolve_disputes(
+        self, resolutions: Iterable[DisputeResolution], *, timeout_s: float | None = None
+    ) -> list[TradeResult]:
+        """End disputes by a split; the trades are CLOSED."""
+        return self._write(RESOLVE_DISPUTES, list(resolutions), timeout_s)
+
+    def extend_trades(self, extensions: Iterable[Extension], *, timeout_s: float | None = None) -> list[TradeResult]:
+        """Extend auto-confirm timers, each idempotent by its extension id."""
+        return self._write(EXTEND_TRADES, list(extensions), timeout_s)
+
+    def create_trade(self, trade: NewTrade, *, timeout_s: float | None = None) -> TradeResult:
+        """create_trades for one trade (concurrent callers still share RPCs)."""
+        return self.create_trades([trade], timeout_s=timeout_s)[0]
+
+    def ship_trade(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return self.ship_trades([trade_id], timeout_s=timeout_s)[0]
+
+    def confirm_trade(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return self.confirm_trades([trade_id], timeout_s=timeout_s)[0]
+
+    def refund_trade(
+        self, trade_id: int, refund_id: int, amount: int, *, timeout_s: float | None = None
+    ) -> TradeResult:
+        """One refund. ``refund_id`` is yours to choose and keep: re-using it on a retry is what
+        makes the retry safe (a fresh id would be a second refund)."""
+        return self.refund_trades([Refund(trade_id, refund_id, amount)], timeout_s=timeout_s)[0]
+
+    def open_dispute(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return self.open_disputes([trade_id], timeout_s=timeout_s)[0]
+
+    def withdraw_dispute(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
+        return self.withdraw_disputes([trade_id], timeout_s=timeout_s)[0]
+
+    def resolve_dispute(self, trade_id: int, buyer_amount: int, *, timeout_s: float | None = None) -> TradeResult:
+        return self.resolve_disputes([DisputeResolution(trade_id, buyer_amount)], timeout_s=timeout_s)[0]
+
+    def extend_trade(
+        self, trade_id: int, extension_id: int, extend_by_s: int, *, timeout_s: float | None = None
+    ) -> TradeResult:
+        """One extension; like refund_trade, keep ``extension_id`` for retries."""
+        return self.extend_trades([Extension(trade_id, extension_id, extend_by_s)], timeout_s=timeout_s)[0]
+
+    # ------------------------------------------------------------------ write machinery
+
     def _write(self, op: WriteOp, items: list[Any], timeout_s: float | None) -> list[Any]:
         self._check_open()
         call = WriteCall(op, items, self._cfg, timeout_s, now_s())
@@ -311,7 +407,7 @@ class Client(BaseClient):
         if not waiter.wait(deadline - now_s()):
             # Withdraw what has not left yet: those items were never sent.
             for e in entries:
-                q = self._queues.get((op.name, e.shard_id))
+                q = self._queues.get((op.method, e.shard_id))
                 if q is not None:
                     with q.cond:
                         q.state.cancel(e, Failure(Failure.RETRY, "not sent before the deadline"))
@@ -433,6 +529,16 @@ class Client(BaseClient):
         """The transfers found among ``ids``, in request order (missing ids are skipped)."""
         return self._lookup(LOOKUP_TRANSFERS, ids, consistency, timeout_s)
 
+    def lookup_trades(
+        self,
+        ids: Iterable[int],
+        *,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> list[Trade]:
+        """The trades found among ``ids``, in request order (missing ids are skipped)."""
+        return self._lookup(LOOKUP_TRADES, ids, consistency, timeout_s)
+
     def _lookup(self, op: LookupOp, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> list[Any]:
         self._check_open()
         id_list = validate_ids(ids)
@@ -516,26 +622,43 @@ class Client(BaseClient):
             timestamp_max=timestamp_max,
             consistency=level,
         )
-        call = ReadCall("get_account_transfers", self._cfg, timeout_s, now_s())
+        resp = self._routed_read(
+            "get_account_transfers",
+            account_id,
+            GET_ACCOUNT_TRANSFERS_METHOD,
+            req,
+            ledger_pb2.GetAccountTransfersResponse.FromString,
+            level,
+            timeout_s,
+        )
+        return Page([transfer_from_proto(m) for m in resp.transfers], resp.next_page_token)
+
+    def _routed_read(
+        self,
+        what: str,
+        key_id: int,
+        method: str,
+        req: Any,
+        deserializer: Callable[[bytes], Any],
+        level: ReadConsistency,
+        timeout_s: float | None,
+    ) -> Any:
+        """One read RPC sent to the shard of ``key_id`` (its leader for linearizable reads),
+        retried until ``timeout_s``."""
+        call = ReadCall(what, self._cfg, timeout_s, now_s())
         while True:
             smap = self._map(call)
             generation = self._topology.generation
-            sid = smap.shard_id_for(account_id)
+            sid = smap.shard_id_for(key_id)
             if sid is None:
-                f = Failure(Failure.RETRY, "the shard map assigns no shard to the account", refresh=True)
+                f = Failure(Failure.RETRY, f"the shard map assigns no shard to {key_id}", refresh=True)
             else:
                 now = now_s()
                 addr = self._topology.pick(sid, now, leader=level == ReadConsistency.LINEARIZABLE)
                 try:
-                    mc = self._unary(
-                        addr,
-                        GET_ACCOUNT_TRANSFERS_METHOD,
-                        ledger_pb2.GetAccountTransfersRequest.SerializeToString,
-                        ledger_pb2.GetAccountTransfersResponse.FromString,
-                    )
+                    mc = self._unary(addr, method, type(req).SerializeToString, deserializer)
                     self._rpc_count += 1
-                    resp = mc(req, timeout=max(0.001, min(self._cfg.attempt_timeout_s, call.remaining(now))))
-                    return Page([transfer_from_proto(m) for m in resp.transfers], resp.next_page_token)
+                    return mc(req, timeout=max(0.001, min(self._cfg.attempt_timeout_s, call.remaining(now))))
                 except Exception as exc:  # noqa: BLE001
                     f = classify(exc, write=False, closed=self._closed)
                     self._topology.note(sid, addr, f, now_s())
@@ -546,6 +669,38 @@ class Client(BaseClient):
         kwargs = dict(kwargs)
         while True:
             page = self.get_account_transfers(account_id, **kwargs)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            kwargs["page_token"] = page.next_page_token
+
+    def list_trades(
+        self,
+        account_id: int,
+        *,
+        role: TradeRole = TradeRole.BUYER,
+        limit: int = 100,
+        page_token: str = "",
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> TradePage:
+        """One page of the trades where ``account_id`` is the buyer (or, with ``role``, the
+        seller), oldest first. Pass ``page.next_page_token`` for the next page."""
+        self._check_open()
+        level = check_consistency(consistency)
+        req = list_trades_request(account_id, role=role, limit=limit, page_token=page_token, consistency=level)
+        # The answering node gathers from every shard itself; the account's shard is just a good first pick.
+        resp = self._routed_read(
+            "list_trades", account_id, LIST_TRADES_METHOD, req, escrow_pb2.ListTradesResponse.FromString, level,
+            timeout_s,
+        )  # fmt: skip
+        return TradePage([trade_from_proto(m) for m in resp.trades], resp.next_page_token)
+
+    def iter_trades(self, account_id: int, **kwargs: Any) -> Iterator[Trade]:
+        """Every trade of list_trades(account_id, **kwargs), page after page."""
+        kwargs = dict(kwargs)
+        while True:
+            page = self.list_trades(account_id, **kwargs)
             yield from page.items
             if not page.next_page_token:
                 return

@@ -1,8 +1,8 @@
 """An in-process fake tidebank cluster, for unit tests of the client and of code using it.
 
 It is *not* a ledger: no balances, no rules. Each fake node is a real gRPC server
-on 127.0.0.1 (port 0) serving Ledger and Admin; all nodes share one state. It
-stores accounts and transfers (answering ``created`` / ``exists``), honours linked
+on 127.0.0.1 (port 0) serving Ledger, Escrow and Admin; all nodes share one state.
+It stores accounts and transfers (answering ``created`` / ``exists``), honours linked
 chains, records every call, and can be told to misbehave:
 
     with FakeCluster(nodes=3, shards=2) as fc:
@@ -11,11 +11,21 @@ chains, records every call, and can be told to misbehave:
         fc.results[some_id] = CreateTransferResult.exceeds_credits  # scripted outcome
         with Client(fc.addresses) as c: ...
 
+Escrow: CreateTrades stores trades (``ok``, ``exists`` for a known id); the action
+RPCs answer ``trade_not_found`` for an unknown trade, ``exists`` for a step applied
+before (same trade, and same refund / extension id), else ``ok`` with a token state
+change (no money rules, no timers). ``fc.trade_results[trade_id]`` (or
+``[(method, trade_id)]``) scripts the answer: a TradeResultCode, or a pair
+(TradeResultCode.transfer_failed, CreateTransferResult.x); a scripted item changes
+nothing. LookupTrades serves the stored trades; ListTrades pages over them by buyer
+or seller, oldest first, at any node (the real one gathers from every shard).
+
 Like the real server it refuses requests for shards a node does not lead with
 UNAVAILABLE + ErrorInfo NOT_LEADER (leader_address when ``hint``), or NO_LEADER;
 unlike it, it also refuses a request mixing several shards (INVALID_ARGUMENT),
 so that tests see a client that routes badly. Items whose user_data_32 equals
-``INVALID_MARK`` are refused with INVALID_ARGUMENT and a BadRequest field violation.
+``INVALID_MARK`` (accounts, transfers, trades to create) are refused with
+INVALID_ARGUMENT and a BadRequest field violation.
 """
 
 from __future__ import annotations
@@ -32,7 +42,15 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tidebank.keys import DEFAULT_SLOT_COUNT, slot_of
-from tidebank.v1 import admin_pb2, admin_pb2_grpc, ledger_pb2, ledger_pb2_grpc, types_pb2
+from tidebank.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    escrow_pb2,
+    escrow_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    types_pb2,
+)
 
 INVALID_MARK = 0xBAD
 
@@ -126,6 +144,10 @@ class FakeCluster:
         self.results: dict[int, int] = {}  # scripted result code per item id
         self.accounts: dict[int, types_pb2.Account] = {}
         self.transfers: dict[int, types_pb2.Transfer] = {}
+        self.trades: dict[int, escrow_pb2.Trade] = {}
+        # scripted escrow answer per trade id or (method, trade id): a code, or (code, CreateTransferResult)
+        self.trade_results: dict[int | tuple[str, int], int | tuple[int, int]] = {}
+        self._steps: set[tuple[str, int, int]] = set()  # applied escrow steps, so a repeat answers exists
         self._clock = 1_000_000_000
         self.addresses: list[str] = []
         self.address_of: dict[str, str] = {}
@@ -144,6 +166,7 @@ class FakeCluster:
             )
             ledger_pb2_grpc.add_LedgerServicer_to_server(_Ledger(self, name), server)
             admin_pb2_grpc.add_AdminServicer_to_server(_Admin(self, name), server)
+            escrow_pb2_grpc.add_EscrowServicer_to_server(_Escrow(self, name), server)
             port = server.add_insecure_port("127.0.0.1:0")
             server.start()
             self._servers[name] = server
@@ -206,7 +229,7 @@ class FakeCluster:
         apply: bool = False,
         violations: Iterable[tuple[str, str]] = (),
     ) -> Fault:
-        """The next ``times`` calls of ``method`` (any ledger method if None) at ``node``
+        """The next ``times`` calls of ``method`` (any Ledger or Escrow method if None) at ``node``
         (any if None) sleep ``delay_s``, then fail with ``code`` (after applying the
         request if ``apply``: an answer lost on the way back). code=None: only delay."""
         f = Fault(
@@ -222,6 +245,7 @@ class FakeCluster:
             self.faults.clear()
 
     def ledger_calls(self, method: str | None = None, *, ok: bool | None = None) -> list[RecordedCall]:
+        """The recorded calls (Ledger, Escrow and GetShardMap), optionally of one method / outcome."""
         with self.lock:
             return [
                 c
@@ -337,6 +361,49 @@ class FakeCluster:
                 start = i + 1
         return codes
 
+    def _scripted_trade_result(self, method: str, trade_id: int) -> escrow_pb2.TradeResult | None:
+        scripted = self.trade_results.get((method, trade_id), self.trade_results.get(trade_id))
+        if scripted is None:
+            return None
+        code, transfer = scripted if isinstance(scripted, tuple) else (scripted, 0)
+        return escrow_pb2.TradeResult(code=code, transfer_result=transfer)
+
+    def _create_trade(self, c: escrow_pb2.CreateTrade) -> escrow_pb2.TradeResult:
+        trade_id = _u128(c.id)
+        with self.lock:
+            scripted = self._scripted_trade_result("CreateTrades", trade_id)
+            if scripted is not None:
+                return scripted
+            if trade_id in self.trades:
+                return escrow_pb2.TradeResult(code=escrow_pb2.TRADE_RESULT_EXISTS)
+            t = escrow_pb2.Trade.FromString(c.SerializeToString())  # fields 1..11 are CreateTrade's, by design
+            self._clock += 1000
+            t.created_at = self._clock
+            t.state = escrow_pb2.TRADE_STATE_PAID
+            t.held = t.amount
+            t.timer = escrow_pb2.TRADE_TIMER_SHIP_BY
+            t.deadline = t.created_at + t.ship_by_timeout_s * 1_000_000_000
+            t.version = 1
+            self.trades[trade_id] = t
+            return escrow_pb2.TradeResult()
+
+    def _trade_step(self, method: str, trade_id: int, step_id: int, change: Any) -> escrow_pb2.TradeResult:
+        """An action on a stored trade: scripted, not found, a repeat (exists), or applied (ok)."""
+        with self.lock:
+            scripted = self._scripted_trade_result(method, trade_id)
+            if scripted is not None:
+                return scripted
+            t = self.trades.get(trade_id)
+            if t is None:
+                return escrow_pb2.TradeResult(code=escrow_pb2.TRADE_RESULT_TRADE_NOT_FOUND)
+            if (method, trade_id, step_id) in self._steps:
+                return escrow_pb2.TradeResult(code=escrow_pb2.TRADE_RESULT_EXISTS)
+            self._steps.add((method, trade_id, step_id))
+            self._clock += 1000
+            change(t, self._clock)
+            t.version += 1
+            return escrow_pb2.TradeResult()
+
 
 _current = threading.local()  # the RecordedCall of the request this server thread handles
 
@@ -358,19 +425,21 @@ def _guard(fn: Any) -> Any:
     return wrapper
 
 
+def _refuse_marked(items: list[Any], name: str) -> None:
+    bad = [
+        (f"{name}[{k}].user_data_32", "marked invalid") for k, it in enumerate(items) if it.user_data_32 == INVALID_MARK
+    ]
+    if bad:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {name}", violations=bad)
+
+
 class _Ledger(ledger_pb2_grpc.LedgerServicer):
     def __init__(self, fc: FakeCluster, node: str) -> None:
         self.fc = fc
         self.node = node
 
     def _invalid_marks(self, items: list[Any], name: str) -> None:
-        bad = [
-            (f"{name}[{k}].user_data_32", "marked invalid")
-            for k, it in enumerate(items)
-            if it.user_data_32 == INVALID_MARK
-        ]
-        if bad:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {name}", violations=bad)
+        _refuse_marked(items, name)
 
     @_guard
     def CreateAccounts(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -437,6 +506,149 @@ class _Ledger(ledger_pb2_grpc.LedgerServicer):
         more = offset + limit < len(rows)
         return ledger_pb2.GetAccountTransfersResponse(
             transfers=page, next_page_token=str(offset + limit) if more else ""
+        )
+
+
+# --------------------------------------------------------------------------- escrow (token state changes only)
+
+
+def _ship(t: escrow_pb2.Trade, now: int) -> None:
+    t.state, t.shipped_at, t.timer = escrow_pb2.TRADE_STATE_SHIPPED, now, escrow_pb2.TRADE_TIMER_AUTO_CONFIRM
+
+
+def _settle(t: escrow_pb2.Trade, now: int) -> None:
+    t.state, t.closed_by, t.closed_at = escrow_pb2.TRADE_STATE_SETTLED, escrow_pb2.TRADE_CLOSED_BY_BUYER_CONFIRMED, now
+    t.released, t.held, t.timer, t.deadline = t.released + t.held, 0, escrow_pb2.TRADE_TIMER_NONE, 0
+
+
+def _open_dispute(t: escrow_pb2.Trade, now: int) -> None:
+    t.state_before_dispute, t.state, t.dispute_opened = t.state, escrow_pb2.TRADE_STATE_DISPUTED, True
+
+
+def _withdraw_dispute(t: escrow_pb2.Trade, now: int) -> None:
+    t.state, t.state_before_dispute = t.state_before_dispute, escrow_pb2.TRADE_STATE_UNSPECIFIED
+
+
+def _refund(r: escrow_pb2.Refund) -> Any:
+    def change(t: escrow_pb2.Trade, now: int) -> None:
+        t.refunds.add(refund_id=r.refund_id, amount=r.amount)
+        t.refunded += r.amount
+        t.held -= min(t.held, r.amount)
+
+    return change
+
+
+def _resolve(r: escrow_pb2.DisputeResolution) -> Any:
+    def change(t: escrow_pb2.Trade, now: int) -> None:
+        to_buyer = min(t.held, r.buyer_amount)
+        t.state, t.closed_at = escrow_pb2.TRADE_STATE_CLOSED, now
+        t.closed_by = escrow_pb2.TRADE_CLOSED_BY_DISPUTE_RESOLVED
+        t.refunded, t.released, t.held = t.refunded + to_buyer, t.released + t.held - to_buyer, 0
+
+    return change
+
+
+def _extend(e: escrow_pb2.Extension) -> Any:
+    def change(t: escrow_pb2.Trade, now: int) -> None:
+        t.extensions.add(extension_id=e.extension_id, extend_by_s=e.extend_by_s)
+        t.extended_s += e.extend_by_s
+
+    return change
+
+
+class _Escrow(escrow_pb2_grpc.EscrowServicer):
+    def __init__(self, fc: FakeCluster, node: str) -> None:
+        self.fc = fc
+        self.node = node
+
+    def _steps(self, method: str, items: list[Any], step: Any) -> escrow_pb2.TradeResultsResponse:
+        """Route, record and fault like the Ledger; then one result per item from ``step(item)``."""
+        ids = [_u128(it.id if method == "CreateTrades" else it.trade_id) for it in items]
+        _, after, _ = self.fc._enter(self.node, method, ids, ids, [])
+        if method == "CreateTrades":
+            _refuse_marked(items, "trades")
+        results = [step(it) for it in items]
+        if after is not None:
+            raise _Abort(after.code, after.message, reason=after.reason, metadata=after.metadata)
+        return escrow_pb2.TradeResultsResponse(results=results)
+
+    def _action(self, method: str, request: Any, change: Any) -> escrow_pb2.TradeResultsResponse:
+        return self._steps(
+            method, list(request.trades), lambda it: self.fc._trade_step(method, _u128(it.trade_id), 0, change)
+        )
+
+    @_guard
+    def CreateTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._steps("CreateTrades", list(request.trades), self.fc._create_trade)
+
+    @_guard
+    def ShipTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._action("ShipTrades", request, _ship)
+
+    @_guard
+    def ConfirmTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._action("ConfirmTrades", request, _settle)
+
+    @_guard
+    def OpenDisputes(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._action("OpenDisputes", request, _open_dispute)
+
+    @_guard
+    def WithdrawDisputes(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._action("WithdrawDisputes", request, _withdraw_dispute)
+
+    @_guard
+    def RefundTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        def step(r: Any) -> Any:
+            return self.fc._trade_step("RefundTrades", _u128(r.trade_id), _u128(r.refund_id), _refund(r))
+
+        return self._steps("RefundTrades", list(request.refunds), step)
+
+    @_guard
+    def ResolveDisputes(self, request: Any, context: Any) -> Any:  # noqa: N802
+        def step(r: Any) -> Any:
+            return self.fc._trade_step("ResolveDisputes", _u128(r.trade_id), 0, _resolve(r))
+
+        return self._steps("ResolveDisputes", list(request.resolutions), step)
+
+    @_guard
+    def ExtendTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        def step(e: Any) -> Any:
+            return self.fc._trade_step("ExtendTrades", _u128(e.trade_id), _u128(e.extension_id), _extend(e))
+
+        return self._steps("ExtendTrades", list(request.extensions), step)
+
+    @_guard
+    def LookupTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        ids = [_u128(i) for i in request.ids]
+        leader = request.consistency == ledger_pb2.READ_CONSISTENCY_LINEARIZABLE
+        self.fc._enter(self.node, "LookupTrades", ids, ids, [], leader=leader)
+        with self.fc.lock:
+            return escrow_pb2.LookupTradesResponse(trades=[self.fc.trades[i] for i in ids if i in self.fc.trades])
+
+    @_guard
+    def ListTrades(self, request: Any, context: Any) -> Any:  # noqa: N802
+        acct = _u128(request.account_id)
+        self.fc._enter(self.node, "ListTrades", [acct], [acct], [], leader=False)
+        if request.consistency == ledger_pb2.READ_CONSISTENCY_LINEARIZABLE:
+            with self.fc.lock:
+                leaderless = [sid for sid, lead in self.fc.leaders.items() if lead is None]
+            if leaderless:
+                raise _Abort(
+                    grpc.StatusCode.UNAVAILABLE, f"shard {leaderless[0]} has no leader", reason="NO_LEADER",
+                    metadata={"shard_id": str(leaderless[0])},
+                )  # fmt: skip
+        if request.role not in (escrow_pb2.TRADE_ROLE_BUYER, escrow_pb2.TRADE_ROLE_SELLER):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown role", violations=[("role", "unknown")])
+        side = "buyer_account_id" if request.role == escrow_pb2.TRADE_ROLE_BUYER else "seller_account_id"
+        with self.fc.lock:
+            rows = [t for t in self.fc.trades.values() if _u128(getattr(t, side)) == acct]
+        rows.sort(key=lambda t: (t.created_at, _u128(t.id)))
+        offset = int(request.page_token or 0)
+        limit = request.limit or 100
+        more = offset + limit < len(rows)
+        return escrow_pb2.ListTradesResponse(
+            trades=rows[offset : offset + limit], next_page_token=str(offset + limit) if more else ""
         )
 
 
