@@ -9,6 +9,9 @@ sums per ledger over the shards, and judges:
 * balanced, per ledger: total debits_posted == total credits_posted,
   debits_pending == credits_pending, remote_debits_posted == remote_credits_posted and
   remote_debits_pending == remote_credits_pending.
+* the escrow book matches its accounts, per ledger: what the trades still hold == the
+  balance of the escrow accounts, and the fees the trades took == the balance of the
+  platform-fee accounts (each summed over the shards).
 
 Exit codes (:attr:`AuditReport.exit_code`): 0 quiescent and balanced, 1 a mismatch on a
 quiescent cluster, 2 a shard without an answering leader, 3 still not quiescent.
@@ -48,6 +51,23 @@ BALANCED_PAIRS = (
     ("remote_debits_pending", "remote_credits_pending"),
 )
 
+#: Escrow totals (EscrowTotal): money sums (U128) and trade counts by state (uint64).
+ESCROW_FIELDS = ("held", "fees", "released", "refunded", "escrow_balance", "fee_balance")
+TRADE_COUNT_FIELDS = (
+    "trades_paid",
+    "trades_shipped",
+    "trades_disputed",
+    "trades_settled",
+    "trades_refunded",
+    "trades_closed",
+)
+ALL_ESCROW_FIELDS = ESCROW_FIELDS + TRADE_COUNT_FIELDS
+#: (what the trades say, what the accounts hold) that must be equal per ledger on a quiescent cluster.
+ESCROW_BALANCED_PAIRS = (
+    ("held", "escrow_balance"),
+    ("fees", "fee_balance"),
+)
+
 EXIT_OK, EXIT_MISMATCH, EXIT_NO_LEADER, EXIT_IN_FLIGHT = 0, 1, 2, 3
 
 
@@ -64,6 +84,7 @@ class ShardTotals:
     applied_index: int
     prepared_txns: int
     ledgers: Mapping[int, Mapping[str, int]]  # ledger -> field -> amount
+    escrow: Mapping[int, Mapping[str, int]] = field(default_factory=dict)  # ledger -> escrow field -> value
 
 
 def shard_totals_from_proto(message: admin_pb2.ShardLedgerTotals, node: str) -> ShardTotals:
@@ -72,7 +93,14 @@ def shard_totals_from_proto(message: admin_pb2.ShardLedgerTotals, node: str) -> 
         sums = ledgers.setdefault(entry.ledger, dict.fromkeys(FIELDS, 0))
         for name in FIELDS:
             sums[name] += u128(getattr(entry, name))
-    return ShardTotals(message.shard_id, node, message.applied_index, message.prepared_txns, ledgers)
+    escrow: dict[int, dict[str, int]] = {}
+    for entry in message.escrow:
+        sums = escrow.setdefault(entry.ledger, dict.fromkeys(ALL_ESCROW_FIELDS, 0))
+        for name in ESCROW_FIELDS:
+            sums[name] += u128(getattr(entry, name))
+        for name in TRADE_COUNT_FIELDS:
+            sums[name] += getattr(entry, name)
+    return ShardTotals(message.shard_id, node, message.applied_index, message.prepared_txns, ledgers, escrow)
 
 
 def pick_per_shard(answers: Iterable[ShardTotals]) -> dict[int, ShardTotals]:
@@ -97,6 +125,17 @@ def sum_ledgers(shards: Iterable[ShardTotals]) -> dict[int, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+def sum_escrow(shards: Iterable[ShardTotals]) -> dict[int, dict[str, int]]:
+    """Per ledger, every escrow field (money and trade counts) summed over the shards."""
+    out: dict[int, dict[str, int]] = {}
+    for shard in shards:
+        for ledger, sums in shard.escrow.items():
+            total = out.setdefault(ledger, dict.fromkeys(ALL_ESCROW_FIELDS, 0))
+            for name in ALL_ESCROW_FIELDS:
+                total[name] += int(sums.get(name, 0))
+    return dict(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class Mismatch:
     ledger: int
@@ -104,6 +143,7 @@ class Mismatch:
     right: str
     left_total: int
     right_total: int
+    book: str = "ledger"  # "ledger": debits vs credits; "escrow": the trades vs the escrow/fee accounts
 
     @property
     def difference(self) -> int:
@@ -124,14 +164,32 @@ def mismatches(ledgers: Mapping[int, Mapping[str, int]]) -> list[Mismatch]:
     return out
 
 
+def escrow_mismatches(escrow: Mapping[int, Mapping[str, int]]) -> list[Mismatch]:
+    """Per ledger: held == escrow_balance and fees == fee_balance."""
+    out = []
+    for ledger, sums in sorted(escrow.items()):
+        for left, right in ESCROW_BALANCED_PAIRS:
+            a, b = int(sums.get(left, 0)), int(sums.get(right, 0))
+            if a != b:
+                out.append(Mismatch(ledger, left, right, a, b, book="escrow"))
+    return out
+
+
+def escrow_dict(sums: Mapping[str, int]) -> dict:
+    """One ledger's escrow totals for JSON: 128-bit money sums as strings, trade counts as numbers."""
+    return {**{k: str(int(sums.get(k, 0))) for k in ESCROW_FIELDS},
+            **{k: int(sums.get(k, 0)) for k in TRADE_COUNT_FIELDS}}
+
+
 @dataclass(frozen=True)
 class AuditReport:
     shards: dict[int, ShardTotals]
     ledgers: dict[int, dict[str, int]]
     missing_shards: list[int]  # expected shards no leader answered for
     in_flight: dict[int, int]  # shard -> prepared transactions (only shards with some)
-    mismatches: list[Mismatch]
+    mismatches: list[Mismatch]  # both books: debits/credits ("ledger") and the escrow book ("escrow")
     unreachable: list[str] = field(default_factory=list)  # nodes that did not answer (informational)
+    escrow: dict[int, dict[str, int]] = field(default_factory=dict)  # ledger -> escrow totals over shards
 
     @property
     def complete(self) -> bool:
@@ -177,8 +235,10 @@ class AuditReport:
             # 128-bit sums as strings, like ids elsewhere in the CLI's JSON
             "ledgers": [{"ledger": ledger, **{k: str(v) for k, v in sums.items()}}
                         for ledger, sums in self.ledgers.items()],
-            "mismatches": [{"ledger": m.ledger, "left": m.left, "right": m.right, "left_total": str(m.left_total),
-                            "right_total": str(m.right_total), "difference": str(m.difference)}
+            "escrow": [{"ledger": ledger, **escrow_dict(sums)} for ledger, sums in self.escrow.items()],
+            "mismatches": [{"book": m.book, "ledger": m.ledger, "left": m.left, "right": m.right,
+                            "left_total": str(m.left_total), "right_total": str(m.right_total),
+                            "difference": str(m.difference)}
                            for m in self.mismatches],
             "shards": [{"shard_id": s.shard_id, "node": s.node, "applied_index": s.applied_index,
                         "prepared_txns": s.prepared_txns} for s in sorted(self.shards.values(),
@@ -194,7 +254,9 @@ def audit(answers: Iterable[ShardTotals], expected_shards: Iterable[int],
     missing = [s for s in expected if s not in shards]
     in_flight = {s.shard_id: s.prepared_txns for s in shards.values() if s.prepared_txns}
     ledgers = sum_ledgers(shards.values())
-    return AuditReport(shards, ledgers, missing, in_flight, mismatches(ledgers), list(unreachable))
+    escrow = sum_escrow(shards.values())
+    return AuditReport(shards, ledgers, missing, in_flight, mismatches(ledgers) + escrow_mismatches(escrow),
+                       list(unreachable), escrow)
 
 
 # ---------------------------------------------------------------------- talking to the cluster

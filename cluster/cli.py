@@ -45,7 +45,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     name="tidebank",
-    help="tidebank admin CLI: local clusters, cluster status, accounts and transfers.",
+    help="tidebank admin CLI: local clusters, cluster status, accounts, transfers and escrow trades.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,6 +55,12 @@ cluster_app = typer.Typer(help="Run a local multi-DC cluster (one process per no
 node_app = typer.Typer(help="Run one storage node, or disturb one in a local cluster.", no_args_is_help=True)
 account_app = typer.Typer(help="Create and look up accounts.", no_args_is_help=True)
 transfer_app = typer.Typer(help="Create and look up transfers.", no_args_is_help=True)
+trade_app = typer.Typer(
+    help="Escrow (guaranteed) payments: open trades, ship, confirm, refund, disputes, and the escrow book.",
+    no_args_is_help=True,
+)
+dispute_app = typer.Typer(help="Open, withdraw or resolve a trade's dispute.", no_args_is_help=True)
+trade_app.add_typer(dispute_app, name="dispute")
 dc_app = typer.Typer(
     help="Simulate data-centre network faults: cut a DC off, add latency between DCs, heal. "
     "Faults live in the nodes' memory: a restarted node has none until the next `dc` command.",
@@ -64,6 +70,7 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(node_app, name="node")
 app.add_typer(account_app, name="account")
 app.add_typer(transfer_app, name="transfer")
+app.add_typer(trade_app, name="trade")
 app.add_typer(dc_app, name="dc")
 
 
@@ -227,7 +234,7 @@ def _root(
         bool, typer.Option("--version", help="Show the version and exit.", callback=_version_callback, is_eager=True)
     ] = False,
 ) -> None:
-    """tidebank admin CLI: local clusters, cluster status, accounts and transfers."""
+    """tidebank admin CLI: local clusters, cluster status, accounts, transfers and escrow trades."""
 
 
 # ---- cluster -----------------------------------------------------------------------
@@ -698,6 +705,21 @@ def dc_status(
 # ---- audit -------------------------------------------------------------------------
 
 
+def _totals_targets(dir: pathlib.Path | None, endpoints: str | None, timeout_s: float,
+                    pool) -> tuple[list[str], list[int]]:
+    """(every node address, every shard id) to ask for ledger totals: from the topology or the
+    shard map (exit code 2 when no node serves one)."""
+    _require_target(dir, endpoints)
+    if dir is not None:
+        topo = LocalCluster.open(dir).topology
+        return topo.endpoints, [s.shard_id for s in topo.shards]
+    try:
+        sm = fetch_shard_map(_parse_endpoints(endpoints), timeout_s, pool)
+    except NoReachableNode as e:
+        raise _fail(str(e), 2) from None
+    return list(dict.fromkeys(r.address for s in sm.shards for r in s.replicas)), [s.shard_id for s in sm.shards]
+
+
 @app.command("audit")
 @_one_line_errors
 def audit(
@@ -711,7 +733,8 @@ def audit(
 ) -> None:
     """Check that the money adds up: per ledger over all shards (each read on its leader,
     linearizable), debits posted == credits posted, debits pending == credits pending, and
-    the remote (cross-shard) legs match.
+    the remote (cross-shard) legs match; and the escrow book: what the trades hold == the
+    escrow accounts' balance, the fees they took == the fee accounts' balance.
 
     While cross-shard transactions are prepared somewhere, re-polls for up to --wait-s.
     Exit codes: 0 balanced, 1 mismatch, 2 a shard has no leader that answers (or no node
@@ -722,18 +745,8 @@ def audit(
     from tidebank.cluster.audit import collect_totals
     from tidebank.cluster.launcher import ChannelPool
 
-    _require_target(dir, endpoints)
     with ChannelPool() as pool:
-        if dir is not None:
-            topo = LocalCluster.open(dir).topology
-            addresses, expected = topo.endpoints, [s.shard_id for s in topo.shards]
-        else:
-            try:
-                sm = fetch_shard_map(_parse_endpoints(endpoints), timeout, pool)
-            except NoReachableNode as e:
-                raise _fail(str(e), 2) from None
-            addresses = list(dict.fromkeys(r.address for s in sm.shards for r in s.replicas))
-            expected = [s.shard_id for s in sm.shards]
+        addresses, expected = _totals_targets(dir, endpoints, timeout, pool)
         deadline = time.monotonic() + wait_s
         polls = 0
         while True:
@@ -757,13 +770,17 @@ def _print_audit(report, polls: int) -> None:
             "REMOTE POSTED D/C", "REMOTE PENDING D/C", "CHECK")
     for col in cols:
         table.add_column(col, justify="left" if col in ("CHECK",) else "right")
-    bad = {}
+    bad: dict[tuple[str, int], list] = {}
     for m in report.mismatches:
-        bad.setdefault(m.ledger, []).append(m)
+        bad.setdefault((m.book, m.ledger), []).append(m)
+
+    def check(book: str, ledger: int) -> str:
+        problems = bad.get((book, ledger), [])
+        if not problems:
+            return "[green]ok[/]"
+        return "[red]" + "; ".join(f"{m.left} - {m.right} = {m.difference:+d}" for m in problems) + "[/]"
+
     for ledger, t in report.ledgers.items():
-        problems = bad.get(ledger, [])
-        check = "[green]ok[/]" if not problems else "[red]" + "; ".join(
-            f"{m.left} - {m.right} = {m.difference:+d}" for m in problems) + "[/]"
         table.add_row(
             str(ledger),
             str(t["debits_posted"]),
@@ -773,9 +790,17 @@ def _print_audit(report, polls: int) -> None:
             f"{t['reserved_debits']}/{t['reserved_credits']}",
             f"{t['remote_debits_posted']}/{t['remote_credits_posted']}",
             f"{t['remote_debits_pending']}/{t['remote_credits_pending']}",
-            check,
+            check("ledger", ledger),
         )
     _print_table(table)
+    if report.escrow:
+        escrow = Table(box=None, pad_edge=False, title="escrow", title_justify="left")
+        for col in ("LEDGER", "HELD", "ESCROW BALANCE", "FEES", "FEE BALANCE", "CHECK"):
+            escrow.add_column(col, justify="left" if col == "CHECK" else "right")
+        for ledger, t in report.escrow.items():
+            escrow.add_row(str(ledger), str(t["held"]), str(t["escrow_balance"]), str(t["fees"]),
+                           str(t["fee_balance"]), check("escrow", ledger))
+        _print_table(escrow)
     shards = ", ".join(f"{s.shard_id}@{s.node}" for s in sorted(report.shards.values(), key=lambda s: s.shard_id))
     out.print(f"{len(report.shards)} shards read on their leaders ({shards}); {len(report.ledgers)} ledgers; "
               f"{polls} poll(s)", markup=False)
@@ -789,9 +814,11 @@ def _print_audit(report, polls: int) -> None:
     elif report.mismatches:
         out.print("[red]MISMATCH[/]:")
         for m in report.mismatches:
-            out.print(f"  - {m.describe()}", markup=False)
+            prefix = "escrow book, " if m.book == "escrow" else ""
+            out.print(f"  - {prefix}{m.describe()}", markup=False)
     else:
-        out.print("[green]balanced[/]: every ledger's debits equal its credits")
+        escrow_text = "; held == escrow balance and fees == fee balance" if report.escrow else ""
+        out.print(f"[green]balanced[/]: every ledger's debits equal its credits{escrow_text}")
 
 
 # ---- accounts ----------------------------------------------------------------------
@@ -1065,6 +1092,488 @@ def transfer_get(
         _print_table(table)
     if _print_missing(wanted, transfers, "transfer"):
         raise typer.Exit(1)
+
+
+# ---- escrow trades -----------------------------------------------------------------
+
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+TRADE_BATCH_MAX = 8189
+_TRADE_ID_FIELDS = frozenset(
+    ("id", "buyer_account_id", "seller_account_id", "user_data_128", "escrow_account_id", "fee_account_id")
+)
+_TRADE_ENUM_PREFIXES = {
+    "state": "trade_state_",
+    "state_before_dispute": "trade_state_",
+    "closed_by": "trade_closed_by_",
+    "timer": "trade_timer_",
+}
+_OK_TRADE_RESULTS = ("ok", "exists")
+
+TradeIdArg = Annotated[str, typer.Argument(help="Trade id (decimal or 0x hex).", metavar="ID", show_default=False)]
+TradeIdsArg = Annotated[list[str], typer.Argument(help="Trade ids (decimal or 0x hex).", metavar="ID...")]
+TradeTimeoutOpt = Annotated[
+    float, typer.Option("--timeout-s", "--timeout", help="Client request timeout in seconds.", min=0.1)
+]
+
+
+def _enum_name(value: Any, prefix: str = "") -> str:
+    """`TradeState.PAID` -> "paid" (an unknown number stays a number)."""
+    name = _status_name(value)
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def _new_id_note(what: str, value: int, option: str) -> None:
+    """A generated idempotency key goes to stderr before the call, so the operator can retry
+    the very same step with it (also when the outcome is unknown)."""
+    err.print(f"new {what} {value} (to retry this same step, pass {option} {value})", markup=False)
+
+
+def _trade_results(results: list, output: Output, extra: dict[str, str] | None = None) -> None:
+    """Per-item results of the trade steps; exit code 1 unless every one is ok or exists.
+
+    `extra`: more columns, the same for every row (e.g. the refund id)."""
+    extra = extra or {}
+    rows = []
+    for r in results:
+        transfer_status = getattr(r, "transfer_status", None)
+        status = _status_name(r.status)
+        rows.append(
+            {
+                "index": r.index,
+                "trade_id": str(r.trade_id),
+                **extra,
+                "status": status,
+                "transfer_status": _status_name(transfer_status) if transfer_status is not None else None,
+                "ok": status in _OK_TRADE_RESULTS,
+            }
+        )
+    if output == Output.json:
+        _print_json(rows)
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("INDEX", "TRADE ID", *(k.upper().replace("_", " ") for k in extra), "RESULT"):
+            table.add_column(col, justify="right" if col == "INDEX" else "left")
+        for row in rows:
+            style = "green" if row["ok"] else "red"
+            text = row["status"] + (f" ({row['transfer_status']})" if row["transfer_status"] else "")
+            table.add_row(str(row["index"]), row["trade_id"], *(row[k] for k in extra), f"[{style}]{text}[/]")
+        _print_table(table)
+    if not rows or not all(row["ok"] for row in rows):
+        raise typer.Exit(1)
+
+
+def _trade_ids(ids: list[str]) -> list[int]:
+    if len(ids) > TRADE_BATCH_MAX:
+        raise typer.BadParameter(f"at most {TRADE_BATCH_MAX} trade ids at once", param_hint="'ID...'")
+    return [_parse_id(i, "trade id") for i in ids]
+
+
+def _trade_dict(t: Any) -> dict:
+    """Every field of the Trade (proto order): ids as strings, enums by name, money as numbers."""
+    from tidebank.v1 import escrow_pb2
+
+    row: dict[str, Any] = {}
+    for f in escrow_pb2.Trade.DESCRIPTOR.fields:
+        value = getattr(t, f.name)
+        if f.name in _TRADE_ID_FIELDS:
+            row[f.name] = str(int(value))
+        elif f.name in _TRADE_ENUM_PREFIXES:
+            row[f.name] = _enum_name(value, _TRADE_ENUM_PREFIXES[f.name])
+        elif f.name == "refunds":
+            row[f.name] = [{"refund_id": str(int(i)), "amount": int(a)} for i, a in value]
+        elif f.name == "extensions":
+            row[f.name] = [{"extension_id": str(int(i)), "extend_by_s": int(s)} for i, s in value]
+        elif isinstance(value, bool):
+            row[f.name] = value
+        else:
+            row[f.name] = int(value)
+    return row
+
+
+def _deadline_text(deadline_ns: int, remaining_ns: int, now_ns: int) -> str:
+    """When the running timer fires (UTC) and in how many seconds; a paused timer's time left."""
+    import datetime
+
+    if deadline_ns:
+        when = datetime.datetime.fromtimestamp(deadline_ns / 1e9, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        seconds = round((deadline_ns - now_ns) / 1e9)
+        return f"{when} (in {seconds} s)" if seconds >= 0 else f"{when} ({-seconds} s ago)"
+    if remaining_ns:
+        return f"paused ({round(remaining_ns / 1e9)} s left)"
+    return "-"
+
+
+def _print_trades(rows: list[dict]) -> None:
+    import time
+
+    now_ns = time.time_ns()
+    table = Table(box=None, pad_edge=False)
+    cols = ("ID", "STATE", "BUYER", "SELLER", "AMOUNT", "HELD", "REFUNDED", "RELEASED", "FEE", "TIMER", "DEADLINE",
+            "CLOSED BY")
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("AMOUNT", "HELD", "REFUNDED", "RELEASED", "FEE") else "left")
+    for r in rows:
+        state = r["state"] + (f" (was {r['state_before_dispute']})" if r["state"] == "disputed" else "")
+        table.add_row(
+            r["id"],
+            state,
+            r["buyer_account_id"],
+            r["seller_account_id"],
+            str(r["amount"]),
+            str(r["held"]),
+            str(r["refunded"]),
+            str(r["released"]),
+            str(r["fee"]),
+            r["timer"] if r["timer"] != "none" else "-",
+            _deadline_text(r["deadline"], r["timer_remaining_ns"], now_ns),
+            r["closed_by"] if r["closed_by"] != "none" else "-",
+        )
+    _print_table(table)
+
+
+@trade_app.command("create")
+@_one_line_errors
+def trade_create(
+    buyer: Annotated[str, typer.Option("--buyer", help="Buyer account id (pays into escrow).", metavar="ID")],
+    seller: Annotated[str, typer.Option("--seller", help="Seller account id (paid on release).", metavar="ID")],
+    amount: Annotated[int, typer.Option(help="Amount in minor units, held in escrow.", min=1, max=U64_MAX)],
+    ledger: Annotated[int, typer.Option(help="Ledger, same as the accounts'.", min=1, max=U32_MAX)],
+    ship_by_s: Annotated[
+        int, typer.Option("--ship-by-s", help="Seconds the seller has to ship (else refunded).", min=1, max=U32_MAX)
+    ],
+    auto_confirm_s: Annotated[
+        int,
+        typer.Option(
+            "--auto-confirm-s", help="Seconds after shipping until released without a confirm.", min=1, max=U32_MAX
+        ),
+    ],
+    fee_bps: Annotated[
+        int, typer.Option("--fee-bps", help="Platform fee in basis points of what the seller gets.", min=0, max=10000)
+    ] = 0,
+    id: Annotated[
+        str | None, typer.Option("--id", help="Trade id (default: a new time-ordered id).", metavar="ID")
+    ] = None,
+    user_data_128: Annotated[int, typer.Option(min=0, max=U128_MAX)] = 0,
+    user_data_64: Annotated[int, typer.Option(min=0, max=U64_MAX)] = 0,
+    user_data_32: Annotated[int, typer.Option(min=0, max=U32_MAX)] = 0,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """Open a trade: the buyer's amount moves into escrow at once (or nothing happens).
+
+    The trade id is the idempotency key: a retry with the same --id answers `exists`.
+    Exit code 1 unless ok or exists."""
+    buyer_id = _parse_id(buyer, "buyer account id")
+    seller_id = _parse_id(seller, "seller account id")
+    trade_id = _parse_id(id, "trade id") if id is not None else None
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import NewTrade, new_id
+
+    if trade_id is None:
+        trade_id = new_id()
+        _new_id_note("trade id", trade_id, "--id")
+    trade = NewTrade(
+        id=trade_id,
+        buyer_account_id=buyer_id,
+        seller_account_id=seller_id,
+        amount=amount,
+        ledger=ledger,
+        fee_bps=fee_bps,
+        ship_by_timeout_s=ship_by_s,
+        auto_confirm_timeout_s=auto_confirm_s,
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=user_data_32,
+    )
+    with _client(targets, timeout_s) as c:
+        results = c.create_trades([trade])
+    _trade_results(results, output)
+
+
+def _trade_step(method: str, ids: list[str], dir, endpoints, output: Output, timeout_s: float) -> None:
+    wanted = _trade_ids(ids)
+    targets = _resolve_endpoints(dir, endpoints)
+    with _client(targets, timeout_s) as c:
+        results = getattr(c, method)(wanted)
+    _trade_results(results, output)
+
+
+@trade_app.command("ship")
+@_one_line_errors
+def trade_ship(
+    ids: TradeIdsArg,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """The seller shipped: PAID -> SHIPPED, starts the auto-confirm timer (exit code 1 unless every
+    result is ok or exists)."""
+    _trade_step("ship_trades", ids, dir, endpoints, output, timeout_s)
+
+
+@trade_app.command("confirm")
+@_one_line_errors
+def trade_confirm(
+    ids: TradeIdsArg,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """The buyer confirms receipt: the held amount less the fee goes to the seller, the fee to the
+    platform (exit code 1 unless every result is ok or exists)."""
+    _trade_step("confirm_trades", ids, dir, endpoints, output, timeout_s)
+
+
+@trade_app.command("refund")
+@_one_line_errors
+def trade_refund(
+    trade_id: TradeIdArg,
+    amount: Annotated[int, typer.Option(help="Amount to give back to the buyer, from what is held.", min=1,
+                                        max=U64_MAX)],
+    refund_id: Annotated[
+        str | None,
+        typer.Option("--refund-id", help="Refund id, the idempotency key (default: a new id, printed).", metavar="ID"),
+    ] = None,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """Refund part or all of what a trade holds to its buyer.
+
+    Each refund is idempotent by its refund id: to retry a refund, pass the id it was given
+    (printed on stderr when generated). Exit code 1 unless ok or exists."""
+    tid = _parse_id(trade_id, "trade id")
+    rid = _parse_id(refund_id, "refund id") if refund_id is not None else None
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import Refund, new_id
+
+    if rid is None:
+        rid = new_id()
+        _new_id_note("refund id", rid, "--refund-id")
+    with _client(targets, timeout_s) as c:
+        results = c.refund_trades([Refund(trade_id=tid, refund_id=rid, amount=amount)])
+    _trade_results(results, output, {"refund_id": str(rid)})
+
+
+@dispute_app.command("open")
+@_one_line_errors
+def trade_dispute_open(
+    ids: TradeIdsArg,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """Open a dispute: the trade's timer stops until it is withdrawn or resolved (one dispute per
+    trade; exit code 1 unless every result is ok or exists)."""
+    _trade_step("open_disputes", ids, dir, endpoints, output, timeout_s)
+
+
+@dispute_app.command("withdraw")
+@_one_line_errors
+def trade_dispute_withdraw(
+    ids: TradeIdsArg,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """End a dispute without a ruling: the timer resumes with the time it had left (exit code 1
+    unless every result is ok or exists)."""
+    _trade_step("withdraw_disputes", ids, dir, endpoints, output, timeout_s)
+
+
+@dispute_app.command("resolve")
+@_one_line_errors
+def trade_dispute_resolve(
+    trade_id: TradeIdArg,
+    buyer_amount: Annotated[
+        int,
+        typer.Option("--buyer-amount", help="To the buyer; the rest of what is held, less the fee, to the seller.",
+                     min=0, max=U64_MAX),
+    ],
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """Resolve a dispute by splitting what the trade holds; the trade is closed (exit code 1
+    unless ok or exists)."""
+    tid = _parse_id(trade_id, "trade id")
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import DisputeResolution
+
+    with _client(targets, timeout_s) as c:
+        results = c.resolve_disputes([DisputeResolution(trade_id=tid, buyer_amount=buyer_amount)])
+    _trade_results(results, output)
+
+
+@trade_app.command("extend")
+@_one_line_errors
+def trade_extend(
+    trade_id: TradeIdArg,
+    by_s: Annotated[int, typer.Option("--by-s", help="Seconds to add to the auto-confirm timer.", min=1,
+                                      max=U32_MAX)],
+    extension_id: Annotated[
+        str | None,
+        typer.Option("--extension-id", help="Extension id, the idempotency key (default: a new id, printed).",
+                     metavar="ID"),
+    ] = None,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """The buyer extends the auto-confirm timer of a shipped trade.
+
+    Idempotent by the extension id: to retry, pass the id it was given (printed on stderr
+    when generated). Exit code 1 unless ok or exists."""
+    tid = _parse_id(trade_id, "trade id")
+    eid = _parse_id(extension_id, "extension id") if extension_id is not None else None
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import Extension, new_id
+
+    if eid is None:
+        eid = new_id()
+        _new_id_note("extension id", eid, "--extension-id")
+    with _client(targets, timeout_s) as c:
+        results = c.extend_trades([Extension(trade_id=tid, extension_id=eid, extend_by_s=by_s)])
+    _trade_results(results, output, {"extension_id": str(eid)})
+
+
+@trade_app.command("get")
+@_one_line_errors
+def trade_get(
+    ids: TradeIdsArg,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """Look up trades: state, the money held, refunded, released and taken as fee, the running
+    timer and when it fires (exit code 1 if any is not found). JSON has every field."""
+    wanted = _trade_ids(ids)
+    targets = _resolve_endpoints(dir, endpoints)
+    with _client(targets, timeout_s) as c:
+        trades = c.lookup_trades(wanted)
+    rows = [_trade_dict(t) for t in trades]
+    if output == Output.json:
+        _print_json(rows)
+    else:
+        _print_trades(rows)
+    if _print_missing(wanted, trades, "trade"):
+        raise typer.Exit(1)
+
+
+@trade_app.command("list")
+@_one_line_errors
+def trade_list(
+    buyer: Annotated[
+        str | None, typer.Option("--buyer", help="List the trades this account pays for.", metavar="ID")
+    ] = None,
+    seller: Annotated[
+        str | None, typer.Option("--seller", help="List the trades this account sells in.", metavar="ID")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Page size.", min=1, max=TRADE_BATCH_MAX)] = 100,
+    page_token: Annotated[
+        str, typer.Option("--page-token", help="Continue from a previous page's next page token.", metavar="TOKEN")
+    ] = "",
+    all_pages: Annotated[bool, typer.Option("--all", help="Follow the pages to the end.")] = False,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TradeTimeoutOpt = 10.0,
+) -> None:
+    """The trades of one buyer or one seller account (give exactly one), oldest first, a page at a
+    time; the next page token is printed when there are more (--all fetches them all)."""
+    if (buyer is None) == (seller is None):
+        raise typer.BadParameter("give exactly one of --buyer ID or --seller ID", param_hint="'--buyer' / '--seller'")
+    account_id = _parse_id(buyer if buyer is not None else seller, "account id")  # type: ignore[arg-type]
+    targets = _resolve_endpoints(dir, endpoints)
+    from tidebank.client import TradeRole
+
+    role = TradeRole.BUYER if buyer is not None else TradeRole.SELLER
+    trades: list = []
+    token = page_token
+    with _client(targets, timeout_s) as c:
+        while True:
+            page = c.list_trades(account_id, role=role, limit=limit, page_token=token)
+            trades += page.items
+            if not all_pages or not page.next_page_token:
+                token = page.next_page_token
+                break
+            if page.next_page_token == token:
+                raise RuntimeError(f"the cluster returned the same page token twice ({token!r})")
+            token = page.next_page_token
+    rows = [_trade_dict(t) for t in trades]
+    if output == Output.json:
+        _print_json({"trades": rows, "next_page_token": token})
+        return
+    _print_trades(rows)
+    who = "buyer" if buyer is not None else "seller"
+    out.print(f"{len(rows)} trade(s) with {who} {account_id}", markup=False)
+    if token:
+        out.print(f"more: --page-token {token}", markup=False)
+
+
+@trade_app.command("totals")
+@_one_line_errors
+def trade_totals(
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds.", min=0.1)] = 5.0,
+) -> None:
+    """The escrow book per ledger, summed over every shard (each read on its leader): held in
+    escrow, platform fees taken, released to sellers, refunded to buyers, the balances of the
+    escrow and fee accounts, and trades by state. `tidebank audit` checks held == escrow
+    balance and fees == fee balance.
+
+    Exit code 2 when a shard has no leader that answers (or no node answers): the sums would
+    leave it out."""
+    from tidebank.cluster.audit import TRADE_COUNT_FIELDS, collect_totals, escrow_dict
+    from tidebank.cluster.audit import audit as judge
+    from tidebank.cluster.launcher import ChannelPool
+
+    with ChannelPool() as pool:
+        addresses, expected = _totals_targets(dir, endpoints, timeout, pool)
+        answers, unreachable = collect_totals(addresses, timeout, pool)
+    report = judge(answers, expected, unreachable)
+    if output == Output.json:
+        _print_json(
+            {
+                "complete": report.complete,
+                "missing_shards": report.missing_shards,
+                "unreachable": report.unreachable,
+                "ledgers": [{"ledger": ledger, **escrow_dict(t)} for ledger, t in report.escrow.items()],
+            }
+        )
+    else:
+        table = Table(box=None, pad_edge=False)
+        states = [f.removeprefix("trades_").upper() for f in TRADE_COUNT_FIELDS]
+        for col in ("LEDGER", "HELD", "FEES", "RELEASED", "REFUNDED", "ESCROW BALANCE", "FEE BALANCE", *states):
+            table.add_column(col, justify="right")
+        for ledger, t in report.escrow.items():
+            table.add_row(
+                str(ledger),
+                *(str(t[f]) for f in ("held", "fees", "released", "refunded", "escrow_balance", "fee_balance")),
+                *(str(t[f]) for f in TRADE_COUNT_FIELDS),
+            )
+        _print_table(table)
+        if not report.escrow:
+            out.print("no trades on any ledger", markup=False)
+        out.print(f"{len(report.shards)} shards read on their leaders; {len(report.escrow)} ledgers with trades",
+                  markup=False)
+        if report.unreachable:
+            out.print(f"not answering: {', '.join(report.unreachable)}", markup=False)
+    if report.missing_shards:
+        raise _fail(f"incomplete: no leader answered for shard(s) {', '.join(map(str, report.missing_shards))}", 2)
 
 
 # ---- demo --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tidebank.cluster.audit import (
+    ALL_ESCROW_FIELDS,
     EXIT_IN_FLIGHT,
     EXIT_MISMATCH,
     EXIT_NO_LEADER,
@@ -18,9 +19,11 @@ from tidebank.cluster.audit import (
     FIELDS,
     ShardTotals,
     audit,
+    escrow_mismatches,
     mismatches,
     pick_per_shard,
     shard_totals_from_proto,
+    sum_escrow,
     sum_ledgers,
 )
 from tidebank.cluster.cli import app
@@ -29,9 +32,11 @@ from tidebank.v1 import admin_pb2, admin_pb2_grpc
 BIG = 1 << 100  # beyond u64: sums are 128-bit
 
 
-def shard(shard_id: int, ledgers: dict, prepared: int = 0, applied: int = 10, node: str = "n") -> ShardTotals:
-    return ShardTotals(shard_id, node, applied, prepared, {k: {f: v.get(f, 0) for f in FIELDS} | v
-                                                           for k, v in ledgers.items()})
+def shard(shard_id: int, ledgers: dict, prepared: int = 0, applied: int = 10, node: str = "n",
+          escrow: dict | None = None) -> ShardTotals:
+    return ShardTotals(shard_id, node, applied, prepared,
+                       {k: {f: v.get(f, 0) for f in FIELDS} | v for k, v in ledgers.items()},
+                       {k: dict.fromkeys(ALL_ESCROW_FIELDS, 0) | v for k, v in (escrow or {}).items()})
 
 
 def test_sums_per_ledger_over_shards():
@@ -111,6 +116,85 @@ def test_json_keeps_128_bit_sums_exact():
     assert data["verdict"] == "balanced" and data["exit_code"] == 0
 
 
+# ---------------------------------------------------------------------- the escrow book
+
+
+def test_escrow_totals_are_summed_per_ledger_over_shards():
+    a = shard(0, {}, escrow={1: {"held": 70, "escrow_balance": 70, "trades_paid": 2}, 2: {"fees": 3}})
+    b = shard(1, {}, escrow={1: {"held": BIG, "escrow_balance": BIG, "trades_paid": 1, "trades_settled": 4}})
+    totals = sum_escrow([a, b])
+    assert list(totals) == [1, 2]
+    assert totals[1]["held"] == BIG + 70 and totals[1]["escrow_balance"] == BIG + 70
+    assert totals[1]["trades_paid"] == 3 and totals[1]["trades_settled"] == 4
+    assert totals[2]["fees"] == 3
+    assert set(totals[1]) == set(ALL_ESCROW_FIELDS)
+
+
+def test_matching_escrow_book_passes():
+    report = audit([shard(0, {}, escrow={1: {"held": 40, "escrow_balance": 15, "fees": 2, "fee_balance": 1}}),
+                    shard(1, {}, escrow={1: {"held": 10, "escrow_balance": 35, "fees": 3, "fee_balance": 4}})],
+                   expected_shards=[0, 1])
+    assert report.exit_code == EXIT_OK and report.balanced
+    assert report.escrow[1]["held"] == 50 and report.escrow[1]["escrow_balance"] == 50
+
+
+def test_held_not_equal_to_escrow_balance_is_a_mismatch():
+    report = audit([shard(0, {}, escrow={1: {"held": 100, "escrow_balance": 95}})], expected_shards=[0])
+    assert report.exit_code == EXIT_MISMATCH and report.verdict == "MISMATCH"
+    assert [(m.book, m.ledger, m.left, m.right, m.difference) for m in report.mismatches] == [
+        ("escrow", 1, "held", "escrow_balance", 5)
+    ]
+    assert "held 100 != escrow_balance 95" in report.mismatches[0].describe()
+
+
+def test_fees_not_equal_to_fee_balance_is_a_mismatch():
+    found = escrow_mismatches({3: dict.fromkeys(ALL_ESCROW_FIELDS, 0) | {"fees": 7, "fee_balance": 9}})
+    assert [(m.ledger, m.left, m.right, m.difference) for m in found] == [(3, "fees", "fee_balance", -2)]
+
+
+def test_released_refunded_and_trade_counts_are_summed_but_not_judged():
+    report = audit([shard(0, {}, escrow={1: {"released": 9, "refunded": 4, "trades_closed": 2}})],
+                   expected_shards=[0])
+    assert report.exit_code == EXIT_OK
+    assert (report.escrow[1]["released"], report.escrow[1]["refunded"], report.escrow[1]["trades_closed"]) == (9, 4, 2)
+
+
+def test_escrow_and_ledger_mismatches_are_both_reported():
+    report = audit([shard(0, {1: {"debits_posted": 5}}, escrow={1: {"fees": 1}})], expected_shards=[0])
+    assert [(m.book, m.left) for m in report.mismatches] == [("ledger", "debits_posted"), ("escrow", "fees")]
+    assert report.exit_code == EXIT_MISMATCH
+
+
+def test_escrow_mismatch_while_transactions_are_in_flight_is_not_quiescent():
+    report = audit([shard(0, {}, prepared=1, escrow={1: {"held": 10}})], expected_shards=[0])
+    assert report.exit_code == EXIT_IN_FLIGHT
+
+
+def test_from_proto_reads_escrow_totals():
+    message = admin_pb2.ShardLedgerTotals(shard_id=1, applied_index=4)
+    entry = message.escrow.add(ledger=5, trades_shipped=3, trades_refunded=1)
+    entry.held.hi, entry.held.lo = 2, 1
+    entry.escrow_balance.hi, entry.escrow_balance.lo = 2, 1
+    entry.fees.lo, entry.fee_balance.lo, entry.released.lo, entry.refunded.lo = 6, 6, 60, 8
+    t = shard_totals_from_proto(message, "addr")
+    assert t.escrow[5]["held"] == (2 << 64) + 1 == t.escrow[5]["escrow_balance"]
+    assert (t.escrow[5]["fees"], t.escrow[5]["fee_balance"], t.escrow[5]["released"], t.escrow[5]["refunded"]) == (
+        6, 6, 60, 8)
+    assert (t.escrow[5]["trades_shipped"], t.escrow[5]["trades_refunded"], t.escrow[5]["trades_paid"]) == (3, 1, 0)
+
+
+def test_from_proto_without_trades_has_an_empty_escrow_book():
+    assert shard_totals_from_proto(admin_pb2.ShardLedgerTotals(shard_id=0), "addr").escrow == {}
+
+
+def test_json_has_the_escrow_book_and_the_book_of_each_mismatch():
+    data = audit([shard(0, {}, escrow={2: {"held": BIG, "escrow_balance": 1, "trades_paid": 3}})], [0]).to_dict()
+    assert data["escrow"][0]["ledger"] == 2
+    assert data["escrow"][0]["held"] == str(BIG) and data["escrow"][0]["trades_paid"] == 3
+    assert data["mismatches"] == [{"book": "escrow", "ledger": 2, "left": "held", "right": "escrow_balance",
+                                   "left_total": str(BIG), "right_total": "1", "difference": str(BIG - 1)}]
+
+
 # ---------------------------------------------------------------------- the command, against fake nodes
 
 
@@ -159,6 +243,17 @@ def _lead(node: FakeNode, shard_id: int, debits: int, credits: int, prepared: in
     entry.debits_posted.lo, entry.credits_posted.lo = debits, credits
 
 
+def _escrow(node: FakeNode, ledger: int, **values: int) -> None:
+    """Add an EscrowTotal to the (single) shard the node leads."""
+    entry = node.totals.shards[0].escrow.add(ledger=ledger)
+    for name, value in values.items():
+        target = getattr(entry, name)
+        if isinstance(target, int):
+            setattr(entry, name, value)
+        else:
+            target.hi, target.lo = value >> 64, value & ((1 << 64) - 1)
+
+
 def run(*args):
     result = CliRunner().invoke(app, list(args))
     assert "Traceback" not in result.output, result.output
@@ -201,6 +296,94 @@ def test_audit_command_without_a_leader_for_a_shard_exits_2(fake_nodes):
     _lead(a, 0, 1, 1)
     r = run("audit", "--endpoints", a.address, "--wait-s", "0", "-o", "json")
     assert r.exit_code == 2 and json.loads(r.stdout)["missing_shards"] == [1]
+
+
+def test_audit_command_escrow_mismatch_exits_1_and_shows_it_in_the_table(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 100)
+    _lead(b, 1, 5, 5)
+    _escrow(a, 1, held=60, escrow_balance=50, fees=2, fee_balance=2)
+    _escrow(b, 1, held=0, escrow_balance=5, fees=1, fee_balance=1)
+    r = run("audit", "--endpoints", a.address)
+    assert r.exit_code == 1, r.output
+    assert "ESCROW BALANCE" in r.output and "held - escrow_balance = +5" in r.output
+    assert "escrow book, ledger 1: held 60 != escrow_balance 55 (difference +5)" in r.output
+
+
+def test_audit_command_escrow_mismatch_in_json(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 100)
+    _lead(b, 1, 5, 5)
+    _escrow(a, 1, held=10, escrow_balance=10, fees=3, fee_balance=1)
+    r = run("audit", "--endpoints", a.address, "-o", "json")
+    assert r.exit_code == 1
+    data = json.loads(r.stdout)
+    assert data["verdict"] == "MISMATCH" and data["balanced"] is False
+    assert [(m["book"], m["left"], m["difference"]) for m in data["mismatches"]] == [("escrow", "fees", "2")]
+    assert data["escrow"][0]["fee_balance"] == "1"
+
+
+def test_audit_command_matching_escrow_book_is_balanced(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 30)
+    _lead(b, 1, 30, 100)
+    _escrow(a, 1, held=40, escrow_balance=30, fees=1, fee_balance=0)
+    _escrow(b, 1, held=0, escrow_balance=10, fees=0, fee_balance=1)
+    r = run("audit", "--endpoints", a.address)
+    assert r.exit_code == 0, r.output
+    assert "held == escrow balance and fees == fee balance" in r.output
+
+
+def test_audit_command_without_trades_shows_no_escrow_table(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 100, 30)
+    _lead(b, 1, 30, 100)
+    r = run("audit", "--endpoints", a.address)
+    assert r.exit_code == 0 and "ESCROW BALANCE" not in r.output
+
+
+def test_trade_totals_sums_the_escrow_book_over_shards(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 0, 0)
+    _lead(b, 1, 0, 0)
+    _escrow(a, 1, held=BIG, fees=2, released=98, refunded=5, escrow_balance=BIG, fee_balance=2, trades_paid=1,
+            trades_settled=1)
+    _escrow(b, 1, held=10, escrow_balance=10, trades_shipped=1, trades_refunded=2)
+    _escrow(b, 2, held=7, escrow_balance=7, trades_disputed=1)
+    r = run("trade", "totals", "--endpoints", a.address, "-o", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["complete"] is True
+    one, two = data["ledgers"]
+    assert (one["ledger"], one["held"], one["fees"], one["released"], one["refunded"]) == (1, str(BIG + 10), "2",
+                                                                                           "98", "5")
+    assert (one["escrow_balance"], one["fee_balance"]) == (str(BIG + 10), "2")
+    assert [one[f"trades_{s}"] for s in ("paid", "shipped", "disputed", "settled", "refunded", "closed")] == [
+        1, 1, 0, 1, 2, 0]
+    assert (two["ledger"], two["held"], two["trades_disputed"]) == (2, "7", 1)
+
+
+def test_trade_totals_table(fake_nodes):
+    a, b = fake_nodes
+    _lead(a, 0, 0, 0)
+    _lead(b, 1, 0, 0)
+    _escrow(a, 4, held=123, escrow_balance=123, fees=9, fee_balance=9, trades_closed=6)
+    r = run("trade", "totals", "--endpoints", a.address)
+    assert r.exit_code == 0, r.output
+    header, row = r.output.splitlines()[:2]
+    assert header.split() == ["LEDGER", "HELD", "FEES", "RELEASED", "REFUNDED", "ESCROW", "BALANCE", "FEE",
+                              "BALANCE", "PAID", "SHIPPED", "DISPUTED", "SETTLED", "REFUNDED", "CLOSED"]
+    assert row.split() == ["4", "123", "9", "0", "0", "123", "9", "0", "0", "0", "0", "0", "6"]
+
+
+def test_trade_totals_without_a_leader_for_a_shard_exits_2(fake_nodes):
+    a, _ = fake_nodes
+    _lead(a, 0, 0, 0)
+    _escrow(a, 1, held=5, escrow_balance=5)
+    r = run("trade", "totals", "--endpoints", a.address, "-o", "json")
+    assert r.exit_code == 2
+    data = json.loads(r.stdout)
+    assert data["missing_shards"] == [1] and data["ledgers"][0]["held"] == "5"
 
 
 # ---------------------------------------------------------------------- the node side
