@@ -8,8 +8,11 @@ and an identical re-submission answered with exists. At the end it reads every
 account back and checks, per ledger, that total debits equal total credits, and
 that each account holds exactly what the acknowledged transfers put there.
 
-Until cross-shard commit lands, every transfer's two accounts share a shard:
-accounts are grouped by (ledger, shard), each group with its own funding account.
+The batched transfers keep each transfer's two accounts on one shard (accounts are
+grouped by (ledger, shard), each group with its own funding account). Then escrow
+trades run on their own ledger, between a buyer and a seller on different shards:
+one confirmed (the fee goes to the platform), one partly refunded then split by a
+dispute, one refunded by its ship-by timer.
 """
 
 from __future__ import annotations
@@ -24,9 +27,20 @@ from typing import Any
 
 from rich.console import Console
 
-from tidebank.client import Account, AccountFlags, Client, Transfer, TransferFlags, new_id
+from tidebank.client import (
+    Account,
+    AccountFlags,
+    Client,
+    NewTrade,
+    TradeClosedBy,
+    TradeState,
+    Transfer,
+    TransferFlags,
+    new_id,
+)
 
 LEDGERS = (1, 2)
+ESCROW_LEDGER = 3  # trades run on their own ledger: their fees leave the demo's accounts
 CODE_FUNDING = 1
 CODE_LIMITED = 10  # debits_must_not_exceed_credits
 CODE_OPEN = 20
@@ -238,6 +252,7 @@ class _Demo:
         self.batched_transfers(members, funding, n_transfers)
         self.walk_through(funding[home].id, alice.id, bob.id, home[0])
         self.verify_balances([a.id for a in everyone])
+        self.escrow_walk_through(shards)
         return self.report
 
     def batched_transfers(self, members: dict, funding: dict, n: int) -> None:
@@ -324,6 +339,73 @@ class _Demo:
             "idempotent",
             (s1, s2) == (["created"], ["exists"]),
             f"one transfer submitted twice with the same id: {s1[0]}, then {s2[0]}",
+        )
+
+    def escrow_walk_through(self, shards: list[int]) -> None:
+        """Trades between a buyer and a seller on different shards (each trade on a third where there is one)."""
+        ledger = ESCROW_LEDGER
+        buyer_shard, seller_shard = shards[0], shards[1 % len(shards)]
+        trade_shards = [shards[(2 + n) % len(shards)] for n in range(3)]
+        mint, carol, dave = new_id(), self.new_id_on(buyer_shard), self.new_id_on(seller_shard)
+        self.create_accounts([
+            Account(id=mint, ledger=ledger, code=CODE_FUNDING),
+            Account(id=carol, ledger=ledger, code=CODE_LIMITED, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+            Account(id=dave, ledger=ledger, code=CODE_OPEN),
+        ])
+        self._retry("create_transfers", lambda: self.c.create_transfers([self.transfer(mint, carol, 10_000, ledger)]))
+
+        def trade(trade_id: int, amount: int, ship_by_s: int = 3600) -> NewTrade:
+            return NewTrade(trade_id, carol, dave, amount, ledger, fee_bps=250, ship_by_timeout_s=ship_by_s,
+                            auto_confirm_timeout_s=7 * 86_400)
+
+        def step(what: str, fn: Callable[[], Any]) -> str:
+            return _status(self._retry(what, lambda: [fn()])[0])
+
+        first, second, third = (self.new_id_on(s) for s in trade_shards)
+        steps = [step("create_trade", lambda: self.c.create_trade(trade(first, 2_000))),
+                 step("ship_trade", lambda: self.c.ship_trade(first)),
+                 step("confirm_trade", lambda: self.c.confirm_trade(first)),
+                 step("confirm_trade", lambda: self.c.confirm_trade(first))]
+        t = self.c.lookup_trades([first])[0]
+        self.check(
+            "escrow",
+            steps == ["ok", "ok", "ok", "exists"] and (t.released, t.fee) == (1_950, 50),
+            f"carol buys for 2,000 ({steps[0]}), dave ships ({steps[1]}), carol confirms ({steps[2]}; again: "
+            f"{steps[3]}): dave gets {t.released:,}, the platform {t.fee} (2.5 %)",
+        )
+        refund_id = new_id()
+        steps = [step("create_trade", lambda: self.c.create_trade(trade(second, 1_000))),
+                 step("refund_trade", lambda: self.c.refund_trade(second, refund_id, 400)),
+                 step("open_dispute", lambda: self.c.open_dispute(second)),
+                 step("resolve_dispute", lambda: self.c.resolve_dispute(second, buyer_amount=200))]
+        t = self.c.lookup_trades([second])[0]
+        self.check(
+            "dispute",
+            steps == ["ok"] * 4 and (t.state, t.refunded, t.released, t.fee) == (TradeState.CLOSED, 600, 390, 10),
+            f"a 1,000 trade: 400 refunded, then a dispute split 200 / 400: carol gets {t.refunded:,} back, "
+            f"dave {t.released:,}, the platform {t.fee}",
+        )
+        created = step("create_trade", lambda: self.c.create_trade(trade(third, 500, ship_by_s=1)))
+        deadline = time.monotonic() + 20
+        t = self.c.lookup_trades([third])[0]
+        while t.state != TradeState.REFUNDED and time.monotonic() < deadline:
+            time.sleep(0.25)
+            t = self.c.lookup_trades([third])[0]
+        self.check(
+            "timer",
+            created == "ok" and t.closed_by == TradeClosedBy.SHIP_BY_EXPIRED and t.refunded == 500,
+            f"a trade not shipped within 1 s: {TradeState(t.state).name.lower()} by its timer "
+            f"({(t.closed_at - t.created_at) / 1e9:.1f} s after it was paid)",
+        )
+        accounts = {a.id: a for a in self.c.lookup_accounts([carol, dave])}
+        carol_net = accounts[carol].credits_posted - accounts[carol].debits_posted
+        dave_net = accounts[dave].credits_posted - accounts[dave].debits_posted
+        trades = self.c.lookup_trades([first, second, third])
+        held, fees = sum(t.held for t in trades), sum(t.fee for t in trades)
+        self.check(
+            "escrow book",
+            (carol_net, dave_net, held, fees) == (10_000 - 2_000 - 400, 1_950 + 390, 0, 60),
+            f"carol holds {carol_net:,} of 10,000, dave {dave_net:,}, the platform {fees} in fees; {held} held",
         )
 
     def verify_balances(self, ids: list[int]) -> None:
