@@ -19,6 +19,7 @@ from tidebank.node.records import (
     unpack_transfer,
 )
 from tidebank.node.state_machine import (
+    OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     OP_DECIDE,
@@ -43,8 +44,10 @@ _ITEM_LENGTH = struct.Struct("<I")  # before each item of a variable-size kind (
 
 _PACKERS = {OP_CREATE_ACCOUNTS: pack_account, OP_CREATE_TRANSFERS: pack_transfer}
 _UNPACKERS = {OP_CREATE_ACCOUNTS: unpack_account, OP_CREATE_TRANSFERS: unpack_transfer}
-_VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide}
-_VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide}
+_VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide,
+                     OP_COMMIT_LOCAL: pack_prepare}
+_VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
+                       OP_COMMIT_LOCAL: unpack_prepare}
 
 
 class CommandFormatError(ValueError):

@@ -35,7 +35,7 @@ from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, Overload
 from tidebank.node.records import Transfer, pack_transfer
 from tidebank.node.results import CreateTransferResult
 from tidebank.node.routing import ShardMap
-from tidebank.node.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
+from tidebank.node.state_machine import OP_COMMIT_LOCAL, OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
 from tidebank.node.txn_records import (
     SIDE_BOTH,
     SIDE_CREDIT,
@@ -66,8 +66,9 @@ SWEEP_AFTER_S = 3.0  # a transaction prepared longer than this (cluster time) is
 SUBMIT_ITEMS_MAX = 1024  # items per Internal.Submit call
 WORKERS_MAX = 512  # concurrent 2PC steps; each mostly waits on Raft
 
-_PACK = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide}
-_UNPACK = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide}
+_PACK = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide, OP_COMMIT_LOCAL: pack_prepare}
+_UNPACK = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
+           OP_COMMIT_LOCAL: unpack_prepare}
 
 class ParticipantUnavailableError(Exception):
     """A shard did not take part in time: the attempt was aborted, nothing applied; retry the same ids."""
@@ -216,7 +217,7 @@ def presumed_abort(key: int) -> Decide:
 
 
 def result_from_pb(kind: int, message: internal_pb2.TxnResult):
-    if kind == OP_PREPARE:
+    if kind in (OP_PREPARE, OP_COMMIT_LOCAL):
         return Vote(message.ok, message.failed_index, message.code)
     if kind == OP_DECIDE:
         return Decision(message.ok, message.failed_index, message.code, message.timestamp)
@@ -224,7 +225,7 @@ def result_from_pb(kind: int, message: internal_pb2.TxnResult):
 
 
 def result_to_pb(kind: int, result) -> internal_pb2.TxnResult:
-    if kind == OP_PREPARE:
+    if kind in (OP_PREPARE, OP_COMMIT_LOCAL):
         return internal_pb2.TxnResult(ok=result.prepared, failed_index=result.failed_index, code=result.code)
     if kind == OP_DECIDE:
         return internal_pb2.TxnResult(ok=result.committed, failed_index=result.failed_index, code=result.code,
@@ -238,6 +239,9 @@ class Coordinator:
     All groups of one request that share a coordinator go through each step
     together: one PREPARE entry per participant shard, one DECIDE entry, one
     FINISH entry per participant. Each group still has its own key and outcome.
+    Groups that touch no shard but their coordinator (escrow steps whose accounts
+    all live with the trade) skip 2PC: one OP_COMMIT_LOCAL entry prepares and
+    commits them at once.
     """
 
     def __init__(self, node, steps: ShardSteps):
@@ -278,13 +282,42 @@ class Coordinator:
                 outcomes[position] = ParticipantUnavailableError(
                     f"group {group.txid}: {ATTEMPTS_MAX} attempts aborted")
         by_coordinator: dict[int, list[tuple[int, Group, int]]] = {}
+        local: dict[int, list[tuple[int, Group, int]]] = {}  # groups whose only participant is the coordinator
         for entry in todo:
-            by_coordinator.setdefault(entry[1].coordinator_shard, []).append(entry)
+            group = entry[1]
+            alone = set(legs_by_shard(group, self.node.shard_map)) == {group.coordinator_shard}
+            (local if alone else by_coordinator).setdefault(group.coordinator_shard, []).append(entry)
+        for coordinator_shard, entries in local.items():
+            for position, result in self._run_local(coordinator_shard, entries, deadline):
+                outcomes[position] = result
         for coordinator_shard, entries in by_coordinator.items():
             for position, result in self._run_attempts(coordinator_shard, entries, deadline):
                 outcomes[position] = result
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _run_local(self, coordinator_shard: int, entries: list[tuple[int, Group, int]],
+                   deadline: float) -> list[tuple[int, tuple[Decision, bool] | Exception]]:
+        """Groups that touch only their coordinator shard: one OP_COMMIT_LOCAL entry prepares and commits them."""
+        items = [Prepare(key, coordinator_shard, len(group.transfers),
+                         legs_by_shard(group, self.node.shard_map)[coordinator_shard], group.trade)
+                 for _, group, key in entries]
+        try:
+            votes: list[Vote] = self.steps.run_items(coordinator_shard, OP_COMMIT_LOCAL, items,
+                                                     max(deadline, time.monotonic() + STEP_TIMEOUT_S))
+        except ParticipantUnavailableError as exc:
+            unknown = OutcomeUnknownError(f"local commit not confirmed: {exc}")  # it may have applied
+            return [(position, unknown) for position, _, _ in entries]
+        results: list[tuple[int, tuple[Decision, bool] | Exception]] = []
+        for (position, group, _), vote in zip(entries, votes, strict=True):
+            if vote.prepared:
+                results.append((position, (Decision(True, 0, 0, 0), False)))
+            elif vote.code == 0:
+                results.append((position, ParticipantUnavailableError(
+                    f"group {group.txid:x}: busy; nothing applied")))
+            else:
+                results.append((position, (Decision(False, vote.failed_index, vote.code, 0), False)))
+        return results
 
     def _run_attempts(self, coordinator_shard: int, entries: list[tuple[int, Group, int]],
                       deadline: float) -> list[tuple[int, tuple[Decision, bool] | Exception]]:

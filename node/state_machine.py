@@ -186,6 +186,7 @@ __all__ = [
     "EXPIRE_SCAN_MAX",
     "OP_CREATE_ACCOUNTS",
     "OP_CREATE_TRANSFERS",
+    "OP_COMMIT_LOCAL",
     "OP_DECIDE",
     "OP_FINISH",
     "OP_PREPARE",
@@ -201,6 +202,10 @@ OP_CREATE_TRANSFERS = 2
 OP_PREPARE = 3  # items: Prepare -> Vote
 OP_FINISH = 4  # items: Finish -> FINISH_* int
 OP_DECIDE = 5  # items: Decide -> Decision
+# items: Prepare -> Vote. A group whose only participant is its coordinator shard (an escrow step that
+# touches no other shard): PREPARE and FINISH(commit) in one entry, no DECIDE. A NO vote is recorded
+# like a PREPARE's (replayed for the same txid); a busy NO (code 0) records nothing.
+OP_COMMIT_LOCAL = 6
 EXPIRE_PER_APPLY_MAX = 512
 # The sweep looks at most this many due expiry keys per apply (locked ones are skipped).
 EXPIRE_SCAN_MAX = 4 * EXPIRE_PER_APPLY_MAX
@@ -476,8 +481,8 @@ class LedgerStateMachine:
     def apply(self, txn: lmdb.Transaction, operations: Sequence[Operation], timestamp_ns: int) -> list[list[Any]]:
         """One Raft entry: the operations in order, each list of per-item results in order.
 
-        Results are int codes for OP_CREATE_*, `Vote` for OP_PREPARE, FINISH_* ints for
-        OP_FINISH and `Decision` for OP_DECIDE.
+        Results are int codes for OP_CREATE_*, `Vote` for OP_PREPARE and OP_COMMIT_LOCAL,
+        FINISH_* ints for OP_FINISH and `Decision` for OP_DECIDE.
 
         Never raises. A failure inside one operation rolls that operation back and
         reports internal_error for each of its items; the others still apply. 2PC
@@ -1390,6 +1395,29 @@ class LedgerStateMachine:
         self._touch(a, ctx)
         return a
 
+    # -- one-participant groups
+
+    def _commit_local(self, txn: lmdb.Transaction, item: Prepare, ctx: _Context) -> Vote | None:
+        """PREPARE then, if it votes yes, FINISH(commit) at this entry's cluster time; one txn for both."""
+        child = self._env.begin(write=True, parent=txn)
+        try:
+            vote = self._prepare(child, item, ctx)
+            if vote.prepared:
+                # A fresh context: the PREPARE's has already flushed its accounts.
+                finish_ctx = _Context(ctx.base, ctx.next_ts)
+                status = self._finish(child, Finish(item.txid, True, ctx.base), finish_ctx)
+                if status not in (FINISH_APPLIED, FINISH_ALREADY):
+                    raise InvariantViolation(f"local commit of txid {item.txid} finished with status {status}")
+                ctx.next_ts = finish_ctx.next_ts
+        except BaseException:
+            child.abort()
+            raise
+        if not vote.prepared and vote.code == 0:
+            child.abort()  # busy: nothing recorded, so the same step can run again
+        else:
+            child.commit()
+        return vote
+
     # -- escrow steps (the trade part of a PREPARE / FINISH on the trade's shard)
 
     def _prepare_trade(
@@ -1964,6 +1992,7 @@ _TXN_STEPS: dict[int, tuple[str, Any]] = {
     OP_PREPARE: ("_prepare", _VOTE_ERROR),
     OP_FINISH: ("_finish", FINISH_INTERNAL_ERROR),
     OP_DECIDE: ("_decide", _DECISION_ERROR),
+    OP_COMMIT_LOCAL: ("_commit_local", _VOTE_ERROR),
 }
 
 

@@ -14,6 +14,7 @@ from tidebank.node.coordinator import attempt_key
 from tidebank.node.records import Account, AccountFlags, Transfer
 from tidebank.node.results import TradeResult
 from tidebank.node.state_machine import (
+    OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     OP_FINISH,
@@ -109,23 +110,31 @@ class EscrowHarness:
         (vote,) = self.apply(OP_PREPARE, [prepare], at_ns)
         return vote
 
+    def commit_local(self, prepare: Prepare, at_ns: int | None = None) -> Vote:
+        """The one-entry path of a step that touches no other shard (OP_COMMIT_LOCAL)."""
+        (vote,) = self.apply(OP_COMMIT_LOCAL, [prepare], at_ns)
+        return vote
+
     def finish(self, key: int, commit: bool, at_ns: int | None = None) -> int:
         at = self.now if at_ns is None else at_ns
         (status,) = self.apply(OP_FINISH, [Finish(key, commit, at)], at)
         return status
 
-    def step(self, cmd: TradeCommand, at_ns: int | None = None) -> tuple[int, int]:
-        """Run one step end to end: (TradeResult code, CreateTransferResult code of a failed leg or 0)."""
+    def step(self, cmd: TradeCommand, at_ns: int | None = None, *, local: bool = False) -> tuple[int, int]:
+        """Run one step end to end, by 2PC (PREPARE, FINISH) or in one OP_COMMIT_LOCAL entry: (TradeResult
+        code, CreateTransferResult code of a failed leg or 0); code -1 when the trade's shard voted busy."""
         code, prepare = self.plan(cmd)
         if prepare is None:
             return code, 0
-        vote = self.prepare(prepare, at_ns)
+        vote = self.commit_local(prepare, at_ns) if local else self.prepare(prepare, at_ns)
         if not vote.prepared:
-            self.abort(prepare, at_ns)
+            if not local:
+                self.abort(prepare, at_ns)
             if vote.failed_index == TRADE_STEP_INDEX:
                 return (vote.code if vote.code else -1), 0  # -1: busy (re-plan)
             return int(TradeResult.transfer_failed), vote.code
-        self.finish(prepare.txid, True, at_ns)
+        if not local:
+            self.finish(prepare.txid, True, at_ns)
         return escrow.OK, 0
 
     def conserved(self) -> bool:

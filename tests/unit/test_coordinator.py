@@ -14,6 +14,7 @@ import lmdb
 import pytest
 
 from tidebank.node import coordinator as coordinator_module
+from tidebank.node import escrow
 from tidebank.node.batcher import NotAppliedError
 from tidebank.node.coordinator import (
     Coordinator,
@@ -28,6 +29,7 @@ from tidebank.node.records import Account, AccountFlags, Transfer
 from tidebank.node.results import CreateTransferResult
 from tidebank.node.routing import ShardMap
 from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, LedgerStateMachine, Operation
+from tidebank.node.trades import CMD_CREATE, TradeCommand, TradeStep
 from tidebank.node.txn_records import Decide, Prepare
 
 SLOTS = 8
@@ -40,7 +42,7 @@ class LocalShard:
     def __init__(self, path, shard_id: int):
         self.shard_id = shard_id
         self.env = lmdb.open(str(path / f"shard-{shard_id}"), max_dbs=32, map_size=1 << 28, sync=False)
-        self.ledger = LedgerStateMachine(self.env)
+        self.ledger = LedgerStateMachine(self.env, slot_count=SLOTS)
         self.reachable = True
 
     def is_leader(self) -> bool:
@@ -251,3 +253,28 @@ def test_a_different_group_reusing_a_prepared_groups_transfer_id_is_never_taken_
     assert Coordinator(node, steps).run(other, 2.0) == [CreateTransferResult.created]
     assert balances(node, b) == (0, 0, 0, 0) and balances(node, c) == (0, 0, 0, 10)
     assert balances(node, a) == (0, 10, 0, 0)
+
+
+def trade_group(trade_shard: int, buyer: int, seller: int, amount: int) -> Group:
+    """The 2PC group of creating a trade on `trade_shard`, as the escrow coordinator plans it."""
+    cmd = TradeCommand(CMD_CREATE, id_on(trade_shard, 50_000), amount=amount, buyer_account_id=buyer,
+                       seller_account_id=seller, ledger=1, ship_by_timeout_s=60, auto_confirm_timeout_s=60)
+    legs = escrow.legs(None, cmd, escrow.evaluate(None, cmd, None), SLOTS)
+    return Group(legs, trade_shard, key=escrow.step_key(cmd, 0), trade=TradeStep(0, cmd))
+
+
+def test_an_escrow_step_within_one_shard_commits_in_one_entry_without_a_decision(node, steps):
+    buyer, seller = open_accounts(node, (0, 0), (0, 0))
+    group = trade_group(0, buyer, seller, 10)
+    ((decision, replay),) = Coordinator(node, steps).run_decisions([group], 2.0)
+    assert decision.committed and not replay
+    assert node.shards[0].txn_decision(attempt_key(group.txid, 0)) is None  # no DECIDE was needed
+    assert balances(node, buyer) == (0, 10, 0, 0) and node.shards[0].prepared_txns() == []
+
+
+def test_an_escrow_step_with_a_buyer_on_another_shard_runs_two_phase_commit(node, steps):
+    buyer, seller = open_accounts(node, (1, 0), (0, 0))
+    group = trade_group(0, buyer, seller, 10)
+    ((decision, _),) = Coordinator(node, steps).run_decisions([group], 2.0)
+    assert decision.committed and node.shards[0].txn_decision(attempt_key(group.txid, 0)).committed
+    assert balances(node, buyer) == (0, 10, 0, 0)

@@ -321,3 +321,44 @@ def test_list_trades_pages_a_buyers_trades_by_creation(h):
         nothing = h.sm.list_trades(txn, SELLER, limit=10)
     assert [t.id for t in first + rest] == [TRADE + n for n in range(5)]
     assert len(as_seller) == 5 and nothing == []
+
+
+# ---- one-participant steps: PREPARE and commit in one entry
+
+
+def test_a_local_step_commits_the_trade_and_its_legs_in_one_entry(h):
+    _, prepare = h.plan(create(TRADE, BUYER, SELLER, 1_000))
+    vote = h.commit_local(prepare)
+    assert vote.prepared
+    assert positions(h) == (-1_000, 0, 1_000, 0) and h.trade(TRADE).state == PAID
+    with h.env.begin() as txn:
+        assert h.sm.prepared_txns(txn) == [] and not h.sm.trade_locked(txn, TRADE)
+    check_books(h)
+
+
+def test_a_local_step_run_again_changes_nothing(h):
+    _, prepare = h.plan(create(TRADE, BUYER, SELLER, 1_000))
+    h.commit_local(prepare)
+    assert h.commit_local(prepare).prepared
+    assert positions(h) == (-1_000, 0, 1_000, 0) and h.trade(TRADE).version == 1
+
+
+def test_a_refused_local_step_keeps_its_refusal_for_the_same_key(h):
+    _, prepare = h.plan(create(TRADE, BUYER, SELLER, 10_001))
+    first = h.commit_local(prepare)
+    assert not first.prepared and first.code == CreateTransferResult.exceeds_credits
+    h.open(BUYER + 1, balance=0)  # whatever changes meanwhile, the same key answers the same
+    assert h.commit_local(prepare) == first
+    assert h.trade(TRADE) is None and positions(h) == (0, 0, 0, 0)
+
+
+def test_a_busy_local_step_records_nothing_and_runs_once_the_trade_is_free(h):
+    h.step(create(TRADE, BUYER, SELLER, 1_000))
+    _, refund = h.plan(act(CMD_REFUND, arg_id=1, amount=100))
+    _, ship = h.plan(act(CMD_SHIP))
+    assert h.prepare(refund).prepared  # holds the trade's lock
+    busy = h.commit_local(ship)
+    assert not busy.prepared and (busy.failed_index, busy.code) == (TRADE_STEP_INDEX, 0)
+    h.finish(refund.txid, False)
+    assert h.commit_local(ship).prepared  # the same key: nothing was recorded for it
+    assert h.trade(TRADE).state == SHIPPED

@@ -1,5 +1,8 @@
 """Property test: random escrow histories on one shard keep every book, whatever the order of steps.
 
+Each step runs either by 2PC (PREPARE, FINISH) or in one OP_COMMIT_LOCAL entry, as the
+coordinator does for steps that touch no other shard.
+
 After every step: debits equal credits; each trade's held money is amount - refunded -
 released - fee, never negative, and zero exactly in the terminal states; the escrow and
 fee accounts hold exactly what the trades say; the buyer paid what was held and not
@@ -37,9 +40,10 @@ KINDS = [CMD_CREATE, CMD_SHIP, CMD_CONFIRM, CMD_REFUND, CMD_OPEN_DISPUTE, CMD_WI
          CMD_RESOLVE_DISPUTE, CMD_EXTEND, CMD_AUTO_REFUND, CMD_AUTO_CONFIRM]
 
 step = st.tuples(st.sampled_from(KINDS), st.sampled_from(TRADES), st.integers(0, 1_200), st.integers(0, 3),
-                 st.integers(0, 40))
+                 st.integers(0, 40), st.booleans())
 # Every trade is created first (so most later steps find a trade), then anything goes.
-steps = st.builds(lambda amounts, rest: [(CMD_CREATE, t, a, 0, 0) for t, a in zip(TRADES, amounts, strict=True)]
+steps = st.builds(lambda amounts, rest: [(CMD_CREATE, t, a, 0, 0, False)
+                                         for t, a in zip(TRADES, amounts, strict=True)]
                   + rest,
                   st.lists(st.integers(1, 1_200), min_size=len(TRADES), max_size=len(TRADES)),
                   st.lists(step, max_size=40))
@@ -65,9 +69,9 @@ def test_random_escrow_histories_keep_every_book(history):
         try:
             h.open(BUYER, balance=BALANCE)
             h.open(SELLER, flags=0)
-            for kind, trade_id, amount, small_id, advance_s in history:
+            for kind, trade_id, amount, small_id, advance_s, local in history:
                 h.now += advance_s * S
-                code, _ = h.step(command(kind, trade_id, amount, small_id))
+                code, _ = h.step(command(kind, trade_id, amount, small_id), local=local)
                 assert code not in (TradeResult.internal_error,), (kind, trade_id)
                 if code == -1:  # busy: only a timer that is not due yet may say so here
                     assert kind in (CMD_AUTO_REFUND, CMD_AUTO_CONFIRM)
