@@ -54,6 +54,7 @@ TRADE_SHARE = 0.25  # of the workers' operations
 # Transfer codes of escrow legs (tidebank.node.escrow): hold, release, fee, refund.
 CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND = 9101, 9102, 9103, 9104
 ESCROW_CODES = {CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND}
+TRADE_ENDED = {TradeResultCode.trade_is_settled, TradeResultCode.trade_is_refunded, TradeResultCode.trade_is_closed}
 RESTING = {TradeState.SETTLED, TradeState.REFUNDED, TradeState.CLOSED, TradeState.DISPUTED}  # no timer runs
 
 
@@ -155,7 +156,7 @@ class Bank:
 
     # --- escrow workload --------------------------------------------------------------------------------
     def _trade_op(self, rng: random.Random, mine: list[int]) -> TradeOp:
-        if not mine or rng.random() < 0.35:
+        if len(mine) < 3 or rng.random() < 0.2:
             buyer, seller = rng.sample(self.accounts, 2)
             t = NewTrade(self.new_id(), buyer, seller, rng.randint(1, 300), LEDGER,
                          fee_bps=rng.choice([0, 150, 275]), ship_by_timeout_s=rng.randint(2, 5),
@@ -194,6 +195,9 @@ class Bank:
                 self.history.add_trade(trade_op)
                 if trade_op.kind == "create" and trade_op.outcome != "failed":
                     mine.append(trade_op.trade_id)
+                elif trade_op.code in TRADE_ENDED or (trade_op.kind in ("confirm", "resolve")
+                                                      and trade_op.outcome == "ok"):
+                    mine.remove(trade_op.trade_id)  # over: pick open trades for the next steps
                 continue
             choice = rng.random()
             if choice < 0.5:
