@@ -740,7 +740,7 @@ class LedgerStateMachine:
         post_void = flags & _T_POST_VOID
         d = t.debit_account_id
         c = t.credit_account_id
-        if is_system_account(d) or is_system_account(c):
+        if d >> 96 == SYSTEM_ACCOUNT_PREFIX or c >> 96 == SYSTEM_ACCOUNT_PREFIX:  # is_system_account, inlined
             return _TR.account_reserved_for_escrow  # only escrow steps move escrow and fee money
 
         # ---- idempotency
