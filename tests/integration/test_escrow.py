@@ -236,7 +236,7 @@ def test_a_batch_of_steps_on_one_trade_runs_them_in_order(client, ids):
 # ---- timers across a leader kill (own cluster)
 
 
-def test_timers_due_while_the_trade_shards_leader_is_killed_each_fire_once(tmp_path):
+def test_timers_due_while_the_leader_is_killed_or_the_cluster_restarts_each_fire_once(tmp_path):
     with running_cluster(tmp_path) as cluster:
         with Client(cluster.endpoints, timeout_s=30.0) as client:
             ids = IdSource(cluster.shard_map(), start=time.time_ns() << 20)
@@ -261,6 +261,24 @@ def test_timers_due_while_the_trade_shards_leader_is_killed_each_fire_once(tmp_p
             refunds = [x for page in _pages(client, buyer) for x in page
                        if x.code == 9104 and x.user_data_128 in set(trades)]
             assert sorted(x.user_data_128 for x in refunds) == sorted(trades)  # one refund transfer each
+            _check_whole_cluster_restart(cluster, client, ids, buyer, seller)
+
+
+def _check_whole_cluster_restart(cluster, client: Client, ids: IdSource, buyer: int, seller: int) -> None:
+    """Timers that come due while every node is down fire once after the restart (on the same cluster)."""
+    trades = [ids.on_shard(n % 4) for n in range(8)]
+    results = client.create_trades([new_trade(t, buyer, seller, 50, ship_by_s=1) for t in trades])
+    assert all(r.status == OK for r in results)
+    cluster.stop()
+    time.sleep(1.5)  # every timer is due while nothing runs
+    cluster.start()
+    cluster.wait_ready(timeout_s=60)
+    wait_until(lambda: all(t.state == TradeState.REFUNDED for t in client.lookup_trades(trades)), 40.0,
+               "every ship-by timer after the restart")
+    assert net(client, buyer) == FUNDS
+    refunds = [x for page in _pages(client, buyer) for x in page
+               if x.code == 9104 and x.user_data_128 in set(trades)]
+    assert sorted(x.user_data_128 for x in refunds) == sorted(trades)
 
 
 def _pages(client: Client, account_id: int):
