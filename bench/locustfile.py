@@ -5,7 +5,8 @@
 
 or --host HOST:PORT,HOST:PORT with the client endpoints instead of TIDEBANK_DIR. Accounts are created once at
 test start. The mix: single transfers (most), batches of 100, pending transfers
-that are posted or voided, and balance lookups.
+that are posted or voided, balance lookups, and escrow trades taken through create,
+ship and confirm (three requests, buyer and seller on any shards).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 
-from tidebank.client import Account, Client, Transfer, TransferFlags
+from tidebank.client import Account, Client, NewTrade, Transfer, TransferFlags
 from tidebank.cluster.launcher import LocalCluster
 from tidebank.keys import slot_of
 
@@ -120,3 +121,15 @@ class LedgerUser(User):
     def lookup_balances(self):
         client = _state["client"]
         self._call("lookup_accounts[2]", lambda: client.lookup_accounts(list(self._pair())), items=2)
+
+    @task(10)
+    def trade_create_ship_confirm(self):
+        client = _state["client"]
+        everyone = [a for accounts in _state["by_shard"].values() for a in accounts]
+        buyer, seller = self.rng.sample(everyone, 2)
+        trade_id = (time.time_ns() << 24) | self.rng.getrandbits(24)
+        trade = NewTrade(trade_id, buyer, seller, self.rng.randint(100, 10_000), LEDGER, fee_bps=250,
+                         ship_by_timeout_s=3600, auto_confirm_timeout_s=3600)
+        self._call("create_trade", lambda: [client.create_trade(trade)])
+        self._call("ship_trade", lambda: [client.ship_trade(trade_id)])
+        self._call("confirm_trade", lambda: [client.confirm_trade(trade_id)])
