@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -59,6 +59,7 @@ TIMER_BATCH_MAX = 512  # due timers fired per shard per period
 TIMER_WAIT_S = 10.0
 TIMER_RETRY_AFTER_S = 5.0  # a timer step refused for a business reason is tried again after this
 TIMER_BACKOFF_MAX = 10_000  # trades remembered as "retry later"
+TIMER_SHARDS_AT_ONCE = 8  # shards whose timers fire in parallel (a slow shard must not hold up the others)
 
 _OK = int(TradeResult.ok)
 _EXISTS = int(TradeResult.exists)
@@ -273,24 +274,30 @@ class EscrowTimers:
         self.clock_ns = clock_ns
         self.fired = 0
         self._retry_after: OrderedDict[int, float] = OrderedDict()
+        self._retry_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=TIMER_SHARDS_AT_ONCE, thread_name_prefix="escrow-timer")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="escrow-timers", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(TIMER_PERIOD_S):
-            for shard_id, host in list(self.node.shards.items()):
-                try:
-                    if host.is_leader():
-                        self.fire_due(shard_id, host)
-                except Exception:
-                    log.exception("shard %d: escrow timers failed", shard_id)
+            led = [(shard_id, host) for shard_id, host in list(self.node.shards.items()) if host.is_leader()]
+            for future in [self._pool.submit(self._fire_logged, shard_id, host) for shard_id, host in led]:
+                future.result()
+
+    def _fire_logged(self, shard_id: int, host) -> None:
+        try:
+            self.fire_due(shard_id, host)
+        except Exception:
+            log.exception("shard %d: escrow timers failed", shard_id)
 
     def fire_due(self, shard_id: int, host) -> int:
         """Fire the timers due now on one shard led here; how many fired."""
         now = time.monotonic()
-        due = [t for t in host.due_trades(self.clock_ns(), TIMER_BATCH_MAX)
-               if self._retry_after.get(t.id, 0.0) <= now]
+        with self._retry_lock:
+            due = [t for t in host.due_trades(self.clock_ns(), TIMER_BATCH_MAX)
+                   if self._retry_after.get(t.id, 0.0) <= now]
         if not due:
             return 0
         commands = [TradeCommand(CMD_AUTO_REFUND if t.timer == TIMER_SHIP_BY else CMD_AUTO_CONFIRM, t.id)
@@ -299,18 +306,22 @@ class EscrowTimers:
         for c, outcome in zip(commands, self.escrow.execute(shard_id, commands, TIMER_WAIT_S), strict=True):
             if isinstance(outcome, StepOutcome) and outcome.code == _OK:
                 fired += 1
-                self._retry_after.pop(c.trade_id, None)
+                with self._retry_lock:
+                    self._retry_after.pop(c.trade_id, None)
             elif isinstance(outcome, StepOutcome) and outcome.code != _EXISTS:
                 log.warning("shard %d: timer of trade %d refused: %s (transfer %s)", shard_id, c.trade_id,
                             TradeResult(outcome.code).name, outcome.transfer_code)
-                self._retry_after[c.trade_id] = now + TIMER_RETRY_AFTER_S
-                while len(self._retry_after) > TIMER_BACKOFF_MAX:
-                    self._retry_after.popitem(last=False)
+                with self._retry_lock:
+                    self._retry_after[c.trade_id] = now + TIMER_RETRY_AFTER_S
+                    while len(self._retry_after) > TIMER_BACKOFF_MAX:
+                        self._retry_after.popitem(last=False)
             elif isinstance(outcome, Exception):
                 log.info("shard %d: timer of trade %d not fired yet: %s", shard_id, c.trade_id, outcome)
-        self.fired += fired
+        with self._retry_lock:
+            self.fired += fired
         return fired
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
