@@ -59,11 +59,6 @@ def fee_account_id(ledger: int, slot: int, slot_count: int = DEFAULT_SLOT_COUNT)
     return _system_account_id(SYSTEM_FEE, ledger, slot, slot_count)
 
 
-def system_account_kind(account_id: int) -> int:
-    """SYSTEM_ESCROW or SYSTEM_FEE for a system account id (0 otherwise)."""
-    return (account_id >> 88) & 0xFF if is_system_account(account_id) else 0
-
-
 @functools.lru_cache(maxsize=65536)
 def _system_account_id(kind: int, ledger: int, slot: int, slot_count: int) -> int:
     if not 0 < ledger <= 0xFFFFFFFF:

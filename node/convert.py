@@ -95,16 +95,12 @@ def transfer_to_pb(t: Transfer, m: types_pb2.Transfer) -> None:
 
 # --- escrow ---------------------------------------------------------------------------------------------------
 
-def _u128(m: types_pb2.U128) -> int:
-    return (m.hi << 64) | m.lo
-
-
 def create_trade_from_pb(m: escrow_pb2.CreateTrade) -> TradeCommand:
     return TradeCommand(
-        CMD_CREATE, _u128(m.id), amount=m.amount, buyer_account_id=_u128(m.buyer_account_id),
-        seller_account_id=_u128(m.seller_account_id), ledger=m.ledger, fee_bps=m.fee_bps,
+        CMD_CREATE, u128_from_pb(m.id), amount=m.amount, buyer_account_id=u128_from_pb(m.buyer_account_id),
+        seller_account_id=u128_from_pb(m.seller_account_id), ledger=m.ledger, fee_bps=m.fee_bps,
         ship_by_timeout_s=m.ship_by_timeout_s, auto_confirm_timeout_s=m.auto_confirm_timeout_s,
-        user_data_128=_u128(m.user_data_128), user_data_64=m.user_data_64, user_data_32=m.user_data_32,
+        user_data_128=u128_from_pb(m.user_data_128), user_data_64=m.user_data_64, user_data_32=m.user_data_32,
     )  # fmt: skip
 
 
@@ -112,21 +108,22 @@ def trade_action_from_pb(kind: int):
     """A converter of TradeId messages into commands of one kind (ship, confirm, open/withdraw dispute)."""
 
     def convert(m: escrow_pb2.TradeId) -> TradeCommand:
-        return TradeCommand(kind, _u128(m.trade_id))
+        return TradeCommand(kind, u128_from_pb(m.trade_id))
 
     return convert
 
 
 def refund_from_pb(m: escrow_pb2.Refund) -> TradeCommand:
-    return TradeCommand(CMD_REFUND, _u128(m.trade_id), arg_id=_u128(m.refund_id), amount=m.amount)
+    return TradeCommand(CMD_REFUND, u128_from_pb(m.trade_id), arg_id=u128_from_pb(m.refund_id), amount=m.amount)
 
 
 def resolution_from_pb(m: escrow_pb2.DisputeResolution) -> TradeCommand:
-    return TradeCommand(CMD_RESOLVE_DISPUTE, _u128(m.trade_id), amount=m.buyer_amount)
+    return TradeCommand(CMD_RESOLVE_DISPUTE, u128_from_pb(m.trade_id), amount=m.buyer_amount)
 
 
 def extension_from_pb(m: escrow_pb2.Extension) -> TradeCommand:
-    return TradeCommand(CMD_EXTEND, _u128(m.trade_id), arg_id=_u128(m.extension_id), seconds=m.extend_by_s)
+    return TradeCommand(CMD_EXTEND, u128_from_pb(m.trade_id), arg_id=u128_from_pb(m.extension_id),
+                        seconds=m.extend_by_s)
 
 
 def trade_to_pb(t: Trade, m: escrow_pb2.Trade, slot_count: int) -> None:

@@ -89,12 +89,16 @@ class Group:
 
     transfers: list[Transfer]
     coordinator_shard: int
-    key: int = 0  # the 2PC key (txid); 0: group_key(transfers)
+    key: int = 0  # the 2PC key (txid); 0: group_key(transfers), computed once
     trade: TradeStep | None = None
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = group_key(self.transfers)
 
     @property
     def txid(self) -> int:
-        return self.key or group_key(self.transfers)
+        return self.key
 
 
 def group_key(transfers: Sequence[Transfer]) -> int:
@@ -120,6 +124,16 @@ def legs_by_shard(group: Group, shard_map: ShardMap) -> dict[int, list[Leg]]:
             legs.setdefault(debit_shard, []).append(Leg(index, SIDE_DEBIT, transfer))
             legs.setdefault(credit_shard, []).append(Leg(index, SIDE_CREDIT, transfer))
     return legs
+
+
+@dataclass
+class _Attempt:
+    """One group's attempt in a run: where its outcome goes, its key, and its legs per participant shard."""
+
+    position: int
+    group: Group
+    key: int
+    legs: dict[int, list[Leg]]
 
 
 def group_codes(size: int, decision: Decision, replay: bool) -> list[int]:
@@ -265,14 +279,14 @@ class Coordinator:
         ParticipantUnavailableError (aborted, nothing applied: run it again) or OutcomeUnknownError."""
         deadline = time.monotonic() + wait_s
         outcomes: list[tuple[Decision, bool] | Exception | None] = [None] * len(groups)
-        todo: list[tuple[int, Group, int]] = []  # (position in groups, group, attempt key)
+        todo: list[_Attempt] = []
         for position, group in enumerate(groups):
             host = self.node.local_shard(group.coordinator_shard)
             for attempt in range(ATTEMPTS_MAX):
                 key = attempt_key(group.txid, attempt)
                 known = host.txn_decision(key) if host is not None else None
                 if known is None:
-                    todo.append((position, group, key))
+                    todo.append(_Attempt(position, group, key, legs_by_shard(group, self.node.shard_map)))
                     break
                 if known.committed or known.code != 0:
                     outcomes[position] = (known, True)
@@ -281,12 +295,12 @@ class Coordinator:
             else:
                 outcomes[position] = ParticipantUnavailableError(
                     f"group {group.txid}: {ATTEMPTS_MAX} attempts aborted")
-        by_coordinator: dict[int, list[tuple[int, Group, int]]] = {}
-        local: dict[int, list[tuple[int, Group, int]]] = {}  # groups whose only participant is the coordinator
+        by_coordinator: dict[int, list[_Attempt]] = {}
+        local: dict[int, list[_Attempt]] = {}  # groups whose only participant is the coordinator
         for entry in todo:
-            group = entry[1]
-            alone = set(legs_by_shard(group, self.node.shard_map)) == {group.coordinator_shard}
-            (local if alone else by_coordinator).setdefault(group.coordinator_shard, []).append(entry)
+            coordinator_shard = entry.group.coordinator_shard
+            alone = set(entry.legs) == {coordinator_shard}
+            (local if alone else by_coordinator).setdefault(coordinator_shard, []).append(entry)
         for coordinator_shard, entries in local.items():
             for position, result in self._run_local(coordinator_shard, entries, deadline):
                 outcomes[position] = result
@@ -296,41 +310,38 @@ class Coordinator:
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
-    def _run_local(self, coordinator_shard: int, entries: list[tuple[int, Group, int]],
+    def _run_local(self, coordinator_shard: int, entries: list[_Attempt],
                    deadline: float) -> list[tuple[int, tuple[Decision, bool] | Exception]]:
         """Groups that touch only their coordinator shard: one OP_COMMIT_LOCAL entry prepares and commits them."""
-        items = [Prepare(key, coordinator_shard, len(group.transfers),
-                         legs_by_shard(group, self.node.shard_map)[coordinator_shard], group.trade)
-                 for _, group, key in entries]
+        items = [Prepare(e.key, coordinator_shard, len(e.group.transfers), e.legs[coordinator_shard], e.group.trade)
+                 for e in entries]
         try:
             votes: list[Vote] = self.steps.run_items(coordinator_shard, OP_COMMIT_LOCAL, items,
                                                      max(deadline, time.monotonic() + STEP_TIMEOUT_S))
         except ParticipantUnavailableError as exc:
             unknown = OutcomeUnknownError(f"local commit not confirmed: {exc}")  # it may have applied
-            return [(position, unknown) for position, _, _ in entries]
+            return [(e.position, unknown) for e in entries]
         results: list[tuple[int, tuple[Decision, bool] | Exception]] = []
-        for (position, group, _), vote in zip(entries, votes, strict=True):
+        for e, vote in zip(entries, votes, strict=True):
             if vote.prepared:
-                results.append((position, (Decision(True, 0, 0, 0), False)))
+                results.append((e.position, (Decision(True, 0, 0, 0), False)))
             elif vote.code == 0:
-                results.append((position, ParticipantUnavailableError(
-                    f"group {group.txid:x}: busy; nothing applied")))
+                results.append((e.position, ParticipantUnavailableError(f"group {e.key:x}: busy; nothing applied")))
             else:
-                results.append((position, (Decision(False, vote.failed_index, vote.code, 0), False)))
+                results.append((e.position, (Decision(False, vote.failed_index, vote.code, 0), False)))
         return results
 
-    def _run_attempts(self, coordinator_shard: int, entries: list[tuple[int, Group, int]],
+    def _run_attempts(self, coordinator_shard: int, entries: list[_Attempt],
                       deadline: float) -> list[tuple[int, tuple[Decision, bool] | Exception]]:
         step_deadline = min(deadline, time.monotonic() + STEP_TIMEOUT_S)
         # 1. PREPARE: one entry per participant shard with every group's legs there.
         prepares: dict[int, list[tuple[int, Prepare]]] = {}
         participants: dict[int, list[int]] = {}
-        for n, (_, group, key) in enumerate(entries):
-            legs = legs_by_shard(group, self.node.shard_map)
-            participants[n] = sorted(legs)
-            for shard, shard_legs in legs.items():
-                trade = group.trade if shard == coordinator_shard else None
-                prepares.setdefault(shard, []).append((n, Prepare(key, coordinator_shard, len(group.transfers),
+        for n, e in enumerate(entries):
+            participants[n] = sorted(e.legs)
+            for shard, shard_legs in e.legs.items():
+                trade = e.group.trade if shard == coordinator_shard else None
+                prepares.setdefault(shard, []).append((n, Prepare(e.key, coordinator_shard, len(e.group.transfers),
                                                                   shard_legs, trade)))
         futures = {shard: self.steps.run_items_async(shard, OP_PREPARE, [p for _, p in items], step_deadline)
                    for shard, items in prepares.items()}
@@ -347,8 +358,8 @@ class Coordinator:
                 votes[n].append(vote)
         # 2. DECIDE: one entry on the coordinator shard; first writer wins per key.
         decides = []
-        for n, (_, group, key) in enumerate(entries):
-            ids = [t.id for t in group.transfers]
+        for n, e in enumerate(entries):
+            key, ids = e.key, [t.id for t in e.group.transfers]
             if missing[n]:
                 decides.append(Decide(key, False, 0, 0, participants[n], ids))
             elif all(v.prepared for v in votes[n]):
@@ -362,22 +373,22 @@ class Coordinator:
         except ParticipantUnavailableError as exc:
             # The decision may or may not be recorded: only the ids can tell, never a guess.
             unknown = OutcomeUnknownError(f"decision not confirmed: {exc}")
-            return [(position, unknown) for position, _, _ in entries]
+            return [(e.position, unknown) for e in entries]
         # 3. FINISH: one entry per participant, then answer.
         finishes: dict[int, list[Finish]] = {}
         for n, decision in enumerate(decisions):
             for shard in participants[n]:
-                finishes.setdefault(shard, []).append(Finish(entries[n][2], decision.committed, decision.timestamp))
+                finishes.setdefault(shard, []).append(Finish(entries[n].key, decision.committed, decision.timestamp))
         self._finish(finishes, deadline)
         results: list[tuple[int, tuple[Decision, bool] | Exception]] = []
         for n, decision in enumerate(decisions):
-            position, group, _ = entries[n]
+            e = entries[n]
             if not decision.committed and decision.code == 0:
                 why = f"shard(s) {missing[n]} did not prepare in time" if missing[n] else "a participant was busy"
-                results.append((position, ParticipantUnavailableError(
-                    f"group {group.txid:x}: {why}; aborted, nothing applied")))
+                results.append((e.position, ParticipantUnavailableError(
+                    f"group {e.group.txid:x}: {why}; aborted, nothing applied")))
             else:
-                results.append((position, (decision, False)))
+                results.append((e.position, (decision, False)))
         return results
 
     def _finish(self, finishes: dict[int, list[Finish]], deadline: float) -> None:

@@ -26,12 +26,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-
-import grpc
 
 from tidebank.node import convert, escrow
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
@@ -102,11 +100,12 @@ class EscrowCoordinator:
         rounds = 0
         while pending:
             host = self.node.local_shard(shard_id)
-            if host is None or not host.is_leader() or time.monotonic() >= deadline or rounds >= PLAN_ROUNDS_MAX:
-                why = (f"shard {shard_id}: steps still racing other steps of their trades after {rounds} rounds"
-                       if rounds >= PLAN_ROUNDS_MAX else f"shard {shard_id}: not led here or no time left")
-                error = NotAppliedError(why) if host is None or not host.is_leader() else \
-                    ParticipantUnavailableError(why)
+            if host is None or not host.is_leader():
+                out.update((p, NotAppliedError(f"shard {shard_id} is not led here")) for p, _ in pending)
+                return out
+            if time.monotonic() >= deadline or rounds >= PLAN_ROUNDS_MAX:
+                error = ParticipantUnavailableError(
+                    f"shard {shard_id}: steps still racing other steps of their trades after {rounds} rounds")
                 out.update((p, error) for p, _ in pending)
                 return out
             trades = {t.id: t for t in host.lookup_trades([c.trade_id for _, c in pending])}
@@ -190,10 +189,15 @@ class EscrowCoordinator:
                     found[account_id] = cached
                 else:
                     missing.setdefault(self.node.shard_map.shard_of(account_id), []).append(account_id)
-        futures = {shard: self._read_accounts(shard, part, deadline) for shard, part in missing.items()}
-        for shard, future in futures.items():
+        reads = {}
+        for shard, part in missing.items():  # every read in flight before waiting for any
             try:
-                accounts = future.result(timeout=max(0.01, deadline - time.monotonic()))
+                reads[shard] = self._read_accounts(shard, part)
+            except Exception as exc:
+                raise ParticipantUnavailableError(f"accounts on shard {shard} not readable: {exc}") from exc
+        for shard, read in reads.items():
+            try:
+                accounts = read(max(0.01, deadline - time.monotonic()))
             except Exception as exc:
                 raise ParticipantUnavailableError(f"accounts on shard {shard} not readable: {exc}") from exc
             for a in accounts:
@@ -206,36 +210,31 @@ class EscrowCoordinator:
                 self._accounts.popitem(last=False)
         return found
 
-    def _read_accounts(self, shard_id: int, ids: list[int], deadline: float) -> Future:
+    def _read_accounts(self, shard_id: int, ids: list[int]) -> Callable[[float], list[Account]]:
+        """Start a linearizable read of accounts on one shard (a barrier here when this node leads it, else
+        the leader's LookupAccounts); returns the wait for its answer, to be called in this thread (never a
+        Raft callback: the local read happens in the caller)."""
         host = self.node.local_shard(shard_id)
         if host is not None and host.is_leader():
-            result: Future = Future()
-            try:
-                self._barrier(host, deadline)
-                result.set_result(host.lookup_accounts(ids))
-            except Exception as exc:
-                result.set_exception(exc)
-            return result
+            barrier = host.barrier()
+
+            def local(timeout_s: float) -> list[Account]:
+                barrier.result(timeout=timeout_s)
+                return host.lookup_accounts(ids)
+
+            return local
         address = self.node.leader_address(shard_id) or next(iter(self.node.replica_addresses(shard_id)), None)
         if address is None or not self.node.reachable(address):
-            failed: Future = Future()
-            failed.set_exception(ParticipantUnavailableError(f"shard {shard_id} has no reachable leader"))
-            return failed
+            raise ParticipantUnavailableError(f"shard {shard_id} has no reachable leader")
         request = ledger_pb2.LookupAccountsRequest()
         for account_id in ids:
             convert.u128_to_pb(request.ids.add(), account_id)
-        timeout = max(0.05, min(ACCOUNT_READ_TIMEOUT_S, deadline - time.monotonic()))
-        call = self.node.ledger_stub(address).LookupAccounts.future(request, timeout=timeout)
-        result = Future()
+        call = self.node.ledger_stub(address).LookupAccounts.future(request, timeout=ACCOUNT_READ_TIMEOUT_S)
 
-        def done(f: grpc.Future) -> None:
-            try:
-                result.set_result([convert.account_from_pb(m) for m in f.result().accounts])
-            except Exception as exc:
-                result.set_exception(exc)
+        def remote(timeout_s: float) -> list[Account]:
+            return [convert.account_from_pb(m) for m in call.result(timeout=timeout_s).accounts]
 
-        call.add_done_callback(done)
-        return result
+        return remote
 
 
 def _waves(commands: Sequence[TradeCommand]) -> list[list[int]]:

@@ -10,8 +10,6 @@ seller's trades (gathered from every shard).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import struct
 from collections.abc import Callable
@@ -30,6 +28,9 @@ from tidebank.node.service import (
     _call,
     _check_batch_size,
     _forwarded_write_failure,
+    _u128,
+    decode_token,
+    encode_token,
 )
 from tidebank.node.trades import (
     CMD_CONFIRM,
@@ -39,7 +40,7 @@ from tidebank.node.trades import (
     Trade,
     TradeCommand,
 )
-from tidebank.v1 import escrow_pb2, escrow_pb2_grpc, types_pb2
+from tidebank.v1 import escrow_pb2, escrow_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -203,26 +204,15 @@ def _worse(current: errors.RequestError | None, new: errors.RequestError) -> err
     return current
 
 
-def _u128(value: int) -> types_pb2.U128:
-    message = types_pb2.U128()
-    convert.u128_to_pb(message, value)
-    return message
-
-
 _LIST_TOKEN = struct.Struct(">16sBQ16s")
 
 
 def _encode_list_token(account_id: int, role: int, created_at: int, trade_id: int) -> str:
-    raw = _LIST_TOKEN.pack(account_id.to_bytes(16, "big"), role, created_at, trade_id.to_bytes(16, "big"))
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_token(_LIST_TOKEN, account_id.to_bytes(16, "big"), role, created_at, trade_id.to_bytes(16, "big"))
 
 
 def _decode_list_token(token: str, account_id: int, role: int) -> tuple[int, int]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        token_account, token_role, created_at, trade_id = _LIST_TOKEN.unpack(raw)
-    except (binascii.Error, struct.error, ValueError) as exc:
-        raise errors.invalid_argument([("page_token", "not a token this service issued")]) from exc
+    token_account, token_role, created_at, trade_id = decode_token(_LIST_TOKEN, token)
     if token_account != account_id.to_bytes(16, "big") or token_role != role:
         raise errors.invalid_argument([("page_token", "belongs to a different query (account or role)")])
     return created_at, int.from_bytes(trade_id, "big")

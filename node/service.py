@@ -45,7 +45,8 @@ class NodeView:
 
     shard_map: ShardMap
     coordinator = None  # runs cross-shard groups whose coordinator shard this node leads
-    coordinator_pool = None  # executor for coordinator.run
+    coordinator_pool = None  # executor for coordinator.run (and escrow.execute)
+    escrow = None  # runs escrow steps on the trade shards this node leads (escrow_coordinator.EscrowCoordinator)
 
     def local_shard(self, shard_id: int):  # -> ShardHost | None
         raise NotImplementedError
@@ -58,6 +59,9 @@ class NodeView:
         raise NotImplementedError
 
     def ledger_stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+        raise NotImplementedError
+
+    def escrow_stub(self, address: str):  # -> escrow_pb2_grpc.EscrowStub
         raise NotImplementedError
 
     def reachable(self, address: str) -> bool:
@@ -430,17 +434,25 @@ def _filter_bits(debits: bool, credits: bool, reversed_: bool) -> int:
     return int(debits) | int(credits) << 1 | int(reversed_) << 2
 
 
+def encode_token(layout: struct.Struct, *fields) -> str:
+    """An opaque page token: the fields packed with `layout`, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(layout.pack(*fields)).decode().rstrip("=")
+
+
+def decode_token(layout: struct.Struct, token: str) -> tuple:
+    """The fields of a token made by encode_token; INVALID_ARGUMENT for anything else."""
+    try:
+        return layout.unpack(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, struct.error, ValueError) as exc:
+        raise errors.invalid_argument([("page_token", "not a token this service issued")]) from exc
+
+
 def _encode_page_token(account_id: int, debits: bool, credits: bool, reversed_: bool, bound: int) -> str:
-    raw = _PAGE_TOKEN.pack(account_id.to_bytes(16, "big"), _filter_bits(debits, credits, reversed_), bound)
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_token(_PAGE_TOKEN, account_id.to_bytes(16, "big"), _filter_bits(debits, credits, reversed_), bound)
 
 
 def _decode_page_token(token: str, account_id: int, debits: bool, credits: bool, reversed_: bool) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        token_account, bits, bound = _PAGE_TOKEN.unpack(raw)
-    except (binascii.Error, struct.error, ValueError) as exc:
-        raise errors.invalid_argument([("page_token", "not a token this service issued")]) from exc
+    token_account, bits, bound = decode_token(_PAGE_TOKEN, token)
     if token_account != account_id.to_bytes(16, "big") or bits != _filter_bits(debits, credits, reversed_):
         raise errors.invalid_argument([("page_token", "belongs to a different query (account or filters)")])
     return bound

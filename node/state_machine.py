@@ -36,7 +36,7 @@ escrow_timers              deadline ns (8) + trade id (16)             timer (1)
 escrow_by_buyer            buyer id (16) + created_at (8) + trade (16)  empty
 escrow_by_seller           seller id (16) + created_at (8) + trade (16) empty
 escrow_slots               ledger (4) + slot (2)                       held (8) + fees (8), LE
-escrow_totals              ledger (4)                                  see _ESCROW_TOTAL_KEYS
+escrow_totals              ledger (4)                                  released, refunded, trades per state
 =========================  ==========================================  ==================================
 
 Escrow (trades; rules in `escrow`, records in `trades`)
@@ -275,13 +275,15 @@ _XPENDING = struct.Struct("<BQ")  # sides, expires_at (0: never)
 _FUND_REC = struct.Struct("<QQQQ")  # account id lo, hi, credit fund, debit fund (in a PREPARED record)
 _FUND = struct.Struct("<QQ")  # ledger_xfund value: credit fund, debit fund
 _SLOT_BOOK = struct.Struct("<QQ")  # escrow_slots value: held, fees
-# escrow_totals value: held, fees, released, refunded (u128 each), then trades per state (u64 each)
-_ESCROW_TOTAL_KEYS = ("held", "fees", "released", "refunded")
+# escrow_totals value: released, refunded (u128 each), then trades per state (u64 each). What trades hold
+# and took as fees is in the slot books (escrow_slots), summed per ledger when read.
+_ESCROW_TOTAL_KEYS = ("released", "refunded")
 _ESCROW_COUNTERS = ("trades_paid", "trades_shipped", "trades_settled", "trades_refunded", "trades_disputed",
                     "trades_closed")
 _STATE_COUNTER = {PAID: "trades_paid", SHIPPED: "trades_shipped", SETTLED: "trades_settled",
                   REFUNDED: "trades_refunded", DISPUTED: "trades_disputed", CLOSED: "trades_closed"}
-_ESCROW_TOTALS = struct.Struct("<8Q6Q")
+_ESCROW_TOTALS = struct.Struct("<4Q6Q")
+_ESCROW_READ_ZEROS = {"held": 0, "fees": 0, "escrow_balance": 0, "fee_balance": 0}  # filled in by escrow_totals
 
 # A leg whose transfer id another PREPARED txn holds: the NO vote carries code 0 ("busy",
 # no business rule failed), so the coordinator aborts the attempt without a failing item
@@ -1255,12 +1257,13 @@ class LedgerStateMachine:
             )  # fmt: skip
             return FINISH_CONFLICT
         _, prepared_at, plans, funds, trade_step = _unpack_prepared(raw)
+        committed_trade: Trade | None = None
         for account_id, credit_fund, debit_fund in funds:
             self._add_fund(txn, account_id, -credit_fund, -debit_fund)
         if commit:
             self._commit_legs(txn, plans, item.commit_timestamp, ctx)
             if trade_step is not None:
-                self._commit_trade(txn, trade_step, tkey, item.commit_timestamp)
+                committed_trade = self._commit_trade(txn, trade_step, tkey, item.commit_timestamp)
             txn.put(tkey, _COMMITTED.pack(TXN_COMMITTED, item.commit_timestamp), db=self._txns)
         else:
             self._release_legs(txn, plans, ctx)
@@ -1277,8 +1280,8 @@ class LedgerStateMachine:
         if not txn.delete(prepared_at.to_bytes(8, "big") + tkey, db=self._txn_prepared):
             raise InvariantViolation(f"prepared txn {txid} is missing from the prepared index")
         self._flush(txn, ctx)
-        if trade_step is not None and commit:
-            self._check_escrow_slot(txn, trade_step.command.trade_id)
+        if committed_trade is not None:
+            self._check_escrow_slot(txn, committed_trade)
         return FINISH_APPLIED
 
     def _commit_legs(self, txn: lmdb.Transaction, plans: list[_Plan], commit_ts: int, ctx: _Context) -> None:
@@ -1477,8 +1480,8 @@ class LedgerStateMachine:
             raise InvariantViolation(f"trade {trade_id} is not locked by the txn finishing it")
         txn.delete(key, db=self._trade_locks)
 
-    def _commit_trade(self, txn: lmdb.Transaction, step: TradeStep, tkey: bytes, commit_ts: int) -> None:
-        """Apply a prepared escrow step: the new trade record, its timer, indexes and books."""
+    def _commit_trade(self, txn: lmdb.Transaction, step: TradeStep, tkey: bytes, commit_ts: int) -> Trade:
+        """Apply a prepared escrow step: the new trade record, its timer, indexes and books; returns the trade."""
         cmd = step.command
         key = _key(cmd.trade_id)
         self._unlock_trade(txn, cmd.trade_id, tkey)
@@ -1502,6 +1505,7 @@ class LedgerStateMachine:
             txn.put(_key(new.buyer_account_id) + created + key, b"", db=self._by_buyer)
             txn.put(_key(new.seller_account_id) + created + key, b"", db=self._by_seller)
         self._book_trade(txn, old, new)
+        return new
 
     def _book_trade(self, txn: lmdb.Transaction, old: Trade | None, new: Trade) -> None:
         """Fold a trade's change into its slot's book (checked against the accounts) and its ledger's totals."""
@@ -1517,8 +1521,6 @@ class LedgerStateMachine:
         txn.put(slot_key, _SLOT_BOOK.pack(held, fees), db=self._escrow_slots)
         lkey = new.ledger.to_bytes(4, "big")
         totals = _unpack_escrow_totals(txn.get(lkey, db=self._escrow_totals))
-        totals["held"] += held_delta
-        totals["fees"] += fee_delta
         totals["released"] += new.released - (0 if old is None else old.released)
         totals["refunded"] += new.refunded - (0 if old is None else old.refunded)
         if old is not None:
@@ -1528,12 +1530,9 @@ class LedgerStateMachine:
             raise InvariantViolation(f"escrow totals of ledger {new.ledger} below zero: {totals}")
         txn.put(lkey, _pack_escrow_totals(totals), db=self._escrow_totals)
 
-    def _check_escrow_slot(self, txn: lmdb.Transaction, trade_id: int) -> None:
+    def _check_escrow_slot(self, txn: lmdb.Transaction, trade: Trade) -> None:
         """The escrow (fee) account of a trade's slot holds exactly what that slot's trades hold (took as fees)."""
-        raw = txn.get(_key(trade_id), db=self._trades)
-        if raw is None:
-            raise InvariantViolation(f"trade {trade_id} missing after its step committed")
-        ledger = unpack_trade(raw).ledger
+        trade_id, ledger = trade.id, trade.ledger
         slot = slot_of(trade_id, self._slot_count)
         book = txn.get(ledger.to_bytes(4, "big") + slot.to_bytes(2, "big"), db=self._escrow_slots)
         held, fees = (0, 0) if book is None else _SLOT_BOOK.unpack(book)
@@ -1959,9 +1958,17 @@ class LedgerStateMachine:
         cursor = txn.cursor(db=self._escrow_totals)
         try:
             for k, v in cursor.iternext():
-                totals = _unpack_escrow_totals(v)
-                totals["escrow_balance"] = totals["fee_balance"] = 0
-                out[int.from_bytes(k, "big")] = totals
+                out[int.from_bytes(k, "big")] = {**_unpack_escrow_totals(v), **_ESCROW_READ_ZEROS}
+        finally:
+            cursor.close()
+        cursor = txn.cursor(db=self._escrow_slots)
+        try:
+            for k, v in cursor.iternext():
+                totals = out.setdefault(int.from_bytes(k[:4], "big"),
+                                        {**_unpack_escrow_totals(None), **_ESCROW_READ_ZEROS})
+                held, fees = _SLOT_BOOK.unpack(v)
+                totals["held"] += held
+                totals["fees"] += fees
         finally:
             cursor.close()
         prefix = SYSTEM_ACCOUNT_PREFIX.to_bytes(4, "big")
@@ -1972,8 +1979,7 @@ class LedgerStateMachine:
                     if not k.startswith(prefix):
                         break
                     a = unpack_account(v)
-                    totals = out.setdefault(a.ledger, {**_unpack_escrow_totals(None), "escrow_balance": 0,
-                                                       "fee_balance": 0})
+                    totals = out.setdefault(a.ledger, {**_unpack_escrow_totals(None), **_ESCROW_READ_ZEROS})
                     field = "escrow_balance" if k[4] == SYSTEM_ESCROW else "fee_balance"
                     totals[field] += a.credits_posted - a.debits_posted
         finally:
@@ -2157,7 +2163,7 @@ def _unpack_escrow_totals(raw: bytes | None) -> dict[str, int]:
         return dict.fromkeys(_ESCROW_TOTAL_KEYS + _ESCROW_COUNTERS, 0)
     v = _ESCROW_TOTALS.unpack(raw)
     out = {name: v[2 * i] | v[2 * i + 1] << 64 for i, name in enumerate(_ESCROW_TOTAL_KEYS)}
-    out.update(zip(_ESCROW_COUNTERS, v[8:], strict=True))
+    out.update(zip(_ESCROW_COUNTERS, v[2 * len(_ESCROW_TOTAL_KEYS):], strict=True))
     return out
 
 

@@ -124,7 +124,9 @@ class Decision:
     committed: bool
     failed_index: int
     code: int
-    timestamp: int  # cluster time when it was recorded; 0 only for an internal_error answer (nothing recorded)
+    # cluster time when it was recorded; 0 for an internal_error answer (nothing recorded) and for a group
+    # committed in one OP_COMMIT_LOCAL entry (no DECIDE)
+    timestamp: int
 
 
 # ------------------------------------------------------------------ packing
