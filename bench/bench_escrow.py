@@ -13,26 +13,20 @@ object at the end; bench/RESULTS.md records the numbers. Not part of the tests.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import sys
-import tempfile
 import threading
 import time
 
+from bench_transfers import cluster_for, percentile_ms  # bench/ is this script's folder
+
 from tidebank.client import Account, AccountFlags, Client, NewTrade, TradeResultCode, Transfer
-from tidebank.cluster.launcher import LocalCluster
 
 LEDGER = 2
 FUNDS = 10**15
 OK = TradeResultCode.ok
-
-
-def percentile_ms(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
 def open_parties(client: Client, buyers: int, sellers: int) -> tuple[list[int], list[int]]:
@@ -96,24 +90,11 @@ def run(client: Client, buyers: list[int], sellers: list[int], duration_s: float
     report = {"batch": batch, "senders": senders, "trades_completed": sum(done), "trades_failed": sum(failed),
               "trades_per_s": round(sum(done) / elapsed, 1), "steps_per_s": round(3 * sum(done) / elapsed, 1)}
     for name, values in step_latency.items():
+        if not values:
+            continue
         report[f"{name}_latency_ms_p50"] = round(percentile_ms(values, 50), 1)
         report[f"{name}_latency_ms_p99"] = round(percentile_ms(values, 99), 1)
     return report
-
-
-@contextlib.contextmanager
-def cluster_for(args):
-    if args.dir:
-        yield LocalCluster.open(args.dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="tidebank-bench-") as directory:
-        cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=args.shards)
-        try:
-            cluster.start()
-            cluster.wait_ready(timeout_s=120)
-            yield cluster
-        finally:
-            cluster.stop()
 
 
 def main() -> int:
@@ -125,6 +106,7 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=500, help="trades per call and step")
     parser.add_argument("--senders", type=int, default=4, help="concurrent senders")
+    parser.add_argument("--no-fsync", action="store_true", help="journal without fdatasync (own cluster only)")
     args = parser.parse_args()
     with cluster_for(args) as cluster, Client(cluster.endpoints, timeout_s=60.0) as client:
         buyers, sellers = open_parties(client, args.buyers, args.sellers)

@@ -263,9 +263,10 @@ class TransferResult:
 
 @dataclass(slots=True)
 class Page:
-    """One page of get_account_transfers. ``next_page_token`` is empty on the last page."""
+    """One page of get_account_transfers (Transfer items) or list_trades (Trade items).
+    ``next_page_token`` is empty on the last page."""
 
-    items: list[Transfer]
+    items: list[Any]
     next_page_token: str = ""
 
 
@@ -388,12 +389,8 @@ class TradeResult:
         return self.status in _TRADE_OK
 
 
-@dataclass(slots=True)
-class TradePage:
-    """One page of list_trades. ``next_page_token`` is empty on the last page."""
-
-    items: list[Trade]
-    next_page_token: str = ""
+#: One page of list_trades: the same value as get_account_transfers' pages, with Trade items.
+TradePage = Page
 
 
 # --------------------------------------------------------------------------- shard map

@@ -1123,10 +1123,14 @@ def _enum_name(value: Any, prefix: str = "") -> str:
     return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
 
-def _new_id_note(what: str, value: int, option: str) -> None:
-    """A generated idempotency key goes to stderr before the call, so the operator can retry
-    the very same step with it (also when the outcome is unknown)."""
+def _new_key(what: str, option: str) -> int:
+    """A new idempotency key for a step the operator gave none for. It goes to stderr before the call,
+    so the very same step can be retried with it (also when the outcome is unknown)."""
+    from tidebank.client import new_id
+
+    value = new_id()
     err.print(f"new {what} {value} (to retry this same step, pass {option} {value})", markup=False)
+    return value
 
 
 def _trade_results(results: list, output: Output, extra: dict[str, str] | None = None) -> None:
@@ -1270,11 +1274,9 @@ def trade_create(
     seller_id = _parse_id(seller, "seller account id")
     trade_id = _parse_id(id, "trade id") if id is not None else None
     targets = _resolve_endpoints(dir, endpoints)
-    from tidebank.client import NewTrade, new_id
+    from tidebank.client import NewTrade
 
-    if trade_id is None:
-        trade_id = new_id()
-        _new_id_note("trade id", trade_id, "--id")
+    trade_id = trade_id or _new_key("trade id", "--id")
     trade = NewTrade(
         id=trade_id,
         buyer_account_id=buyer_id,
@@ -1351,11 +1353,9 @@ def trade_refund(
     tid = _parse_id(trade_id, "trade id")
     rid = _parse_id(refund_id, "refund id") if refund_id is not None else None
     targets = _resolve_endpoints(dir, endpoints)
-    from tidebank.client import Refund, new_id
+    from tidebank.client import Refund
 
-    if rid is None:
-        rid = new_id()
-        _new_id_note("refund id", rid, "--refund-id")
+    rid = rid or _new_key("refund id", "--refund-id")
     with _client(targets, timeout_s) as c:
         results = c.refund_trades([Refund(trade_id=tid, refund_id=rid, amount=amount)])
     _trade_results(results, output, {"refund_id": str(rid)})
@@ -1437,11 +1437,9 @@ def trade_extend(
     tid = _parse_id(trade_id, "trade id")
     eid = _parse_id(extension_id, "extension id") if extension_id is not None else None
     targets = _resolve_endpoints(dir, endpoints)
-    from tidebank.client import Extension, new_id
+    from tidebank.client import Extension
 
-    if eid is None:
-        eid = new_id()
-        _new_id_note("extension id", eid, "--extension-id")
+    eid = eid or _new_key("extension id", "--extension-id")
     with _client(targets, timeout_s) as c:
         results = c.extend_trades([Extension(trade_id=tid, extension_id=eid, extend_by_s=by_s)])
     _trade_results(results, output, {"extension_id": str(eid)})
