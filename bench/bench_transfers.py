@@ -25,7 +25,7 @@ import time
 
 from tidebank.client import Account, Client, Transfer
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.keys import slot_of
+from tidebank.common.keys import slot_of
 
 LEDGER = 1
 ACCOUNT_BATCH = 8000

@@ -77,7 +77,7 @@ def _run_load(replica, n: int, inflight: int, size: int, tag: bytes) -> dict:
 
 
 def _replica_process(conn, addr: str, addrs: list[str], data_dir: str, fsync: bool) -> None:
-    from tidebank.node.replica import RaftTuning, ShardReplica
+    from tidebank.node.raft.replica import RaftTuning, ShardReplica
 
     def apply_fn(txn, payload: bytes):
         txn.put(payload[:16], payload)

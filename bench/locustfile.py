@@ -21,7 +21,7 @@ from locust import User, between, events, task
 
 from tidebank.client import Account, Client, NewTrade, Transfer, TransferFlags
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.keys import slot_of
+from tidebank.common.keys import slot_of
 
 grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to locust's gevent loop
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from tests.integration.bank import set_link_faults  # noqa: E402
 from tests.integration.conftest import running_cluster  # noqa: E402
-from tidebank.auth import signed  # noqa: E402
 from tidebank.client import Account, Client, Transfer  # noqa: E402
-from tidebank.keys import slot_of  # noqa: E402
+from tidebank.common.auth import signed  # noqa: E402
+from tidebank.common.keys import slot_of  # noqa: E402
 from tidebank.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 
 LEDGER = 3

@@ -30,7 +30,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tidebank.keys import U64_MAX, U128_MAX
+from tidebank.common.keys import U64_MAX, U128_MAX
 from tidebank.v1 import escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (

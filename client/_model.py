@@ -15,7 +15,7 @@ import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from tidebank.keys import U64_MAX, U128_MAX, slot_of
+from tidebank.common.keys import U64_MAX, U128_MAX, slot_of
 from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 __all__ = [

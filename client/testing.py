@@ -41,7 +41,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tidebank.keys import DEFAULT_SLOT_COUNT, slot_of
+from tidebank.common.keys import DEFAULT_SLOT_COUNT, slot_of
 from tidebank.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -35,8 +35,8 @@ from tidebank.cluster.launcher import (
     targets_from_shard_map,
     targets_from_topology,
 )
-from tidebank.cluster.topology import Topology, TopologyError, split_address
-from tidebank.keys import U128_MAX
+from tidebank.common.keys import U128_MAX
+from tidebank.common.topology import Topology, TopologyError, split_address
 
 DEBUG_ENV = "TIDEBANK_DEBUG"  # set to show tracebacks instead of one-line errors
 

@@ -183,7 +183,7 @@ class _Demo:
 
     def run(self, n_accounts: int, n_transfers: int) -> DemoReport:
         limited_flag = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-        self.shard_map = self.c.shard_map()  # ids are placed with tidebank.keys.slot_of over this map
+        self.shard_map = self.c.shard_map()  # ids are placed with tidebank.common.keys.slot_of over this map
         shards = sorted(s.shard_id for s in self.shard_map.shards)
         groups = [(ledger, shard) for ledger in LEDGERS for shard in shards]
         self.say(

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from tidebank.auth import signed
 from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
-from tidebank.cluster.topology import SECRET_ENV, Topology
+from tidebank.common.auth import signed
+from tidebank.common.topology import SECRET_ENV, Topology
 from tidebank.node.links import LinkTable
 from tidebank.v1 import admin_pb2
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
-from tidebank.cluster.topology import Topology, TopologyError, generate_local
+from tidebank.common.topology import Topology, TopologyError, generate_local
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 CONFIG_NAME = "cluster.toml"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from pysyncobj import FAIL_REASON
 
-from tidebank.node.commands import ENTRY_OPERATIONS_MAX, encode_entry
-from tidebank.node.replica import ApplyFailed
-from tidebank.node.state_machine import Operation
+from tidebank.node.ledger.entry import ENTRY_OPERATIONS_MAX, encode_entry
+from tidebank.node.ledger.state_machine import Operation
+from tidebank.node.raft.replica import ApplyFailed
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tidebank.cluster.topology import NodeSpec, Topology
+from tidebank.common.topology import NodeSpec, Topology
 from tidebank.node import metrics
-from tidebank.node.coordinator import Coordinator, ShardSteps, Sweeper
-from tidebank.node.escrow_coordinator import EscrowCoordinator, EscrowTimers
-from tidebank.node.escrow_service import EscrowService
-from tidebank.node.internal import InternalService
+from tidebank.node.api.escrow_service import EscrowService
+from tidebank.node.api.internal_service import InternalService
+from tidebank.node.api.ledger_service import AdminService, LedgerService, NodeView, generic_handlers
+from tidebank.node.api.routing import ShardMap
 from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
-from tidebank.node.replica import RaftTuning
-from tidebank.node.routing import ShardMap
-from tidebank.node.service import AdminService, LedgerService, NodeView, generic_handlers
+from tidebank.node.raft.replica import RaftTuning
 from tidebank.node.shard import ShardHost
+from tidebank.node.txn.coordinator import Coordinator, ShardSteps, Sweeper
+from tidebank.node.txn.escrow_coordinator import EscrowCoordinator, EscrowTimers
 from tidebank.v1 import admin_pb2, escrow_pb2_grpc, internal_pb2_grpc, ledger_pb2_grpc
 
 log = logging.getLogger("tidebank.node")

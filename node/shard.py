@@ -14,14 +14,14 @@ from concurrent.futures import Future
 
 import lmdb
 
-from tidebank.keys import DEFAULT_SLOT_COUNT
+from tidebank.common.keys import DEFAULT_SLOT_COUNT
 from tidebank.node.batcher import ShardBatcher
-from tidebank.node.commands import decode_entry
+from tidebank.node.ledger.entry import decode_entry
+from tidebank.node.ledger.records import Account, Transfer
+from tidebank.node.ledger.state_machine import LedgerStateMachine, Operation
+from tidebank.node.ledger.trades import Trade
 from tidebank.node.links import LinkPolicy
-from tidebank.node.records import Account, Transfer
-from tidebank.node.replica import RaftTuning, ShardReplica
-from tidebank.node.state_machine import LedgerStateMachine, Operation
-from tidebank.node.trades import Trade
+from tidebank.node.raft.replica import RaftTuning, ShardReplica
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Generate the Python protobuf/gRPC modules from proto/ into api/v1/.
+"""Generate the Python protobuf/gRPC modules from proto/ into proto/tidebank/v1/,
+beside the .proto files they come from.
 
 Run `python proto/generate.py` after editing a .proto file. The generated code is
 committed; tests/unit/test_generated_code.py fails when it is stale.
@@ -14,7 +15,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-OUT_DIR = ROOT / "api" / "v1"
+OUT_DIR = PROTO_DIR / "tidebank" / "v1"
 
 
 def generate(into: pathlib.Path) -> list[pathlib.Path]:

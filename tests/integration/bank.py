@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from tidebank.auth import signed
 from tidebank.client import (
     Account,
     AccountFlags,
@@ -42,7 +41,8 @@ from tidebank.client import (
     TransferFlags,
 )
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.keys import slot_of
+from tidebank.common.auth import signed
+from tidebank.common.keys import slot_of
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 LEDGER = 7
@@ -51,7 +51,7 @@ OK = {CreateTransferResult.created, CreateTransferResult.exists}
 QUIESCENCE_BOUND_S = 30.0  # after faults heal, no prepared transaction or hold may remain longer
 TRADE_OK = {TradeResultCode.ok, TradeResultCode.exists}
 TRADE_SHARE = 0.25  # of the workers' operations
-# Transfer codes of escrow legs (tidebank.node.escrow): hold, release, fee, refund.
+# Transfer codes of escrow legs (tidebank.node.ledger.escrow): hold, release, fee, refund.
 CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND = 9101, 9102, 9103, 9104
 ESCROW_CODES = {CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND}
 TRADE_ENDED = {TradeResultCode.trade_is_settled, TradeResultCode.trade_is_refunded, TradeResultCode.trade_is_closed}

@@ -11,7 +11,7 @@ import pytest
 
 from tidebank.client import Client
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.keys import slot_of
+from tidebank.common.keys import slot_of
 from tidebank.v1 import admin_pb2, ledger_pb2_grpc
 
 pytestmark = pytest.mark.integration

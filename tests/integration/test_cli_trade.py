@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tidebank.cluster.cli import app
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.cluster.topology import SECRET_ENV
+from tidebank.common.topology import SECRET_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import lmdb
 
-from tidebank.node import escrow
-from tidebank.node.coordinator import attempt_key
-from tidebank.node.records import Account, AccountFlags, Transfer
-from tidebank.node.results import TradeResult
-from tidebank.node.state_machine import (
+from tidebank.node.ledger import escrow
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer
+from tidebank.node.ledger.results import TradeResult
+from tidebank.node.ledger.state_machine import (
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
@@ -22,8 +21,9 @@ from tidebank.node.state_machine import (
     LedgerStateMachine,
     Operation,
 )
-from tidebank.node.trades import TRADE_STEP_INDEX, Trade, TradeCommand, TradeStep
-from tidebank.node.txn_records import SIDE_BOTH, Finish, Leg, Prepare, Vote
+from tidebank.node.ledger.trades import TRADE_STEP_INDEX, Trade, TradeCommand, TradeStep
+from tidebank.node.ledger.txn_records import SIDE_BOTH, Finish, Leg, Prepare, Vote
+from tidebank.node.txn.coordinator import attempt_key
 
 SLOTS = 64
 LEDGER = 1
@@ -145,7 +145,7 @@ class EscrowHarness:
 
 def create(trade_id: int, buyer: int, seller: int, amount: int, *, fee_bps: int = 0, ship_by_s: int = 60,
            auto_confirm_s: int = 120, ledger: int = LEDGER, **extra) -> TradeCommand:
-    from tidebank.node.trades import CMD_CREATE
+    from tidebank.node.ledger.trades import CMD_CREATE
 
     return TradeCommand(CMD_CREATE, trade_id, amount=amount, buyer_account_id=buyer, seller_account_id=seller,
                         ledger=ledger, fee_bps=fee_bps, ship_by_timeout_s=ship_by_s,

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from tidebank.auth import signed
+from tidebank.common.auth import signed
+from tidebank.node.api.ledger_service import AdminService, LedgerService, generic_handlers
 from tidebank.node.links import LinkFaults
-from tidebank.node.service import AdminService, LedgerService, generic_handlers
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 SECRET = "s3cret"

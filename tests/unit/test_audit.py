@@ -412,7 +412,7 @@ class FakeHost:
 
 class FakeNodeView:
     def __init__(self, hosts: dict):
-        from tidebank.node.routing import ShardMap
+        from tidebank.node.api.routing import ShardMap
 
         self.hosts = hosts
         self.shard_map = ShardMap(1, 8, {0: ((0, 4),), 1: ((4, 6),), 2: ((6, 8),)})
@@ -430,8 +430,8 @@ class Context:
 
 
 def test_admin_service_reports_the_shards_it_leads_with_u128_totals():
+    from tidebank.node.api.ledger_service import AdminService
     from tidebank.node.batcher import NotAppliedError
-    from tidebank.node.service import AdminService
 
     totals = {"ledgers": {4: {"debits_posted": BIG, "credits_posted": BIG, "reserved_debits": 3}},
               "prepared_txns": 2, "applied_index": 17}
@@ -445,7 +445,7 @@ def test_admin_service_reports_the_shards_it_leads_with_u128_totals():
     assert t.ledgers[4]["debits_posted"] == BIG and t.ledgers[4]["reserved_debits"] == 3
     assert t.ledgers[4]["remote_credits_pending"] == 0
 
-    from tidebank.node.errors import RequestError
+    from tidebank.node.api.errors import RequestError
 
     with pytest.raises(RequestError) as info:  # asked explicitly for a shard it does not lead
         admin.GetLedgerTotals(admin_pb2.GetLedgerTotalsRequest(shard_ids=[1]), Context())

@@ -11,9 +11,9 @@ import pytest
 from pysyncobj import FAIL_REASON
 
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError, ShardBatcher
-from tidebank.node.commands import decode_entry
-from tidebank.node.records import Transfer
-from tidebank.node.state_machine import OP_CREATE_TRANSFERS, Operation
+from tidebank.node.ledger.entry import decode_entry
+from tidebank.node.ledger.records import Transfer
+from tidebank.node.ledger.state_machine import OP_CREATE_TRANSFERS, Operation
 
 
 def op(*ids: int) -> Operation:

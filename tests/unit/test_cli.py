@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from tidebank.cluster.cli import app
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.cluster.topology import SECRET_ENV
-from tidebank.keys import slot_of
+from tidebank.common.keys import slot_of
+from tidebank.common.topology import SECRET_ENV
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tidebank.cluster import cli
 from tidebank.cluster.cli import app
-from tidebank.cluster.topology import SECRET_ENV
+from tidebank.common.topology import SECRET_ENV
 from tidebank.v1 import escrow_pb2
 
 runner = CliRunner()

@@ -34,7 +34,7 @@ from tidebank.client import (
     trade_to_proto,
 )
 from tidebank.client.testing import INVALID_MARK, FakeCluster
-from tidebank.keys import U64_MAX, U128_MAX
+from tidebank.common.keys import U64_MAX, U128_MAX
 from tidebank.v1 import escrow_pb2, types_pb2
 
 BUYER, SELLER = 900_001, 900_002

@@ -27,7 +27,7 @@ from tidebank.client import (
 )
 from tidebank.client._errors import FieldViolation
 from tidebank.client.testing import rich_status
-from tidebank.keys import U128_MAX, slot_of
+from tidebank.common.keys import U128_MAX, slot_of
 from tidebank.v1 import admin_pb2, ledger_pb2, types_pb2
 
 # --------------------------------------------------------------------------- u128 and conversions

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tidebank.node.commands import CommandFormatError, decode_entry, encode_entry
-from tidebank.node.records import Account, Transfer
-from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
+from tidebank.node.ledger.entry import CommandFormatError, decode_entry, encode_entry
+from tidebank.node.ledger.records import Account, Transfer
+from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 
 U128_MAX = (1 << 128) - 1
 
@@ -42,8 +42,8 @@ def test_unknown_format_version_is_refused():
 
 
 def test_entry_round_trips_two_phase_commit_steps():
-    from tidebank.node.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE
-    from tidebank.node.txn_records import SIDE_DEBIT, Decide, Finish, Leg, Prepare
+    from tidebank.node.ledger.state_machine import OP_DECIDE, OP_FINISH, OP_PREPARE
+    from tidebank.node.ledger.txn_records import SIDE_DEBIT, Decide, Finish, Leg, Prepare
 
     prepare = Prepare(txid=U128_MAX - 2, coordinator_shard=3, group_size=2,
                       legs=[Leg(1, SIDE_DEBIT, Transfer(id=7, debit_account_id=1, credit_account_id=2, amount=5))])

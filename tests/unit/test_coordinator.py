@@ -13,10 +13,16 @@ from concurrent.futures import Future
 import lmdb
 import pytest
 
-from tidebank.node import coordinator as coordinator_module
-from tidebank.node import escrow
+from tidebank.node.api.routing import ShardMap
 from tidebank.node.batcher import NotAppliedError
-from tidebank.node.coordinator import (
+from tidebank.node.ledger import escrow
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer
+from tidebank.node.ledger.results import CreateTransferResult
+from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, LedgerStateMachine, Operation
+from tidebank.node.ledger.trades import CMD_CREATE, TradeCommand, TradeStep
+from tidebank.node.ledger.txn_records import Decide, Prepare
+from tidebank.node.txn import coordinator as coordinator_module
+from tidebank.node.txn.coordinator import (
     Coordinator,
     Group,
     ParticipantUnavailableError,
@@ -25,12 +31,6 @@ from tidebank.node.coordinator import (
     attempt_key,
     legs_by_shard,
 )
-from tidebank.node.records import Account, AccountFlags, Transfer
-from tidebank.node.results import CreateTransferResult
-from tidebank.node.routing import ShardMap
-from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, LedgerStateMachine, Operation
-from tidebank.node.trades import CMD_CREATE, TradeCommand, TradeStep
-from tidebank.node.txn_records import Decide, Prepare
 
 SLOTS = 8
 SHARD_MAP = ShardMap(1, SLOTS, {0: [(0, 4)], 1: [(4, 8)]})

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from tidebank.cluster.cli import app
 from tidebank.cluster.faults import NodeFaults, NodeTarget, current_table
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.cluster.topology import SECRET_ENV
+from tidebank.common.topology import SECRET_ENV
+from tidebank.node.api.ledger_service import AdminService, LedgerService, generic_handlers
 from tidebank.node.links import LinkFaults, LinkTable
-from tidebank.node.service import AdminService, LedgerService, generic_handlers
 from tidebank.v1 import admin_pb2
 
 DCS = ("dc1", "dc2", "dc3")

@@ -7,12 +7,9 @@ from concurrent.futures import Future
 import pytest
 
 from tests.unit.test_coordinator import SHARD_MAP, SLOTS, LocalNode, LocalShard, balances, id_on, open_accounts
-from tidebank.node import coordinator as coordinator_module
-from tidebank.node.coordinator import Coordinator, ShardSteps
-from tidebank.node.escrow_coordinator import EscrowCoordinator, StepOutcome, _step_outcome, _waves
-from tidebank.node.records import AccountFlags
-from tidebank.node.results import CreateTransferResult, TradeResult
-from tidebank.node.trades import (
+from tidebank.node.ledger.records import AccountFlags
+from tidebank.node.ledger.results import CreateTransferResult, TradeResult
+from tidebank.node.ledger.trades import (
     CMD_CONFIRM,
     CMD_CREATE,
     CMD_REFUND,
@@ -21,7 +18,10 @@ from tidebank.node.trades import (
     TRADE_STEP_INDEX,
     TradeCommand,
 )
-from tidebank.node.txn_records import Decision
+from tidebank.node.ledger.txn_records import Decision
+from tidebank.node.txn import coordinator as coordinator_module
+from tidebank.node.txn.coordinator import Coordinator, ShardSteps
+from tidebank.node.txn.escrow_coordinator import EscrowCoordinator, StepOutcome, _step_outcome, _waves
 
 OK = StepOutcome(int(TradeResult.ok))
 EXISTS = StepOutcome(int(TradeResult.exists))

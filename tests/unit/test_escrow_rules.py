@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tidebank.keys import U128_MAX, escrow_account_id, fee_account_id, is_system_account, slot_of
-from tidebank.node import escrow
-from tidebank.node.escrow import (
+from tidebank.common.keys import U128_MAX, escrow_account_id, fee_account_id, is_system_account, slot_of
+from tidebank.node.ledger import escrow
+from tidebank.node.ledger.escrow import (
     MOVE_FEE,
     MOVE_HOLD,
     MOVE_REFUND,
@@ -18,9 +18,9 @@ from tidebank.node.escrow import (
     legs,
     step_key,
 )
-from tidebank.node.records import Account, AccountFlags
-from tidebank.node.results import TradeResult as R
-from tidebank.node.trades import (
+from tidebank.node.ledger.records import Account, AccountFlags
+from tidebank.node.ledger.results import TradeResult as R
+from tidebank.node.ledger.trades import (
     CLOSED,
     CLOSED_BY_AUTO_CONFIRMED,
     CLOSED_BY_BUYER_CONFIRMED,

@@ -17,6 +17,6 @@ def test_generated_code_is_not_stale(tmp_path):
     written = _generator().generate(tmp_path)
     assert written, "protoc produced nothing"
     for fresh in written:
-        committed = ROOT / "api" / "v1" / fresh.name
+        committed = ROOT / "proto" / "tidebank" / "v1" / fresh.name
         assert committed.exists(), f"{fresh.name} is not committed: run python proto/generate.py"
         assert committed.read_bytes() == fresh.read_bytes(), f"{fresh.name} is stale: run python proto/generate.py"

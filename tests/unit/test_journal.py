@@ -9,8 +9,8 @@ import pysyncobj.syncobj as syncobj_module
 import pytest
 from pysyncobj.journal import MemoryJournal
 
-from tidebank.node import journal as journal_mod
-from tidebank.node.journal import HEADER_SIZE, DurableJournal, JournalCorruptError
+from tidebank.node.raft import journal as journal_mod
+from tidebank.node.raft.journal import HEADER_SIZE, DurableJournal, JournalCorruptError
 
 
 def _entries(n: int, start: int = 1, term: int = 1):

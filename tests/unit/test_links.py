@@ -25,7 +25,7 @@ from tidebank.node.links import (
     intercepted_channel,
     validate_link_faults,
 )
-from tidebank.node.replica import DurableTCPTransport, RaftTuning, ShardReplica
+from tidebank.node.raft.replica import DurableTCPTransport, RaftTuning, ShardReplica
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 DCS = ("dc1", "dc2", "dc3")

@@ -12,7 +12,7 @@ import pytest
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.transport import TCPTransport
 
-from tidebank.node.replica import (
+from tidebank.node.raft.replica import (
     ApplyFailed,
     RaftTuning,
     ShardReplica,

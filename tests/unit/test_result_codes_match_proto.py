@@ -6,7 +6,7 @@ import enum
 
 import pytest
 
-from tidebank.node.results import CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult, TradeResult
 from tidebank.v1 import escrow_pb2, types_pb2
 
 

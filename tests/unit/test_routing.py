@@ -2,10 +2,10 @@
 
 import pytest
 
-from tidebank.keys import slot_of
-from tidebank.node.records import Account, AccountFlags, Transfer, TransferFlags
-from tidebank.node.results import CreateAccountResult, CreateTransferResult
-from tidebank.node.routing import ShardMap, chains, route_accounts, route_transfers
+from tidebank.common.keys import slot_of
+from tidebank.node.api.routing import ShardMap, chains, route_accounts, route_transfers
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer, TransferFlags
+from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult
 
 SLOTS = 64
 MAP = ShardMap(1, SLOTS, {0: [(0, 16)], 1: [(16, 32)], 2: [(32, 48)], 3: [(48, 64)]})

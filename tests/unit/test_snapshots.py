@@ -12,8 +12,8 @@ import pytest
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.serializer import Serializer
 
-from tidebank.node import snapshots
-from tidebank.node.snapshots import (
+from tidebank.node.raft import snapshots
+from tidebank.node.raft.snapshots import (
     DumpError,
     SnapshotManager,
     open_meta_db,

@@ -8,8 +8,8 @@ import struct
 import lmdb
 import pytest
 
-from tidebank.node import state_machine as sm_module
-from tidebank.node.records import (
+from tidebank.node.ledger import state_machine as sm_module
+from tidebank.node.ledger.records import (
     ACCOUNT_SIZE,
     BATCH_ITEMS_MAX,
     PAGE_SIZE_MAX,
@@ -25,9 +25,9 @@ from tidebank.node.records import (
     unpack_account,
     unpack_transfer,
 )
-from tidebank.node.results import CreateAccountResult as AR
-from tidebank.node.results import CreateTransferResult as TR
-from tidebank.node.state_machine import (
+from tidebank.node.ledger.results import CreateAccountResult as AR
+from tidebank.node.ledger.results import CreateTransferResult as TR
+from tidebank.node.ledger.state_machine import (
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     LedgerStateMachine,

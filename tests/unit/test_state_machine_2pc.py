@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidebank.node import state_machine as sm_module
-from tidebank.node.records import (
+from tidebank.node.ledger import state_machine as sm_module
+from tidebank.node.ledger.records import (
     BATCH_ITEMS_MAX,
     U64_MAX,
     U128_MAX,
@@ -27,8 +27,8 @@ from tidebank.node.records import (
     Transfer,
     TransferFlags,
 )
-from tidebank.node.results import CreateTransferResult as TR
-from tidebank.node.state_machine import (
+from tidebank.node.ledger.results import CreateTransferResult as TR
+from tidebank.node.ledger.state_machine import (
     EXPIRE_PER_APPLY_MAX,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
@@ -39,7 +39,7 @@ from tidebank.node.state_machine import (
     LedgerStateMachine,
     Operation,
 )
-from tidebank.node.txn_records import (
+from tidebank.node.ledger.txn_records import (
     FINISH_ALREADY,
     FINISH_APPLIED,
     FINISH_CONFLICT,

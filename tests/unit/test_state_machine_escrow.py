@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.escrow_harness import LEDGER, MINT, EscrowHarness, S, create
-from tidebank.keys import escrow_account_id
-from tidebank.node import escrow
-from tidebank.node.records import Account, AccountFlags, Transfer
-from tidebank.node.results import CreateAccountResult, CreateTransferResult, TradeResult
-from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS
-from tidebank.node.trades import (
+from tidebank.common.keys import escrow_account_id
+from tidebank.node.ledger import escrow
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer
+from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS
+from tidebank.node.ledger.trades import (
     CLOSED,
     CMD_AUTO_CONFIRM,
     CMD_AUTO_REFUND,
@@ -34,7 +34,7 @@ from tidebank.node.trades import (
     TRADE_STEP_INDEX,
     TradeCommand,
 )
-from tidebank.node.txn_records import FINISH_ALREADY, SIDE_BOTH, Leg, Prepare
+from tidebank.node.ledger.txn_records import FINISH_ALREADY, SIDE_BOTH, Leg, Prepare
 
 BUYER, SELLER, TRADE = 101, 202, 7_000
 OK = (escrow.OK, 0)

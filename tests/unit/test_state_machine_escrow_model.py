@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.escrow_harness import EscrowHarness, S, create
-from tidebank.node.results import TradeResult
-from tidebank.node.trades import (
+from tidebank.node.ledger.results import TradeResult
+from tidebank.node.ledger.trades import (
     CMD_AUTO_CONFIRM,
     CMD_AUTO_REFUND,
     CMD_CONFIRM,

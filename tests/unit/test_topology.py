@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from tidebank.cluster.topology import SECRET_ENV, Topology, TopologyError, generate_local
+from tidebank.common.topology import SECRET_ENV, Topology, TopologyError, generate_local
 
 
 @pytest.fixture(autouse=True)

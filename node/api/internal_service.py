@@ -11,9 +11,10 @@ import time
 
 import grpc
 
-from tidebank.auth import AUTH_HEADER, verify
-from tidebank.node import convert, errors
-from tidebank.node.coordinator import (
+from tidebank.common.auth import AUTH_HEADER, verify
+from tidebank.node.api import convert, errors
+from tidebank.node.ledger.state_machine import OP_DECIDE, Operation
+from tidebank.node.txn.coordinator import (
     _UNPACK,
     STEP_TIMEOUT_S,
     SUBMIT_ITEMS_MAX,
@@ -21,7 +22,6 @@ from tidebank.node.coordinator import (
     ShardSteps,
     result_to_pb,
 )
-from tidebank.node.state_machine import OP_DECIDE, Operation
 from tidebank.v1 import internal_pb2
 
 

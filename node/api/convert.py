@@ -6,9 +6,9 @@ touch record internals. These run once per item per request: keep them flat.
 
 from __future__ import annotations
 
-from tidebank.node.escrow import system_accounts
-from tidebank.node.records import Account, Transfer
-from tidebank.node.trades import CMD_CREATE, CMD_EXTEND, CMD_REFUND, CMD_RESOLVE_DISPUTE, Trade, TradeCommand
+from tidebank.node.ledger.escrow import system_accounts
+from tidebank.node.ledger.records import Account, Transfer
+from tidebank.node.ledger.trades import CMD_CREATE, CMD_EXTEND, CMD_REFUND, CMD_RESOLVE_DISPUTE, Trade, TradeCommand
 from tidebank.v1 import escrow_pb2, types_pb2
 
 _U64 = (1 << 64) - 1

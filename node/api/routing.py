@@ -1,6 +1,6 @@
 """Which shard holds a key, and how a client batch splits into per-shard batches.
 
-Keys hash to slots (`tidebank.keys.slot_of`); a versioned shard map assigns slot
+Keys hash to slots (`tidebank.common.keys.slot_of`); a versioned shard map assigns slot
 ranges to shards. A batch is split by the shard of each item's routing key
 (account id; a transfer's debit account id) keeping every linked chain whole.
 A transfer chain whose accounts span shards becomes a cross-shard group, run by
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tidebank.keys import slot_of
-from tidebank.node.records import Account, AccountFlags, Transfer, TransferFlags
-from tidebank.node.results import CreateAccountResult, CreateTransferResult
+from tidebank.common.keys import slot_of
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer, TransferFlags
+from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult
 
 
 class ShardMap:

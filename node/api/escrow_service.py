@@ -17,12 +17,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 
-from tidebank.node import convert, errors
-from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError
-from tidebank.node.coordinator import ParticipantUnavailableError
-from tidebank.node.escrow_coordinator import StepOutcome
-from tidebank.node.records import PAGE_SIZE_MAX
-from tidebank.node.service import (
+from tidebank.node.api import convert, errors
+from tidebank.node.api.ledger_service import (
     PAGE_SIZE_DEFAULT,
     ShardRouter,
     _call,
@@ -32,7 +28,9 @@ from tidebank.node.service import (
     decode_token,
     encode_token,
 )
-from tidebank.node.trades import (
+from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError
+from tidebank.node.ledger.records import PAGE_SIZE_MAX
+from tidebank.node.ledger.trades import (
     CMD_CONFIRM,
     CMD_OPEN_DISPUTE,
     CMD_SHIP,
@@ -40,6 +38,8 @@ from tidebank.node.trades import (
     Trade,
     TradeCommand,
 )
+from tidebank.node.txn.coordinator import ParticipantUnavailableError
+from tidebank.node.txn.escrow_coordinator import StepOutcome
 from tidebank.v1 import escrow_pb2, escrow_pb2_grpc
 
 log = logging.getLogger(__name__)

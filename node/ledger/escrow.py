@@ -30,10 +30,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from tidebank.keys import U64_MAX, U128_MAX, escrow_account_id, fee_account_id, is_system_account, slot_of
-from tidebank.node.records import Account, AccountFlags, Transfer, TransferFlags
-from tidebank.node.results import TradeResult
-from tidebank.node.trades import (
+from tidebank.common.keys import U64_MAX, U128_MAX, escrow_account_id, fee_account_id, is_system_account, slot_of
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer, TransferFlags
+from tidebank.node.ledger.results import TradeResult
+from tidebank.node.ledger.trades import (
     CLOSED,
     CLOSED_BY_AUTO_CONFIRMED,
     CLOSED_BY_BUYER_CONFIRMED,

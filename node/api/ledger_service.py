@@ -21,13 +21,13 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from tidebank.node import convert, errors
+from tidebank.node.api import convert, errors
+from tidebank.node.api.routing import CrossShardGroup, ShardMap, route_accounts, route_transfers
 from tidebank.node.batcher import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
-from tidebank.node.coordinator import Group, ParticipantUnavailableError
+from tidebank.node.ledger.records import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
+from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
-from tidebank.node.records import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
-from tidebank.node.routing import CrossShardGroup, ShardMap, route_accounts, route_transfers
-from tidebank.node.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
+from tidebank.node.txn.coordinator import Group, ParticipantUnavailableError
 from tidebank.v1 import admin_pb2, escrow_pb2, internal_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -580,7 +580,7 @@ def generic_handlers(ledger: LedgerService, admin: AdminService, internal=None,
                      admin_secret: str | None = None, escrow=None) -> list[grpc.GenericRpcHandler]:
     """Handlers for the public Ledger and Admin services and, when given, the Escrow service and the signed
     Internal service. With `admin_secret`, the fault-injection Admin methods require the cluster's signature."""
-    from tidebank.node.internal import require_signature
+    from tidebank.node.api.internal_service import require_signature
 
     def admin_auth(method, raw, context):
         require_signature(admin_secret, method, raw, context)

@@ -31,12 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from tidebank.node import convert, escrow
+from tidebank.node.api import convert
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
-from tidebank.node.coordinator import Coordinator, Group, ParticipantUnavailableError
-from tidebank.node.records import Account
-from tidebank.node.results import TradeResult
-from tidebank.node.trades import (
+from tidebank.node.ledger import escrow
+from tidebank.node.ledger.records import Account
+from tidebank.node.ledger.results import TradeResult
+from tidebank.node.ledger.trades import (
     CMD_AUTO_CONFIRM,
     CMD_AUTO_REFUND,
     CMD_CREATE,
@@ -45,6 +45,7 @@ from tidebank.node.trades import (
     TradeCommand,
     TradeStep,
 )
+from tidebank.node.txn.coordinator import Coordinator, Group, ParticipantUnavailableError
 from tidebank.v1 import ledger_pb2
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tidebank.node.records import TRANSFER_SIZE, Transfer, pack_transfer, unpack_transfer
-from tidebank.node.results import CreateTransferResult
-from tidebank.node.trades import TRADE_STEP_INDEX, TRADE_STEP_SIZE, TradeStep, pack_trade_step, unpack_trade_step
+from tidebank.node.ledger.records import TRANSFER_SIZE, Transfer, pack_transfer, unpack_transfer
+from tidebank.node.ledger.results import CreateTransferResult
+from tidebank.node.ledger.trades import TRADE_STEP_INDEX, TRADE_STEP_SIZE, TradeStep, pack_trade_step, unpack_trade_step
 
 __all__ = [
     "FINISH_ALREADY",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from tidebank.node.records import (
+from tidebank.node.ledger.records import (
     Account,
     Transfer,
     pack_account,
@@ -18,7 +18,7 @@ from tidebank.node.records import (
     unpack_account,
     unpack_transfer,
 )
-from tidebank.node.state_machine import (
+from tidebank.node.ledger.state_machine import (
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
@@ -27,7 +27,7 @@ from tidebank.node.state_machine import (
     OP_PREPARE,
     Operation,
 )
-from tidebank.node.txn_records import (
+from tidebank.node.ledger.txn_records import (
     pack_decide,
     pack_finish,
     pack_prepare,

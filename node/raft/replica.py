@@ -6,7 +6,7 @@ also stores the entry's Raft index (``replica_meta``/``applied_index``), so that
 restart, which replays the journal from the last snapshot, skips what LMDB already holds.
 
 Durability (DESIGN.md, "Replication and durability"): entries are written to a
-:class:`~tidebank.node.journal.DurableJournal` without syncing, and
+:class:`~tidebank.node.raft.journal.DurableJournal` without syncing, and
 
 * the leader counts itself for an entry only after it is fdatasync'ed: pysyncobj
   computes the commit index at the top of ``SyncObj._onTick`` counting the leader's
@@ -52,8 +52,9 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.monotonic import monotonic
 from pysyncobj.transport import TCPTransport
 
+from tidebank.node.links import DelayLine, LinkPolicy
+
 from .journal import DurableJournal, fsync_dir, install, open_journal
-from .links import DelayLine, LinkPolicy
 from .snapshots import (
     SnapshotManager,
     open_meta_db,

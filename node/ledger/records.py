@@ -13,7 +13,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from tidebank.keys import U64_MAX, U128_MAX
+from tidebank.common.keys import U64_MAX, U128_MAX
 
 __all__ = [
     "ACCOUNT_SIZE",

@@ -43,7 +43,7 @@ Escrow (trades; rules in `escrow`, records in `trades`)
 --------------------------------------------------------
 
 A trade lives on the shard of its id, beside the escrow and fee accounts of its
-(ledger, hash slot) (`tidebank.keys`), which only escrow steps may touch: a plain
+(ledger, hash slot) (`tidebank.common.keys`), which only escrow steps may touch: a plain
 transfer or a PREPARE without a trade step naming one is refused with
 account_reserved_for_escrow, an account create with such an id with
 id_reserved_for_escrow. Every escrow step is a 2PC group coordinated by the
@@ -125,9 +125,9 @@ from typing import Any
 
 import lmdb
 
-from tidebank.keys import DEFAULT_SLOT_COUNT, SYSTEM_ACCOUNT_PREFIX, SYSTEM_ESCROW, is_system_account, slot_of
-from tidebank.node import escrow
-from tidebank.node.records import (
+from tidebank.common.keys import DEFAULT_SLOT_COUNT, SYSTEM_ACCOUNT_PREFIX, SYSTEM_ESCROW, is_system_account, slot_of
+from tidebank.node.ledger import escrow
+from tidebank.node.ledger.records import (
     BATCH_ITEMS_MAX,
     PAGE_SIZE_MAX,
     TRANSFER_SIZE,
@@ -143,8 +143,8 @@ from tidebank.node.records import (
     unpack_account,
     unpack_transfer,
 )
-from tidebank.node.results import CreateAccountResult, CreateTransferResult, TradeResult
-from tidebank.node.trades import (
+from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.node.ledger.trades import (
     CLOSED,
     DISPUTED,
     PAID,
@@ -161,7 +161,7 @@ from tidebank.node.trades import (
     unpack_trade,
     unpack_trade_step,
 )
-from tidebank.node.txn_records import (
+from tidebank.node.ledger.txn_records import (
     FINISH_ALREADY,
     FINISH_APPLIED,
     FINISH_CONFLICT,

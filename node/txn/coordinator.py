@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from tidebank.auth import AUTH_HEADER, sign
-from tidebank.node import convert
+from tidebank.common.auth import AUTH_HEADER, sign
+from tidebank.node.api import convert
+from tidebank.node.api.routing import ShardMap
 from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
-from tidebank.node.records import Transfer, pack_transfer
-from tidebank.node.results import CreateTransferResult
-from tidebank.node.routing import ShardMap
-from tidebank.node.state_machine import OP_COMMIT_LOCAL, OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
-from tidebank.node.txn_records import (
+from tidebank.node.ledger.records import Transfer, pack_transfer
+from tidebank.node.ledger.results import CreateTransferResult
+from tidebank.node.ledger.state_machine import OP_COMMIT_LOCAL, OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
+from tidebank.node.ledger.txn_records import (
     SIDE_BOTH,
     SIDE_CREDIT,
     SIDE_DEBIT,
