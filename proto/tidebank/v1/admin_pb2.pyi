@@ -56,7 +56,7 @@ class GetNodeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size")
+    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size", "apply_error")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class ReplicaStatus(_message.Message):
     LEADER_NODE_FIELD_NUMBER: _ClassVar[int]
     HAS_QUORUM_FIELD_NUMBER: _ClassVar[int]
     LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    APPLY_ERROR_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     role: str
     term: int
@@ -73,7 +74,8 @@ class ReplicaStatus(_message.Message):
     leader_node: str
     has_quorum: bool
     log_size: int
-    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ...) -> None: ...
+    apply_error: str
+    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ..., apply_error: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "dc", "address", "replicas", "shard_map_version")
