@@ -31,6 +31,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tidebank.common.keys import U64_MAX, U128_MAX
+from tidebank.common.limits import BATCH_ITEMS_MAX
 from tidebank.v1 import escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (
@@ -79,7 +80,7 @@ from ._model import (
 
 # --------------------------------------------------------------------------- configuration
 
-MAX_BATCH_ITEMS = 8189  # the server's limit per request
+MAX_BATCH_ITEMS = BATCH_ITEMS_MAX  # the server's limit per request
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_IN_FLIGHT_PER_SHARD = 2
 DEFAULT_MAX_QUEUED_ITEMS_PER_SHARD = 100_000

@@ -38,6 +38,7 @@ from tidebank.client import (
     TransferFlags,
     new_id,
 )
+from tidebank.common.limits import BATCH_ITEMS_MAX
 
 LEDGERS = (1, 2)
 ESCROW_LEDGER = 3  # trades run on their own ledger: their fees leave the demo's accounts
@@ -47,7 +48,6 @@ CODE_OPEN = 20
 CODE_TRANSFER = 1
 FUNDING_AMOUNT = 1_000_000
 MAX_AMOUNT = 1_000
-BATCH_ITEMS_MAX = 8189
 WRITE_ATTEMPTS = 3  # the client retries within timeout_s; this is for a write whose outcome stayed unknown
 APPLIED = ("created", "exists")  # a retried batch answers exists for what the first try applied
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pysyncobj import FAIL_REASON
 
 from tidebank.node.ledger.entry import ENTRY_OPERATIONS_MAX, encode_entry
-from tidebank.node.ledger.state_machine import Operation
+from tidebank.node.ledger.operations import Operation
+from tidebank.node.outcomes import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.raft.replica import ApplyFailed
 
 log = logging.getLogger(__name__)
@@ -32,22 +33,6 @@ NOT_APPLIED = {
     FAIL_REASON.DISCARDED,
     FAIL_REASON.REQUEST_DENIED,
 }
-
-
-class NotAppliedError(Exception):
-    """The entry was certainly not applied: safe to retry, also elsewhere."""
-
-
-class OutcomeUnknownError(Exception):
-    """The entry may or may not have been applied: only an idempotent retry is safe."""
-
-
-class ApplyFailedError(Exception):
-    """Every replica recorded the entry as failed (a bug, logged CRITICAL): nothing was applied."""
-
-
-class OverloadedError(Exception):
-    """The shard's queue is full: the caller should back off."""
 
 
 @dataclass

@@ -18,15 +18,19 @@ from grpc_reflection.v1alpha import reflection
 
 from tidebank.common.topology import NodeSpec, Topology
 from tidebank.node import metrics
+from tidebank.node.api.admin_service import AdminService
 from tidebank.node.api.escrow_service import EscrowService
+from tidebank.node.api.handlers import generic_handlers
 from tidebank.node.api.internal_service import InternalService
-from tidebank.node.api.ledger_service import AdminService, LedgerService, NodeView, generic_handlers
+from tidebank.node.api.ledger_service import LedgerService
 from tidebank.node.api.routing import ShardMap
+from tidebank.node.executor import NodeView, ShardExecutor
 from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
 from tidebank.node.raft.replica import RaftTuning
 from tidebank.node.shard import ShardHost
-from tidebank.node.txn.coordinator import Coordinator, ShardSteps, Sweeper
+from tidebank.node.txn.coordinator import Coordinator
 from tidebank.node.txn.escrow_coordinator import EscrowCoordinator, EscrowTimers
+from tidebank.node.txn.sweeper import Sweeper
 from tidebank.v1 import admin_pb2, escrow_pb2_grpc, internal_pb2_grpc, ledger_pb2_grpc
 
 log = logging.getLogger("tidebank.node")
@@ -92,10 +96,10 @@ class Node(NodeView):
                 links=links,
                 slot_count=topology.slot_count,
             )
-        self.steps = ShardSteps(self, topology.secret)
-        self.coordinator = Coordinator(self, self.steps)
+        self.executor = ShardExecutor(self, topology.secret)
+        self.coordinator = Coordinator(self, self.executor)
         self.coordinator_pool = ThreadPoolExecutor(max_workers=COORDINATOR_WORKERS, thread_name_prefix="coordinator")
-        self.sweeper: Sweeper | None = Sweeper(self, self.steps)
+        self.sweeper: Sweeper | None = Sweeper(self, self.coordinator)
         self.escrow = EscrowCoordinator(self, self.coordinator, topology.slot_count)
         self.escrow_timers: EscrowTimers | None = EscrowTimers(self, self.escrow)
         self._stopping = threading.Event()
@@ -199,7 +203,7 @@ class Node(NodeView):
         if self.sweeper is not None:
             self.sweeper.close()
         self.coordinator_pool.shutdown(wait=False, cancel_futures=True)
-        self.steps.close()
+        self.executor.close()
         for host in self.shards.values():
             host.close()
         with self._channels_lock:
@@ -211,11 +215,12 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     node = Node(topology, node_name)
     server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                          options=GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_CONCURRENT_RPCS_MAX)
-    ledger = metrics.instrument(LedgerService(node))
-    escrow = metrics.instrument(EscrowService(node), metrics.ESCROW_BATCH_FIELDS)
+    ledger = metrics.instrument(LedgerService(node, node.executor, node.coordinator, node.coordinator_pool))
+    escrow = metrics.instrument(EscrowService(node, node.executor, node.escrow, node.coordinator_pool),
+                                metrics.ESCROW_BATCH_FIELDS)
     admin = AdminService(node.node_status, node.shard_map_message, node=node, link_faults=node.link_faults,
                          dcs=topology.dcs)
-    internal = InternalService(node, node.steps, topology.secret)
+    internal = InternalService(node, node.coordinator, topology.secret)
     for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret, escrow=escrow):
         server.add_generic_rpc_handlers((handler,))
     health_servicer = health.HealthServicer()

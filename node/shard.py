@@ -17,8 +17,9 @@ import lmdb
 from tidebank.common.keys import DEFAULT_SLOT_COUNT
 from tidebank.node.batcher import ShardBatcher
 from tidebank.node.ledger.entry import decode_entry
+from tidebank.node.ledger.operations import Operation
 from tidebank.node.ledger.records import Account, Transfer
-from tidebank.node.ledger.state_machine import LedgerStateMachine, Operation
+from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import Trade
 from tidebank.node.links import LinkPolicy
 from tidebank.node.raft.replica import RaftTuning, ShardReplica

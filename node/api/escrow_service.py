@@ -3,9 +3,9 @@
 Nothing about money is decided here: the escrow coordinator plans each step with
 the escrow rules and the trade's shard applies it. This module checks the
 request's shape, routes items to the shard of their trade id (running them on the
-local leader or forwarding them once to the leader's node), merges the answers in
-request order, and serves trade lookups and the paged list of a buyer's or
-seller's trades (gathered from every shard).
+local leader or forwarding them once to the leader's node), waits for every part,
+answers by the one failure rule (api/failures.py), and serves trade lookups and
+the paged list of a buyer's or seller's trades (gathered from every shard).
 """
 
 from __future__ import annotations
@@ -13,23 +13,23 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
-
-import grpc
+from concurrent.futures import Future
 
 from tidebank.node.api import convert, errors
-from tidebank.node.api.ledger_service import (
-    PAGE_SIZE_DEFAULT,
-    ShardRouter,
-    _call,
-    _check_batch_size,
-    _forwarded_write_failure,
-    _u128,
+from tidebank.node.api.calls import (
+    call_of,
+    check_batch_size,
     decode_token,
     encode_token,
+    failed,
+    forward,
+    page_limit,
+    read_part,
+    u128,
+    wait_reads,
 )
-from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError
-from tidebank.node.ledger.records import PAGE_SIZE_MAX
+from tidebank.node.api.failures import Failures
+from tidebank.node.executor import NodeView, ShardExecutor, all_results
 from tidebank.node.ledger.trades import (
     CMD_CONFIRM,
     CMD_OPEN_DISPUTE,
@@ -38,21 +38,24 @@ from tidebank.node.ledger.trades import (
     Trade,
     TradeCommand,
 )
-from tidebank.node.txn.coordinator import ParticipantUnavailableError
 from tidebank.node.txn.escrow_coordinator import StepOutcome
-from tidebank.v1 import escrow_pb2, escrow_pb2_grpc
+from tidebank.v1 import escrow_pb2, escrow_pb2_grpc, ledger_pb2
 
 log = logging.getLogger(__name__)
 
+LINEARIZABLE = ledger_pb2.READ_CONSISTENCY_LINEARIZABLE
 _SHIP = convert.trade_action_from_pb(CMD_SHIP)
 _CONFIRM = convert.trade_action_from_pb(CMD_CONFIRM)
 _OPEN = convert.trade_action_from_pb(CMD_OPEN_DISPUTE)
 _WITHDRAW = convert.trade_action_from_pb(CMD_WITHDRAW_DISPUTE)
 
 
-class EscrowService(ShardRouter, escrow_pb2_grpc.EscrowServicer):
-    def _stub(self, address: str) -> escrow_pb2_grpc.EscrowStub:
-        return self.node.escrow_stub(address)
+class EscrowService(escrow_pb2_grpc.EscrowServicer):
+    def __init__(self, node: NodeView, executor: ShardExecutor, escrow=None, pool=None):
+        self.node = node
+        self.executor = executor
+        self.escrow = escrow  # runs escrow steps on the trade shards this node leads (EscrowCoordinator)
+        self.pool = pool
 
     # --- steps ------------------------------------------------------------------------------------------
     def CreateTrades(self, request, context) -> escrow_pb2.TradeResultsResponse:
@@ -82,39 +85,40 @@ class EscrowService(ShardRouter, escrow_pb2_grpc.EscrowServicer):
     def _steps(self, request, context, method: str, field: str,
                to_command: Callable[[object], TradeCommand]) -> escrow_pb2.TradeResultsResponse:
         items = getattr(request, field)
-        _check_batch_size(field, len(items))
+        check_batch_size(field, len(items))
         commands = [to_command(m) for m in items]
-        call = _call(context)
+        call = call_of(context)
         by_shard: dict[int, list[int]] = {}
         for position, c in enumerate(commands):
             by_shard.setdefault(self.node.shard_map.shard_of(c.trade_id), []).append(position)
-        futures = {}
+        futures: dict[int, Future] = {}
         for shard_id, positions in by_shard.items():
-            host = self.node.local_shard(shard_id)
-            if host is not None and host.is_leader() and self.node.escrow is not None:
-                futures[shard_id] = self.node.coordinator_pool.submit(
-                    self.node.escrow.execute, shard_id, [commands[p] for p in positions], call.wait_s)
-            else:
-                forward = type(request)(**{field: [items[p] for p in positions]})
-                futures[shard_id] = self._forward(call, shard_id, method, forward, _outcomes_from_pb)
-        results: list[StepOutcome | None] = [None] * len(commands)
-        failure = None
-        for shard_id, future in futures.items():
+            def local(host, shard_id=shard_id, positions=positions) -> Future:
+                if self.escrow is None:
+                    raise errors.internal("this node runs no escrow coordinator")
+                return self.pool.submit(self.escrow.execute, shard_id, [commands[p] for p in positions],
+                                        call.wait_s)
+
+            forwarded = type(request)(**{field: [items[p] for p in positions]})
             try:
-                outcomes = future.result(timeout=call.wait_s + 1.0)
-            except FutureTimeout:
-                failure = _worse(failure, errors.outcome_unknown(shard_id, "escrow step not decided in time"))
+                futures[shard_id] = forward(self.executor, call, shard_id, self.node.escrow_stub, method, forwarded,
+                                            local)
+            except Exception as exc:
+                futures[shard_id] = failed(exc)
+        results: list[StepOutcome | None] = [None] * len(commands)
+        failures = Failures()
+        for shard_id, outcomes in zip(futures, all_results(list(futures.values()), call.wait_s + 1.0), strict=True):
+            if isinstance(outcomes, BaseException):
+                failures.add_part(shard_id, outcomes, self.node.leader_address(shard_id), write=True)
                 continue
-            except grpc.RpcError as exc:
-                failure = _worse(failure, _forwarded_write_failure(shard_id, exc))
-                continue
+            if isinstance(outcomes, escrow_pb2.TradeResultsResponse):  # answered by the leader's node
+                outcomes = [StepOutcome(r.code, r.transfer_result) for r in outcomes.results]
             for position, outcome in zip(by_shard[shard_id], outcomes, strict=True):
                 if isinstance(outcome, StepOutcome):
                     results[position] = outcome
                 else:
-                    failure = _worse(failure, _step_failure(shard_id, outcome, self.node.leader_address(shard_id)))
-        if failure is not None:
-            raise failure
+                    failures.add_part(shard_id, outcome, self.node.leader_address(shard_id), write=True)
+        failures.raise_if_any()  # only after every part has been awaited
         response = escrow_pb2.TradeResultsResponse()
         for outcome in results:
             assert outcome is not None
@@ -123,22 +127,21 @@ class EscrowService(ShardRouter, escrow_pb2_grpc.EscrowServicer):
 
     # --- reads ------------------------------------------------------------------------------------------
     def LookupTrades(self, request, context) -> escrow_pb2.LookupTradesResponse:
-        _check_batch_size("ids", len(request.ids))
+        check_batch_size("ids", len(request.ids))
         ids = [convert.u128_from_pb(m) for m in request.ids]
-        call = _call(context)
+        call = call_of(context)
         by_shard: dict[int, list[int]] = {}
         for key in ids:
             by_shard.setdefault(self.node.shard_map.shard_of(key), []).append(key)
-        futures = {
-            shard_id: self._read(call, shard_id, request.consistency, "LookupTrades",
-                                 lambda host, part=part: self._to_pb(host.lookup_trades(part)),
-                                 escrow_pb2.LookupTradesRequest(ids=[_u128(k) for k in part],
-                                                                consistency=request.consistency),
-                                 lambda response: list(response.trades))
-            for shard_id, part in by_shard.items()}
+        reads = {shard_id: self._read(call, shard_id, request.consistency, "LookupTrades",
+                                      lambda host, part=part: self._to_pb(host.lookup_trades(part)),
+                                      escrow_pb2.LookupTradesRequest(ids=[u128(k) for k in part],
+                                                                     consistency=request.consistency),
+                                      lambda response: list(response.trades))
+                 for shard_id, part in by_shard.items()}
         found = {}
-        for shard_id, future in futures.items():
-            for message in self._wait_read(call, shard_id, future):
+        for trades in wait_reads(self.node, call, reads).values():
+            for message in trades:
                 found[convert.u128_from_pb(message.id)] = message
         response = escrow_pb2.LookupTradesResponse()
         for key in ids:
@@ -147,23 +150,20 @@ class EscrowService(ShardRouter, escrow_pb2_grpc.EscrowServicer):
         return response
 
     def ListTrades(self, request, context) -> escrow_pb2.ListTradesResponse:
-        limit = request.limit or PAGE_SIZE_DEFAULT
-        if limit > PAGE_SIZE_MAX:
-            raise errors.invalid_argument([("limit", f"at most {PAGE_SIZE_MAX}, got {limit}")])
+        limit = page_limit(request.limit)
         if request.role not in (escrow_pb2.TRADE_ROLE_BUYER, escrow_pb2.TRADE_ROLE_SELLER):
             raise errors.invalid_argument([("role", f"not a TradeRole: {request.role}")])
         account_id = convert.u128_from_pb(request.account_id)
         seller = request.role == escrow_pb2.TRADE_ROLE_SELLER
         after = _decode_list_token(request.page_token, account_id, request.role) if request.page_token else None
-        call = _call(context)
+        call = call_of(context)
         shards = [call.only_shard] if call.only_shard is not None else self.node.shard_map.shard_ids
-        futures = {
-            shard_id: self._read(call, shard_id, request.consistency, "ListTrades",
-                                 lambda host: self._to_pb(host.list_trades(account_id, seller=seller, after=after,
-                                                                           limit=limit)),
-                                 request, lambda response: list(response.trades))
-            for shard_id in shards}
-        pages = [self._wait_read(call, shard_id, future) for shard_id, future in futures.items()]
+        reads = {shard_id: self._read(call, shard_id, request.consistency, "ListTrades",
+                                      lambda host: self._to_pb(host.list_trades(account_id, seller=seller,
+                                                                                after=after, limit=limit)),
+                                      request, lambda response: list(response.trades))
+                 for shard_id in shards}
+        pages = list(wait_reads(self.node, call, reads).values())
         merged = sorted((m for page in pages for m in page),
                         key=lambda m: (m.created_at, convert.u128_from_pb(m.id)))
         response = escrow_pb2.ListTradesResponse(trades=merged[:limit])
@@ -173,6 +173,11 @@ class EscrowService(ShardRouter, escrow_pb2_grpc.EscrowServicer):
                                                           convert.u128_from_pb(last.id))
         return response
 
+    def _read(self, call, shard_id: int, consistency: int, method: str, read_local: Callable, forward_request,
+              from_response: Callable) -> Future:
+        return read_part(self.executor, call, shard_id, consistency == LINEARIZABLE, read_local,
+                         self.node.escrow_stub, method, forward_request, from_response)
+
     def _to_pb(self, trades: list[Trade]) -> list[escrow_pb2.Trade]:
         out = []
         for t in trades:
@@ -180,28 +185,6 @@ class EscrowService(ShardRouter, escrow_pb2_grpc.EscrowServicer):
             convert.trade_to_pb(t, m, self.node.shard_map.slot_count)
             out.append(m)
         return out
-
-
-def _outcomes_from_pb(response: escrow_pb2.TradeResultsResponse) -> list[StepOutcome]:
-    return [StepOutcome(r.code, r.transfer_result) for r in response.results]
-
-
-def _step_failure(shard_id: int, exc: Exception, leader: str | None) -> errors.RequestError:
-    if isinstance(exc, ParticipantUnavailableError):
-        return errors.retryable("NOT_APPLIED", str(exc), shard_id=shard_id)
-    if isinstance(exc, NotAppliedError):
-        return errors.not_leader(shard_id, leader)
-    if isinstance(exc, OutcomeUnknownError):
-        return errors.outcome_unknown(shard_id, str(exc))
-    log.error("shard %d: escrow step failed: %r", shard_id, exc)
-    return errors.internal(f"shard {shard_id}: {type(exc).__name__}: {exc}")
-
-
-def _worse(current: errors.RequestError | None, new: errors.RequestError) -> errors.RequestError:
-    """The failure to report for a request: one that may have applied something wins (retry the same items)."""
-    if current is None or (errors.reason_of(new) == "OUTCOME_UNKNOWN" != errors.reason_of(current)):
-        return new
-    return current
 
 
 _LIST_TOKEN = struct.Struct(">16sBQ16s")

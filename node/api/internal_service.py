@@ -1,4 +1,4 @@
-"""The node-to-node Internal service: 2PC steps through a shard's log on its leader.
+"""The node-to-node Internal service: an operation through a shard's log on its leader, and 2PC recovery.
 
 Every call must carry an HMAC of its exact request bytes keyed by the cluster
 secret: the public port serves this service too, and a forged FINISH or DECIDE
@@ -13,15 +13,12 @@ import grpc
 
 from tidebank.common.auth import AUTH_HEADER, verify
 from tidebank.node.api import convert, errors
-from tidebank.node.ledger.state_machine import OP_DECIDE, Operation
-from tidebank.node.txn.coordinator import (
-    _UNPACK,
-    STEP_TIMEOUT_S,
-    SUBMIT_ITEMS_MAX,
-    ParticipantUnavailableError,
-    ShardSteps,
-    result_to_pb,
-)
+from tidebank.node.api.failures import part_failure
+from tidebank.node.executor import SUBMIT_ITEMS_MAX, result_to_pb
+from tidebank.node.ledger.entry import CommandFormatError, unpack_item
+from tidebank.node.ledger.operations import KINDS, OP_DECIDE, Operation
+from tidebank.node.outcomes import NotAppliedError, OverloadedError
+from tidebank.node.txn.coordinator import STEP_TIMEOUT_S, Coordinator
 from tidebank.v1 import internal_pb2
 
 
@@ -33,30 +30,36 @@ def require_signature(secret: bytes | str, method: str, raw: bytes, context: grp
 
 
 class InternalService:
-    def __init__(self, node, steps: ShardSteps, secret: str):
+    def __init__(self, node, coordinator: Coordinator, secret: str):
         self.node = node
-        self.steps = steps
+        self.coordinator = coordinator
         self.secret = secret.encode()
 
     def authenticate(self, method: str, raw: bytes, context: grpc.ServicerContext) -> None:
         require_signature(self.secret, method, raw, context)
 
     def Submit(self, request: internal_pb2.InternalSubmitRequest, context) -> internal_pb2.InternalSubmitResponse:
-        unpack = _UNPACK.get(request.kind)
-        if unpack is None:
-            raise errors.invalid_argument([("kind", f"not a transaction step: {request.kind}")])
+        """One operation into the shard's next Raft entry here; only the shard's leader takes it."""
+        if request.kind not in KINDS:
+            raise errors.invalid_argument([("kind", f"not an operation kind: {request.kind}")])
         if not 0 < len(request.items) <= SUBMIT_ITEMS_MAX:
             raise errors.invalid_argument([("items", f"1..{SUBMIT_ITEMS_MAX} items, got {len(request.items)}")])
-        host = self.node.local_shard(request.shard_id)
-        if host is None or not host.is_leader():
-            raise errors.not_leader(request.shard_id, self.node.leader_address(request.shard_id))
-        items = [unpack(raw) for raw in request.items]
-        remaining = context.time_remaining()
         try:
-            results = host.submit(Operation(request.kind, items)).result(
-                timeout=STEP_TIMEOUT_S if remaining is None else max(0.01, remaining - 0.05))
-        except Exception as exc:
-            raise errors.outcome_unknown(request.shard_id, f"{type(exc).__name__}: {exc}") from exc
+            items = [unpack_item(request.kind, raw) for raw in request.items]
+        except CommandFormatError as exc:
+            raise errors.invalid_argument([("items", str(exc))]) from exc
+        shard_id = request.shard_id
+        host = self.node.local_shard(shard_id)
+        if host is None or not host.is_leader():
+            raise errors.not_leader(shard_id, self.node.leader_address(shard_id))
+        remaining = context.time_remaining()
+        timeout_s = STEP_TIMEOUT_S if remaining is None else max(0.01, remaining - 0.05)
+        try:
+            results = host.submit(Operation(request.kind, items)).result(timeout=timeout_s)
+        except (NotAppliedError, OverloadedError) as exc:
+            raise part_failure(shard_id, exc, self.node.leader_address(shard_id), write=True) from exc
+        except Exception as exc:  # it may have applied: the caller retries by key
+            raise errors.outcome_unknown(shard_id, f"{type(exc).__name__}: {exc}") from exc
         return internal_pb2.InternalSubmitResponse(results=[result_to_pb(request.kind, r) for r in results])
 
     def Resolve(self, request: internal_pb2.ResolveRequest, context) -> internal_pb2.ResolveResponse:
@@ -66,7 +69,7 @@ class InternalService:
             raise errors.not_leader(shard_id, self.node.leader_address(shard_id))
         key = convert.u128_from_pb(request.txid)
         try:
-            decision = self.steps.resolve(shard_id, key, time.monotonic() + STEP_TIMEOUT_S)
-        except ParticipantUnavailableError as exc:
+            decision = self.coordinator.resolve(shard_id, key, time.monotonic() + STEP_TIMEOUT_S)
+        except Exception as exc:
             raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
         return internal_pb2.ResolveResponse(decision=result_to_pb(OP_DECIDE, decision))

@@ -10,15 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from tidebank.node.ledger.records import (
-    Account,
-    Transfer,
-    pack_account,
-    pack_transfer,
-    unpack_account,
-    unpack_transfer,
-)
-from tidebank.node.ledger.state_machine import (
+from tidebank.node.ledger.operations import (
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
@@ -26,6 +18,14 @@ from tidebank.node.ledger.state_machine import (
     OP_FINISH,
     OP_PREPARE,
     Operation,
+)
+from tidebank.node.ledger.records import (
+    Account,
+    Transfer,
+    pack_account,
+    pack_transfer,
+    unpack_account,
+    unpack_transfer,
 )
 from tidebank.node.ledger.txn_records import (
     pack_decide,
@@ -48,6 +48,31 @@ _VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE
                      OP_COMMIT_LOCAL: pack_prepare}
 _VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
                        OP_COMMIT_LOCAL: unpack_prepare}
+
+
+def pack_item(kind: int, item) -> bytes:
+    """One item of an operation in its wire form (also used between nodes by Internal.Submit)."""
+    pack = _PACKERS.get(kind) or _VARIABLE_PACKERS.get(kind)
+    if pack is None:
+        raise CommandFormatError(f"unknown operation kind {kind}")
+    return pack(item)
+
+
+def unpack_item(kind: int, raw: bytes):
+    """Inverse of pack_item; CommandFormatError for anything that does not decode."""
+    if kind in _UNPACKERS:
+        if len(raw) != _RECORD_SIZE[kind]:
+            raise CommandFormatError(f"item of kind {kind} has {len(raw)} bytes, expected {_RECORD_SIZE[kind]}")
+        return _UNPACKERS[kind](raw)
+    unpack = _VARIABLE_UNPACKERS.get(kind)
+    if unpack is None:
+        raise CommandFormatError(f"unknown operation kind {kind}")
+    try:
+        return unpack(raw)
+    except CommandFormatError:
+        raise
+    except Exception as exc:
+        raise CommandFormatError(f"item of kind {kind} does not decode: {exc}") from exc
 
 
 class CommandFormatError(ValueError):

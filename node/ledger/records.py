@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from tidebank.common.keys import U64_MAX, U128_MAX
+from tidebank.common.limits import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
 
 __all__ = [
     "ACCOUNT_SIZE",
@@ -36,8 +37,6 @@ __all__ = [
 ]
 
 U32_MAX = (1 << 32) - 1
-BATCH_ITEMS_MAX = 8189
-PAGE_SIZE_MAX = 8189
 
 _M64 = U64_MAX
 

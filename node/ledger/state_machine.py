@@ -3,9 +3,10 @@
 Every replica runs `LedgerStateMachine.apply` on the same Raft entries and must end
 in the same state, so nothing here reads a clock, draws randomness or does I/O other
 than through the txn it is given; time comes in as `timestamp_ns` (the leader's
-cluster timestamp stamped on the entry). `apply` never raises: a bug or a broken
-invariant rolls back the operation it happened in and becomes `internal_error`
-results, because an exception on the Raft thread would stop the replica.
+cluster timestamp stamped on the entry). A bug or a broken invariant rolls back the
+operation it happened in and becomes `internal_error` results on every replica alike;
+a storage or resource error (LMDB, disk, memory: `node/storage.py`) may hit one
+replica only, so it escapes `apply` and stops that replica instead.
 
 Semantics follow TigerBeetle (double entry, client-chosen ids as idempotency keys,
 linked chains, pending/post/void, balancing transfers) with u64 amounts and balances.
@@ -120,13 +121,21 @@ import functools
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import lmdb
 
 from tidebank.common.keys import DEFAULT_SLOT_COUNT, SYSTEM_ACCOUNT_PREFIX, SYSTEM_ESCROW, is_system_account, slot_of
 from tidebank.node.ledger import escrow
+from tidebank.node.ledger.operations import (
+    OP_COMMIT_LOCAL,
+    OP_CREATE_ACCOUNTS,
+    OP_CREATE_TRANSFERS,
+    OP_DECIDE,
+    OP_FINISH,
+    OP_PREPARE,
+    Operation,
+)
 from tidebank.node.ledger.records import (
     BATCH_ITEMS_MAX,
     PAGE_SIZE_MAX,
@@ -180,45 +189,23 @@ from tidebank.node.ledger.txn_records import (
     pack_decide,
     unpack_decide,
 )
+from tidebank.node.storage import STORAGE_ERRORS
 
 __all__ = [
     "EXPIRE_PER_APPLY_MAX",
     "EXPIRE_SCAN_MAX",
-    "OP_CREATE_ACCOUNTS",
-    "OP_CREATE_TRANSFERS",
-    "OP_COMMIT_LOCAL",
-    "OP_DECIDE",
-    "OP_FINISH",
-    "OP_PREPARE",
     "PREPARED_TXNS_LIMIT_MAX",
+    "InvariantViolation",
     "LedgerStateMachine",
-    "Operation",
 ]
 
 log = logging.getLogger(__name__)
 
-OP_CREATE_ACCOUNTS = 1
-OP_CREATE_TRANSFERS = 2
-OP_PREPARE = 3  # items: Prepare -> Vote
-OP_FINISH = 4  # items: Finish -> FINISH_* int
-OP_DECIDE = 5  # items: Decide -> Decision
-# items: Prepare -> Vote. A group whose only participant is its coordinator shard (an escrow step that
-# touches no other shard): PREPARE and FINISH(commit) in one entry, no DECIDE. A NO vote is recorded
-# like a PREPARE's (replayed for the same txid); a busy NO (code 0) records nothing.
-OP_COMMIT_LOCAL = 6
 EXPIRE_PER_APPLY_MAX = 512
 # The sweep looks at most this many due expiry keys per apply (locked ones are skipped).
 EXPIRE_SCAN_MAX = 4 * EXPIRE_PER_APPLY_MAX
 PREPARED_TXNS_LIMIT_MAX = 1000
 NS_PER_SECOND = 1_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """One batch inside a Raft entry: all items of one kind."""
-
-    kind: int  # OP_CREATE_ACCOUNTS | OP_CREATE_TRANSFERS | OP_PREPARE | OP_FINISH | OP_DECIDE
-    items: Sequence[Account] | Sequence[Transfer] | Sequence[Prepare] | Sequence[Finish] | Sequence[Decide]
 
 
 # Pending-transfer status (ledger_pending).
@@ -486,19 +473,22 @@ class LedgerStateMachine:
         Results are int codes for OP_CREATE_*, `Vote` for OP_PREPARE and OP_COMMIT_LOCAL,
         FINISH_* ints for OP_FINISH and `Decision` for OP_DECIDE.
 
-        Never raises. A failure inside one operation rolls that operation back and
-        reports internal_error for each of its items; the others still apply. 2PC
-        operations roll back per item: Vote(False, 0, internal_error),
-        FINISH_INTERNAL_ERROR, or Decision(False, 0, internal_error, timestamp=0)
-        (nothing recorded; the step may be retried).
+        A deterministic failure inside one operation (a bug, a broken invariant) rolls
+        that operation back and reports internal_error for each of its items; the
+        others still apply. 2PC operations roll back per item: Vote(False, 0,
+        internal_error), FINISH_INTERNAL_ERROR, or Decision(False, 0, internal_error,
+        timestamp=0) (nothing recorded; the step may be retried).
+
+        Raises only `STORAGE_ERRORS` (LMDB, memory, I/O): they may hit one replica
+        only, so they must never become results (node/storage.py); the caller
+        aborts `txn` and stops applying.
         """
-        try:
-            child = self._env.begin(write=True, parent=txn)
-        except Exception:
-            log.critical("cannot begin a nested txn: whole entry rejected", exc_info=True)
-            return _all_internal_error(operations)
+        child = self._env.begin(write=True, parent=txn)
         try:
             results = self._apply(child, operations, timestamp_ns)
+        except STORAGE_ERRORS:
+            child.abort()
+            raise
         except Exception:
             child.abort()
             log.critical("ledger apply failed outside any operation: whole entry rolled back", exc_info=True)
@@ -543,10 +533,13 @@ class LedgerStateMachine:
         return results
 
     def _run_guarded(self, txn: lmdb.Transaction, what: str, fn: Callable[[lmdb.Transaction], Any]) -> Any:
-        """Run fn in a nested txn; on any exception roll it back, log, and return None."""
+        """Run fn in a nested txn; on a deterministic exception roll it back, log, and return None."""
         child = self._env.begin(write=True, parent=txn)
         try:
             out = fn(child)
+        except STORAGE_ERRORS:
+            child.abort()
+            raise
         except Exception:
             child.abort()
             log.critical("ledger %s failed and was rolled back", what, exc_info=True)

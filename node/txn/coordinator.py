@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-import grpc
-
-from tidebank.common.auth import AUTH_HEADER, sign
 from tidebank.node.api import convert
 from tidebank.node.api.routing import ShardMap
-from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.executor import ShardExecutor
+from tidebank.node.ledger.operations import OP_COMMIT_LOCAL, OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
 from tidebank.node.ledger.records import Transfer, pack_transfer
 from tidebank.node.ledger.results import CreateTransferResult
-from tidebank.node.ledger.state_machine import OP_COMMIT_LOCAL, OP_DECIDE, OP_FINISH, OP_PREPARE, Operation
 from tidebank.node.ledger.txn_records import (
     SIDE_BOTH,
     SIDE_CREDIT,
@@ -48,30 +43,14 @@ from tidebank.node.ledger.txn_records import (
     TradeStep,
     Vote,
     merge_votes,
-    pack_decide,
-    pack_finish,
-    pack_prepare,
-    unpack_decide,
-    unpack_finish,
-    unpack_prepare,
 )
+from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, ParticipantUnavailableError
 from tidebank.v1 import internal_pb2
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS_MAX = 16
 STEP_TIMEOUT_S = 5.0  # one step (prepare, decide or finish) on one shard
-SWEEP_PERIOD_S = 1.0
-SWEEP_AFTER_S = 3.0  # a transaction prepared longer than this (cluster time) is resolved by the sweeper
-SUBMIT_ITEMS_MAX = 1024  # items per Internal.Submit call
-WORKERS_MAX = 512  # concurrent 2PC steps; each mostly waits on Raft
-
-_PACK = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide, OP_COMMIT_LOCAL: pack_prepare}
-_UNPACK = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
-           OP_COMMIT_LOCAL: unpack_prepare}
-
-class ParticipantUnavailableError(Exception):
-    """A shard did not take part in time: the attempt was aborted, nothing applied; retry the same ids."""
 
 
 def attempt_key(txid: int, attempt: int) -> int:
@@ -144,107 +123,8 @@ def group_codes(size: int, decision: Decision, replay: bool) -> list[int]:
     return codes
 
 
-class ShardSteps:
-    """Run 2PC steps on any shard: through the local leader's batcher, or the leader's node over Internal."""
-
-    def __init__(self, node, secret: str):
-        self.node = node
-        self.secret = secret.encode()
-        self.pool = ThreadPoolExecutor(max_workers=WORKERS_MAX, thread_name_prefix="2pc")
-
-    def run(self, shard_id: int, kind: int, item, deadline: float) -> object:
-        """One item through one shard's log; retried across leader changes until the deadline."""
-        (result,) = self.run_items(shard_id, kind, [item], deadline)
-        return result
-
-    def run_items(self, shard_id: int, kind: int, items: list, deadline: float) -> list:
-        """Items of one kind through one shard's log (one entry when local); retried until the deadline.
-        Every step is idempotent by its key, so running it again after an unknown outcome is safe."""
-        delay = 0.02
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                return self._once(shard_id, kind, items, deadline)
-            except (NotAppliedError, OverloadedError, OutcomeUnknownError, _Retry) as exc:
-                last = exc
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.5)
-        raise ParticipantUnavailableError(f"shard {shard_id}: {last or 'no time left'}")
-
-    def run_items_async(self, shard_id: int, kind: int, items: list, deadline: float) -> Future:
-        return self.pool.submit(self.run_items, shard_id, kind, items, deadline)
-
-    def _once(self, shard_id: int, kind: int, items: list, deadline: float) -> list:
-        host = self.node.local_shard(shard_id)
-        if host is not None and host.is_leader():
-            future = host.submit(Operation(kind, items))
-            try:
-                return future.result(timeout=max(0.01, deadline - time.monotonic()))
-            except FutureTimeout as exc:
-                raise OutcomeUnknownError("step not applied before the deadline") from exc
-        address = self.node.leader_address(shard_id)
-        if address is None or address == self.node.address:
-            raise _Retry(f"shard {shard_id} has no leader")
-        results = []
-        for start in range(0, len(items), SUBMIT_ITEMS_MAX):
-            chunk = items[start:start + SUBMIT_ITEMS_MAX]
-            request = internal_pb2.InternalSubmitRequest(shard_id=shard_id, kind=kind,
-                                                         items=[_PACK[kind](item) for item in chunk])
-            try:
-                response = self._call(address, "Submit", request, deadline)
-            except grpc.RpcError as exc:
-                raise _Retry(f"shard {shard_id} via {address}: {exc.code()}") from exc
-            if len(response.results) != len(chunk):
-                raise _Retry(f"shard {shard_id} via {address}: {len(response.results)} results for {len(chunk)}")
-            results.extend(result_from_pb(kind, message) for message in response.results)
-        return results
-
-    def resolve(self, coordinator_shard: int, key: int, deadline: float) -> Decision:
-        """The coordinator's decision for `key`; presume-abort records ABORT if there is none."""
-        host = self.node.local_shard(coordinator_shard)
-        if host is not None and host.is_leader():
-            return self.run(coordinator_shard, OP_DECIDE, presumed_abort(key), deadline)
-        address = self.node.leader_address(coordinator_shard) or next(
-            iter(self.node.replica_addresses(coordinator_shard)))
-        request = internal_pb2.ResolveRequest(coordinator_shard=coordinator_shard)
-        convert.u128_to_pb(request.txid, key)
-        response = self._call(address, "Resolve", request, deadline)
-        return Decision(response.decision.ok, response.decision.failed_index, response.decision.code,
-                        response.decision.timestamp)
-
-    def _call(self, address: str, method: str, request, deadline: float):
-        body = request.SerializeToString()
-        stub = self.node.internal_stub(address)
-        return getattr(stub, method)(request, timeout=max(0.05, deadline - time.monotonic()),
-                                     metadata=((AUTH_HEADER, sign(self.secret, method, body)),))
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Retry(Exception):
-    pass
-
-
 def presumed_abort(key: int) -> Decide:
     return Decide(txid=key, commit=False, failed_index=0, failed_code=0, participants=[], transfer_ids=[])
-
-
-def result_from_pb(kind: int, message: internal_pb2.TxnResult):
-    if kind in (OP_PREPARE, OP_COMMIT_LOCAL):
-        return Vote(message.ok, message.failed_index, message.code)
-    if kind == OP_DECIDE:
-        return Decision(message.ok, message.failed_index, message.code, message.timestamp)
-    return message.code  # FINISH_* status
-
-
-def result_to_pb(kind: int, result) -> internal_pb2.TxnResult:
-    if kind in (OP_PREPARE, OP_COMMIT_LOCAL):
-        return internal_pb2.TxnResult(ok=result.prepared, failed_index=result.failed_index, code=result.code)
-    if kind == OP_DECIDE:
-        return internal_pb2.TxnResult(ok=result.committed, failed_index=result.failed_index, code=result.code,
-                                      timestamp=result.timestamp)
-    return internal_pb2.TxnResult(ok=result in (0, 1), code=int(result))
 
 
 class Coordinator:
@@ -258,9 +138,9 @@ class Coordinator:
     commits them at once.
     """
 
-    def __init__(self, node, steps: ShardSteps):
+    def __init__(self, node, executor: ShardExecutor):
         self.node = node
-        self.steps = steps
+        self.executor = executor
 
     def run(self, group: Group, wait_s: float) -> list[int]:
         """Per-item codes of one group; raises ParticipantUnavailableError when nothing was applied."""
@@ -316,9 +196,9 @@ class Coordinator:
         items = [Prepare(e.key, coordinator_shard, len(e.group.transfers), e.legs[coordinator_shard], e.group.trade)
                  for e in entries]
         try:
-            votes: list[Vote] = self.steps.run_items(coordinator_shard, OP_COMMIT_LOCAL, items,
-                                                     max(deadline, time.monotonic() + STEP_TIMEOUT_S))
-        except ParticipantUnavailableError as exc:
+            votes: list[Vote] = self.executor.run(coordinator_shard, Operation(OP_COMMIT_LOCAL, items),
+                                                  max(deadline, time.monotonic() + STEP_TIMEOUT_S))
+        except (NotAppliedError, OutcomeUnknownError) as exc:
             unknown = OutcomeUnknownError(f"local commit not confirmed: {exc}")  # it may have applied
             return [(e.position, unknown) for e in entries]
         results: list[tuple[int, tuple[Decision, bool] | Exception]] = []
@@ -343,14 +223,14 @@ class Coordinator:
                 trade = e.group.trade if shard == coordinator_shard else None
                 prepares.setdefault(shard, []).append((n, Prepare(e.key, coordinator_shard, len(e.group.transfers),
                                                                   shard_legs, trade)))
-        futures = {shard: self.steps.run_items_async(shard, OP_PREPARE, [p for _, p in items], step_deadline)
+        futures = {shard: self.executor.run_async(shard, Operation(OP_PREPARE, [p for _, p in items]), step_deadline)
                    for shard, items in prepares.items()}
         votes: dict[int, list[Vote]] = {n: [] for n in range(len(entries))}
         missing: dict[int, list[int]] = {n: [] for n in range(len(entries))}
         for shard, future in futures.items():
             try:
                 shard_votes = future.result(timeout=max(0.01, step_deadline - time.monotonic()) + 1.0)
-            except (ParticipantUnavailableError, FutureTimeout):
+            except (NotAppliedError, OutcomeUnknownError, FutureTimeout):  # DECIDE aborts it: nothing applies
                 for n, _ in prepares[shard]:
                     missing[n].append(shard)
                 continue
@@ -368,9 +248,9 @@ class Coordinator:
                 first = merge_votes(votes[n])  # the item a single-shard run would have reported
                 decides.append(Decide(key, False, first.failed_index, first.code, participants[n], ids))
         try:
-            decisions: list[Decision] = self.steps.run_items(coordinator_shard, OP_DECIDE, decides,
-                                                             max(deadline, time.monotonic() + STEP_TIMEOUT_S))
-        except ParticipantUnavailableError as exc:
+            decisions: list[Decision] = self.executor.run(coordinator_shard, Operation(OP_DECIDE, decides),
+                                                          max(deadline, time.monotonic() + STEP_TIMEOUT_S))
+        except (NotAppliedError, OutcomeUnknownError) as exc:
             # The decision may or may not be recorded: only the ids can tell, never a guess.
             unknown = OutcomeUnknownError(f"decision not confirmed: {exc}")
             return [(e.position, unknown) for e in entries]
@@ -394,7 +274,7 @@ class Coordinator:
     def _finish(self, finishes: dict[int, list[Finish]], deadline: float) -> None:
         """Tell every participant; wait a little so the client reads its own write, the sweeper covers the rest."""
         finish_deadline = max(deadline, time.monotonic() + STEP_TIMEOUT_S)
-        futures = [self.steps.run_items_async(shard, OP_FINISH, items, finish_deadline)
+        futures = [self.executor.run_async(shard, Operation(OP_FINISH, items), finish_deadline)
                    for shard, items in finishes.items()]
         for future in futures:
             try:
@@ -402,47 +282,16 @@ class Coordinator:
             except Exception as exc:  # the sweeper finishes it from the participant's side
                 log.warning("finish not confirmed yet: %s", exc)
 
-
-class Sweeper:
-    """Resolves transactions prepared here whose coordinator went silent, and releases their holds."""
-
-    def __init__(self, node, steps: ShardSteps, clock_ns: Callable[[], int] = time.time_ns):
-        self.node = node
-        self.steps = steps
-        self.clock_ns = clock_ns
-        self._stop = threading.Event()
-        self.resolved = 0
-        self._thread = threading.Thread(target=self._loop, name="2pc-sweeper", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(SWEEP_PERIOD_S):
-            for shard_id, host in list(self.node.shards.items()):
-                try:
-                    if host.is_leader():
-                        self.sweep(shard_id, host)
-                except Exception:
-                    log.exception("shard %d: sweep failed", shard_id)
-
-    def sweep(self, shard_id: int, host) -> int:
-        stale_before = self.clock_ns() - int(SWEEP_AFTER_S * 1e9)
-        done = 0
-        for key, coordinator_shard, prepared_at in host.prepared_txns(limit=100):
-            if prepared_at > stale_before or self._stop.is_set():
-                break
-            deadline = time.monotonic() + STEP_TIMEOUT_S
-            try:
-                decision = self.steps.resolve(coordinator_shard, key, deadline)
-                self.steps.run(shard_id, OP_FINISH, Finish(key, decision.committed, decision.timestamp), deadline)
-            except Exception as exc:
-                log.info("shard %d: txn %x still unresolved: %s", shard_id, key, exc)
-                continue
-            done += 1
-            self.resolved += 1
-            log.info("shard %d: recovered txn %x as %s", shard_id, key,
-                     "committed" if decision.committed else "aborted")
-        return done
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def resolve(self, coordinator_shard: int, key: int, deadline: float) -> Decision:
+        """The coordinator's decision for `key`; presume-abort records ABORT there if it has none."""
+        host = self.node.local_shard(coordinator_shard)
+        if host is not None and host.is_leader():
+            (decision,) = self.executor.run(coordinator_shard, Operation(OP_DECIDE, [presumed_abort(key)]), deadline)
+            return decision
+        address = self.node.leader_address(coordinator_shard) or next(
+            iter(self.node.replica_addresses(coordinator_shard)))
+        request = internal_pb2.ResolveRequest(coordinator_shard=coordinator_shard)
+        convert.u128_to_pb(request.txid, key)
+        response = self.executor.call(address, "Resolve", request, deadline - time.monotonic())
+        return Decision(response.decision.ok, response.decision.failed_index, response.decision.code,
+                        response.decision.timestamp)

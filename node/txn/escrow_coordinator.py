@@ -27,12 +27,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from tidebank.node.api import convert
-from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.ledger import escrow
 from tidebank.node.ledger.records import Account
 from tidebank.node.ledger.results import TradeResult
@@ -45,7 +44,9 @@ from tidebank.node.ledger.trades import (
     TradeCommand,
     TradeStep,
 )
-from tidebank.node.txn.coordinator import Coordinator, Group, ParticipantUnavailableError
+from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError, ParticipantUnavailableError
+from tidebank.node.txn.coordinator import Coordinator, Group
+from tidebank.node.txn.periodic import LedShardsLoop, RetryLater
 from tidebank.v1 import ledger_pb2
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,6 @@ ACCOUNT_READ_TIMEOUT_S = 5.0
 TIMER_PERIOD_S = 0.25
 TIMER_BATCH_MAX = 512  # due timers fired per shard per period
 TIMER_WAIT_S = 10.0
-TIMER_RETRY_AFTER_S = 5.0  # a timer step refused for a business reason is tried again after this
-TIMER_BACKOFF_MAX = 10_000  # trades remembered as "retry later"
-TIMER_SHARDS_AT_ONCE = 8  # shards whose timers fire in parallel (a slow shard must not hold up the others)
 
 _OK = int(TradeResult.ok)
 _EXISTS = int(TradeResult.exists)
@@ -78,6 +76,7 @@ class EscrowCoordinator:
     def __init__(self, node, coordinator: Coordinator, slot_count: int):
         self.node = node
         self.coordinator = coordinator
+        self.executor = coordinator.executor
         self.slot_count = slot_count
         self._accounts: OrderedDict[int, Account] = OrderedDict()
         self._accounts_lock = threading.Lock()
@@ -215,27 +214,22 @@ class EscrowCoordinator:
         """Start a linearizable read of accounts on one shard (a barrier here when this node leads it, else
         the leader's LookupAccounts); returns the wait for its answer, to be called in this thread (never a
         Raft callback: the local read happens in the caller)."""
-        host = self.node.local_shard(shard_id)
-        if host is not None and host.is_leader():
-            barrier = host.barrier()
-
-            def local(timeout_s: float) -> list[Account]:
-                barrier.result(timeout=timeout_s)
-                return host.lookup_accounts(ids)
-
-            return local
-        address = self.node.leader_address(shard_id) or next(iter(self.node.replica_addresses(shard_id)), None)
-        if address is None or not self.node.reachable(address):
-            raise ParticipantUnavailableError(f"shard {shard_id} has no reachable leader")
         request = ledger_pb2.LookupAccountsRequest()
         for account_id in ids:
             convert.u128_to_pb(request.ids.add(), account_id)
-        call = self.node.ledger_stub(address).LookupAccounts.future(request, timeout=ACCOUNT_READ_TIMEOUT_S)
 
-        def remote(timeout_s: float) -> list[Account]:
-            return [convert.account_from_pb(m) for m in call.result(timeout=timeout_s).accounts]
+        def remote(address: str) -> Future:
+            return self.node.ledger_stub(address).LookupAccounts.future(request, timeout=ACCOUNT_READ_TIMEOUT_S)
 
-        return remote
+        read = self.executor.read(shard_id, True, lambda host: host.lookup_accounts(ids), remote)
+
+        def wait(timeout_s: float) -> list[Account]:
+            answer = read.result(timeout=timeout_s)()
+            if isinstance(answer, ledger_pb2.LookupAccountsResponse):
+                return [convert.account_from_pb(m) for m in answer.accounts]
+            return answer
+
+        return wait
 
 
 def _waves(commands: Sequence[TradeCommand]) -> list[list[int]]:
@@ -265,39 +259,23 @@ class EscrowTimers:
     A timer is due by the local clock here; the trade's shard checks it against
     cluster time when the step prepares (never due: it votes busy and is tried
     again). The step is keyed by the trade's version, so a timer fires at most once
-    however many leaders try, and a trade whose step is in flight is skipped.
+    however many leaders try, and a trade whose step is in flight is skipped. A
+    timer refused for a business reason is tried again later (periodic.RetryLater).
     """
 
-    def __init__(self, node, escrow_coordinator: EscrowCoordinator, clock_ns=time.time_ns):
+    def __init__(self, node, escrow_coordinator: EscrowCoordinator, clock_ns=time.time_ns, start: bool = True):
         self.node = node
         self.escrow = escrow_coordinator
         self.clock_ns = clock_ns
         self.fired = 0
-        self._retry_after: OrderedDict[int, float] = OrderedDict()
-        self._retry_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=TIMER_SHARDS_AT_ONCE, thread_name_prefix="escrow-timer")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="escrow-timers", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(TIMER_PERIOD_S):
-            led = [(shard_id, host) for shard_id, host in list(self.node.shards.items()) if host.is_leader()]
-            for future in [self._pool.submit(self._fire_logged, shard_id, host) for shard_id, host in led]:
-                future.result()
-
-    def _fire_logged(self, shard_id: int, host) -> None:
-        try:
-            self.fire_due(shard_id, host)
-        except Exception:
-            log.exception("shard %d: escrow timers failed", shard_id)
+        self._fired_lock = threading.Lock()
+        self.retry_later = RetryLater()
+        self._loop = LedShardsLoop(node, "escrow-timers", TIMER_PERIOD_S, self.fire_due) if start else None
 
     def fire_due(self, shard_id: int, host) -> int:
         """Fire the timers due now on one shard led here; how many fired."""
         now = time.monotonic()
-        with self._retry_lock:
-            due = [t for t in host.due_trades(self.clock_ns(), TIMER_BATCH_MAX)
-                   if self._retry_after.get(t.id, 0.0) <= now]
+        due = [t for t in host.due_trades(self.clock_ns(), TIMER_BATCH_MAX) if self.retry_later.due(t.id, now)]
         if not due:
             return 0
         commands = [TradeCommand(CMD_AUTO_REFUND if t.timer == TIMER_SHIP_BY else CMD_AUTO_CONFIRM, t.id)
@@ -306,22 +284,17 @@ class EscrowTimers:
         for c, outcome in zip(commands, self.escrow.execute(shard_id, commands, TIMER_WAIT_S), strict=True):
             if isinstance(outcome, StepOutcome) and outcome.code == _OK:
                 fired += 1
-                with self._retry_lock:
-                    self._retry_after.pop(c.trade_id, None)
+                self.retry_later.succeeded(c.trade_id)
             elif isinstance(outcome, StepOutcome) and outcome.code != _EXISTS:
-                log.warning("shard %d: timer of trade %d refused: %s (transfer %s)", shard_id, c.trade_id,
-                            TradeResult(outcome.code).name, outcome.transfer_code)
-                with self._retry_lock:
-                    self._retry_after[c.trade_id] = now + TIMER_RETRY_AFTER_S
-                    while len(self._retry_after) > TIMER_BACKOFF_MAX:
-                        self._retry_after.popitem(last=False)
+                delay = self.retry_later.failed(c.trade_id, now)
+                log.warning("shard %d: timer of trade %d refused: %s (transfer %s); next try in %.0f s", shard_id,
+                            c.trade_id, TradeResult(outcome.code).name, outcome.transfer_code, delay)
             elif isinstance(outcome, Exception):
                 log.info("shard %d: timer of trade %d not fired yet: %s", shard_id, c.trade_id, outcome)
-        with self._retry_lock:
+        with self._fired_lock:
             self.fired += fired
         return fired
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.close()

@@ -10,17 +10,17 @@ from __future__ import annotations
 import lmdb
 
 from tidebank.node.ledger import escrow
-from tidebank.node.ledger.records import Account, AccountFlags, Transfer
-from tidebank.node.ledger.results import TradeResult
-from tidebank.node.ledger.state_machine import (
+from tidebank.node.ledger.operations import (
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     OP_FINISH,
     OP_PREPARE,
-    LedgerStateMachine,
     Operation,
 )
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer
+from tidebank.node.ledger.results import TradeResult
+from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import TRADE_STEP_INDEX, Trade, TradeCommand, TradeStep
 from tidebank.node.ledger.txn_records import SIDE_BOTH, Finish, Leg, Prepare, Vote
 from tidebank.node.txn.coordinator import attempt_key

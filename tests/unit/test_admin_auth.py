@@ -8,7 +8,9 @@ import grpc
 import pytest
 
 from tidebank.common.auth import signed
-from tidebank.node.api.ledger_service import AdminService, LedgerService, generic_handlers
+from tidebank.node.api.admin_service import AdminService
+from tidebank.node.api.handlers import generic_handlers
+from tidebank.node.api.ledger_service import LedgerService
 from tidebank.node.links import LinkFaults
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
@@ -22,7 +24,7 @@ def admin_stub():
     admin = AdminService(lambda: admin_pb2.NodeStatus(node="n", dc="dc1"), lambda: admin_pb2.ShardMap(),
                          link_faults=faults, dcs=DCS)
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    for handler in generic_handlers(LedgerService(None), admin, admin_secret=SECRET)[1:]:
+    for handler in generic_handlers(LedgerService(None, None), admin, admin_secret=SECRET)[1:]:
         server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

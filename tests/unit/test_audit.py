@@ -430,7 +430,7 @@ class Context:
 
 
 def test_admin_service_reports_the_shards_it_leads_with_u128_totals():
-    from tidebank.node.api.ledger_service import AdminService
+    from tidebank.node.api.admin_service import AdminService
     from tidebank.node.batcher import NotAppliedError
 
     totals = {"ledgers": {4: {"debits_posted": BIG, "credits_posted": BIG, "reserved_debits": 3}},

@@ -10,10 +10,11 @@ import time
 import pytest
 from pysyncobj import FAIL_REASON
 
-from tidebank.node.batcher import NotAppliedError, OutcomeUnknownError, OverloadedError, ShardBatcher
+from tidebank.node.batcher import ShardBatcher
 from tidebank.node.ledger.entry import decode_entry
+from tidebank.node.ledger.operations import OP_CREATE_TRANSFERS, Operation
 from tidebank.node.ledger.records import Transfer
-from tidebank.node.ledger.state_machine import OP_CREATE_TRANSFERS, Operation
+from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError
 
 
 def op(*ids: int) -> Operation:

@@ -3,8 +3,8 @@
 import pytest
 
 from tidebank.node.ledger.entry import CommandFormatError, decode_entry, encode_entry
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 from tidebank.node.ledger.records import Account, Transfer
-from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 
 U128_MAX = (1 << 128) - 1
 

@@ -14,23 +14,19 @@ import lmdb
 import pytest
 
 from tidebank.node.api.routing import ShardMap
-from tidebank.node.batcher import NotAppliedError
+from tidebank.node.executor import ShardExecutor
 from tidebank.node.ledger import escrow
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, Operation
 from tidebank.node.ledger.records import Account, AccountFlags, Transfer
 from tidebank.node.ledger.results import CreateTransferResult
-from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, LedgerStateMachine, Operation
+from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import CMD_CREATE, TradeCommand, TradeStep
 from tidebank.node.ledger.txn_records import Decide, Prepare
+from tidebank.node.outcomes import NotAppliedError, ParticipantUnavailableError
 from tidebank.node.txn import coordinator as coordinator_module
-from tidebank.node.txn.coordinator import (
-    Coordinator,
-    Group,
-    ParticipantUnavailableError,
-    ShardSteps,
-    Sweeper,
-    attempt_key,
-    legs_by_shard,
-)
+from tidebank.node.txn import sweeper as sweeper_module
+from tidebank.node.txn.coordinator import Coordinator, Group, attempt_key, legs_by_shard
+from tidebank.node.txn.sweeper import Sweeper
 
 SLOTS = 8
 SHARD_MAP = ShardMap(1, SLOTS, {0: [(0, 4)], 1: [(4, 8)]})
@@ -96,7 +92,7 @@ def node(tmp_path, monkeypatch):
 
 @pytest.fixture
 def steps(node):
-    s = ShardSteps(node, "secret")
+    s = ShardExecutor(node, "secret")
     yield s
     s.close()
 
@@ -180,14 +176,15 @@ def prepare_everywhere(node, steps, group: Group, key: int) -> list[int]:
     """The first step of an attempt, as a coordinator that then crashes would leave it."""
     legs = legs_by_shard(group, SHARD_MAP)
     for shard, shard_legs in legs.items():
-        (vote,) = steps.run_items(shard, OP_PREPARE, [Prepare(key, group.coordinator_shard, len(group.transfers),
-                                                               shard_legs)], time.monotonic() + 1)
+        (vote,) = steps.run(shard, Operation(OP_PREPARE, [Prepare(key, group.coordinator_shard, len(group.transfers),
+                                                                  shard_legs)]), time.monotonic() + 1)
         assert vote.prepared
     return sorted(legs)
 
 
 def sweep_all(node, steps, after_s: float = 0.0) -> None:
-    sweeper = Sweeper(node, steps, clock_ns=lambda: time.time_ns() + int(after_s * 1e9))
+    sweeper = Sweeper(node, Coordinator(node, steps), clock_ns=lambda: time.time_ns() + int(after_s * 1e9),
+                      start=False)
     try:
         for shard_id, host in node.shards.items():
             sweeper.sweep(shard_id, host)
@@ -200,7 +197,7 @@ def test_coordinator_crash_after_prepare_is_aborted_by_the_sweeper(node, steps):
     group = group_of(transfer(1, a, b, 10))
     prepare_everywhere(node, steps, group, attempt_key(group.txid, 0))
     assert balances(node, a) == (10, 0, 0, 0)  # held
-    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)
+    sweep_all(node, steps, after_s=sweeper_module.SWEEP_AFTER_S + 1)
     decision = node.shards[0].txn_decision(attempt_key(group.txid, 0))
     assert not decision.committed and decision.code == 0  # presume-abort, recorded on the coordinator
     assert balances(node, a) == (0, 0, 0, 0) and balances(node, b) == (0, 0, 0, 0)
@@ -221,8 +218,8 @@ def test_coordinator_crash_after_deciding_commit_is_finished_by_the_sweeper(node
     group = group_of(transfer(1, a, b, 10))
     key = attempt_key(group.txid, 0)
     participants = prepare_everywhere(node, steps, group, key)
-    steps.run(0, OP_DECIDE, Decide(key, True, 0, 0, participants, [1]), time.monotonic() + 1)
-    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)
+    steps.run(0, Operation(OP_DECIDE, [Decide(key, True, 0, 0, participants, [1])]), time.monotonic() + 1)
+    sweep_all(node, steps, after_s=sweeper_module.SWEEP_AFTER_S + 1)
     assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
     assert Coordinator(node, steps).run(group, 2.0) == [CreateTransferResult.exists]
 
@@ -232,8 +229,8 @@ def test_sweeper_abort_recorded_first_wins_over_the_coordinators_commit(node, st
     group = group_of(transfer(1, a, b, 10))
     key = attempt_key(group.txid, 0)
     participants = prepare_everywhere(node, steps, group, key)
-    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)  # the coordinator was too slow
-    late = steps.run(0, OP_DECIDE, Decide(key, True, 0, 0, participants, [1]), time.monotonic() + 1)
+    sweep_all(node, steps, after_s=sweeper_module.SWEEP_AFTER_S + 1)  # the coordinator was too slow
+    (late,) = steps.run(0, Operation(OP_DECIDE, [Decide(key, True, 0, 0, participants, [1])]), time.monotonic() + 1)
     assert not late.committed  # first writer wins
     assert balances(node, b) == (0, 0, 0, 0)
     # The client's retry runs attempt 1 and commits exactly once.
@@ -249,7 +246,7 @@ def test_a_different_group_reusing_a_prepared_groups_transfer_id_is_never_taken_
     with pytest.raises(ParticipantUnavailableError):  # id 1 is reserved by the prepared group: busy
         Coordinator(node, steps).run(other, 2.0)
     assert balances(node, c) == (0, 0, 0, 0)
-    sweep_all(node, steps, after_s=coordinator_module.SWEEP_AFTER_S + 1)  # presume-abort of the first
+    sweep_all(node, steps, after_s=sweeper_module.SWEEP_AFTER_S + 1)  # presume-abort of the first
     assert Coordinator(node, steps).run(other, 2.0) == [CreateTransferResult.created]
     assert balances(node, b) == (0, 0, 0, 0) and balances(node, c) == (0, 0, 0, 10)
     assert balances(node, a) == (0, 10, 0, 0)

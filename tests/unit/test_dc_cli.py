@@ -14,7 +14,9 @@ from tidebank.cluster.cli import app
 from tidebank.cluster.faults import NodeFaults, NodeTarget, current_table
 from tidebank.cluster.launcher import LocalCluster
 from tidebank.common.topology import SECRET_ENV
-from tidebank.node.api.ledger_service import AdminService, LedgerService, generic_handlers
+from tidebank.node.api.admin_service import AdminService
+from tidebank.node.api.handlers import generic_handlers
+from tidebank.node.api.ledger_service import LedgerService
 from tidebank.node.links import LinkFaults, LinkTable
 from tidebank.v1 import admin_pb2
 
@@ -43,7 +45,7 @@ class FakeNode:
         self.admin = AdminService(lambda: admin_pb2.NodeStatus(node=name, dc=dc), lambda: self.shard_map,
                                   link_faults=self.faults, dcs=DCS)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        for handler in generic_handlers(LedgerService(None), self.admin)[1:]:  # Admin only
+        for handler in generic_handlers(LedgerService(None, None), self.admin)[1:]:  # Admin only
             self.server.add_generic_rpc_handlers((handler,))
         self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()

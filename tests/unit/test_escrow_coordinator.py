@@ -7,6 +7,7 @@ from concurrent.futures import Future
 import pytest
 
 from tests.unit.test_coordinator import SHARD_MAP, SLOTS, LocalNode, LocalShard, balances, id_on, open_accounts
+from tidebank.node.executor import ShardExecutor
 from tidebank.node.ledger.records import AccountFlags
 from tidebank.node.ledger.results import CreateTransferResult, TradeResult
 from tidebank.node.ledger.trades import (
@@ -20,7 +21,7 @@ from tidebank.node.ledger.trades import (
 )
 from tidebank.node.ledger.txn_records import Decision
 from tidebank.node.txn import coordinator as coordinator_module
-from tidebank.node.txn.coordinator import Coordinator, ShardSteps
+from tidebank.node.txn.coordinator import Coordinator
 from tidebank.node.txn.escrow_coordinator import EscrowCoordinator, StepOutcome, _step_outcome, _waves
 
 OK = StepOutcome(int(TradeResult.ok))
@@ -67,7 +68,7 @@ def node(tmp_path, monkeypatch):
 
 @pytest.fixture
 def coordinator(node):
-    steps = ShardSteps(node, "secret")
+    steps = ShardExecutor(node, "secret")
     yield EscrowCoordinator(node, Coordinator(node, steps), SLOTS)
     steps.close()
 

@@ -9,6 +9,7 @@ import lmdb
 import pytest
 
 from tidebank.node.ledger import state_machine as sm_module
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 from tidebank.node.ledger.records import (
     ACCOUNT_SIZE,
     BATCH_ITEMS_MAX,
@@ -27,12 +28,7 @@ from tidebank.node.ledger.records import (
 )
 from tidebank.node.ledger.results import CreateAccountResult as AR
 from tidebank.node.ledger.results import CreateTransferResult as TR
-from tidebank.node.ledger.state_machine import (
-    OP_CREATE_ACCOUNTS,
-    OP_CREATE_TRANSFERS,
-    LedgerStateMachine,
-    Operation,
-)
+from tidebank.node.ledger.state_machine import LedgerStateMachine
 
 T0 = 1_700_000_000 * 10**9
 SECOND = 10**9

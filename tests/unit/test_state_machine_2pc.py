@@ -18,6 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidebank.node.ledger import state_machine as sm_module
+from tidebank.node.ledger.operations import (
+    OP_CREATE_ACCOUNTS,
+    OP_CREATE_TRANSFERS,
+    OP_DECIDE,
+    OP_FINISH,
+    OP_PREPARE,
+    Operation,
+)
 from tidebank.node.ledger.records import (
     BATCH_ITEMS_MAX,
     U64_MAX,
@@ -28,17 +36,7 @@ from tidebank.node.ledger.records import (
     TransferFlags,
 )
 from tidebank.node.ledger.results import CreateTransferResult as TR
-from tidebank.node.ledger.state_machine import (
-    EXPIRE_PER_APPLY_MAX,
-    OP_CREATE_ACCOUNTS,
-    OP_CREATE_TRANSFERS,
-    OP_DECIDE,
-    OP_FINISH,
-    OP_PREPARE,
-    PREPARED_TXNS_LIMIT_MAX,
-    LedgerStateMachine,
-    Operation,
-)
+from tidebank.node.ledger.state_machine import EXPIRE_PER_APPLY_MAX, PREPARED_TXNS_LIMIT_MAX, LedgerStateMachine
 from tidebank.node.ledger.txn_records import (
     FINISH_ALREADY,
     FINISH_APPLIED,

@@ -12,9 +12,9 @@ import pytest
 from tests.unit.escrow_harness import LEDGER, MINT, EscrowHarness, S, create
 from tidebank.common.keys import escrow_account_id
 from tidebank.node.ledger import escrow
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS
 from tidebank.node.ledger.records import Account, AccountFlags, Transfer
 from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult, TradeResult
-from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS
 from tidebank.node.ledger.trades import (
     CLOSED,
     CMD_AUTO_CONFIRM,

@@ -16,10 +16,11 @@ import lmdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 from tidebank.node.ledger.records import U64_MAX, U128_MAX, Account, AccountFlags, Transfer, TransferFlags
 from tidebank.node.ledger.results import CreateAccountResult as AR
 from tidebank.node.ledger.results import CreateTransferResult as TR
-from tidebank.node.ledger.state_machine import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, LedgerStateMachine, Operation
+from tidebank.node.ledger.state_machine import LedgerStateMachine
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS

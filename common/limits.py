@@ -1,0 +1,17 @@
+"""Limits of the public API that nodes, clients and tools must agree on.
+
+One place for each number: a node refuses what exceeds them with INVALID_ARGUMENT,
+a client checks them before sending, tools cut their batches by them.
+"""
+
+from __future__ import annotations
+
+#: Items (accounts, transfers, trade steps, clearing items, ids to look up) per request.
+#: TigerBeetle's batch size: a request of this many 128-byte records fits in 1 MiB.
+BATCH_ITEMS_MAX = 8189
+
+#: Records per page of a paged read (account transfers, trades).
+PAGE_SIZE_MAX = 8189
+
+#: Default page size when a request leaves it at 0.
+PAGE_SIZE_DEFAULT = 100

@@ -1,0 +1,105 @@
+"""The Admin servicer: shard map, node status, simulated link faults, per-ledger totals for `tidebank audit`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from tidebank.node.api import convert, errors
+from tidebank.node.api.calls import wait_of
+from tidebank.node.executor import NodeView
+from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
+from tidebank.node.outcomes import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.v1 import admin_pb2
+
+log = logging.getLogger(__name__)
+
+
+class AdminService:
+    """The Admin service (registered through the same raw-bytes handlers): shard map, node status,
+    the simulated link faults (links.py) and per-ledger totals for `tidebank audit`."""
+
+    def __init__(self, node_status: Callable[[], admin_pb2.NodeStatus],
+                 shard_map: Callable[[], admin_pb2.ShardMap], *, node: NodeView | None = None,
+                 link_faults: LinkFaults | None = None, dcs: Sequence[str] = ()):
+        self._node_status = node_status
+        self._shard_map = shard_map
+        self._node = node
+        self._link_faults = link_faults if link_faults is not None else LinkFaults()
+        self._dcs = tuple(dcs)
+
+    def GetShardMap(self, request: admin_pb2.GetShardMapRequest, context) -> admin_pb2.ShardMap:
+        return self._shard_map()
+
+    def GetNodeStatus(self, request: admin_pb2.GetNodeStatusRequest, context) -> admin_pb2.NodeStatus:
+        return self._node_status()
+
+    # --- simulated link faults (in memory only: a restarted node has none) -------------------------------
+    def SetLinkFaults(self, request: admin_pb2.LinkFaults, context) -> admin_pb2.LinkFaults:
+        violations = validate_link_faults(request, self._dcs)
+        if violations:
+            raise errors.invalid_argument(violations)
+        table = self._link_faults.set_table(LinkTable.from_proto(request))
+        log.warning("simulated link faults set: %s", table.describe())
+        return table.to_proto()
+
+    def GetLinkFaults(self, request: admin_pb2.GetLinkFaultsRequest, context) -> admin_pb2.LinkFaults:
+        return self._link_faults.to_proto()
+
+    # --- audit ---------------------------------------------------------------------------------------------
+    def GetLedgerTotals(self, request: admin_pb2.GetLedgerTotalsRequest, context) -> admin_pb2.LedgerTotals:
+        """Totals of the requested shards (each must be led here) or of every shard led here, each
+        read after a barrier through the shard's log (linearizable). Without explicit shard ids a
+        shard whose leadership moves meanwhile is left out: the caller asks its new leader."""
+        node = self._node
+        if node is None:
+            raise errors.internal("this node serves no shards")
+        explicit = bool(request.shard_ids)
+        shard_ids = list(dict.fromkeys(request.shard_ids)) if explicit else list(node.shard_map.shard_ids)
+        unknown = [s for s in shard_ids if s not in node.shard_map.shard_ids]
+        if unknown:
+            raise errors.invalid_argument([("shard_ids", f"no shard {s}") for s in unknown])
+        barriers = {}
+        for shard_id in shard_ids:
+            host = node.local_shard(shard_id)
+            try:
+                if host is None or not host.is_leader():
+                    raise NotAppliedError("not the leader")
+                barriers[shard_id] = (host, host.barrier())
+            except (NotAppliedError, OverloadedError) as exc:
+                if explicit:
+                    raise errors.not_leader(shard_id, node.leader_address(shard_id)) from exc
+        response = admin_pb2.LedgerTotals()
+        for shard_id, (host, barrier) in barriers.items():
+            try:
+                barrier.result(timeout=wait_of(context))
+            except (FutureTimeout, NotAppliedError, OutcomeUnknownError, ApplyFailedError) as exc:
+                if explicit:
+                    raise errors.retryable("NO_LEADER", f"shard {shard_id}: read not confirmed by a leader in time",
+                                           shard_id=shard_id) from exc
+                continue
+            _shard_totals_to_pb(shard_id, host.audit_totals(), response.shards.add())
+        return response
+
+
+_LEDGER_TOTAL_FIELDS = [f.name for f in admin_pb2.LedgerTotal.DESCRIPTOR.fields if f.name != "ledger"]
+_ESCROW_MONEY_FIELDS = [f.name for f in admin_pb2.EscrowTotal.DESCRIPTOR.fields if f.message_type is not None]
+_ESCROW_COUNT_FIELDS = [f.name for f in admin_pb2.EscrowTotal.DESCRIPTOR.fields
+                        if f.message_type is None and f.name != "ledger"]
+
+
+def _shard_totals_to_pb(shard_id: int, totals: dict, target: admin_pb2.ShardLedgerTotals) -> None:
+    target.shard_id = shard_id
+    target.prepared_txns = totals.get("prepared_txns", 0)
+    target.applied_index = totals.get("applied_index", 0)
+    for ledger, sums in sorted(totals.get("ledgers", {}).items()):
+        entry = target.ledgers.add(ledger=ledger)
+        for name in _LEDGER_TOTAL_FIELDS:
+            convert.u128_to_pb(getattr(entry, name), sums.get(name, 0))
+    for ledger, sums in sorted(totals.get("escrow", {}).items()):
+        book = target.escrow.add(ledger=ledger)
+        for name in _ESCROW_MONEY_FIELDS:
+            convert.u128_to_pb(getattr(book, name), sums.get(name, 0))
+        for name in _ESCROW_COUNT_FIELDS:
+            setattr(book, name, sums.get(name, 0))

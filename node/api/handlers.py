@@ -1,0 +1,71 @@
+"""Registration of the servicers: requests are parsed here, so a malformed message is INVALID_ARGUMENT
+(with the parser's reason), never INTERNAL, and every RequestError a servicer raises becomes its status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+
+from tidebank.node.api import errors
+from tidebank.node.api.internal_service import require_signature
+from tidebank.v1 import admin_pb2, escrow_pb2, internal_pb2, ledger_pb2
+
+
+def _raw_handler(method: Callable, request_cls, response_cls,
+                 authenticate: Callable | None = None) -> grpc.RpcMethodHandler:
+    name = method.__name__
+
+    def handle(raw: bytes, context: grpc.ServicerContext):
+        if authenticate is not None:
+            authenticate(name, raw, context)
+        request = request_cls()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            errors.abort(context, errors.invalid_argument(
+                [("request", f"not a valid {request_cls.DESCRIPTOR.full_name} message: {exc}")]))
+        try:
+            return method(request, context)
+        except errors.RequestError as exc:
+            errors.abort(context, exc)
+
+    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
+                                               response_serializer=response_cls.SerializeToString)
+
+
+SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults"})  # fault injection: only holders of the cluster secret
+
+
+def generic_handlers(ledger, admin, internal=None,
+                     admin_secret: str | None = None, escrow=None) -> list[grpc.GenericRpcHandler]:
+    """Handlers for the public Ledger and Admin services and, when given, the Escrow service and the signed
+    Internal service. With `admin_secret`, the fault-injection Admin methods require the cluster's signature."""
+    def admin_auth(method, raw, context):
+        require_signature(admin_secret, method, raw, context)
+
+    handlers = []
+    services = [("tidebank.v1.Ledger", ledger, ledger_pb2, None), ("tidebank.v1.Admin", admin, admin_pb2, None)]
+    if escrow is not None:
+        services.append(("tidebank.v1.Escrow", escrow, escrow_pb2, None))
+    if internal is not None:
+        services.append(("tidebank.v1.Internal", internal, internal_pb2, internal.authenticate))
+    for service_name, servicer, pb2, authenticate in services:
+        service = pb2.DESCRIPTOR.services_by_name[service_name.split(".")[-1]]
+        methods = {}
+        for method in service.methods:
+            request_cls = _message_class(method.input_type)
+            response_cls = _message_class(method.output_type)
+            method_auth = authenticate
+            if pb2 is admin_pb2 and admin_secret is not None and method.name in SIGNED_ADMIN_METHODS:
+                method_auth = admin_auth
+            methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls,
+                                                method_auth)
+        handlers.append(grpc.method_handlers_generic_handler(service_name, methods))
+    return handlers
+
+
+def _message_class(descriptor):
+    return message_factory.GetMessageClass(descriptor)
