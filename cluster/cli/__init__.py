@@ -2,7 +2,7 @@
 
 Every command that talks to a cluster takes `--dir DIR` (a local cluster folder,
 as made by `tidebank cluster up`) or `--endpoints HOST:PORT,...`. Commands whose
-output is data take `-o table|json`. Exit codes: 0 ok, 1 failed or unhealthy (for `dc`: a node not
+output is data take `-o table|json`. Exit codes: 0 ok, 1 failed, unhealthy or degraded (for `dc`: a node not
 reached; for `audit`: a mismatch), 2 bad arguments or (for `status`/`shard-map`/`dc`/
 `audit`) no node reachable, 3 (`audit`) transactions still in flight.
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pathlib
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tidebank.cluster.cli._common import (
     DirOpt,
@@ -57,7 +59,9 @@ def status(
 ) -> None:
     """One row per shard replica: role, term, commit and applied index, lag.
 
-    Exit code 1 when a shard has no leader or no quorum, 2 when no node answers."""
+    A replica whose apply loop stopped (a storage or resource error) is degraded: it will not
+    campaign or lead, and the NOTE column says why. Exit code 1 when a shard has no leader or
+    no quorum or a replica is degraded, 2 when no node answers."""
     try:
         report = _status_report(dir, endpoints, timeout)
     except NoReachableNode as e:
@@ -75,12 +79,16 @@ def status(
 
 
 def _print_status(report: StatusReport) -> None:
+    degraded = report.degraded
+    cols = ["NODE", "DC", "ADDRESS", "SHARD", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"]
+    if degraded:
+        cols.append("NOTE")  # only then: a cluster without notes prints the table it always did
     table = Table(box=None, pad_edge=False)
-    for col in ("NODE", "DC", "ADDRESS", "SHARD", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"):
+    for col in cols:
         table.add_column(col, justify="right" if col in ("SHARD", "TERM", "COMMIT", "APPLIED", "LAG") else "left")
     for r in report.rows:
         style = _ROLE_STYLE.get(r.role)
-        table.add_row(
+        cells: list[str | Text] = [
             r.node,
             r.dc,
             r.address,
@@ -90,15 +98,23 @@ def _print_status(report: StatusReport) -> None:
             _num(r.commit_index),
             _num(r.applied_index),
             _num(r.lag),
-        )
+        ]
+        if degraded:
+            cells.append(Text(f"degraded: {r.apply_error}", style="yellow") if r.degraded else "")
+        table.add_row(*cells)
     print_table(table)
     summary = f"{report.nodes_reachable}/{report.nodes_total} nodes answer"
-    if report.healthy:
+    cannot_apply = ", ".join(f"{r.node} (shard {r.shard})" for r in degraded)
+    if report.verdict == "healthy":
         out.print(f"{summary}; [green]healthy[/]")
+    elif report.verdict == "degraded":
+        out.print(f"{summary}; [yellow]degraded[/]: cannot apply, will not campaign or lead: {escape(cannot_apply)}")
     else:
         out.print(f"{summary}; [red]unhealthy[/]:")
         for p in report.problems:
             out.print(f"  - {p}", markup=False)
+        if degraded:
+            out.print(f"  - degraded: cannot apply, will not campaign or lead: {cannot_apply}", markup=False)
 
 
 @one_line_errors
