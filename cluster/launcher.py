@@ -167,6 +167,13 @@ class ReplicaRow:
     reachable: bool = False
     leader_node: str = ""
     has_quorum: bool = False
+    apply_error: str = ""  # non-empty: its apply loop stopped on this storage or resource error
+
+    @property
+    def degraded(self) -> bool:
+        """It answers but cannot apply: it neither campaigns nor leads until fixed and restarted,
+        so the shard has one replica fewer to fail over to."""
+        return bool(self.apply_error)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,18 +182,33 @@ class ReplicaRow:
 @dataclass(frozen=True)
 class StatusReport:
     rows: list[ReplicaRow]
-    problems: list[str]  # empty when healthy
+    problems: list[str]  # what is wrong with a shard as a whole; empty when every shard is fine
     nodes_total: int
     nodes_reachable: int
 
     @property
+    def degraded(self) -> list[ReplicaRow]:
+        """The replicas that answer but cannot apply."""
+        return [r for r in self.rows if r.degraded]
+
+    @property
+    def verdict(self) -> str:
+        """The overall judgement: unhealthy when a shard has a problem, else degraded when a
+        replica cannot apply (a replica that stopped applying must not pass for healthy), else healthy."""
+        if self.problems:
+            return "unhealthy"
+        return "degraded" if self.degraded else "healthy"
+
+    @property
     def healthy(self) -> bool:
-        return not self.problems
+        return self.verdict == "healthy"
 
     def to_dict(self) -> dict:
         return {
             "healthy": self.healthy,
+            "verdict": self.verdict,
             "problems": self.problems,
+            "degraded": [{"node": r.node, "shard": r.shard, "apply_error": r.apply_error} for r in self.degraded],
             "nodes_total": self.nodes_total,
             "nodes_reachable": self.nodes_reachable,
             "replicas": [r.to_dict() for r in self.rows],
@@ -232,8 +254,8 @@ def collect_status(
     targets: Sequence[ReplicaTarget], timeout_s: float = 2.0, pool: ChannelPool | None = None
 ) -> StatusReport:
     """Ask every node that should hold a replica, and judge each shard: healthy when
-    exactly one replica is leader, that leader has a quorum, and a majority of the
-    shard's replicas answer."""
+    exactly one replica is leader, that leader has a quorum and can apply, and a majority
+    of the shard's replicas answer. Replicas that cannot apply make the report degraded."""
     statuses = poll_nodes((t.address for t in targets), timeout_s, pool)
     rows: list[ReplicaRow] = []
     problems: list[str] = []
@@ -264,6 +286,7 @@ def collect_status(
                         True,
                         r.leader_node,
                         r.has_quorum,
+                        r.apply_error,
                     )
                 )
         rows += shard_rows
@@ -295,6 +318,8 @@ def _shard_problems(shard_id: int, rows: list[ReplicaRow]) -> list[str]:
         problems.append(f"shard {shard_id}: {len(leaders)} leaders: {listed}")
     elif not leaders[0].has_quorum:
         problems.append(f"shard {shard_id}: leader {leaders[0].node} has no quorum")
+    elif leaders[0].degraded:
+        problems.append(f"shard {shard_id}: leader {leaders[0].node} cannot apply")
     return problems
 
 
@@ -669,7 +694,7 @@ class LocalCluster:
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """Every shard has exactly one leader, holding a quorum, and a majority of
-        its replicas answer."""
+        its replicas answer; and every replica that answers can apply."""
         return self.status(timeout_s).healthy
 
     def shard_map(self, timeout_s: float = 2.0) -> admin_pb2.ShardMap:

@@ -378,6 +378,74 @@ def test_status_without_quorum(fake_cluster):
     assert "no quorum, 1 of 3 replicas answer" in r.output
 
 
+APPLY_ERROR = "LMDB MapFullError: mdb_put: [Errno 28] MDB_MAP_FULL: Environment mapsize limit reached"
+
+
+def _stop_applying(node: FakeAdmin, shard: int, applied: int = 84) -> None:
+    """NODE's replica of SHARD reports that its apply loop stopped (as a node does after a storage error)."""
+    rep = next(r for r in node.replicas if r.shard_id == shard)
+    rep.apply_error, rep.applied_index = APPLY_ERROR, applied
+
+
+def test_status_shows_a_replica_that_cannot_apply_as_degraded_and_exits_1(fake_cluster):
+    nodes, _ = fake_cluster
+    _stop_applying(nodes[1], shard=0)  # a follower: shard 0 still has its leader and quorum
+    r = invoke("status", "--endpoints", nodes[0].address)
+    assert r.exit_code == 1, r.output
+    assert "NOTE" in r.output
+    assert f"degraded: {APPLY_ERROR}" in r.output  # the reason, markup-like brackets and all
+    summary = r.output.splitlines()[-1]
+    assert summary.startswith("3/3 nodes answer; degraded")
+    assert "dc2-n1 (shard 0)" in summary
+    assert "healthy" not in r.output  # neither "healthy" nor "unhealthy"
+    assert " 16 " in r.output.split("dc2-n1")[1].splitlines()[0]  # its lag: 100 - 84
+
+
+def test_status_json_has_apply_error_per_replica_and_the_verdict(fake_cluster):
+    nodes, _ = fake_cluster
+    _stop_applying(nodes[2], shard=1)
+    result = runner.invoke(app, ["status", "-e", nodes[0].address, "-o", "json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["healthy"] is False and data["verdict"] == "degraded" and data["problems"] == []
+    assert data["degraded"] == [{"node": "dc3-n1", "shard": 1, "apply_error": APPLY_ERROR}]
+    errors = {(r["node"], r["shard"]): r["apply_error"] for r in data["replicas"]}
+    assert errors.pop(("dc3-n1", 1)) == APPLY_ERROR
+    assert set(errors.values()) == {""}
+
+
+def test_status_without_apply_errors_stays_healthy(fake_cluster):
+    nodes, _ = fake_cluster
+    r = invoke("status", "--endpoints", nodes[0].address)
+    assert r.exit_code == 0, r.output
+    assert "NOTE" not in r.output and "degraded" not in r.output
+    assert r.output.splitlines()[-1] == "3/3 nodes answer; healthy"
+    result = runner.invoke(app, ["status", "-e", nodes[0].address, "-o", "json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["healthy"] is True and data["verdict"] == "healthy" and data["degraded"] == []
+    assert {r["apply_error"] for r in data["replicas"]} == {""}
+
+
+def test_status_a_leader_that_cannot_apply_is_unhealthy(fake_cluster):
+    nodes, _ = fake_cluster
+    _stop_applying(nodes[0], shard=0, applied=100)  # should step down; until it does, its shard is not served
+    r = invoke("status", "--endpoints", nodes[0].address)
+    assert r.exit_code == 1
+    assert "unhealthy" in r.output
+    assert "shard 0: leader dc1-n1 cannot apply" in r.output
+    assert "degraded: cannot apply, will not campaign or lead: dc1-n1 (shard 0)" in r.output
+    data = json.loads(runner.invoke(app, ["status", "-e", nodes[0].address, "-o", "json"]).stdout)
+    assert data["verdict"] == "unhealthy"
+
+
+def test_status_json_verdict_when_no_node_answers(closed_port):
+    result = runner.invoke(app, ["status", "-e", f"127.0.0.1:{closed_port}", "-o", "json"])
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "unhealthy" and data["degraded"] == []
+
+
 def test_shard_map_table_and_json(fake_cluster):
     nodes, _ = fake_cluster
     r = invoke("shard-map", "--endpoints", nodes[1].address)

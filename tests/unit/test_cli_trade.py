@@ -1,5 +1,5 @@
 """`tidebank trade ...` without a cluster: argument handling and help, and what the commands
-send and print against a fake client (`tidebank.cluster.cli._client` replaced)."""
+send and print against a fake client (`tidebank.cluster.cli.trade.open_client` replaced)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from tidebank.cluster import cli
 from tidebank.cluster.cli import app
+from tidebank.cluster.cli import trade as trade_cli
 from tidebank.common.topology import SECRET_ENV
 from tidebank.v1 import escrow_pb2
 
@@ -296,7 +296,7 @@ class FakeClient:
 @pytest.fixture
 def fake(monkeypatch):
     client = FakeClient()
-    monkeypatch.setattr(cli, "_client", lambda endpoints, timeout_s: client)
+    monkeypatch.setattr(trade_cli, "open_client", lambda endpoints, timeout_s: client)
     return client
 
 

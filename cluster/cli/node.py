@@ -1,0 +1,99 @@
+"""`tidebank node ...`: run one storage node, or disturb one node of a local cluster
+(stop, kill, pause, resume, restart) to see how the cluster copes."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Annotated
+
+import typer
+
+from tidebank.cluster.cli._common import one_line_errors, out
+from tidebank.cluster.launcher import LocalCluster
+from tidebank.common.topology import Topology
+
+app = typer.Typer(help="Run one storage node, or disturb one in a local cluster.", no_args_is_help=True)
+
+NodeOpt = Annotated[str, typer.Option("--node", "-n", help="Node name (as in cluster.toml).")]
+NodeArg = Annotated[
+    str | None, typer.Argument(help="Node name (as in cluster.toml).", metavar="NODE", show_default=False)
+]
+NodeOptAlt = Annotated[
+    str | None, typer.Option("--node", "-n", help="Node name (same as the NODE argument).", show_default=False)
+]
+LocalDirOpt = Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Local cluster folder.", file_okay=False)]
+
+
+@app.command("start")
+@one_line_errors
+def node_start(
+    config: Annotated[
+        pathlib.Path, typer.Option("--config", "-c", help="Topology file (cluster.toml).", exists=True, dir_okay=False)
+    ],
+    node: NodeOpt,
+) -> None:
+    """Run one storage node in the foreground until SIGTERM or Ctrl-C."""
+    topo = Topology.load(config)
+    topo.node(node)  # a clear error before the node process starts up
+    from tidebank.node.server import main as node_main
+
+    raise typer.Exit(node_main(str(config), node) or 0)
+
+
+def _node_name(argument: str | None, option: str | None) -> str:
+    """NODE as the positional argument or as --node (the older spelling); one is needed."""
+    if argument is None and option is None:
+        raise typer.BadParameter("name the node: NODE or --node NODE", param_hint="'NODE'")
+    if argument is not None and option is not None and argument != option:
+        raise typer.BadParameter(f"two different nodes given: {argument} and --node {option}", param_hint="'NODE'")
+    return argument if argument is not None else option  # type: ignore[return-value]
+
+
+@app.command("stop")
+@one_line_errors
+def node_stop(dir: LocalDirOpt, node_arg: NodeArg = None, node: NodeOptAlt = None) -> None:
+    """Stop a node of a local cluster cleanly (SIGTERM, SIGKILL after 10 s)."""
+    node = _node_name(node_arg, node)
+    stopped = LocalCluster.open(dir).stop([node])
+    out.print(f"stopped {node}" if stopped else f"{node} was not running")
+
+
+def _signal_command(name: str, done: str, doc: str) -> None:
+    """Register `node NAME`: send one node the signal that LocalCluster.NAME sends, and say DONE."""
+
+    def command(dir: LocalDirOpt, node_arg: NodeArg = None, node: NodeOptAlt = None) -> None:
+        node = _node_name(node_arg, node)
+        getattr(LocalCluster.open(dir), name)(node)
+        out.print(f"{done} {node}")
+
+    command.__doc__ = doc
+    command.__name__ = command.__qualname__ = f"node_{name}"
+    app.command(name)(one_line_errors(command))
+
+
+_signal_command("kill", "killed", "SIGKILL a node of a local cluster (a crash).")
+_signal_command("pause", "paused", "SIGSTOP a node of a local cluster (a hung process).")
+_signal_command("resume", "resumed", "SIGCONT a paused node of a local cluster.")
+
+
+@app.command("restart")
+@one_line_errors
+def node_restart(
+    dir: LocalDirOpt,
+    node_arg: NodeArg = None,
+    node: NodeOptAlt = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every shard has a leader again.")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 60.0,
+) -> None:
+    """Restart a node of a local cluster on the same data (start it if it is down).
+
+    A restarted node has no simulated link faults (they live in memory): re-send them
+    with `tidebank dc ...`."""
+    node = _node_name(node_arg, node)
+    cluster = LocalCluster.open(dir)
+    cluster.restart(node)
+    if wait:
+        cluster.wait_ready(timeout_s=timeout)
+        out.print(f"restarted {node}; every shard has a leader")
+    else:
+        out.print(f"restarted {node}")
