@@ -87,8 +87,21 @@ _NONCE_BASIS = _nonce_basis()
 
 def _solve_nonce(base_crc: int, slot: int, slot_count: int) -> int:
     """A nonce n with (base_crc ^ L(n)) % slot_count == slot, slot_count a power of two (Gaussian elimination)."""
+    want = (base_crc ^ slot) & (slot_count - 1)
+    solution = 0
+    for pivot, (value, nonce) in _reduced_basis(slot_count):
+        if want >> pivot & 1:
+            want ^= value
+            solution ^= nonce
+    if want:
+        raise AssertionError("CRC-32 nonce system has no solution")  # L is a bijection: cannot happen
+    return solution
+
+
+@functools.lru_cache(maxsize=16)
+def _reduced_basis(slot_count: int) -> tuple[tuple[int, tuple[int, int]], ...]:
+    """The nonce basis reduced for the low bits a power-of-two slot count looks at, highest pivot first."""
     mask = slot_count - 1
-    want = (base_crc ^ slot) & mask
     rows: dict[int, tuple[int, int]] = {}  # pivot bit -> (L(n) & mask, n), reduced
     for value, nonce in _NONCE_BASIS:
         value &= mask
@@ -98,11 +111,26 @@ def _solve_nonce(base_crc: int, slot: int, slot_count: int) -> int:
                 nonce ^= rows[pivot][1]
         if value:
             rows[value.bit_length() - 1] = (value, nonce)
-    solution = 0
-    for pivot in sorted(rows, reverse=True):
-        if want >> pivot & 1:
-            want ^= rows[pivot][0]
-            solution ^= rows[pivot][1]
-    if want:
-        raise AssertionError("CRC-32 nonce system has no solution")  # L is a bijection: cannot happen
-    return solution
+    return tuple(sorted(rows.items(), reverse=True))
+
+
+def id_in_slot(value: int, slot: int, slot_count: int = DEFAULT_SLOT_COUNT) -> int:
+    """`value` with its low 32 bits replaced so that the id hashes to `slot`.
+
+    How clients make ids that live where they want: a transfer id in its debit account's slot makes the
+    transfer's id home the shard of its accounts, so a same-shard transfer needs no second shard."""
+    if not 1 <= slot_count <= SLOT_COUNT_MAX or not 0 <= slot < slot_count:
+        raise ValueError(f"slot {slot} out of range for slot_count {slot_count}")
+    base = value & ~0xFFFFFFFF & U128_MAX
+    if slot_count & (slot_count - 1) == 0:
+        out = base | _solve_nonce(zlib.crc32(base.to_bytes(16, "big")), slot, slot_count)
+    else:  # no linear shortcut for a modulus that is not a power of two: search
+        out = next(base | n for n in range(1 << 32) if slot_of(base | n, slot_count) == slot)
+    if out in (0, U128_MAX):
+        raise ValueError("no valid id in that slot with these high bits")
+    return out
+
+
+def id_near(value: int, home_id: int, slot_count: int = DEFAULT_SLOT_COUNT) -> int:
+    """`value` moved (low 32 bits) into the slot of `home_id`: an id that lives wherever `home_id` lives."""
+    return id_in_slot(value, slot_of(home_id, slot_count), slot_count)

@@ -18,6 +18,10 @@ class ParticipantUnavailableError(Exception):
     """A cross-shard attempt was aborted because a shard did not take part in time: nothing applied."""
 
 
+class ParticipantBusyError(ParticipantUnavailableError):
+    """Aborted because a participant was busy with another txn naming the same id or pending transfer."""
+
+
 class OverloadedError(Exception):
     """The shard's queue is full: nothing was queued; the caller should back off."""
 

@@ -3,7 +3,7 @@
 Keys hash to slots (`tidebank.common.keys.slot_of`); a versioned shard map assigns slot
 ranges to shards. A batch is split by the shard of each item's routing key
 (account id; a transfer's debit account id) keeping every linked chain whole.
-A transfer chain whose accounts span shards becomes a cross-shard group, run by
+A transfer chain whose accounts or ids span shards becomes a cross-shard group, run by
 the coordinator (two-phase commit). Items that cannot be placed get their result
 code here and never reach a state machine, so nothing is ever applied half.
 """
@@ -146,14 +146,19 @@ _CLOSES_PENDING = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDI
 
 
 def route_transfers(transfers: Sequence[Transfer], shard_map: ShardMap) -> RoutedBatch:
-    """A transfer lives on its debit account's shard (and, when they differ, on its credit account's too)."""
+    """A transfer lives on its debit account's shard (and, when they differ, on its credit account's too); its id
+    lives on the shard of its own slot (its home), which answers for the id ledger-wide. When the three are one
+    shard it runs there; otherwise it is a cross-shard group. Clients that make ids in their debit account's
+    slot (`tidebank.client.new_id(near=...)`) keep same-shard transfers on one shard."""
 
     def place(transfer: Transfer) -> tuple[int | None, int | None, tuple]:
         if transfer.debit_account_id == 0 and transfer.flags & _CLOSES_PENDING:
             # The debit account is the routing key, so a post or void must name it.
             return None, CreateTransferResult.debit_account_id_must_not_be_zero, ()
         shard = shard_map.shard_of(transfer.debit_account_id)
-        credit = (shard_map.shard_of(transfer.credit_account_id),) if transfer.credit_account_id else ()
-        return shard, None, credit
+        home = shard_map.shard_of(transfer.id)
+        if transfer.credit_account_id:
+            return shard, None, (shard_map.shard_of(transfer.credit_account_id), home)
+        return shard, None, (home,)
 
     return _route(transfers, place, TransferFlags.LINKED, CreateTransferResult.linked_event_failed, None)

@@ -30,7 +30,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from tidebank.common.keys import U64_MAX, U128_MAX, escrow_account_id, fee_account_id, is_system_account, slot_of
+from tidebank.common.keys import (
+    U64_MAX,
+    U128_MAX,
+    escrow_account_id,
+    fee_account_id,
+    id_in_slot,
+    is_system_account,
+    slot_of,
+)
 from tidebank.node.ledger.records import Account, AccountFlags, Transfer, TransferFlags
 from tidebank.node.ledger.results import TradeResult
 from tidebank.node.ledger.trades import (
@@ -457,6 +465,7 @@ def legs(t: Trade | None, c: TradeCommand, evaluation: Evaluation, slot_count: i
     else:
         buyer, seller, ledger, version = t.buyer_account_id, t.seller_account_id, t.ledger, t.version
     escrow, fee = system_accounts(c.trade_id, ledger, slot_count)
+    slot = slot_of(c.trade_id, slot_count)
     key = step_key(c, version)
     ends = {
         MOVE_HOLD: (buyer, escrow),
@@ -469,7 +478,8 @@ def legs(t: Trade | None, c: TradeCommand, evaluation: Evaluation, slot_count: i
     for index, (move, amount) in enumerate(evaluation.moves):
         debit, credit = ends[move]
         out.append(Transfer(
-            id=_u128_id(key.to_bytes(16, "big") + index.to_bytes(4, "big")),
+            # in the trade's slot: the trade's shard is the home of every leg's id, so no other shard joins
+            id=id_in_slot(_u128_id(key.to_bytes(16, "big") + index.to_bytes(4, "big")), slot, slot_count),
             debit_account_id=debit, credit_account_id=credit, amount=amount,
             user_data_128=c.trade_id, user_data_64=version, user_data_32=c.kind,
             ledger=ledger, code=_MOVE_CODES[move], flags=int(TransferFlags.LINKED) if index < last else 0,

@@ -17,16 +17,16 @@ LMDB layout (all keys big-endian so LMDB order is numeric order):
 db                         key                                         value
 =========================  ==========================================  ==================================
 ledger_accounts            id (16)                                     packed Account
-ledger_transfers           id (16)                                     packed Transfer
+ledger_transfers           id (16)                                     packed Transfer, or by a tag: H+request
+                                                                       (home record), F+code (failed), R+txid
+                                                                       (reserved by a PREPARED txn)
 ledger_account_transfers   account id (16) + timestamp (8)             side (1: 0 debit, 1 credit) + transfer id (16)
 ledger_pending             pending transfer id (16)                    status (1) + amount (8, LE)
 ledger_expiry              expires_at ns (8) + pending transfer id (16)  empty
-ledger_failed              transfer id (16)                            result code (1)
 ledger_meta                b"last_timestamp"                           u64 LE
 ledger_totals              ledger (4)                                  10 x u128 LE (see _TOTAL_KEYS)
 ledger_txns                txid (16)                                   participant state of a 2PC txn
 ledger_txn_prepared        prepared_at ns (8) + txid (16)              coordinator shard (u32 LE)
-ledger_txn_ids             transfer id (16)                            txid (16) of the PREPARED txn
 ledger_locks               pending transfer id (16)                    txid (16) + leg kind (1)
 ledger_xpending            pending transfer id (16)                    sides (1) + expires_at ns (8, LE)
 ledger_decisions           txid (16)                                   timestamp (8, LE) + packed Decide
@@ -74,7 +74,7 @@ releases. DECIDE records the coordinator's outcome, first writer wins.
   legs. ledger_txns keeps one small record per txid for good (like transfers); the
   legs are dropped at FINISH. ledger_decisions likewise keeps every decision (with
   participants and transfer ids) for good: it grows with the cross-shard groups.
-* A transfer id named by a PREPARED txn is reserved (ledger_txn_ids) until FINISH.
+* A transfer id named by a PREPARED txn is reserved (R+txid in ledger_transfers) until FINISH.
   Another PREPARE naming it (typically a retry attempt of the same group while the
   earlier attempt is still prepared somewhere) votes NO with code 0, "busy": no rule
   failed, the coordinator should abort that attempt and retry. A single-shard create
@@ -117,6 +117,7 @@ releases. DECIDE records the coordinator's outcome, first writer wins.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import struct
@@ -180,6 +181,8 @@ from tidebank.node.ledger.txn_records import (
     SIDE_BOTH,
     SIDE_CREDIT,
     SIDE_DEBIT,
+    SIDE_HOME,
+    SIDES_ALL,
     Decide,
     Decision,
     Finish,
@@ -282,6 +285,12 @@ LEG_PLAIN = 0
 LEG_PENDING = 1
 LEG_POST = 2
 LEG_VOID = 3
+LEG_ID = 4  # the transfer's accounts live elsewhere; this shard is its id's home
+
+# What a key of ledger_transfers holds besides a stored transfer (TRANSFER_SIZE bytes), by a 1-byte tag:
+_ID_HOME_TAG = b"H"  # + packed request: the home record of a transfer stored on its accounts' shards
+_ID_FAILED_TAG = b"F"  # + result code (1 byte): the id failed a business rule; id_already_failed from then on
+_ID_RESERVED_TAG = b"R"  # + txid (16): reserved by a PREPARED txn until it finishes
 
 # Flags as plain ints: enum attribute access is measurably slow on the hot path.
 _A_LINKED = int(AccountFlags.LINKED)
@@ -409,12 +418,10 @@ class LedgerStateMachine:
         "ledger_account_transfers",
         "ledger_pending",
         "ledger_expiry",
-        "ledger_failed",
         "ledger_meta",
         "ledger_totals",
         "ledger_txns",
         "ledger_txn_prepared",
-        "ledger_txn_ids",
         "ledger_locks",
         "ledger_xpending",
         "ledger_decisions",
@@ -446,12 +453,10 @@ class LedgerStateMachine:
         self._account_transfers = dbs["ledger_account_transfers"]
         self._pending = dbs["ledger_pending"]
         self._expiry = dbs["ledger_expiry"]
-        self._failed = dbs["ledger_failed"]
         self._meta = dbs["ledger_meta"]
         self._totals = dbs["ledger_totals"]
         self._txns = dbs["ledger_txns"]
         self._txn_prepared = dbs["ledger_txn_prepared"]
-        self._txn_ids = dbs["ledger_txn_ids"]
         self._locks = dbs["ledger_locks"]
         self._xpending = dbs["ledger_xpending"]
         self._decisions = dbs["ledger_decisions"]
@@ -704,7 +709,7 @@ class LedgerStateMachine:
 
     def _record_failure(self, txn: lmdb.Transaction, t: Transfer, code: int) -> None:
         if code in _TRANSFER_STATE_FAILURES:
-            txn.put(_key(t.id), bytes((code,)), db=self._failed)
+            txn.put(_key(t.id), _ID_FAILED_TAG + bytes((code,)), db=self._transfers)
 
     def _account(self, txn: lmdb.Transaction, account_id: int, ctx: _Context) -> Account | None:
         """The account from the operation's cache, loading it on first use."""
@@ -725,6 +730,32 @@ class LedgerStateMachine:
             undo[a.id] = (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
         ctx.dirty.add(a.id)
 
+    # -- transfer ids: what an id is on this shard, in one LMDB read
+
+    def _id_taken(self, txn: lmdb.Transaction, t: Transfer, key: bytes, busy: int) -> int:
+        """0 when the id is free here, else the code a transfer with it gets: exists / exists_with_different_*
+        (stored here, or its home record), id_already_failed, or `busy` (reserved by a PREPARED txn)."""
+        raw = txn.get(key, db=self._transfers)
+        if raw is None:
+            return 0
+        if len(raw) == TRANSFER_SIZE:
+            return _transfer_exists(t, unpack_transfer(raw))
+        tag = raw[:1]
+        if tag == _ID_HOME_TAG:
+            return _transfer_exists(t, unpack_transfer(raw[1:]))
+        if tag == _ID_FAILED_TAG:
+            return _TR.id_already_failed
+        if tag == _ID_RESERVED_TAG:
+            return busy
+        raise InvariantViolation(f"transfer id {key.hex()} has a record of {len(raw)} bytes")
+
+    def _stored_transfer(self, txn: lmdb.Transaction, key: bytes) -> Transfer | None:
+        """The transfer stored on this shard under `key` (not a home record, failed or reserved id)."""
+        raw = txn.get(key, db=self._transfers)
+        return unpack_transfer(raw) if raw is not None and len(raw) == TRANSFER_SIZE else None
+
+    # -- the single-shard path
+
     def _create_transfer(self, txn: lmdb.Transaction, t: Transfer, ctx: _Context) -> int:
         # ---- checks on the request alone (not recorded as failed ids)
         code = _static_check(t)
@@ -732,22 +763,17 @@ class LedgerStateMachine:
             return code
         flags = t.flags
         tid = t.id
-        post_void = flags & _T_POST_VOID
         d = t.debit_account_id
         c = t.credit_account_id
         if d >> 96 == SYSTEM_ACCOUNT_PREFIX or c >> 96 == SYSTEM_ACCOUNT_PREFIX:  # is_system_account, inlined
             return _TR.account_reserved_for_escrow  # only escrow steps move escrow and fee money
 
-        # ---- idempotency
+        # ---- idempotency (a reserved id: outcome unknown until its txn finishes; not recorded)
         key = _key(tid)
-        raw = txn.get(key, db=self._transfers)
-        if raw is not None:
-            return _transfer_exists(t, unpack_transfer(raw))
-        if txn.get(key, db=self._failed) is not None:
-            return _TR.id_already_failed
-        if txn.get(key, db=self._txn_ids) is not None:
-            return _TR.internal_error  # named by a PREPARED txn: outcome unknown until it finishes
-        if post_void:
+        code = self._id_taken(txn, t, key, _TR.internal_error)
+        if code:
+            return code
+        if flags & _T_POST_VOID:
             return self._post_or_void(txn, t, key, ctx)
 
         # ---- checks against ledger state (recorded as failed ids)
@@ -757,69 +783,31 @@ class LedgerStateMachine:
         cr = self._account(txn, c, ctx)
         if cr is None:
             return _TR.credit_account_not_found
-        if dr.ledger != cr.ledger:
-            return _TR.accounts_must_have_the_same_ledger
-        if t.ledger != dr.ledger:
-            return _TR.transfer_must_have_the_same_ledger_as_accounts
-        if dr.flags & _A_CLOSED:
-            return _TR.debit_account_already_closed
-        if cr.flags & _A_CLOSED:
-            return _TR.credit_account_already_closed
+        code = _check_accounts(t, dr, cr)
+        if code:
+            return code
         amount = t.amount
-        dr_pending = dr.debits_pending
-        dr_posted = dr.debits_posted
-        cr_pending = cr.credits_pending
-        cr_posted = cr.credits_posted
         if flags & _T_BALANCING:
-            if amount == 0:
-                amount = U64_MAX
-            if flags & _T_BAL_D:
-                available = dr.credits_posted - dr_pending - dr_posted
-                if available < amount:
-                    amount = available if available > 0 else 0
-                if amount == 0:
-                    return _TR.exceeds_credits
-            if flags & _T_BAL_C:
-                available = cr.debits_posted - cr_pending - cr_posted
-                if available < amount:
-                    amount = available if available > 0 else 0
-                if amount == 0:
-                    return _TR.exceeds_debits
+            amount, code = _balancing_amount(t, dr, cr)
+            if code:
+                return code
         pending = flags & _T_PENDING
-        if pending:
-            if dr_pending + amount > U64_MAX:
-                return _TR.overflows_debits_pending
-            if cr_pending + amount > U64_MAX:
-                return _TR.overflows_credits_pending
-        if dr_posted + amount > U64_MAX:
-            return _TR.overflows_debits_posted
-        if cr_posted + amount > U64_MAX:
-            return _TR.overflows_credits_posted
-        if dr_pending + dr_posted + amount > U64_MAX:
-            return _TR.overflows_debits
-        if cr_pending + cr_posted + amount > U64_MAX:
-            return _TR.overflows_credits
         ts = ctx.next_ts
-        timeout = t.timeout
-        if timeout:  # only pending transfers get here with a timeout
-            expires_at = ts + timeout * NS_PER_SECOND
-            if expires_at > U64_MAX:
-                return _TR.overflows_timeout
-        if dr.flags & _A_DMNEC and dr_pending + dr_posted + amount > dr.credits_posted:
-            return _TR.exceeds_credits
-        if cr.flags & _A_CMNED and cr_pending + cr_posted + amount > cr.debits_posted:
-            return _TR.exceeds_debits
+        code = _check_amount(dr, cr, amount, pending, t.timeout, ts) or _check_limits(dr, cr, amount, 0, 0)
+        if code:
+            return code
 
         # ---- create
         self._touch(dr, ctx)
         self._touch(cr, ctx)
         if pending:
-            dr.debits_pending = dr_pending + amount
-            cr.credits_pending = cr_pending + amount
+            dr.debits_pending += amount
+            cr.credits_pending += amount
         else:
-            dr.debits_posted = dr_posted + amount
-            cr.credits_posted = cr_posted + amount
+            dr.debits_posted += amount
+            cr.credits_posted += amount
         ctx.next_ts = ts + 1
+        timeout = t.timeout
         record = Transfer(
             tid, d, c, amount, 0, t.user_data_128, t.user_data_64, t.user_data_32,
             timeout, t.ledger, t.code, flags, ts,
@@ -828,7 +816,7 @@ class LedgerStateMachine:
         if pending:
             txn.put(key, _STATUS.pack(STATUS_PENDING, amount), db=self._pending)
             if timeout:
-                txn.put(expires_at.to_bytes(8, "big") + key, b"", db=self._expiry)
+                txn.put((ts + timeout * NS_PER_SECOND).to_bytes(8, "big") + key, b"", db=self._expiry)
         return T_OK
 
     def _store(self, txn: lmdb.Transaction, key: bytes, t: Transfer, dr_key: bytes, cr_key: bytes) -> None:
@@ -840,10 +828,9 @@ class LedgerStateMachine:
     def _post_or_void(self, txn: lmdb.Transaction, t: Transfer, key: bytes, ctx: _Context) -> int:
         pid = t.pending_id
         pkey = _key(pid)
-        raw = txn.get(pkey, db=self._transfers)
-        if raw is None:
+        p = self._stored_transfer(txn, pkey)
+        if p is None:
             return _TR.pending_transfer_not_found
-        p = unpack_transfer(raw)
         if not p.flags & _T_PENDING:
             return _TR.pending_transfer_not_pending
         xp = txn.get(pkey, db=self._xpending)
@@ -853,46 +840,23 @@ class LedgerStateMachine:
             sides, expires_at = _XPENDING.unpack(xp)
             if sides != SIDE_BOTH:
                 return _TR.accounts_on_different_shards
-        if t.debit_account_id and t.debit_account_id != p.debit_account_id:
-            return _TR.pending_transfer_has_different_debit_account_id
-        if t.credit_account_id and t.credit_account_id != p.credit_account_id:
-            return _TR.pending_transfer_has_different_credit_account_id
-        if t.ledger and t.ledger != p.ledger:
-            return _TR.pending_transfer_has_different_ledger
-        if t.code and t.code != p.code:
-            return _TR.pending_transfer_has_different_code
-        post = t.flags & _T_POST
-        if post:
-            amount = t.amount or p.amount
-            if amount > p.amount:
-                return _TR.exceeds_pending_transfer_amount
-        else:
-            if t.amount and t.amount != p.amount:
-                return _TR.pending_transfer_has_different_amount
-            amount = p.amount
-        status_raw = txn.get(pkey, db=self._pending)
-        if status_raw is None:
-            raise InvariantViolation(f"pending transfer {pid} has no status")
-        status = status_raw[0]
-        if status == STATUS_POSTED:
-            return _TR.pending_transfer_already_posted
-        if status == STATUS_VOIDED:
-            return _TR.pending_transfer_already_voided
-        if status == STATUS_EXPIRED:
-            return _TR.pending_transfer_expired
-        lock = txn.get(pkey, db=self._locks)
-        if lock is not None:
-            return _lock_refusal(lock)
+        code, amount = _check_post_void(t, p)
+        if code:
+            return code
+        code = self._pending_state(txn, pkey)
+        if code:
+            return code
         if expires_at and expires_at <= ctx.base:
             return _TR.pending_transfer_expired
+        post = t.flags & _T_POST
         dr = self._account(txn, p.debit_account_id, ctx)
         cr = self._account(txn, p.credit_account_id, ctx)
         if dr is None or cr is None:
             raise InvariantViolation(f"accounts of pending transfer {pid} are missing")
-        if dr.flags & _A_CLOSED and post:
-            return _TR.debit_account_already_closed
-        if cr.flags & _A_CLOSED and post:
-            return _TR.credit_account_already_closed
+        if post:
+            code = _check_closed(dr, cr)
+            if code:
+                return code
 
         self._touch(dr, ctx)
         self._touch(cr, ctx)
@@ -903,15 +867,30 @@ class LedgerStateMachine:
             cr.credits_posted += amount
         ts = ctx.next_ts
         ctx.next_ts = ts + 1
-        record = Transfer(
-            t.id, p.debit_account_id, p.credit_account_id, amount, pid,
-            t.user_data_128, t.user_data_64, t.user_data_32, 0, p.ledger, p.code, t.flags, ts,
-        )  # fmt: skip
+        record = _posting_record(t, p, amount, ts)
         self._store(txn, key, record, _key(p.debit_account_id), _key(p.credit_account_id))
         txn.put(pkey, _STATUS.pack(STATUS_POSTED if post else STATUS_VOIDED, amount), db=self._pending)
         if expires_at:
             txn.delete(expires_at.to_bytes(8, "big") + pkey, db=self._expiry)
         return T_OK
+
+    def _pending_state(self, txn: lmdb.Transaction, pkey: bytes) -> int:
+        """Why a stored pending transfer can no longer be posted or voided (0: it can): its status, or the lock
+        of a PREPARED txn posting or voiding it."""
+        status_raw = txn.get(pkey, db=self._pending)
+        if status_raw is None:
+            raise InvariantViolation(f"pending transfer {pkey.hex()} has no status")
+        status = status_raw[0]
+        if status == STATUS_POSTED:
+            return _TR.pending_transfer_already_posted
+        if status == STATUS_VOIDED:
+            return _TR.pending_transfer_already_voided
+        if status == STATUS_EXPIRED:
+            return _TR.pending_transfer_expired
+        lock = txn.get(pkey, db=self._locks)
+        if lock is not None:
+            return _lock_refusal(lock)
+        return 0
 
     # ------------------------------------------------- cross-shard transactions
 
@@ -971,6 +950,10 @@ class LedgerStateMachine:
         child.abort()
         index, code = failed
         txn.put(tkey, _VOTED_NO.pack(TXN_VOTED_NO, index, code), db=self._txns)
+        if code in _TRANSFER_STATE_FAILURES:  # the home of the failing leg's id keeps it failed
+            for leg in item.legs:
+                if leg.index == index and leg.sides & SIDE_HOME:
+                    txn.put(_key(leg.transfer.id), _ID_FAILED_TAG + bytes((code,)), db=self._transfers)
         return Vote(False, index, code)
 
     def _prepare_legs(self, txn: lmdb.Transaction, item: Prepare, tkey: bytes, ctx: _Context) -> tuple[int, int] | None:
@@ -1014,12 +997,13 @@ class LedgerStateMachine:
         txn.put(tkey, b"".join(parts), db=self._txns)
         txn.put(ctx.base.to_bytes(8, "big") + tkey, _U32.pack(item.coordinator_shard), db=self._txn_prepared)
         for plan in plans:
-            txn.put(_key(plan.record.id), tkey, db=self._txn_ids)
+            txn.put(_key(plan.record.id), _ID_RESERVED_TAG + tkey, db=self._transfers)
         return None
 
     def _prepare_leg(
         self, txn: lmdb.Transaction, tkey: bytes, leg: Leg, ctx: _Context, earlier: dict[int, _Plan]
     ) -> tuple[int, _Plan | None]:
+        """Check and reserve one leg with the single-shard rules of the side(s) that live here."""
         t = leg.transfer
         code = _static_check(t)
         if code:
@@ -1027,27 +1011,26 @@ class LedgerStateMachine:
         flags = t.flags
         if flags & _T_BALANCING:
             return _TR.accounts_on_different_shards, None  # a balancing amount needs both balances
+        sides = leg.sides & SIDE_BOTH
         if not ctx.escrow and (
-            (leg.sides & SIDE_DEBIT and is_system_account(t.debit_account_id))
-            or (leg.sides & SIDE_CREDIT and is_system_account(t.credit_account_id))
+            (sides & SIDE_DEBIT and is_system_account(t.debit_account_id))
+            or (sides & SIDE_CREDIT and is_system_account(t.credit_account_id))
         ):
             return _TR.account_reserved_for_escrow, None
         tid = t.id
         key = _key(tid)
-        raw = txn.get(key, db=self._transfers)
-        if raw is not None:
-            return _transfer_exists(t, unpack_transfer(raw)), None
         same = earlier.get(tid)
         if same is not None:
             return _transfer_exists(t, same.record), None
-        if txn.get(key, db=self._failed) is not None:
-            return _TR.id_already_failed, None
-        if txn.get(key, db=self._txn_ids) is not None:
-            return _LEG_BUSY, None  # named by another PREPARED txn (maybe an earlier attempt): outcome unknown
+        # Named by another PREPARED txn (maybe an earlier attempt): outcome unknown, busy.
+        code = self._id_taken(txn, t, key, _LEG_BUSY)
+        if code:
+            return code, None
+        if not sides:  # an id-only leg: this shard is the id's home, the accounts live elsewhere
+            return 0, _Plan(leg.index, leg.sides, LEG_ID, 0, _with(t, timestamp=0))
         if flags & _T_POST_VOID:
             return self._prepare_post_void(txn, tkey, leg, ctx, earlier)
 
-        sides = leg.sides
         d = t.debit_account_id
         c = t.credit_account_id
         dr = cr = None
@@ -1059,51 +1042,18 @@ class LedgerStateMachine:
             cr = self._account(txn, c, ctx)
             if cr is None:
                 return _TR.credit_account_not_found, None
-        ledger = t.ledger
-        if dr is not None and cr is not None and dr.ledger != cr.ledger:
-            return _TR.accounts_must_have_the_same_ledger, None
-        if (dr is not None and dr.ledger != ledger) or (cr is not None and cr.ledger != ledger):
-            return _TR.transfer_must_have_the_same_ledger_as_accounts, None
-        if dr is not None and dr.flags & _A_CLOSED:
-            return _TR.debit_account_already_closed, None
-        if cr is not None and cr.flags & _A_CLOSED:
-            return _TR.credit_account_already_closed, None
         amount = t.amount
         pending = flags & _T_PENDING
-        if pending:
-            if dr is not None and dr.debits_pending + amount > U64_MAX:
-                return _TR.overflows_debits_pending, None
-            if cr is not None and cr.credits_pending + amount > U64_MAX:
-                return _TR.overflows_credits_pending, None
-        if dr is not None and dr.debits_posted + amount > U64_MAX:
-            return _TR.overflows_debits_posted, None
-        if cr is not None and cr.credits_posted + amount > U64_MAX:
-            return _TR.overflows_credits_posted, None
-        if dr is not None and dr.debits_pending + dr.debits_posted + amount > U64_MAX:
-            return _TR.overflows_debits, None
-        if cr is not None and cr.credits_pending + cr.credits_posted + amount > U64_MAX:
-            return _TR.overflows_credits, None
-        timeout = t.timeout
-        if timeout and ctx.base + timeout * NS_PER_SECOND > U64_MAX:
-            return _TR.overflows_timeout, None
         # Reservations count as pending: concurrent txns can never overdraw together. The
         # posting credits (debits) this group's earlier legs reserved count as posted.
         group = ctx.group if ctx.group is not None else ({}, {}, {}, {})
         group_credits, group_debits, all_credits, all_debits = group
-        if (
-            dr is not None
-            and dr.flags & _A_DMNEC
-            and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted + group_credits.get(d, 0)
-        ):
-            return _TR.exceeds_credits, None
-        if (
-            cr is not None
-            and cr.flags & _A_CMNED
-            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted + group_debits.get(c, 0)
-        ):
-            return _TR.exceeds_debits, None
+        code = (_check_accounts(t, dr, cr) or _check_amount(dr, cr, amount, pending, t.timeout, ctx.base)
+                or _check_limits(dr, cr, amount, group_credits.get(d, 0), group_debits.get(c, 0)))
+        if code:
+            return code, None
 
-        x = ctx.xd(ledger)
+        x = ctx.xd(t.ledger)
         if dr is not None:
             self._touch(dr, ctx)
             dr.debits_pending += amount
@@ -1124,9 +1074,9 @@ class LedgerStateMachine:
                 group_credits[c] = group_credits.get(c, 0) + amount
         record = Transfer(
             tid, d, c, amount, 0, t.user_data_128, t.user_data_64, t.user_data_32,
-            timeout, ledger, t.code, flags, 0,
+            t.timeout, t.ledger, t.code, flags, 0,
         )  # fmt: skip
-        return 0, _Plan(leg.index, sides, LEG_PENDING if pending else LEG_PLAIN, amount, record)
+        return 0, _Plan(leg.index, leg.sides, LEG_PENDING if pending else LEG_PLAIN, amount, record)
 
     def _prepare_post_void(
         self, txn: lmdb.Transaction, tkey: bytes, leg: Leg, ctx: _Context, earlier: dict[int, _Plan]
@@ -1138,88 +1088,59 @@ class LedgerStateMachine:
         in_group = earlier.get(pid)  # a pending transfer created by an earlier leg of this group
         if in_group is not None:
             p = in_group.record
-            p_sides = in_group.sides
+            p_sides = in_group.sides & SIDE_BOTH
             expires_at = 0  # created at commit: cannot have expired yet
         else:
-            raw = txn.get(pkey, db=self._transfers)
-            if raw is None:
+            p = self._stored_transfer(txn, pkey)
+            if p is None:
                 return _TR.pending_transfer_not_found, None
-            p = unpack_transfer(raw)
             xp = txn.get(pkey, db=self._xpending)
             if xp is None:
                 p_sides = SIDE_BOTH
                 expires_at = p.timestamp + p.timeout * NS_PER_SECOND if p.timeout else 0
             else:
                 p_sides, expires_at = _XPENDING.unpack(xp)
-        if not p.flags & _T_PENDING:
-            return _TR.pending_transfer_not_pending, None
-        if t.debit_account_id and t.debit_account_id != p.debit_account_id:
-            return _TR.pending_transfer_has_different_debit_account_id, None
-        if t.credit_account_id and t.credit_account_id != p.credit_account_id:
-            return _TR.pending_transfer_has_different_credit_account_id, None
-        if t.ledger and t.ledger != p.ledger:
-            return _TR.pending_transfer_has_different_ledger, None
-        if t.code and t.code != p.code:
-            return _TR.pending_transfer_has_different_code, None
-        post = t.flags & _T_POST
-        if post:
-            amount = t.amount or p.amount
-            if amount > p.amount:
-                return _TR.exceeds_pending_transfer_amount, None
-        else:
-            if t.amount and t.amount != p.amount:
-                return _TR.pending_transfer_has_different_amount, None
-            amount = p.amount
+        code, amount = _check_post_void(t, p)
+        if code:
+            return code, None
         if in_group is not None:
             if in_group.group_status == STATUS_POSTED:
                 return _TR.pending_transfer_already_posted, None
             if in_group.group_status == STATUS_VOIDED:
                 return _TR.pending_transfer_already_voided, None
         else:
-            status_raw = txn.get(pkey, db=self._pending)
-            if status_raw is None:
-                raise InvariantViolation(f"pending transfer {pid} has no status")
-            status = status_raw[0]
-            if status == STATUS_POSTED:
-                return _TR.pending_transfer_already_posted, None
-            if status == STATUS_VOIDED:
-                return _TR.pending_transfer_already_voided, None
-            if status == STATUS_EXPIRED:
-                return _TR.pending_transfer_expired, None
-            lock = txn.get(pkey, db=self._locks)
-            if lock is not None:
-                return _lock_refusal(lock), None
-        if p_sides != leg.sides:
+            code = self._pending_state(txn, pkey)
+            if code:
+                return code, None
+        sides = leg.sides & SIDE_BOTH
+        if p_sides != sides:
             log.critical(
                 "PREPARE leg %d posts/voids pending transfer %d with sides %d, but its sides here are %d",
-                leg.index, pid, leg.sides, p_sides,
+                leg.index, pid, sides, p_sides,
             )  # fmt: skip
             return _TR.internal_error, None
         if expires_at and expires_at <= ctx.base:
             return _TR.pending_transfer_expired, None
+        post = t.flags & _T_POST
         if post:
+            dr = cr = None
             if p_sides & SIDE_DEBIT:
                 dr = self._account(txn, p.debit_account_id, ctx)
                 if dr is None:
                     raise InvariantViolation(f"debit account of pending transfer {pid} is missing")
-                if dr.flags & _A_CLOSED:
-                    return _TR.debit_account_already_closed, None
             if p_sides & SIDE_CREDIT:
                 cr = self._account(txn, p.credit_account_id, ctx)
                 if cr is None:
                     raise InvariantViolation(f"credit account of pending transfer {pid} is missing")
-                if cr.flags & _A_CLOSED:
-                    return _TR.credit_account_already_closed, None
+            code = _check_closed(dr, cr)
+            if code:
+                return code, None
         kind = LEG_POST if post else LEG_VOID
         if in_group is not None:
             in_group.group_status = STATUS_POSTED if post else STATUS_VOIDED
         else:
             txn.put(pkey, tkey + bytes((kind,)), db=self._locks)
-        record = Transfer(
-            t.id, p.debit_account_id, p.credit_account_id, amount, pid,
-            t.user_data_128, t.user_data_64, t.user_data_32, 0, p.ledger, p.code, t.flags, 0,
-        )  # fmt: skip
-        return 0, _Plan(leg.index, p_sides, kind, amount, record)
+        return 0, _Plan(leg.index, leg.sides, kind, amount, _posting_record(t, p, amount, 0))
 
     # -- FINISH
 
@@ -1269,7 +1190,15 @@ class LedgerStateMachine:
                 lock = txn.get(pkey, db=self._locks)
                 if lock is not None and lock[:16] == tkey:
                     txn.delete(pkey, db=self._locks)
-            txn.delete(_key(plan.record.id), db=self._txn_ids)
+            if not commit:  # a commit stored the transfer (or its home record) over the reservation
+                key = _key(plan.record.id)
+                if txn.get(key, db=self._transfers) != _ID_RESERVED_TAG + tkey:
+                    raise InvariantViolation(f"transfer id {plan.record.id} is not reserved by txn {txid}")
+                if plan.sides & SIDE_HOME and plan.index == item.failed_index and item.failed_code in \
+                        _TRANSFER_STATE_FAILURES:
+                    txn.put(key, _ID_FAILED_TAG + bytes((item.failed_code,)), db=self._transfers)
+                else:
+                    txn.delete(key, db=self._transfers)
         if not txn.delete(prepared_at.to_bytes(8, "big") + tkey, db=self._txn_prepared):
             raise InvariantViolation(f"prepared txn {txid} is missing from the prepared index")
         self._flush(txn, ctx)
@@ -1283,6 +1212,10 @@ class LedgerStateMachine:
             sides = plan.sides
             kind = plan.kind
             amount = plan.amount
+            if kind == LEG_ID:  # this shard is the id's home only: it keeps the request, for idempotency
+                txn.put(_key(rec.id), _ID_HOME_TAG + pack_transfer(rec), db=self._transfers)
+                continue
+            sides &= SIDE_BOTH
             one_sided = sides != SIDE_BOTH
             x = ctx.xd(rec.ledger)
             if kind == LEG_PLAIN:
@@ -1317,11 +1250,10 @@ class LedgerStateMachine:
             else:
                 post = kind == LEG_POST
                 pkey = _key(rec.pending_id)
-                raw = txn.get(pkey, db=self._transfers)
+                p = self._stored_transfer(txn, pkey)
                 status_raw = txn.get(pkey, db=self._pending)
-                if raw is None or status_raw is None or status_raw[0] != STATUS_PENDING:
+                if p is None or status_raw is None or status_raw[0] != STATUS_PENDING:
                     raise InvariantViolation(f"locked pending transfer {rec.pending_id} is not pending at commit")
-                p = unpack_transfer(raw)
                 xp = txn.get(pkey, db=self._xpending)
                 if xp is None:
                     p_sides = SIDE_BOTH
@@ -1348,9 +1280,9 @@ class LedgerStateMachine:
     def _release_legs(self, txn: lmdb.Transaction, plans: list[_Plan], ctx: _Context) -> None:
         for plan in plans:
             if plan.kind != LEG_PLAIN and plan.kind != LEG_PENDING:
-                continue  # post/void legs only hold a lock
+                continue  # post/void legs only hold a lock, id-only legs a reservation
             rec = plan.record
-            sides = plan.sides
+            sides = plan.sides & SIDE_BOTH
             amount = plan.amount
             x = ctx.xd(rec.ledger)
             if sides & SIDE_DEBIT:
@@ -1718,13 +1650,14 @@ class LedgerStateMachine:
         return out
 
     def lookup_transfers(self, txn: lmdb.Transaction, ids: Sequence[int]) -> list[Transfer]:
-        """The transfers that exist, in request order (missing ids are left out)."""
+        """The transfers stored here (on the shards of their accounts), in request order; missing ids, and ids
+        this shard is only the home of, are left out."""
         out = []
         db = self._transfers
         for i in ids:
             if 0 < i < U128_MAX:
                 raw = txn.get(_key(i), db=db)
-                if raw is not None:
+                if raw is not None and len(raw) == TRANSFER_SIZE:
                     out.append(unpack_transfer(raw))
         return out
 
@@ -2015,7 +1948,7 @@ def _malformed_prepare(p: Prepare) -> str:
     for leg in legs:
         if not previous < leg.index < p.group_size:
             return f"leg index {leg.index} out of order or beyond group_size {p.group_size}"
-        if leg.sides not in (SIDE_DEBIT, SIDE_CREDIT, SIDE_BOTH):
+        if leg.sides & ~SIDES_ALL or not leg.sides & SIDE_BOTH and not leg.sides & SIDE_HOME:
             return f"leg {leg.index} has sides {leg.sides}"
         previous = leg.index
     return ""
@@ -2053,6 +1986,116 @@ def _unpack_decision(raw: bytes) -> tuple[Decision, Decide]:
     ts = _U64.unpack_from(raw, 0)[0]
     d = unpack_decide(raw[_U64.size :])
     return Decision(d.commit, d.failed_index, d.failed_code, ts), d
+
+
+# --- the ledger rules, each written once: the single-shard path passes both accounts, a PREPARE the
+# --- side(s) that live on its shard (None for a side that lives elsewhere)
+
+
+def _check_closed(dr: Account | None, cr: Account | None) -> int:
+    if dr is not None and dr.flags & _A_CLOSED:
+        return _TR.debit_account_already_closed
+    if cr is not None and cr.flags & _A_CLOSED:
+        return _TR.credit_account_already_closed
+    return 0
+
+
+def _check_accounts(t: Transfer, dr: Account | None, cr: Account | None) -> int:
+    """The accounts' ledgers and state, in the single-shard order."""
+    ledger = t.ledger
+    if dr is not None and cr is not None and dr.ledger != cr.ledger:
+        return _TR.accounts_must_have_the_same_ledger
+    if (dr is not None and dr.ledger != ledger) or (cr is not None and cr.ledger != ledger):
+        return _TR.transfer_must_have_the_same_ledger_as_accounts
+    return _check_closed(dr, cr)
+
+
+def _balancing_amount(t: Transfer, dr: Account, cr: Account) -> tuple[int, int]:
+    """(amount, code) of a balancing transfer: at most what keeps the balanced side(s) within their limit."""
+    amount = t.amount or U64_MAX
+    if t.flags & _T_BAL_D:
+        available = dr.credits_posted - dr.debits_pending - dr.debits_posted
+        if available < amount:
+            amount = available if available > 0 else 0
+        if amount == 0:
+            return 0, _TR.exceeds_credits
+    if t.flags & _T_BAL_C:
+        available = cr.debits_posted - cr.credits_pending - cr.credits_posted
+        if available < amount:
+            amount = available if available > 0 else 0
+        if amount == 0:
+            return 0, _TR.exceeds_debits
+    return amount, 0
+
+
+def _check_amount(dr: Account | None, cr: Account | None, amount: int, pending: int, timeout: int,
+                  now_ns: int) -> int:
+    """Balances and the expiry time must stay within u64."""
+    if pending:
+        if dr is not None and dr.debits_pending + amount > U64_MAX:
+            return _TR.overflows_debits_pending
+        if cr is not None and cr.credits_pending + amount > U64_MAX:
+            return _TR.overflows_credits_pending
+    if dr is not None and dr.debits_posted + amount > U64_MAX:
+        return _TR.overflows_debits_posted
+    if cr is not None and cr.credits_posted + amount > U64_MAX:
+        return _TR.overflows_credits_posted
+    if dr is not None and dr.debits_pending + dr.debits_posted + amount > U64_MAX:
+        return _TR.overflows_debits
+    if cr is not None and cr.credits_pending + cr.credits_posted + amount > U64_MAX:
+        return _TR.overflows_credits
+    if timeout and now_ns + timeout * NS_PER_SECOND > U64_MAX:
+        return _TR.overflows_timeout
+    return 0
+
+
+def _check_limits(dr: Account | None, cr: Account | None, amount: int, credit_allowance: int,
+                  debit_allowance: int) -> int:
+    """debits_must_not_exceed_credits / credits_must_not_exceed_debits, pending counted as posted.
+
+    The allowances are what earlier legs of the same cross-shard group credit (debit) the account with: the
+    group commits or aborts as one, as a linked chain does."""
+    if (dr is not None and dr.flags & _A_DMNEC
+            and dr.debits_pending + dr.debits_posted + amount > dr.credits_posted + credit_allowance):
+        return _TR.exceeds_credits
+    if (cr is not None and cr.flags & _A_CMNED
+            and cr.credits_pending + cr.credits_posted + amount > cr.debits_posted + debit_allowance):
+        return _TR.exceeds_debits
+    return 0
+
+
+def _check_post_void(t: Transfer, p: Transfer) -> tuple[int, int]:
+    """(code, amount to post or void) of a post/void of pending transfer p, on the request and p alone."""
+    if not p.flags & _T_PENDING:
+        return _TR.pending_transfer_not_pending, 0
+    if t.debit_account_id and t.debit_account_id != p.debit_account_id:
+        return _TR.pending_transfer_has_different_debit_account_id, 0
+    if t.credit_account_id and t.credit_account_id != p.credit_account_id:
+        return _TR.pending_transfer_has_different_credit_account_id, 0
+    if t.ledger and t.ledger != p.ledger:
+        return _TR.pending_transfer_has_different_ledger, 0
+    if t.code and t.code != p.code:
+        return _TR.pending_transfer_has_different_code, 0
+    if t.flags & _T_POST:
+        amount = t.amount or p.amount
+        if amount > p.amount:
+            return _TR.exceeds_pending_transfer_amount, 0
+        return 0, amount
+    if t.amount and t.amount != p.amount:
+        return _TR.pending_transfer_has_different_amount, 0
+    return 0, p.amount
+
+
+def _posting_record(t: Transfer, p: Transfer, amount: int, timestamp: int) -> Transfer:
+    """The stored form of a post/void of p: p's accounts, ledger and code, the posted (voided) amount."""
+    return Transfer(
+        t.id, p.debit_account_id, p.credit_account_id, amount, p.id,
+        t.user_data_128, t.user_data_64, t.user_data_32, 0, p.ledger, p.code, t.flags, timestamp,
+    )  # fmt: skip
+
+
+def _with(t: Transfer, **changes) -> Transfer:
+    return dataclasses.replace(t, **changes)
 
 
 def _static_check(t: Transfer) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "SIDE_BOTH",
     "SIDE_CREDIT",
     "SIDE_DEBIT",
+    "SIDE_HOME",
     "Decide",
     "Decision",
     "Finish",
@@ -56,6 +57,10 @@ __all__ = [
 SIDE_DEBIT = 1
 SIDE_CREDIT = 2
 SIDE_BOTH = 3
+# Set on the leg held by the shard that is the home of the transfer's id (the shard of slot_of(id)): that
+# shard answers for the id (idempotency, failed ids, lookups). A leg with no account side is an id-only leg.
+SIDE_HOME = 4
+SIDES_ALL = SIDE_BOTH | SIDE_HOME
 
 FINISH_APPLIED = 0
 FINISH_ALREADY = 1
@@ -75,7 +80,9 @@ class Leg:
     """One transfer of the group, as seen by one participant."""
 
     index: int  # position in the group (0-based)
-    sides: int  # SIDE_DEBIT | SIDE_CREDIT | SIDE_BOTH: which of its accounts live on this participant
+    # SIDE_DEBIT | SIDE_CREDIT | SIDE_BOTH: which of its accounts live on this participant (0: none, an id-only
+    # leg), | SIDE_HOME when this participant is the home of the transfer's id
+    sides: int
     transfer: Transfer
 
 
@@ -96,6 +103,10 @@ class Finish:
     txid: int
     commit: bool
     commit_timestamp: int  # the DECIDE's cluster time (ns): pending legs expire at it + timeout
+    # An abort for a business reason: the leg that failed and its code, so the home of that leg's id records
+    # it as failed (the id then keeps answering id_already_failed). 0, 0: no failing leg.
+    failed_index: int = 0
+    failed_code: int = 0
 
 
 @dataclass(slots=True)
@@ -137,8 +148,8 @@ _PREPARE_HEAD = struct.Struct("<QQIII")
 # index, sides (+ a 128-byte packed Transfer)
 _LEG_HEAD = struct.Struct("<IB")
 _LEG_SIZE = _LEG_HEAD.size + TRANSFER_SIZE
-# txid lo, txid hi, commit, commit_timestamp
-_FINISH = struct.Struct("<QQBQ")
+# txid lo, txid hi, commit, commit_timestamp, failed_index, failed_code
+_FINISH = struct.Struct("<QQBQII")
 # txid lo, txid hi, commit, failed_index, failed_code, participant count, transfer id count
 _DECIDE_HEAD = struct.Struct("<QQBIIII")
 _U32 = struct.Struct("<I")
@@ -174,16 +185,17 @@ def unpack_prepare(b: bytes) -> Prepare:
 
 
 def pack_finish(f: Finish) -> bytes:
-    return _FINISH.pack(f.txid & _M64, f.txid >> 64, 1 if f.commit else 0, f.commit_timestamp)
+    return _FINISH.pack(f.txid & _M64, f.txid >> 64, 1 if f.commit else 0, f.commit_timestamp, f.failed_index,
+                        f.failed_code)
 
 
 def unpack_finish(b: bytes) -> Finish:
     if len(b) != _FINISH.size:
         raise ValueError(f"finish has {len(b)} bytes, expected {_FINISH.size}")
-    lo, hi, commit, ts = _FINISH.unpack(b)
+    lo, hi, commit, ts, failed_index, failed_code = _FINISH.unpack(b)
     if commit > 1:
         raise ValueError(f"finish commit flag {commit}")
-    return Finish(lo | hi << 64, bool(commit), ts)
+    return Finish(lo | hi << 64, bool(commit), ts, failed_index, failed_code)
 
 
 def pack_decide(d: Decide) -> bytes:

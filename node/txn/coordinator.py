@@ -35,6 +35,7 @@ from tidebank.node.ledger.txn_records import (
     SIDE_BOTH,
     SIDE_CREDIT,
     SIDE_DEBIT,
+    SIDE_HOME,
     Decide,
     Decision,
     Finish,
@@ -44,12 +45,18 @@ from tidebank.node.ledger.txn_records import (
     Vote,
     merge_votes,
 )
-from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, ParticipantUnavailableError
+from tidebank.node.outcomes import (
+    NotAppliedError,
+    OutcomeUnknownError,
+    ParticipantBusyError,
+    ParticipantUnavailableError,
+)
 from tidebank.v1 import internal_pb2
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS_MAX = 16
+BUSY_ROUNDS_MAX = 4  # rounds of one request's groups that a busy participant aborted
 STEP_TIMEOUT_S = 5.0  # one step (prepare, decide or finish) on one shard
 
 
@@ -89,7 +96,9 @@ def group_key(transfers: Sequence[Transfer]) -> int:
 
 
 def legs_by_shard(group: Group, shard_map: ShardMap) -> dict[int, list[Leg]]:
-    """Which legs each participant shard checks and holds (an escrow step always involves its trade's shard)."""
+    """Which legs each participant shard checks and holds: the shards of each transfer's accounts, and the home
+    of its id (the shard of slot_of(id)), which answers for the id even when no account of it lives there.
+    An escrow step always involves its trade's shard."""
     legs: dict[int, list[Leg]] = {}
     if group.trade is not None:
         legs[group.coordinator_shard] = []
@@ -97,11 +106,17 @@ def legs_by_shard(group: Group, shard_map: ShardMap) -> dict[int, list[Leg]]:
         debit_shard = shard_map.shard_of(transfer.debit_account_id)
         credit_shard = (shard_map.shard_of(transfer.credit_account_id) if transfer.credit_account_id
                         else debit_shard)
+        home = shard_map.shard_of(transfer.id)
         if debit_shard == credit_shard:
-            legs.setdefault(debit_shard, []).append(Leg(index, SIDE_BOTH, transfer))
+            legs.setdefault(debit_shard, []).append(
+                Leg(index, SIDE_BOTH | (SIDE_HOME if home == debit_shard else 0), transfer))
         else:
-            legs.setdefault(debit_shard, []).append(Leg(index, SIDE_DEBIT, transfer))
-            legs.setdefault(credit_shard, []).append(Leg(index, SIDE_CREDIT, transfer))
+            legs.setdefault(debit_shard, []).append(
+                Leg(index, SIDE_DEBIT | (SIDE_HOME if home == debit_shard else 0), transfer))
+            legs.setdefault(credit_shard, []).append(
+                Leg(index, SIDE_CREDIT | (SIDE_HOME if home == credit_shard else 0), transfer))
+        if home != debit_shard and home != credit_shard:
+            legs.setdefault(home, []).append(Leg(index, SIDE_HOME, transfer))
     return legs
 
 
@@ -121,6 +136,13 @@ def group_codes(size: int, decision: Decision, replay: bool) -> list[int]:
     codes = [CreateTransferResult.linked_event_failed] * size
     codes[decision.failed_index] = decision.code
     return codes
+
+
+def finish_of(key: int, decision: Decision) -> Finish:
+    """The FINISH of a decided txn: an abort names its failing leg, so that leg's id home keeps it failed."""
+    if decision.committed:
+        return Finish(key, True, decision.timestamp)
+    return Finish(key, False, decision.timestamp, decision.failed_index, decision.code)
 
 
 def presumed_abort(key: int) -> Decide:
@@ -156,11 +178,27 @@ class Coordinator:
 
     def run_decisions(self, groups: Sequence[Group], wait_s: float) -> list[tuple[Decision, bool] | Exception]:
         """Per group: (its decision, whether an earlier run had recorded it), or why it has none:
-        ParticipantUnavailableError (aborted, nothing applied: run it again) or OutcomeUnknownError."""
+        ParticipantUnavailableError (aborted, nothing applied: run it again) or OutcomeUnknownError.
+
+        A group aborted only because a participant was busy with another group naming the same id or pending
+        transfer (often one of the same request) runs again, a few rounds at most: the other one has finished
+        by then, so the request gets real answers rather than a retryable error."""
         deadline = time.monotonic() + wait_s
         outcomes: list[tuple[Decision, bool] | Exception | None] = [None] * len(groups)
+        positions = list(range(len(groups)))
+        for round_ in range(BUSY_ROUNDS_MAX):
+            self._run_round(groups, positions, outcomes, deadline)
+            positions = [p for p in positions if isinstance(outcomes[p], ParticipantBusyError)]
+            if not positions or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.01 * round_, max(0.0, deadline - time.monotonic())))
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _run_round(self, groups: Sequence[Group], positions: list[int], outcomes: list, deadline: float) -> None:
         todo: list[_Attempt] = []
-        for position, group in enumerate(groups):
+        for position in positions:
+            group = groups[position]
             host = self.node.local_shard(group.coordinator_shard)
             for attempt in range(ATTEMPTS_MAX):
                 key = attempt_key(group.txid, attempt)
@@ -187,8 +225,6 @@ class Coordinator:
         for coordinator_shard, entries in by_coordinator.items():
             for position, result in self._run_attempts(coordinator_shard, entries, deadline):
                 outcomes[position] = result
-        assert all(o is not None for o in outcomes)
-        return outcomes  # type: ignore[return-value]
 
     def _run_local(self, coordinator_shard: int, entries: list[_Attempt],
                    deadline: float) -> list[tuple[int, tuple[Decision, bool] | Exception]]:
@@ -206,7 +242,7 @@ class Coordinator:
             if vote.prepared:
                 results.append((e.position, (Decision(True, 0, 0, 0), False)))
             elif vote.code == 0:
-                results.append((e.position, ParticipantUnavailableError(f"group {e.key:x}: busy; nothing applied")))
+                results.append((e.position, ParticipantBusyError(f"group {e.key:x}: busy; nothing applied")))
             else:
                 results.append((e.position, (Decision(False, vote.failed_index, vote.code, 0), False)))
         return results
@@ -258,15 +294,19 @@ class Coordinator:
         finishes: dict[int, list[Finish]] = {}
         for n, decision in enumerate(decisions):
             for shard in participants[n]:
-                finishes.setdefault(shard, []).append(Finish(entries[n].key, decision.committed, decision.timestamp))
+                finishes.setdefault(shard, []).append(finish_of(entries[n].key, decision))
         self._finish(finishes, deadline)
         results: list[tuple[int, tuple[Decision, bool] | Exception]] = []
         for n, decision in enumerate(decisions):
             e = entries[n]
             if not decision.committed and decision.code == 0:
-                why = f"shard(s) {missing[n]} did not prepare in time" if missing[n] else "a participant was busy"
-                results.append((e.position, ParticipantUnavailableError(
-                    f"group {e.group.txid:x}: {why}; aborted, nothing applied")))
+                if missing[n]:
+                    results.append((e.position, ParticipantUnavailableError(
+                        f"group {e.group.txid:x}: shard(s) {missing[n]} did not prepare in time; aborted, "
+                        "nothing applied")))
+                else:
+                    results.append((e.position, ParticipantBusyError(
+                        f"group {e.group.txid:x}: a participant was busy; aborted, nothing applied")))
             else:
                 results.append((e.position, (decision, False)))
         return results

@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 
 from tidebank.node.ledger.operations import OP_FINISH, Operation
-from tidebank.node.ledger.txn_records import Finish
-from tidebank.node.txn.coordinator import STEP_TIMEOUT_S, Coordinator
+from tidebank.node.txn.coordinator import STEP_TIMEOUT_S, Coordinator, finish_of
 from tidebank.node.txn.periodic import LedShardsLoop, RetryLater
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Sweeper:
             try:
                 decision = self.coordinator.resolve(coordinator_shard, key, deadline)
                 self.coordinator.executor.run(
-                    shard_id, Operation(OP_FINISH, [Finish(key, decision.committed, decision.timestamp)]), deadline)
+                    shard_id, Operation(OP_FINISH, [finish_of(key, decision)]), deadline)
             except Exception as exc:
                 delay = self.retry_later.failed(key, time.monotonic())
                 log.info("shard %d: txn %x still unresolved (next try in %.0f s): %s", shard_id, key, delay, exc)

@@ -275,3 +275,19 @@ def test_an_escrow_step_with_a_buyer_on_another_shard_runs_two_phase_commit(node
     ((decision, _),) = Coordinator(node, steps).run_decisions([group], 2.0)
     assert decision.committed and node.shards[0].txn_decision(attempt_key(group.txid, 0)).committed
     assert balances(node, buyer) == (0, 10, 0, 0)
+
+
+def test_the_home_of_a_transfers_id_takes_part_even_when_none_of_its_accounts_lives_there():
+    from tidebank.node.ledger.txn_records import SIDE_BOTH, SIDE_HOME
+    big = ShardMap(1, 12, {0: [(0, 4)], 1: [(4, 8)], 2: [(8, 12)]})
+    def on(shard: int, start: int) -> int:
+        while big.shard_of(start) != shard:
+            start += 1
+        return start
+    a, b = on(0, 100), on(0, 200)
+    legs = legs_by_shard(Group([transfer(on(2, 300), a, b, 5)], 0), big)
+    assert {shard: [leg.sides for leg in shard_legs] for shard, shard_legs in legs.items()} == {
+        0: [SIDE_BOTH], 2: [SIDE_HOME]}
+    legs = legs_by_shard(Group([transfer(on(0, 300), a, b, 5)], 0), big)
+    assert {shard: [leg.sides for leg in shard_legs] for shard, shard_legs in legs.items()} == {
+        0: [SIDE_BOTH | SIDE_HOME]}

@@ -183,8 +183,8 @@ def _mixed_request() -> ledger_pb2.CreateTransfersRequest:
     a0, b0 = _id_on(0, 1), _id_on(0, _id_on(0, 1) + 1)
     a1, b1 = _id_on(1, 1), _id_on(1, _id_on(1, 1) + 1)
     request = ledger_pb2.CreateTransfersRequest()
-    _transfer(request, 1, a1, b1)
-    _transfer(request, 2, a0, a1)
+    _transfer(request, _id_on(1, 100), a1, b1)  # its id lives on shard 1 too: a same-shard transfer
+    _transfer(request, _id_on(0, 200), a0, a1)
     assert b0 != a0
     return request
 

@@ -49,9 +49,11 @@ def test_open_chain_at_the_end_stays_one_chain():
 def test_transfers_go_to_their_debit_accounts_shard_in_request_order():
     a0, b0 = ids_on(0, 2)
     a2, b2 = ids_on(2, 2)
-    batch = [Transfer(id=1, debit_account_id=a2, credit_account_id=b2),
-             Transfer(id=2, debit_account_id=a0, credit_account_id=b0),
-             Transfer(id=3, debit_account_id=b2, credit_account_id=a2)]
+    t0, t1 = ids_on(2, 2, start=1000)
+    (t2,) = ids_on(0, 1, start=1000)
+    batch = [Transfer(id=t0, debit_account_id=a2, credit_account_id=b2),
+             Transfer(id=t2, debit_account_id=a0, credit_account_id=b0),
+             Transfer(id=t1, debit_account_id=b2, credit_account_id=a2)]
     routed = route_transfers(batch, MAP)
     assert routed.codes == {}
     assert routed.sub_batches[2].positions == [0, 2]
@@ -102,10 +104,12 @@ def test_merge_refuses_a_group_without_an_answer():
 def test_chain_on_one_shard_stays_contiguous_in_its_sub_batch():
     a0, b0 = ids_on(0, 2)
     a1, b1 = ids_on(1, 2)
+    t0, t1 = ids_on(0, 2, start=1000)
+    (t2,) = ids_on(1, 1, start=1000)
     linked = TransferFlags.LINKED
-    batch = [Transfer(id=1, debit_account_id=a0, credit_account_id=b0, flags=linked),
-             Transfer(id=2, debit_account_id=b0, credit_account_id=a0),
-             Transfer(id=3, debit_account_id=a1, credit_account_id=b1)]
+    batch = [Transfer(id=t0, debit_account_id=a0, credit_account_id=b0, flags=linked),
+             Transfer(id=t1, debit_account_id=b0, credit_account_id=a0),
+             Transfer(id=t2, debit_account_id=a1, credit_account_id=b1)]
     routed = route_transfers(batch, MAP)
     assert routed.sub_batches[0].positions == [0, 1]
     assert routed.sub_batches[1].positions == [2]
@@ -118,9 +122,32 @@ def test_post_without_debit_account_is_rejected_because_it_cannot_be_routed():
 
 def test_transfer_with_zero_credit_account_reaches_the_state_machine_for_its_own_code():
     (a0,) = ids_on(0, 1)
-    routed = route_transfers([Transfer(id=5, debit_account_id=a0)], MAP)
+    (t0,) = ids_on(0, 1, start=1000)
+    routed = route_transfers([Transfer(id=t0, debit_account_id=a0)], MAP)
     assert routed.codes == {}
     assert routed.sub_batches[0].positions == [0]
+
+
+def test_a_transfer_whose_id_lives_on_another_shard_is_a_group_with_that_shard():
+    a0, b0 = ids_on(0, 2)
+    (t3,) = ids_on(3, 1, start=1000)
+    routed = route_transfers([Transfer(id=t3, debit_account_id=a0, credit_account_id=b0)], MAP)
+    assert routed.sub_batches == {}
+    (group,) = routed.groups
+    assert (group.coordinator_shard, group.positions) == (0, [0])
+
+
+def test_a_chain_with_one_id_living_elsewhere_becomes_one_group():
+    a0, b0 = ids_on(0, 2)
+    (t0,) = ids_on(0, 1, start=1000)
+    (t1,) = ids_on(1, 1, start=1000)
+    linked = TransferFlags.LINKED
+    batch = [Transfer(id=t0, debit_account_id=a0, credit_account_id=b0, flags=linked),
+             Transfer(id=t1, debit_account_id=b0, credit_account_id=a0)]
+    routed = route_transfers(batch, MAP)
+    assert routed.sub_batches == {}
+    (group,) = routed.groups
+    assert group.positions == [0, 1]
 
 
 def test_accounts_go_to_the_shard_of_their_id():
