@@ -25,7 +25,7 @@ import time
 
 from tidebank.client import Account, Client, Transfer
 from tidebank.cluster.launcher import LocalCluster
-from tidebank.common.keys import slot_of
+from tidebank.common.keys import id_near, slot_of
 
 LEDGER = 1
 ACCOUNT_BATCH = 8000
@@ -77,8 +77,9 @@ def make_transfers(rng: random.Random, by_shard: dict[int, list[int]], ids: Ids,
     for n in range(count):
         accounts = everyone or by_shard[rng.choice(shards)]
         debit, credit = rng.sample(accounts, 2)
-        out.append(Transfer(id=first + n, debit_account_id=debit, credit_account_id=credit, amount=1,
-                            ledger=LEDGER, code=1))
+        # the id in its debit account's slot: a same-shard transfer involves no other shard (its id's home)
+        out.append(Transfer(id=id_near(first + n << 32, debit), debit_account_id=debit, credit_account_id=credit,
+                            amount=1, ledger=LEDGER, code=1))
     return out
 
 

@@ -77,18 +77,21 @@ def _run_load(replica, n: int, inflight: int, size: int, tag: bytes) -> dict:
 
 
 def _replica_process(conn, addr: str, addrs: list[str], data_dir: str, fsync: bool) -> None:
+    from tidebank.node.raft.loop import RaftHost
     from tidebank.node.raft.replica import RaftTuning, ShardReplica
 
     def apply_fn(txn, payload: bytes):
         txn.put(payload[:16], payload)
         return None
 
+    endpoints = {a: (a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addrs}
+    host = RaftHost(addr, endpoints[addr], endpoints, "bench-secret")
+    host.start()
     replica = ShardReplica(
         shard_id=1,
-        raft_address=addr,
-        partner_addresses=addrs,
+        host=host,
+        members=list(addrs),
         data_dir=pathlib.Path(data_dir),
-        secret="bench-secret",
         apply_fn=apply_fn,
         raft=RaftTuning(log_compaction_min_entries=50_000),
         fsync=fsync,
@@ -106,6 +109,7 @@ def _replica_process(conn, addr: str, addrs: list[str], data_dir: str, fsync: bo
                 break
     finally:
         replica.close()
+        host.close()
         conn.send("closed")
 
 

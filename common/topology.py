@@ -21,7 +21,7 @@ A topology file looks like this::
     dc = "dc1"
     grpc = "10.0.1.5:7100"      # client endpoint
     raft_host = "10.0.1.5"
-    raft_port_base = 7200       # shard s listens on raft_port_base + s
+    raft_port = 7200            # Raft traffic of every shard replica on this node
     metrics_port = 9100         # 0 = off
 
     [[shard]]
@@ -70,11 +70,12 @@ class NodeSpec:
     dc: str
     grpc_address: str  # "host:port" client endpoint
     raft_host: str
-    raft_port_base: int  # shard s's Raft port = raft_port_base + s
+    raft_port: int  # Raft traffic of every shard replica on this node (raft/transport.py)
     metrics_port: int = 0  # Prometheus, 0 = off
 
-    def raft_address(self, shard_id: int) -> str:
-        return f"{self.raft_host}:{self.raft_port_base + shard_id}"
+    @property
+    def raft_endpoint(self) -> tuple[str, int]:
+        return self.raft_host, self.raft_port
 
     @property
     def grpc_host(self) -> str:
@@ -147,7 +148,7 @@ class Topology:
                 dc=_get(n, "node", "dc", str),
                 grpc_address=_get(n, "node", "grpc", str),
                 raft_host=_get(n, "node", "raft_host", str),
-                raft_port_base=_get(n, "node", "raft_port_base", int),
+                raft_port=_get(n, "node", "raft_port", int),
                 metrics_port=_get(n, "node", "metrics_port", int, required=False) or 0,
             )
             for n in _array(doc, "node")
@@ -204,7 +205,7 @@ class Topology:
                 f"dc = {_toml_str(n.dc)}",
                 f"grpc = {_toml_str(n.grpc_address)}",
                 f"raft_host = {_toml_str(n.raft_host)}",
-                f"raft_port_base = {n.raft_port_base}",
+                f"raft_port = {n.raft_port}",
                 f"metrics_port = {n.metrics_port}",
             ]
         for s in self.shards:
@@ -256,8 +257,8 @@ class Topology:
             split_address(n.grpc_address)
             if not n.raft_host:
                 raise TopologyError(f"node {n.name}: raft_host is empty")
-            if not 0 < n.raft_port_base or n.raft_port_base + len(self.shards) - 1 > 65535:
-                raise TopologyError(f"node {n.name}: raft ports {n.raft_port_base}.. out of range")
+            if not 0 < n.raft_port <= 65535:
+                raise TopologyError(f"node {n.name}: raft_port {n.raft_port} out of range")
             if not 0 <= n.metrics_port <= 65535:
                 raise TopologyError(f"node {n.name}: metrics_port {n.metrics_port} out of range")
         self._check_ports()
@@ -297,8 +298,7 @@ class Topology:
         for n in self.nodes:
             host, port = split_address(n.grpc_address)
             claim(host, port, f"{n.name} gRPC")
-            for s in range(len(self.shards)):
-                claim(n.raft_host, n.raft_port_base + s, f"{n.name} Raft shard {s}")
+            claim(n.raft_host, n.raft_port, f"{n.name} Raft")
             if n.metrics_port:
                 claim(host, n.metrics_port, f"{n.name} metrics")
 
@@ -396,7 +396,7 @@ def generate_local(
                     dc=dc,
                     grpc_address=join_address(host, ports.one()),
                     raft_host=host,
-                    raft_port_base=ports.block(shards),
+                    raft_port=ports.one(),
                     metrics_port=ports.one(),
                 )
             )

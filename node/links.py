@@ -4,11 +4,11 @@ The kernel here has no netem (FACTS.md), so the link layer lives in the node pro
 (DESIGN.md, "Simulated data centres"). Every node knows its DC and the DC of every
 other node; all traffic between nodes of *different* DCs passes this layer:
 
-* Raft (pysyncobj): :class:`DelayLine`, used by ``replica.DurableTCPTransport``. A
-  message to a node of a cut-off DC is dropped (the sender believes it sent it, as on
-  a black-holed link); a delayed message waits in a per-destination FIFO queue and is
-  sent by the tick thread once due, so nothing is reordered and the tick thread never
-  sleeps. Messages received from a node of a cut-off DC are dropped too.
+* Raft: :class:`DelayLine`, used by ``raft.transport.NodeTransport`` per frame. A
+  frame to a node of a cut-off DC is dropped (the sender believes it sent it, as on
+  a black-holed link); a delayed one waits in a per-destination FIFO queue and is
+  sent by the Raft loop once due, so nothing is reordered and the loop never
+  sleeps. Frames received from a node of a cut-off DC are dropped too.
 * node-to-node gRPC (forwarding, 2PC): :class:`LinkInterceptor` on the channels the
   node opens to other nodes (:func:`intercepted_channel`). A cut fails the call at
   once with UNAVAILABLE; a delay is added before the request and again before the
@@ -230,7 +230,7 @@ class LinkPolicy:
     """What a shard replica needs to apply link faults to its Raft traffic."""
 
     our_dc: str
-    dc_of: Callable[[str], str | None]  # raft address ("host:port") -> DC, None if unknown
+    dc_of: Callable[[str], str | None]  # peer node name -> DC, None if unknown
     faults: LinkFaults
 
 
@@ -321,6 +321,10 @@ class DelayLine:
 
     def queued(self) -> int:
         return self._queued
+
+    def next_due(self) -> float | None:
+        """When the earliest queued message is due (clock time), if any."""
+        return min((queue[0][0] for queue in self._queues.values() if queue), default=None)
 
     def clear(self) -> None:
         self._queues.clear()

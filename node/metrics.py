@@ -5,13 +5,17 @@ from __future__ import annotations
 import functools
 import time
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 REQUESTS = Counter("tidebank_requests_total", "gRPC requests handled", ["method", "outcome"])
 ITEMS = Counter("tidebank_request_items_total", "items in batch requests", ["method"])
 LATENCY = Histogram("tidebank_request_latency_seconds", "gRPC request latency", ["method"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+
+APPLY_STOPPED = Gauge("tidebank_replica_apply_stopped",
+                      "1 if this replica stopped applying on a storage error (it will not campaign or lead)",
+                      ["shard"])
 
 LEDGER_BATCH_FIELDS = {"CreateAccounts": "accounts", "CreateTransfers": "transfers", "LookupAccounts": "ids",
                        "LookupTransfers": "ids", "GetAccountTransfers": None}

@@ -26,6 +26,7 @@ from tidebank.node.api.ledger_service import LedgerService
 from tidebank.node.api.routing import ShardMap
 from tidebank.node.executor import NodeView, ShardExecutor
 from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
+from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.replica import RaftTuning
 from tidebank.node.shard import ShardHost
 from tidebank.node.txn.coordinator import Coordinator
@@ -53,7 +54,6 @@ def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
     tuning = RaftTuning(
         log_compaction_min_entries=int(env.get("TIDEBANK_RAFT_LOG_COMPACTION_MIN_ENTRIES", 5000)),
         log_compaction_min_time=float(env.get("TIDEBANK_RAFT_LOG_COMPACTION_MIN_TIME_S", 300.0)),
-        append_entries_use_batch=env.get("TIDEBANK_RAFT_APPEND_ENTRIES_USE_BATCH", "1") == "1",
     )
     return tuning, env.get("TIDEBANK_RAFT_FSYNC", "1") != "0"
 
@@ -66,15 +66,12 @@ class Node(NodeView):
         self.spec: NodeSpec = topology.node(node_name)
         self.shard_map = ShardMap(topology.shard_map_version, topology.slot_count,
                                   {s.shard_id: s.slots for s in topology.shards})
-        self._node_by_raft: dict[str, NodeSpec] = {}
-        for shard in topology.shards:
-            for replica_name in shard.replicas:
-                spec = topology.node(replica_name)
-                self._node_by_raft[spec.raft_address(shard.shard_id)] = spec
         self.link_faults = LinkFaults()  # simulated inter-DC faults (links.py); in memory: none after a restart
         self._dc_by_address = {n.grpc_address: n.dc for n in topology.nodes}
-        links = LinkPolicy(self.spec.dc, lambda a: getattr(self._node_by_raft.get(a), "dc", None), self.link_faults)
+        dc_by_name = {n.name: n.dc for n in topology.nodes}
+        links = LinkPolicy(self.spec.dc, dc_by_name.get, self.link_faults)
         self._node_by_address = {spec.grpc_address: spec for spec in topology.nodes}
+        self._node_by_name = {spec.name: spec for spec in topology.nodes}
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, str], object] = {}
         self._channels_lock = threading.Lock()
@@ -82,19 +79,21 @@ class Node(NodeView):
         tuning, fsync = raft_tuning_from_env()
         if not fsync:
             log.warning("TIDEBANK_RAFT_FSYNC=0: acknowledged writes do not survive power loss")
-        for shard in topology.shards_on(node_name):
-            partners = [topology.node(name).raft_address(shard.shard_id) for name in shard.replicas
-                        if name != node_name]
+        my_shards = topology.shards_on(node_name)
+        peers = {name: topology.node(name).raft_endpoint for shard in my_shards for name in shard.replicas}
+        self.raft = RaftHost(node_name, self.spec.raft_endpoint, peers, topology.secret, links=links)
+        self.raft.start()
+        self.apply_errors: dict[int, str] = {}
+        for shard in my_shards:
             self.shards[shard.shard_id] = ShardHost(
                 shard_id=shard.shard_id,
-                raft_address=self.spec.raft_address(shard.shard_id),
-                partner_addresses=partners,
+                host=self.raft,
+                members=list(shard.replicas),
                 data_dir=topology.node_data_dir(node_name) / f"shard-{shard.shard_id}",
-                secret=topology.secret,
                 raft=tuning,
                 fsync=fsync,
-                links=links,
                 slot_count=topology.slot_count,
+                on_apply_stopped=self._on_apply_stopped,
             )
         self.executor = ShardExecutor(self, topology.secret)
         self.coordinator = Coordinator(self, self.executor)
@@ -105,6 +104,14 @@ class Node(NodeView):
         self._stopping = threading.Event()
         self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)
         self._pulse.start()
+
+    def _on_apply_stopped(self, shard_id: int, reason: str) -> None:
+        """A replica stopped applying on a storage error (loop thread): counted, shown in status and health."""
+        self.apply_errors[shard_id] = reason
+        metrics.APPLY_STOPPED.labels(shard=str(shard_id)).set(1)
+        health_setter = getattr(self, "set_health", None)
+        if health_setter is not None:
+            health_setter(False)
 
     # --- NodeView ---------------------------------------------------------------------------------------
     @property
@@ -118,8 +125,8 @@ class Node(NodeView):
         host = self.shards.get(shard_id)
         if host is None:
             return None
-        raft_address = host.leader_raft_address()
-        return self._node_by_raft.get(raft_address) if raft_address else None
+        name = host.leader_node()
+        return self._node_by_name.get(name) if name else None
 
     def leader_address(self, shard_id: int) -> str | None:
         spec = self.leader_spec(shard_id)
@@ -169,7 +176,8 @@ class Node(NodeView):
             leader = self.leader_spec(shard_id)
             status.replicas.add(shard_id=shard_id, role=s["role"], term=s["term"], commit_index=s["commit_index"],
                                 applied_index=s["applied_index"], leader_node=leader.name if leader else "",
-                                has_quorum=bool(s.get("has_quorum")), log_size=s.get("log_size", 0))
+                                has_quorum=bool(s.get("has_quorum")), log_size=s.get("log_size", 0),
+                                apply_error=s.get("apply_error", ""))
         return status
 
     def shard_map_message(self) -> admin_pb2.ShardMap:
@@ -206,6 +214,7 @@ class Node(NodeView):
         self.executor.close()
         for host in self.shards.values():
             host.close()
+        self.raft.close()
         with self._channels_lock:
             for channel in self._channels.values():
                 channel.close()
@@ -233,8 +242,13 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
         node.close()
         raise SystemExit(f"cannot listen on {node.spec.grpc_address}")
     server.start()
-    for name in ("", *service_names):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    def set_health(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *service_names):
+            health_servicer.set(name, status)
+
+    node.set_health = set_health
+    set_health(not node.apply_errors)
     metrics.start(node, node.spec)
     log.info("node %s (%s) serving on %s with shards %s", node.spec.name, node.spec.dc, node.spec.grpc_address,
              sorted(node.shards))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import lmdb
@@ -21,7 +21,7 @@ from tidebank.node.ledger.operations import Operation
 from tidebank.node.ledger.records import Account, Transfer
 from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import Trade
-from tidebank.node.links import LinkPolicy
+from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.replica import RaftTuning, ShardReplica
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,13 @@ class ShardHost:
         self,
         *,
         shard_id: int,
-        raft_address: str,
-        partner_addresses: Sequence[str],
+        host: RaftHost,
+        members: Sequence[str],
         data_dir: pathlib.Path,
-        secret: str,
         raft: RaftTuning | None = None,
         fsync: bool = True,
-        links: LinkPolicy | None = None,
         slot_count: int = DEFAULT_SLOT_COUNT,
+        on_apply_stopped: Callable[[int, str], None] | None = None,
     ):
         self.shard_id = shard_id
         self.slot_count = slot_count
@@ -47,15 +46,14 @@ class ShardHost:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.replica = ShardReplica(
             shard_id=shard_id,
-            raft_address=raft_address,
-            partner_addresses=list(partner_addresses),
+            host=host,
+            members=list(members),
             data_dir=data_dir,
-            secret=secret,
             apply_fn=self._apply,
             open_fn=self._open,
             raft=raft or RaftTuning(),
             fsync=fsync,
-            links=links,
+            on_apply_stopped=on_apply_stopped,
         )
         self.batcher = ShardBatcher(shard_id, self.replica.submit, is_leader=self.replica.is_leader)
 
@@ -128,6 +126,11 @@ class ShardHost:
         with self.replica.read_txn() as txn:
             return self.ledger.txn_decision(txn, key)
 
+    def txn_decision_record(self, key: int):
+        """(decision, the DECIDE with its participants) recorded here for a 2PC attempt key, or None."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.txn_decision_record(txn, key)
+
     def prepared_txns(self, limit: int = 100) -> list[tuple[int, int, int]]:
         """(key, coordinator shard, prepared at ns) of transactions prepared here, oldest first."""
         with self.replica.read_txn() as txn:
@@ -142,8 +145,14 @@ class ShardHost:
     def is_leader(self) -> bool:
         return self.replica.is_leader()
 
-    def leader_raft_address(self) -> str | None:
-        return self.replica.leader_address()
+    def leader_node(self) -> str | None:
+        """The name of the node leading this shard, as this replica last saw it."""
+        return self.replica.leader_node()
+
+    @property
+    def apply_error(self) -> str | None:
+        """Why this replica's apply loop stopped (a storage error), or None while it applies."""
+        return self.replica.apply_error
 
     def status(self) -> dict:
         return self.replica.status()

@@ -22,12 +22,13 @@ implements pysyncobj's ``Journal`` interface with
   before :meth:`setCurrentTerm` returns, i.e. before pysyncobj sends a vote. The commit
   index is only a hint and is written lazily from :meth:`onOneSecondTimer`.
 
-:func:`install` patches ``pysyncobj.syncobj.createJournal`` so that ``SyncObj`` uses this
-class for ``conf.journalFile``; :func:`open_journal` / :func:`get_journal` give the
-replica the journal object pysyncobj uses.
+:func:`create_journal` replaces ``pysyncobj.syncobj.createJournal`` (installed by
+``pysyncobj_patches.install_journal``) so that ``SyncObj`` uses this class for
+``conf.journalFile``; :func:`open_journal` / :func:`get_journal` give the replica the
+journal object pysyncobj uses.
 
-Thread safety: pysyncobj calls the journal only from its tick thread; the replica calls
-``sync()`` from the same thread. A lock guards file operations anyway so that
+Thread safety: pysyncobj calls the journal only from the node's Raft loop thread, which
+also calls ``sync()``. A lock guards file operations anyway so that
 ``sync()``/``_destroy()`` from another thread cannot interleave with them.
 """
 
@@ -443,7 +444,6 @@ class DurableJournal(Journal):
 
 _registry: dict[str, DurableJournal] = {}
 _registry_lock = threading.Lock()
-_original_create_journal = None
 
 
 def open_journal(path: str, *, fsync_enabled: bool = True) -> DurableJournal:
@@ -484,13 +484,3 @@ def create_journal(journalFile=None):
     if journal is not None and not journal.closed:
         return journal
     return open_journal(key)
-
-
-def install() -> None:
-    """Make pysyncobj create :class:`DurableJournal` for ``conf.journalFile``. Idempotent."""
-    global _original_create_journal
-    import pysyncobj.syncobj as syncobj_module
-
-    if syncobj_module.createJournal is not create_journal:
-        _original_create_journal = syncobj_module.createJournal
-        syncobj_module.createJournal = create_journal

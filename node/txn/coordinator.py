@@ -197,22 +197,28 @@ class Coordinator:
 
     def _run_round(self, groups: Sequence[Group], positions: list[int], outcomes: list, deadline: float) -> None:
         todo: list[_Attempt] = []
+        refinish: dict[int, list[Finish]] = {}  # decided earlier: their FINISH may not have reached everyone yet
         for position in positions:
             group = groups[position]
             host = self.node.local_shard(group.coordinator_shard)
             for attempt in range(ATTEMPTS_MAX):
                 key = attempt_key(group.txid, attempt)
-                known = host.txn_decision(key) if host is not None else None
-                if known is None:
+                record = host.txn_decision_record(key) if host is not None else None
+                if record is None:
                     todo.append(_Attempt(position, group, key, legs_by_shard(group, self.node.shard_map)))
                     break
+                known, decide = record
                 if known.committed or known.code != 0:
                     outcomes[position] = (known, True)
+                    for shard in decide.participants:
+                        refinish.setdefault(shard, []).append(finish_of(key, known))
                     break
                 # an attempt aborted without a failing item: try the next key
             else:
                 outcomes[position] = ParticipantUnavailableError(
                     f"group {group.txid}: {ATTEMPTS_MAX} attempts aborted")
+        if refinish:  # idempotent: a retry answers only once its earlier outcome is applied everywhere
+            self._finish(refinish, deadline)
         by_coordinator: dict[int, list[_Attempt]] = {}
         local: dict[int, list[_Attempt]] = {}  # groups whose only participant is the coordinator
         for entry in todo:
@@ -312,15 +318,16 @@ class Coordinator:
         return results
 
     def _finish(self, finishes: dict[int, list[Finish]], deadline: float) -> None:
-        """Tell every participant; wait a little so the client reads its own write, the sweeper covers the rest."""
+        """Tell every participant, and wait (across leader changes, until the request's deadline) so that a client
+        told "created" reads its own write on every shard; past the deadline the sweeper finishes the rest."""
         finish_deadline = max(deadline, time.monotonic() + STEP_TIMEOUT_S)
         futures = [self.executor.run_async(shard, Operation(OP_FINISH, items), finish_deadline)
                    for shard, items in finishes.items()]
         for future in futures:
             try:
-                future.result(timeout=max(0.05, min(deadline, time.monotonic() + 2.0) - time.monotonic()))
+                future.result(timeout=max(0.05, deadline - time.monotonic()))
             except Exception as exc:  # the sweeper finishes it from the participant's side
-                log.warning("finish not confirmed yet: %s", exc)
+                log.warning("finish not confirmed before the deadline: %s", exc)
 
     def resolve(self, coordinator_shard: int, key: int, deadline: float) -> Decision:
         """The coordinator's decision for `key`; presume-abort records ABORT there if it has none."""

@@ -57,6 +57,10 @@ class LocalShard:
         with self.env.begin() as txn:
             return self.ledger.txn_decision(txn, key)
 
+    def txn_decision_record(self, key: int):
+        with self.env.begin() as txn:
+            return self.ledger.txn_decision_record(txn, key)
+
     def prepared_txns(self, limit: int = 100):
         with self.env.begin() as txn:
             return self.ledger.prepared_txns(txn, limit=limit)

@@ -59,6 +59,10 @@ class LocalShard:
         with self.env.begin() as txn:
             return self.ledger.txn_decision(txn, key)
 
+    def txn_decision_record(self, key: int):
+        with self.env.begin() as txn:
+            return self.ledger.txn_decision_record(txn, key)
+
     def lookup_transfers(self, ids):
         with self.env.begin() as txn:
             return self.ledger.lookup_transfers(txn, ids)

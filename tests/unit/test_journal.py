@@ -231,8 +231,10 @@ def test_sync_on_next_add(tmp_path):
 
 
 def test_install_is_idempotent_and_uses_registry(tmp_path):
-    journal_mod.install()
-    journal_mod.install()
+    from tidebank.node.raft.pysyncobj_patches import install_journal
+
+    install_journal(journal_mod.create_journal)
+    install_journal(journal_mod.create_journal)
     assert syncobj_module.createJournal is journal_mod.create_journal
     assert isinstance(syncobj_module.createJournal(None), MemoryJournal)
     pre = journal_mod.open_journal(str(tmp_path / "j"), fsync_enabled=False)

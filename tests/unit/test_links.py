@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from pysyncobj.node import TCPNode
 
 from tidebank.node.links import (
     DELAY_MS_MAX,
@@ -25,7 +24,9 @@ from tidebank.node.links import (
     intercepted_channel,
     validate_link_faults,
 )
-from tidebank.node.raft.replica import DurableTCPTransport, RaftTuning, ShardReplica
+from tidebank.node.raft.loop import RaftHost
+from tidebank.node.raft.replica import RaftTuning, ShardReplica
+from tidebank.node.raft.transport import NodeTransport, PeerNode
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 DCS = ("dc1", "dc2", "dc3")
@@ -245,56 +246,84 @@ def test_queue_is_bounded():
 # ---------------------------------------------------------------------- the transport
 
 
-class FakeJournal:
-    def __init__(self, log: list):
-        self.log = log
-
-    def sync(self):
-        self.log.append("sync")
-
-
-def bare_transport(faults: LinkFaults) -> tuple[DurableTCPTransport, list, FakeClock]:
-    """A DurableTCPTransport without sockets: only the hold-back and link stages."""
-    wire: list = []
-    clock = FakeClock()
-    t = DurableTCPTransport.__new__(DurableTCPTransport)
-    t._journal = FakeJournal(wire)
-    t._deferred_acks = []
-    t._ack_override = None
-    t.acks_sent = t.ack_flushes = 0
-    t._link = DelayLine(LinkPolicy("dc1", PEERS.get, faults),
-                        lambda node, m: wire.append((node.address, m["type"])) or True, clock=clock)
-    return t, wire, clock
+def _transport_pair(faults_a: LinkFaults, faults_b: LinkFaults):
+    """Two node transports in one process: a in dc1, b in dc2, each with its own fault table."""
+    ports = _free_ports(2)
+    endpoints = {"a": ("127.0.0.1", ports[0]), "b": ("127.0.0.1", ports[1])}
+    dcs = {"a": "dc1", "b": "dc2"}.get
+    a = NodeTransport("a", endpoints["a"], endpoints, SECRET, LinkPolicy("dc1", dcs, faults_a))
+    b = NodeTransport("b", endpoints["b"], endpoints, SECRET, LinkPolicy("dc2", dcs, faults_b))
+    a.start()
+    b.start()
+    return a, b
 
 
-def test_transport_keeps_acks_held_back_until_synced_and_in_order_through_a_delay():
+class _Group:
+    def __init__(self, shard_id: int):
+        self.shard_id = shard_id
+        self.received: list[tuple[str, dict, float]] = []
+
+    def deliver(self, node, message):
+        self.received.append((node.id, message, time.monotonic()))
+
+    def peer_connected(self, name):
+        pass
+
+    def peer_disconnected(self, name):
+        pass
+
+
+def _pump(*transports, until, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        for t in transports:
+            t.poll(0.005)
+            t.flush()
+
+
+def test_messages_leave_only_at_flush_in_order_through_a_delay():
     faults = LinkFaults()
-    faults.set((), {("dc1", "dc2"): 20})
-    t, wire, clock = bare_transport(faults)
-    a2 = Peer("a2")
-    t.send(a2, {"type": "next_node_idx", "success": True, "next_node_idx": 5})
-    assert wire == []  # held back until the journal is synced
-    t.send(a2, {"type": "append_entries"})  # flushes the ack first: sync, then ack, then this
-    assert wire == ["sync"] and t._link.queued() == 2
-    t.send(a2, {"type": "next_node_idx", "success": True, "next_node_idx": 6})
-    t.flush_acks()
-    assert wire == ["sync", "sync"]
-    clock.now += 0.02
-    t._link.flush()
-    assert wire[2:] == [("a2", "next_node_idx"), ("a2", "append_entries"), ("a2", "next_node_idx")]
+    faults.set((), {("dc1", "dc2"): 30})
+    a, b = _transport_pair(faults, LinkFaults())
+    group = _Group(1)
+    b.register(group, ["a"])
+    try:
+        _pump(a, b, until=lambda: a.connected_peers() == ["b"])
+        for i in range(3):
+            assert a.queue("b", 1, {"type": "next_node_idx", "i": i})
+        for _ in range(5):
+            b.poll(0.005)
+        assert group.received == []  # nothing left before the flush
+        sent_at = time.monotonic()
+        a.flush()
+        _pump(a, b, until=lambda: len(group.received) == 3)
+        assert [m["i"] for _, m, _ in group.received] == [0, 1, 2]
+        assert group.received[0][2] - sent_at >= 0.03
+        assert a.stats()["link_delayed"] == 1  # the three went as one frame
+    finally:
+        a.close()
+        b.close()
 
 
-def test_transport_drops_messages_from_a_cut_dc(monkeypatch):
-    faults = LinkFaults()
-    t, _, _ = bare_transport(faults)
-    delivered = []
-    monkeypatch.setattr("pysyncobj.transport.Transport._onMessageReceived",
-                        lambda self, node, message: delivered.append(message))
-    t._onMessageReceived(Peer("a2"), {"type": "request_vote"})
-    faults.set(["dc2"])
-    t._onMessageReceived(Peer("a2"), {"type": "request_vote"})
-    t._onMessageReceived(Peer("a3"), {"type": "response_vote"})
-    assert [m["type"] for m in delivered] == ["request_vote", "response_vote"]
+def test_frames_from_a_cut_dc_are_dropped_on_receipt():
+    faults_b = LinkFaults()
+    a, b = _transport_pair(LinkFaults(), faults_b)
+    group = _Group(1)
+    b.register(group, ["a"])
+    try:
+        _pump(a, b, until=lambda: a.connected_peers() == ["b"])
+        a.queue("b", 1, {"type": "request_vote"})
+        a.flush()
+        _pump(a, b, until=lambda: len(group.received) == 1)
+        faults_b.set(["dc1"])
+        a.queue("b", 1, {"type": "request_vote"})
+        a.flush()
+        _pump(a, b, until=lambda: b.stats()["link_dropped_incoming"] == 1)
+        assert len(group.received) == 1
+    finally:
+        a.close()
+        b.close()
 
 
 # ---------------------------------------------------------------------- real replicas
@@ -336,24 +365,30 @@ class Counter:
 
 @pytest.fixture
 def group(tmp_path: pathlib.Path):
-    """Three replicas of one shard, replica i in DC i+1, sharing one fault table (as if the
+    """Three nodes, node i in DC i+1, each holding a replica of one shard, sharing one fault table (as if the
     CLI had sent the same table to every node)."""
-    addrs = [f"127.0.0.1:{p}" for p in _free_ports(3)]
-    dc_of = {a: f"dc{i + 1}" for i, a in enumerate(addrs)}.get
+    names = [f"n{i}" for i in range(3)]
+    endpoints = {name: ("127.0.0.1", port) for name, port in zip(names, _free_ports(3), strict=True)}
+    dc_of = {name: f"dc{i + 1}" for i, name in enumerate(names)}.get
     faults = LinkFaults()
-    replicas = []
+    hosts, replicas = [], []
     try:
-        for i, addr in enumerate(addrs):
+        for i, name in enumerate(names):
             kv = Counter()
-            replicas.append(ShardReplica(shard_id=3, raft_address=addr, partner_addresses=addrs,
-                                         data_dir=tmp_path / f"r{i}", secret=SECRET, apply_fn=kv.apply,
-                                         open_fn=kv.open_fn, raft=FAST,
-                                         links=LinkPolicy(f"dc{i + 1}", dc_of, faults)))
+            host = RaftHost(name, endpoints[name], endpoints, SECRET,
+                            links=LinkPolicy(f"dc{i + 1}", dc_of, faults))
+            host.start()
+            hosts.append(host)
+            replicas.append(ShardReplica(shard_id=3, host=host, members=names, data_dir=tmp_path / f"r{i}",
+                                         apply_fn=kv.apply, open_fn=kv.open_fn, raft=FAST))
         yield replicas, faults
     finally:
         for r in replicas:
             with contextlib.suppress(Exception):
                 r.close()
+        for host in hosts:
+            with contextlib.suppress(Exception):
+                host.close()
 
 
 def leader_of(replicas, among=None, timeout=15.0) -> ShardReplica:
@@ -388,7 +423,7 @@ def test_isolating_the_leaders_dc_moves_leadership_and_healing_catches_up(group)
         assert submit(new)[1] == 0
     assert old.status()["applied_index"] == frozen  # nothing reaches it
     # both sides drop what they send across the cut (so nothing is left to drop on receipt)
-    assert old.status()["link_dropped_cut"] > 0 and new.status()["link_dropped_cut"] > 0
+    assert old.host.status()["link_dropped_cut"] > 0 and new.host.status()["link_dropped_cut"] > 0
     faults.clear()
     target = new.status()["commit_index"]
     wait_for(lambda: old.status()["applied_index"] >= target, 15.0, "the healed replica to catch up")
@@ -402,7 +437,7 @@ def test_delays_slow_the_group_down_but_it_still_commits(group):
     for _ in range(3):
         assert submit(leader)[1] == 0
     assert time.monotonic() - started >= 3 * 0.08  # every commit waits a round trip of 2 x 40 ms
-    assert leader.status()["link_delayed"] > 0
+    assert leader.host.status()["link_delayed"] > 0
 
 
 # ---------------------------------------------------------------------- the gRPC interceptor
@@ -517,10 +552,10 @@ def test_interceptor_records_its_sleeps_and_shrinks_the_deadline():
     assert outcome.code() == grpc.StatusCode.DEADLINE_EXCEEDED and len(seen) == 1
 
 
-def test_tcp_node_addresses_map_to_dcs():
+def test_peer_nodes_map_to_dcs_by_name():
     faults = LinkFaults()
     faults.set(["dc2"])
     line, sent, _ = make_line(faults)
-    line.policy = LinkPolicy("dc1", {"127.0.0.1:9": "dc2"}.get, faults)
-    line.send(TCPNode("127.0.0.1:9"), "x")
+    line.policy = LinkPolicy("dc1", {"dc2-n1": "dc2"}.get, faults)
+    line.send(PeerNode("dc2-n1"), "x")
     assert sent == [] and line.dropped_cut == 1

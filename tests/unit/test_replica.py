@@ -1,4 +1,4 @@
-"""ShardReplica with real pysyncobj and real LMDB: three replicas in one process on loopback."""
+"""ShardReplica with real pysyncobj and real LMDB: three nodes' Raft loops in one process on loopback."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ import time
 
 import pytest
 from pysyncobj.config import FAIL_REASON
-from pysyncobj.transport import TCPTransport
 
-from tidebank.node.raft.replica import (
-    ApplyFailed,
-    RaftTuning,
-    ShardReplica,
-    normalize_append_entries,
-)
+from tidebank.node.raft.loop import RaftHost
+from tidebank.node.raft.replica import ApplyFailed, RaftTuning, ShardReplica
+from tidebank.node.raft.transport import NodeTransport, normalize_append_entries
 
 SECRET = "unit-test-secret"
 FAST = RaftTuning(log_compaction_min_time=3600)
@@ -38,9 +34,12 @@ class CountingKV:
         if payload.startswith(b"boom"):
             txn.put(b"half-written", b"x", db=self.db)  # must be rolled back
             raise ValueError("deterministic bug")
-        key = b"count:" + payload
+        name, _, blob = payload.partition(b"=")  # "name=blob": the blob is stored too (it fills the map)
+        key = b"count:" + name
         n = int(txn.get(key, db=self.db) or 0) + 1
         txn.put(key, b"%d" % n, db=self.db)
+        if blob:
+            txn.put(b"blob:" + name, blob, db=self.db)
         return n
 
 
@@ -65,41 +64,53 @@ def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
 
 
 class Cluster:
-    def __init__(self, root: pathlib.Path, tuning: RaftTuning = FAST, size: int = 3):
+    """Three nodes in one process, each with its own RaftHost (loop thread and Raft port) holding one replica of
+    shard 7. Stopping a replica closes its host too, as a node process exit would."""
+
+    def __init__(self, root: pathlib.Path, tuning: RaftTuning = FAST, size: int = 3,
+                 map_sizes: dict[int, int] | None = None):
         self.root = root
         self.tuning = tuning
-        self.addrs = [f"127.0.0.1:{p}" for p in _free_ports(size)]
+        self.names = [f"n{i}" for i in range(size)]
+        self.endpoints = {name: ("127.0.0.1", port) for name, port in zip(self.names, _free_ports(size), strict=True)}
+        self.map_sizes = map_sizes or {}
+        self.hosts: list[RaftHost | None] = [None] * size
         self.replicas: list[ShardReplica | None] = [None] * size
         self.kvs: list[CountingKV | None] = [None] * size
 
     def start(self, i: int) -> ShardReplica:
         assert self.replicas[i] is None
         kv = CountingKV()
+        name = self.names[i]
+        host = RaftHost(name, self.endpoints[name], self.endpoints, SECRET)
+        host.start()
         r = ShardReplica(
             shard_id=7,
-            raft_address=self.addrs[i],
-            partner_addresses=self.addrs,
+            host=host,
+            members=self.names,
             data_dir=self.root / f"r{i}",
-            secret=SECRET,
             apply_fn=kv.apply,
             open_fn=kv.open_fn,
             raft=self.tuning,
+            map_size=self.map_sizes.get(i),
         )
-        self.replicas[i], self.kvs[i] = r, kv
+        self.hosts[i], self.replicas[i], self.kvs[i] = host, r, kv
         return r
 
     def start_all(self):
-        for i in range(len(self.addrs)):
+        for i in range(len(self.names)):
             self.start(i)
 
     def stop(self, i: int):
-        r = self.replicas[i]
-        self.replicas[i] = None
+        r, host = self.replicas[i], self.hosts[i]
+        self.replicas[i] = self.hosts[i] = None
         if r is not None:
             r.close()
+        if host is not None:
+            host.close()
 
     def close(self):
-        for i in range(len(self.addrs)):
+        for i in range(len(self.names)):
             with contextlib.suppress(Exception):
                 self.stop(i)
 
@@ -121,10 +132,10 @@ class Cluster:
         with r.read_txn() as txn:
             return dict(txn.cursor(db=kv.db).iternext())
 
-    def wait_converged(self, timeout=15.0):
+    def wait_converged(self, timeout=15.0, among: list[int] | None = None):
         def same():
-            live = [i for i, r in enumerate(self.replicas) if r is not None]
-            states = [r.status() for r in self.live()]
+            live = [i for i, r in enumerate(self.replicas) if r is not None and (among is None or i in among)]
+            states = [self.replicas[i].status() for i in live]
             if len({s["applied_index"] for s in states}) != 1:
                 return False
             if len({s["commit_index"] for s in states}) != 1:
@@ -186,17 +197,19 @@ def counts(contents: dict) -> dict:
 
 
 def test_three_replicas_elect_and_apply_everywhere(cluster, monkeypatch):
-    # sync-before-ack: no successful acknowledgement leaves with an unsynced journal
+    # sync-before-send: nothing leaves a node while a journal of it holds unsynced entries (acks, votes, entries)
     violations = []
-    real_send = TCPTransport.send
+    real_flush = NodeTransport.flush
 
-    def checking_send(self, node, message):
-        if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
-            if self._journal.dirty or self._journal.durable_index < message["next_node_idx"] - 1:
-                violations.append(("ack", message))
-        return real_send(self, node, message)
+    def checking_flush(self):
+        if self._pending:
+            for r in cluster.live():
+                journal = r._journal
+                if r.host.transport is self and (journal.dirty or journal.durable_index < journal.last_index()):
+                    violations.append(("send", r.host.name, journal.durable_index, journal.last_index()))
+        return real_flush(self)
 
-    monkeypatch.setattr(TCPTransport, "send", checking_send)
+    monkeypatch.setattr(NodeTransport, "flush", checking_flush)
     # sync-before-count: a leader's commit index never exceeds what its journal has synced
     real_stats = ShardReplica._record_tick_stats
 
@@ -209,7 +222,7 @@ def test_three_replicas_elect_and_apply_everywhere(cluster, monkeypatch):
 
     cluster.start_all()
     leader = cluster.leader()
-    assert leader.leader_address() == leader.raft_address
+    assert leader.leader_node() == leader.host.name
     result, err = submit_wait(leader, b"first")
     assert (result, err) == (1, FAIL_REASON.SUCCESS)
     results = submit_many(leader, [b"k%d" % i for i in range(300)])
@@ -219,7 +232,7 @@ def test_three_replicas_elect_and_apply_everywhere(cluster, monkeypatch):
         c = counts(cluster.contents(i))
         assert len(c) == 301 and set(c.values()) == {1}
     followers = [r for r in cluster.live() if r is not leader]
-    assert all(f.leader_address() == leader.raft_address and not f.is_leader() for f in followers)
+    assert all(f.leader_node() == leader.host.name and not f.is_leader() for f in followers)
     st = leader.status()
     assert st["role"] == "leader" and st["has_quorum"] and st["journal_sync_count"] > 0
     assert st["journal_sync_count"] < 301  # group commit
@@ -280,7 +293,7 @@ def test_lagging_replica_catches_up_from_snapshot_and_restart_keeps_state(tmp_pa
         for batch in range(4):  # several compactions while it is down
             submit_many(leader, [b"y%d-%d" % (batch, i) for i in range(40)])
         wait_for(lambda: leader.status()["snapshots_written"] >= 2, what="leader snapshots")
-        assert leader.status()["log_size"] < 100
+        wait_for(lambda: leader.status()["log_size"] < 100, what="log compaction")
 
         cluster.start(lagging)
         cluster.wait_converged(timeout=20)
@@ -319,36 +332,24 @@ def test_isolated_leader_stops_claiming_leadership(cluster):
     assert leader.status()["is_leader"] is False
 
 
-def test_replica_requires_a_secret(tmp_path):
-    with pytest.raises(ValueError):
-        ShardReplica(
-            shard_id=1,
-            raft_address="127.0.0.1:1",
-            partner_addresses=[],
-            data_dir=tmp_path,
-            secret="",
-            apply_fn=lambda txn, p: None,
-        )
+def test_a_node_requires_a_cluster_secret():
+    with pytest.raises(ValueError, match="secret"):
+        RaftHost("n0", ("127.0.0.1", 1), {"n0": ("127.0.0.1", 1)}, "")
 
 
 def test_single_member_group_applies_and_restarts(tmp_path):
     (port,) = _free_ports(1)
-    addr = f"127.0.0.1:{port}"
+    endpoints = {"solo": ("127.0.0.1", port)}
     kv = CountingKV()
 
     def make():
-        return ShardReplica(
-            shard_id=1,
-            raft_address=addr,
-            partner_addresses=[addr],
-            data_dir=tmp_path,
-            secret=SECRET,
-            apply_fn=kv.apply,
-            open_fn=kv.open_fn,
-            raft=FAST,
-        )
+        host = RaftHost("solo", endpoints["solo"], endpoints, SECRET)
+        host.start()
+        replica = ShardReplica(shard_id=1, host=host, members=["solo"], data_dir=tmp_path, apply_fn=kv.apply,
+                               open_fn=kv.open_fn, raft=FAST)
+        return host, replica
 
-    r = make()
+    host, r = make()
     try:
         wait_for(r.is_leader, what="single leader")
         assert submit_wait(r, b"solo") == (1, FAIL_REASON.SUCCESS)
@@ -356,7 +357,8 @@ def test_single_member_group_applies_and_restarts(tmp_path):
         assert r._journal.durable_index >= r.raftCommitIndex
     finally:
         r.close()
-    r = make()
+        host.close()
+    host, r = make()
     try:
         wait_for(r.is_leader, what="single leader after restart")
         assert submit_wait(r, b"solo") == (2, FAIL_REASON.SUCCESS)
@@ -364,6 +366,75 @@ def test_single_member_group_applies_and_restarts(tmp_path):
             assert txn.get(b"count:solo", db=kv.db) == b"2"
     finally:
         r.close()
+        host.close()
+
+
+# ---------------------------------------------------------------------- storage errors stop the apply loop
+
+
+def test_a_replica_whose_lmdb_fills_up_stops_applying_while_the_others_agree(tmp_path):
+    """One replica's LMDB map is tiny: once it is full, that replica records why and applies nothing more, the
+    others go on and agree; it never leads or campaigns; after the cause is fixed a restart catches it up."""
+    cluster = Cluster(tmp_path, map_sizes={2: 256 << 10})
+    try:
+        cluster.start_all()
+        leader = cluster.leader()
+        if leader is cluster.replicas[2]:  # let a healthy replica lead from the start
+            cluster.stop(2)
+            leader = cluster.leader()
+            cluster.start(2)
+        payloads = [b"p%04d=" % i + b"x" * 2000 for i in range(300)]  # ~600 kB: more than the small map holds
+        submit_many(leader, payloads, timeout=60)
+        small = cluster.replicas[2]
+        wait_for(lambda: small.apply_error is not None, what="the small replica to stop applying")
+        assert "MapFull" in small.apply_error
+        cluster.wait_converged(among=[0, 1])
+        healthy = counts(cluster.contents(0))
+        assert len(healthy) == 300 and set(healthy.values()) == {1}  # "more" comes later
+        # what it did apply is a prefix of what the others applied: nothing different, nothing skipped
+        stalled = counts(cluster.contents(2))
+        assert stalled.items() <= healthy.items() and len(stalled) < 300
+        stalled_applied = small.applied_index()
+        assert small.status()["apply_error"] == small.apply_error
+        # it keeps journaling (the shard keeps its quorum) but applies nothing more
+        assert submit_wait(leader, b"more") == (1, FAIL_REASON.SUCCESS)
+        cluster.wait_converged(among=[0, 1])
+        assert small.applied_index() == stalled_applied
+        wait_for(lambda: small._journal.last_index() >= leader._journal.last_index(), what="journal catch-up")
+        # it never leads: stop the leader; the other healthy replica is elected, with the stalled one's vote
+        term_before = max(r.status()["term"] for r in cluster.live())
+        leader_index = cluster.replicas.index(leader)
+        cluster.stop(leader_index)
+        new_leader = cluster.leader(timeout=15)
+        assert new_leader is not small and not small.is_leader()
+        time.sleep(3 * FAST.raft_max_timeout)  # it would have campaigned by now
+        assert small.status()["role"] == "follower" and not small.is_leader()
+        assert max(r.status()["term"] for r in cluster.live()) <= term_before + 2
+        assert submit_wait(new_leader, b"after") == (1, FAIL_REASON.SUCCESS)
+        # the cause fixed (a larger map), the node restarted: it replays its journal and agrees again
+        cluster.stop(2)
+        cluster.map_sizes.pop(2)
+        cluster.start(2)
+        cluster.start(leader_index)
+        cluster.wait_converged(timeout=30)
+        assert cluster.replicas[2].apply_error is None
+        assert counts(cluster.contents(2)) == counts(cluster.contents(leader_index))
+    finally:
+        cluster.close()
+
+
+def test_a_leader_that_stops_applying_steps_down_and_never_campaigns_again(tmp_path):
+    cluster = Cluster(tmp_path, size=1)
+    try:
+        cluster.start_all()
+        r = cluster.leader()
+        r._stop_applying(99, OSError(28, "No space left on device"))
+        wait_for(lambda: r.status()["role"] == "follower", what="it steps down")
+        time.sleep(3 * FAST.raft_max_timeout)  # alone, it would have elected itself again by now
+        assert r.status()["role"] == "follower" and not r.is_leader()
+        assert "No space left" in r.status()["apply_error"]
+    finally:
+        cluster.close()
 
 
 # ---------------------------------------------------------------------- AppendEntries rewrite

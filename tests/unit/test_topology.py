@@ -107,7 +107,7 @@ def test_generated_data_dir_and_addresses(tmp_path, topo):
     n = topo.node("dc2-n1")
     assert n.dc == "dc2"
     assert n.grpc_address.startswith("127.0.0.1:")
-    assert n.raft_address(3) == f"127.0.0.1:{n.raft_port_base + 3}"
+    assert n.raft_endpoint == ("127.0.0.1", n.raft_port)
     assert len(topo.secret) == 64
 
 
@@ -115,8 +115,8 @@ def test_generated_ports_are_distinct_and_free(tmp_path):
     topo = generate_local(tmp_path, dcs=5, nodes_per_dc=2, shards=8)
     ports = []
     for n in topo.nodes:
-        ports += [n.grpc_port, n.metrics_port, *range(n.raft_port_base, n.raft_port_base + 8)]
-    assert len(ports) == len(set(ports)) == 10 * 10
+        ports += [n.grpc_port, n.metrics_port, n.raft_port]
+    assert len(ports) == len(set(ports)) == 10 * 3
     for p in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
@@ -185,10 +185,10 @@ def test_multi_host_nodes_may_share_port_numbers(topo):
     for i, n in enumerate(doc["node"]):
         n["grpc"] = f"10.0.0.{i + 1}:7100"
         n["raft_host"] = f"10.0.0.{i + 1}"
-        n["raft_port_base"] = 7200
+        n["raft_port"] = 7200
         n["metrics_port"] = 9100
     t = Topology.from_dict(doc)
-    assert t.node("dc1-n1").raft_address(2) == "10.0.0.1:7202"
+    assert t.node("dc1-n1").raft_endpoint == ("10.0.0.1", 7200)
 
 
 def test_generate_rejects_bad_arguments(tmp_path):
@@ -229,15 +229,15 @@ def test_missing_cluster_table(topo):
 
 def test_missing_node_key_names_the_node(topo):
     doc = _doc(topo)
-    del doc["node"][1]["raft_port_base"]
-    with pytest.raises(TopologyError, match="node 'dc1-n2': missing key 'raft_port_base'"):
+    del doc["node"][1]["raft_port"]
+    with pytest.raises(TopologyError, match="node 'dc1-n2': missing key 'raft_port'"):
         Topology.from_dict(doc)
 
 
 def test_wrong_type(topo):
     doc = _doc(topo)
-    doc["node"][0]["raft_port_base"] = "7200"
-    with pytest.raises(TopologyError, match="raft_port_base must be an integer"):
+    doc["node"][0]["raft_port"] = "7200"
+    with pytest.raises(TopologyError, match="raft_port must be an integer"):
         Topology.from_dict(doc)
 
 
@@ -263,17 +263,17 @@ def test_duplicate_grpc_address(topo):
         Topology.from_dict(doc)
 
 
-def test_raft_port_range_colliding_with_another_port(topo):
+def test_raft_port_colliding_with_another_port(topo):
     doc = _doc(topo)
     grpc_port = int(doc["node"][0]["grpc"].rsplit(":", 1)[1])
-    doc["node"][1]["raft_port_base"] = grpc_port - 2  # shard 2's Raft port == node 0's gRPC port
+    doc["node"][1]["raft_port"] = grpc_port
     with pytest.raises(TopologyError, match=f"port 127.0.0.1:{grpc_port} used twice"):
         Topology.from_dict(doc)
 
 
-def test_raft_port_ranges_overlapping(topo):
+def test_raft_ports_colliding(topo):
     doc = _doc(topo)
-    doc["node"][1]["raft_port_base"] = doc["node"][0]["raft_port_base"] + 3
+    doc["node"][1]["raft_port"] = doc["node"][0]["raft_port"]
     with pytest.raises(TopologyError, match="used twice"):
         Topology.from_dict(doc)
 

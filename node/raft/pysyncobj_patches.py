@@ -1,0 +1,113 @@
+"""Every place where tidebank reaches into pysyncobj, in one module, with what it changes and why.
+
+pysyncobj stays the Raft implementation (elections, log matching, commit index);
+tidebank replaces what pysyncobj does around it:
+
+* **journal** (`install_journal`): pysyncobj never fsyncs its log; `createJournal` is
+  patched so a SyncObj gets tidebank's `DurableJournal` (checksummed records, group
+  fdatasync) for `conf.journalFile`.
+* **transport and tick loop** (raft/transport.py, raft/loop.py): a SyncObj is built
+  with `autoTick=False` and a `GroupTransport`, so one thread per node ticks every
+  shard replica and one connection per peer node carries their messages, coalesced,
+  authenticated and encoded without pickle. These use the public `doTick`-style
+  entry points plus the private members below.
+* **private state**: pysyncobj keeps Raft state in name-mangled attributes; the
+  accessors below are the only code that reads or writes them. They are checked
+  against the pinned version (`PYSYNCOBJ_VERSION`); a different version fails at
+  import, not at run time.
+
+Private members used, and why:
+
+========================================  ===========================================================
+``_SyncObj__transport``                   the replica's GroupTransport (status counters)
+``_SyncObj__raftState``                   role, for leader checks between ticks (tick stats)
+``_SyncObj__otherNodes``                  the partners, for the leader's quorum-recently check
+``_SyncObj__lastResponseTime``            when each partner last answered (quorum-recently check)
+``_SyncObj__raftElectionDeadline``        pushed forward so a replica that cannot apply never campaigns
+``_SyncObj__setState`` / ``__raftLeader``  a replica that cannot apply steps down at once
+``_SyncObj__sendAppendEntries``           send new entries as soon as they are appended (no waiting
+                                          for the next heartbeat period)
+``_SyncObj__raftLog``                     its length tells whether a tick appended entries
+``_SyncObj__raftNextIndex``               whether a partner has entries it has not been sent yet
+``_SyncObj__connectedNodes``              same, only for connected partners
+========================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pysyncobj.syncobj as syncobj_module
+from pysyncobj import SyncObj
+from pysyncobj.version import VERSION as _INSTALLED
+
+PYSYNCOBJ_VERSION = "0.3.17"
+
+if _INSTALLED != PYSYNCOBJ_VERSION:  # pragma: no cover
+    raise ImportError(f"tidebank is tested with pysyncobj {PYSYNCOBJ_VERSION}, not {_INSTALLED}: its private "
+                      "state is read in tidebank/node/raft/pysyncobj_patches.py")
+
+FOLLOWER = 0
+CANDIDATE = 1
+LEADER = 2
+ROLE_NAMES = {FOLLOWER: "follower", CANDIDATE: "candidate", LEADER: "leader"}
+
+_install_lock = threading.Lock()
+
+
+def install_journal(create_journal) -> None:
+    """Make SyncObj create journals through `create_journal(path)` (tidebank's DurableJournal). Idempotent."""
+    with _install_lock:
+        if syncobj_module.createJournal is not create_journal:
+            syncobj_module.createJournal = create_journal
+
+
+# --- private state ---------------------------------------------------------------------------------------
+
+
+def transport(obj: SyncObj):
+    return obj._SyncObj__transport
+
+
+def raft_state(obj: SyncObj) -> int:
+    return obj._SyncObj__raftState
+
+
+def other_nodes(obj: SyncObj) -> set:
+    return obj._SyncObj__otherNodes
+
+
+def last_response_times(obj: SyncObj) -> dict:
+    return obj._SyncObj__lastResponseTime
+
+
+def log_length(obj: SyncObj) -> int:
+    return len(obj._SyncObj__raftLog)
+
+
+def last_log_index(obj: SyncObj) -> int:
+    return obj._SyncObj__raftLog[-1][1]
+
+
+def hold_election(obj: SyncObj, until: float) -> None:
+    """This replica does not campaign before `until` (monotonic)."""
+    obj._SyncObj__raftElectionDeadline = until
+
+
+def step_down(obj: SyncObj) -> None:
+    """Stop leading now; the partners elect another leader after their election timeout."""
+    if obj._SyncObj__raftState == LEADER:
+        obj._SyncObj__setState(FOLLOWER)
+        obj._SyncObj__raftLeader = None
+
+
+def has_unsent_entries(obj: SyncObj) -> bool:
+    """Leader only: whether a connected partner has log entries it has not been sent."""
+    last = obj._SyncObj__raftLog[-1][1]
+    next_index = obj._SyncObj__raftNextIndex
+    return any(next_index.get(node, last + 1) <= last for node in obj._SyncObj__connectedNodes)
+
+
+def send_append_entries(obj: SyncObj) -> None:
+    """Leader only: send what each partner has not been sent yet (and a heartbeat to the others) now."""
+    obj._SyncObj__sendAppendEntries()
