@@ -115,6 +115,8 @@ def decode_entry(payload: bytes) -> tuple[int, list[Operation]]:
     offset = _HEADER.size
     operations = []
     for _ in range(op_count):
+        if offset + _OP_HEADER.size > len(payload):
+            raise CommandFormatError("entry truncated")
         kind, count = _OP_HEADER.unpack_from(payload, offset)
         offset += _OP_HEADER.size
         if kind in _VARIABLE_UNPACKERS:
@@ -127,7 +129,10 @@ def decode_entry(payload: bytes) -> tuple[int, list[Operation]]:
                 offset += _ITEM_LENGTH.size
                 if offset + length > len(payload):
                     raise CommandFormatError("entry truncated")
-                items.append(unpack_variable(payload[offset:offset + length]))
+                try:
+                    items.append(unpack_variable(payload[offset:offset + length]))
+                except (ValueError, struct.error) as exc:
+                    raise CommandFormatError(f"item of kind {kind} does not decode: {exc}") from exc
                 offset += length
             operations.append(Operation(kind, items))
             continue
