@@ -202,7 +202,7 @@ class ShardExecutor:
         if host is not None and not linearizable:
             return _done(lambda: read_local(host))
         return self.on_leader(shard_id,
-                              lambda leader: _then(leader.barrier(), lambda _: (lambda: read_local(leader))),
+                              lambda leader: _then(leader.read_barrier(), lambda _: (lambda: read_local(leader))),
                               lambda address: _then(read_remote(address), lambda response: (lambda: response)))
 
     # --- plumbing -----------------------------------------------------------------------------------------

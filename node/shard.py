@@ -21,8 +21,9 @@ from tidebank.node.ledger.operations import Operation
 from tidebank.node.ledger.records import Account, Transfer
 from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import Trade
+from tidebank.node.outcomes import NotAppliedError
 from tidebank.node.raft.loop import RaftHost
-from tidebank.node.raft.replica import RaftTuning, ShardReplica
+from tidebank.node.raft.replica import RaftTuning, ReadNotLeaderError, ShardReplica
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class ShardHost:
             fsync=fsync,
             on_apply_stopped=on_apply_stopped,
         )
-        self.batcher = ShardBatcher(shard_id, self.replica.submit, is_leader=self.replica.is_leader)
+        self.batcher = ShardBatcher(shard_id, self.replica.propose, wake=lambda: host.wake(shard_id),
+                                    is_leader=self.replica.is_leader)
+        self.replica.before_tick = self.batcher.propose
 
     def _open(self, env: lmdb.Environment) -> None:
         """Called by the replica whenever it (re)opens LMDB, e.g. after installing a snapshot."""
@@ -72,8 +75,27 @@ class ShardHost:
         return self.batcher.submit(operation)
 
     def barrier(self) -> Future:
-        """Resolves once an entry proposed now has been applied here: reads after it are linearizable."""
+        """Resolves once an entry proposed now has been applied here (also an expiry pulse: it carries cluster
+        time into apply)."""
         return self.batcher.submit(None)
+
+    def read_barrier(self) -> Future:
+        """Resolves once reads here are linearizable, without a log entry (the replica's ReadIndex); fails with
+        NotAppliedError when this replica does not lead (read on the leader's node instead)."""
+        source = self.replica.read_index()
+        target: Future = Future()
+
+        def done(f: Future) -> None:
+            exc = f.exception()
+            if exc is None:
+                target.set_result(None)
+            elif isinstance(exc, ReadNotLeaderError):
+                target.set_exception(NotAppliedError(str(exc)))
+            else:
+                target.set_exception(exc)
+
+        source.add_done_callback(done)
+        return target
 
     def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
         with self.replica.read_txn() as txn:

@@ -66,7 +66,7 @@ class AdminService:
             try:
                 if host is None or not host.is_leader():
                     raise NotAppliedError("not the leader")
-                barriers[shard_id] = (host, host.barrier())
+                barriers[shard_id] = (host, host.read_barrier())
             except (NotAppliedError, OverloadedError) as exc:
                 if explicit:
                     raise errors.not_leader(shard_id, node.leader_address(shard_id)) from exc

@@ -120,12 +120,14 @@ class RaftHost:
             pass
 
     def _drain_wakeup(self) -> None:
-        self._signalled = False
+        # Drain first, then clear the flag: clearing first would let a wake's byte be drained here while its
+        # flag stays set, and every later wake would be skipped until some other event woke the loop.
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._signalled = False
 
     # --- the loop ---------------------------------------------------------------------------------------
     def _run(self) -> None:

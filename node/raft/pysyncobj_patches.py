@@ -30,6 +30,7 @@ Private members used, and why:
 ``_SyncObj__raftLog``                     its length tells whether a tick appended entries
 ``_SyncObj__raftNextIndex``               whether a partner has entries it has not been sent yet
 ``_SyncObj__connectedNodes``              same, only for connected partners
+``_SyncObj__noopIDx``                     a new leader serves reads only once its no-op is committed
 ========================================  ===========================================================
 """
 
@@ -87,6 +88,11 @@ def log_length(obj: SyncObj) -> int:
 
 def last_log_index(obj: SyncObj) -> int:
     return obj._SyncObj__raftLog[-1][1]
+
+
+def noop_index(obj: SyncObj) -> int | None:
+    """Leader only: the index of the no-op it appended when elected (None before any election)."""
+    return obj._SyncObj__noopIDx
 
 
 def hold_election(obj: SyncObj, until: float) -> None:

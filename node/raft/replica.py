@@ -37,6 +37,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import lmdb
@@ -111,6 +112,10 @@ class ApplyFailed:
     """Result of an entry whose ``apply_fn`` raised a deterministic error; recorded as applied everywhere."""
 
     reason: str
+
+
+class ReadNotLeaderError(Exception):
+    """A read_index request on a replica that is not (or no longer) the leader: read elsewhere."""
 
 
 class ApplyStoppedError(Exception):
@@ -216,6 +221,12 @@ class ShardReplica(SyncObj):
         self.tuning = raft
         self.fsync = fsync
         self.touched = True  # the loop ticks a replica that received something; set by GroupTransport
+        self.before_tick: Callable[[], object] | None = None  # runs on the loop thread before each tick
+        self.read_round = 0  # leader: read rounds started (read_index); tagged on every append_entries sent
+        self._acked_rounds: dict[str, int] = {}  # leader: per partner, the highest read round it answered
+        self._new_reads: list[Future] = []  # read_index requests not yet in a round (any thread appends)
+        self._reads: list[tuple[int, int, Future]] = []  # (round, read index, future), loop thread only
+        self._reads_lock = threading.Lock()
         self._node_transport = host.transport  # read by GroupTransport while SyncObj.__init__ builds it
         self._apply_fn = apply_fn
         self._open_fn = open_fn
@@ -409,13 +420,17 @@ class ShardReplica(SyncObj):
         for a command still pending at ``close()``: callers need their own timeout, and a timeout means
         "outcome unknown".
         """
+        self.propose(payload, callback)
+        self.host.wake(self.shard_id)
+
+    def propose(self, payload: bytes, callback: Callable[[object, int], None]) -> None:
+        """`submit` without waking the loop: for the loop thread itself (before_tick), whose tick appends it."""
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError("payload must be bytes")
         if self._closed:
             callback(None, FAIL_REASON.REQUEST_DENIED)
             return
         self._apply_entry(bytes(payload), callback=callback)
-        self.host.wake(self.shard_id)
 
     # ------------------------------------------------------------------ tick (the loop thread)
 
@@ -428,15 +443,75 @@ class ShardReplica(SyncObj):
                     patches.ROLE_NAMES.get(old_state, old_state), patches.ROLE_NAMES.get(new_state, new_state))
 
     def tick(self) -> None:
-        """One pysyncobj tick; a leader then sends what it appended at once."""
+        """One pysyncobj tick (after `before_tick`, which may propose entries); a leader then sends what it
+        appended at once."""
         self.touched = False
         if self.apply_error is not None:
             patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
             patches.step_down(self)
+        if self.before_tick is not None:
+            self.before_tick()
         self._onTick(0.0)
         if patches.raft_state(self) == patches.LEADER and patches.has_unsent_entries(self):
             patches.send_append_entries(self)
+        self._serve_reads()
         self._record_tick_stats()
+
+    # ------------------------------------------------------------------ reads without a log entry (ReadIndex)
+
+    def read_index(self) -> Future:
+        """A future that resolves (with the read index) once this leader may serve a linearizable read from
+        its own state: a majority answered a heartbeat sent after this call, so no other leader can have
+        committed anything this one has not applied (etcd's ReadIndex; reads are batched per round). It fails
+        with ReadNotLeaderError if leadership is lost first; callers add their own timeout."""
+        future: Future = Future()
+        if self._closed or not self.is_leader():
+            future.set_exception(ReadNotLeaderError(f"shard {self.shard_id}: not the leader here"))
+            return future
+        with self._reads_lock:
+            self._new_reads.append(future)
+        self.host.wake(self.shard_id)
+        return future
+
+    def note_read_round(self, partner: str, read_round: int) -> None:
+        if read_round > self._acked_rounds.get(partner, 0):
+            self._acked_rounds[partner] = read_round
+
+    def _serve_reads(self) -> None:
+        """Loop thread, after each tick: start a round for new reads, resolve the reads whose round is confirmed."""
+        if not self._new_reads and not self._reads:
+            return
+        leading = patches.raft_state(self) == patches.LEADER and self.apply_error is None and not self._closed
+        if self._new_reads:
+            with self._reads_lock:
+                new, self._new_reads = self._new_reads, []
+            if leading:
+                self.read_round += 1
+                commit_index = self.raftCommitIndex
+                self._reads.extend((self.read_round, commit_index, f) for f in new)
+                patches.send_append_entries(self)  # the round's heartbeat, now
+            else:
+                self._reads.extend((0, 0, f) for f in new)
+        if not leading:
+            reads, self._reads = self._reads, []
+            for _, _, future in reads:
+                future.set_exception(ReadNotLeaderError(f"shard {self.shard_id}: leadership lost before the read"))
+            return
+        noop = patches.noop_index(self)
+        if noop is None or self.raftCommitIndex < noop:
+            return  # a new leader must first commit an entry of its term to know the commit index
+        partners = patches.other_nodes(self)
+        needed = (len(partners) + 1) // 2  # partners' answers that make a majority with this leader
+        acked = sorted((self._acked_rounds.get(p.id, 0) for p in partners), reverse=True)
+        confirmed = acked[needed - 1] if needed > 0 else self.read_round
+        applied = self.raftLastApplied
+        still = []
+        for read_round, index, future in self._reads:
+            if read_round <= confirmed and applied >= index:
+                future.set_result(index)
+            else:
+                still.append((read_round, index, future))
+        self._reads = still
 
     def sync_journal(self) -> None:
         """Group commit: write and fdatasync what this replica appended since the last sync (loop thread)."""
@@ -519,6 +594,12 @@ class ShardReplica(SyncObj):
             if self._closed:
                 return
             self._closed = True
+        with self._reads_lock:
+            waiting = [f for _, _, f in self._reads] + self._new_reads
+            self._reads, self._new_reads = [], []
+        for future in waiting:
+            if not future.done():
+                future.set_exception(ReadNotLeaderError(f"shard {self.shard_id}: replica closed"))
         try:
             self.host.remove(self)
             self.host.call(self._doDestroy)

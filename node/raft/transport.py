@@ -130,6 +130,7 @@ class GroupTransport(Transport):
         self._journal = syncObj._journal
         self.shard_id: int = syncObj.shard_id
         self._ack_override: int | None = None
+        self._answering_round: int | None = None
         self._chunks: dict[Any, bytearray] = {}
         self.rewritten_append_entries = 0
         self.truncations_avoided = 0  # messages after which pysyncobj would have cut acknowledged entries
@@ -140,22 +141,35 @@ class GroupTransport(Transport):
         return True
 
     def send(self, node, message) -> bool:
-        if self._ack_override is not None and message.get("type") == "next_node_idx" and message.get("success"):
-            message = dict(message)
-            message["next_node_idx"] = self._ack_override
+        kind = message.get("type")
+        if kind == "append_entries":
+            # the leader's read round (read_index in replica.py): an answer to this message proves the partner
+            # took us for its leader after the round began
+            message["rr"] = self._replica.read_round
+        elif kind == "next_node_idx":
+            if self._ack_override is not None and message.get("success"):
+                message = dict(message)
+                message["next_node_idx"] = self._ack_override
+            if self._answering_round is not None:
+                message["rr"] = self._answering_round
         return self._node_transport.queue(node.id, self.shard_id, message)
 
     def deliver(self, node: Node, message: dict) -> None:
         """A message for this shard from `node` (loop thread): normalized, then handed to pysyncobj."""
         self._replica.touched = True
-        if message.get("type") == "append_entries":
+        kind = message.get("type")
+        if kind == "append_entries":
             message, override = self._prepare_append_entries(node, message)
             self._ack_override = override
+            self._answering_round = message.get("rr")
             try:
                 self._onMessageReceived(node, message)
             finally:
                 self._ack_override = None
+                self._answering_round = None
             return
+        if kind == "next_node_idx" and isinstance(message.get("rr"), int):
+            self._replica.note_read_round(node.id, message["rr"])
         self._onMessageReceived(node, message)
 
     def _prepare_append_entries(self, node, message: dict) -> tuple[dict, int | None]:

@@ -151,7 +151,7 @@ class EscrowCoordinator:
 
     @staticmethod
     def _barrier(host, deadline: float) -> None:
-        host.barrier().result(timeout=max(0.01, deadline - time.monotonic()))
+        host.read_barrier().result(timeout=max(0.01, deadline - time.monotonic()))
 
     # --- buyer and seller accounts of new trades
 

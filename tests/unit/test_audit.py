@@ -396,7 +396,7 @@ class FakeHost:
     def is_leader(self):
         return self.leader
 
-    def barrier(self):
+    def read_barrier(self):
         from concurrent.futures import Future
 
         f: Future = Future()

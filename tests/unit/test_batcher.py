@@ -44,11 +44,45 @@ def raft():
     return HeldRaft()
 
 
+class Loop:
+    """Stands in for the node's Raft loop: calls `propose` whenever the batcher wakes it (and every 5 ms)."""
+
+    def __init__(self):
+        self.woken = threading.Event()
+        self.stopped = threading.Event()
+        self.batcher = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def wake(self):
+        self.woken.set()
+
+    def start(self, batcher):
+        self.batcher = batcher
+        self.thread.start()
+        return batcher
+
+    def _run(self):
+        while not self.stopped.is_set():
+            self.woken.wait(0.005)
+            self.woken.clear()
+            self.batcher.propose()
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(5)
+
+
+def driven(raft, **kwargs):
+    loop = Loop()
+    return loop, loop.start(ShardBatcher(0, raft.submit, wake=loop.wake, **kwargs))
+
+
 @pytest.fixture
 def batcher(raft):
-    b = ShardBatcher(0, raft.submit, in_flight_max=1, queue_items_max=10)
+    loop, b = driven(raft, in_flight_max=1, queue_items_max=10)
     yield b
     b.close()
+    loop.stop()
 
 
 def wait_for(predicate, timeout_s=5.0):
@@ -103,7 +137,7 @@ def test_full_queue_refuses_instead_of_growing(batcher, raft):
 
 
 def test_entry_never_answered_times_out_as_unknown_and_frees_its_slot(raft):
-    b = ShardBatcher(0, raft.submit, in_flight_max=1, entry_timeout_s=0.2)
+    loop, b = driven(raft, in_flight_max=1, entry_timeout_s=0.2)
     try:
         stuck = b.submit(op(1))
         with pytest.raises(OutcomeUnknownError):
@@ -115,12 +149,13 @@ def test_entry_never_answered_times_out_as_unknown_and_frees_its_slot(raft):
         assert later.result(5) == [2]
     finally:
         b.close()
+        loop.stop()
 
 
 def test_losing_leadership_ends_entries_in_flight_as_unknown_and_queued_ones_as_not_applied(raft):
     leading = threading.Event()
     leading.set()
-    b = ShardBatcher(0, raft.submit, in_flight_max=1, is_leader=leading.is_set)
+    loop, b = driven(raft, in_flight_max=1, is_leader=leading.is_set)
     try:
         proposed = b.submit(op(1))
         wait_for(lambda: raft.entries)
@@ -132,3 +167,4 @@ def test_losing_leadership_ends_entries_in_flight_as_unknown_and_queued_ones_as_
             queued.result(5)
     finally:
         b.close()
+        loop.stop()

@@ -31,7 +31,7 @@ EXISTS = StepOutcome(int(TradeResult.exists))
 class EscrowShard(LocalShard):
     """A LocalShard with the reads the escrow coordinator needs."""
 
-    def barrier(self) -> Future:
+    def read_barrier(self) -> Future:
         done: Future = Future()
         done.set_result(None)
         return done

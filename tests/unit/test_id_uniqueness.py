@@ -50,7 +50,7 @@ class LocalShard:
         future.set_result(results)
         return future
 
-    def barrier(self) -> Future:
+    def read_barrier(self) -> Future:
         future: Future = Future()
         future.set_result(None)
         return future

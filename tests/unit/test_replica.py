@@ -490,3 +490,34 @@ def test_normalize_skips_matching_prefix_and_truncates_only_conflicts():
     assert new["entries"] == [] and new["prevLogIdx"] == 6 and ack is None
     first_conflicts = _ae(2, 1, [(3, 2)])
     assert normalize_append_entries(first_conflicts, term_at, last) == (first_conflicts, None)
+
+
+# ---------------------------------------------------------------------- reads without a log entry
+
+
+def test_a_read_index_needs_a_majority_and_writes_no_log_entry(cluster):
+    from tidebank.node.raft.replica import ReadNotLeaderError
+
+    cluster.start_all()
+    leader = cluster.leader()
+    assert submit_wait(leader, b"before-read") == (1, FAIL_REASON.SUCCESS)
+    log_before = leader._journal.last_index()
+    index = leader.read_index().result(5)
+    assert index >= leader.raftCommitIndex - 1 and leader.raftLastApplied >= index
+    assert leader._journal.last_index() == log_before  # no entry was written for the read
+    # without a majority the read is never confirmed: it fails once the leader steps down
+    for i, r in enumerate(cluster.replicas):
+        if r is not leader:
+            cluster.stop(i)
+    pending = leader.read_index()
+    wait_for(pending.done, 3 * FAST.leader_fallback_timeout, what="the read to end")
+    assert isinstance(pending.exception(), ReadNotLeaderError)
+
+
+def test_a_follower_refuses_read_index(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    follower = next(r for r in cluster.live() if r is not leader)
+    from tidebank.node.raft.replica import ReadNotLeaderError
+    with pytest.raises(ReadNotLeaderError):
+        follower.read_index().result(1)
