@@ -1,30 +1,41 @@
-"""The pure logic shared by Client and AsyncClient (the httpx pattern: one core, two I/O shells).
+"""The logic of Client and AsyncClient, written once (sans-I/O, in the style of h11/httpx).
 
-Nothing in this module blocks, sleeps, locks or talks to the network. The shells
-(_sync.py with threads and grpc futures, _async.py with asyncio and grpc.aio) own
-the I/O and call in here for every decision:
+Nothing in this module blocks, sleeps, waits or talks to the network. Every public
+call of a client is a *call program* here: a generator that yields the I/O it needs
+(``Send`` RPCs, ``Sleep``, ``RefreshMap``, a coalesced ``WriteRound``) and is sent
+back what came of it. The shells (_sync.py with threads and grpc futures, _async.py
+with asyncio and grpc.aio) run programs with a small driver and own only the I/O:
+issuing RPCs, waiting (conditions and events vs futures), sleeping, closing channels.
 
+The core decides:
+
+- which program (operation and arguments) each public method is (``Core``);
 - encoding items once into length-prefixed protobuf frames, so a coalesced batch
   request is the concatenation of its callers' frames (no re-serialisation);
 - cutting a call into units (single items and whole linked chains), routing units
   to shards by the shard map, cutting per-shard runs at max_batch_items;
-- the per-shard coalescing queue (which queued calls go into the next RPC);
+- the per-shard coalescing queue (admission, which queued calls go into the next
+  RPC, where it goes, how its answer is handed back to the callers);
 - classifying gRPC errors (retry / invalid / fatal, and whether a write may have
   been applied), attributing field violations of a coalesced batch to its callers;
-- the per-call retry state machine (rounds, backoff, deadline, final error).
+- the per-call retry loop (rounds, when to refresh the shard map, backoff, deadline,
+  final error), lookup planning and merging, paging;
+- where to ask for the shard map and whether a fetched one is newer.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -32,7 +43,7 @@ from grpc_status import rpc_status
 
 from tidebank.common.keys import U64_MAX, U128_MAX
 from tidebank.common.limits import BATCH_ITEMS_MAX
-from tidebank.v1 import escrow_pb2, ledger_pb2, types_pb2
+from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (
     ClientClosedError,
@@ -55,9 +66,11 @@ from ._model import (
     DisputeResolution,
     Extension,
     NewTrade,
+    Page,
     ReadConsistency,
     Refund,
     ShardMap,
+    TradePage,
     TradeRef,
     TradeRole,
     Transfer,
@@ -77,6 +90,8 @@ from ._model import (
     transfer_from_proto,
     transfer_to_proto,
 )
+
+log = logging.getLogger("tidebank.client")
 
 # --------------------------------------------------------------------------- configuration
 
@@ -355,6 +370,38 @@ LIST_TRADES_METHOD = "/tidebank.v1.Escrow/ListTrades"
 GET_SHARD_MAP_METHOD = "/tidebank.v1.Admin/GetShardMap"
 
 
+@dataclass(frozen=True, slots=True)
+class PagedOp:
+    """A read answering one page: sent to the shard of an account id, answered with items and a token."""
+
+    name: str
+    method: str
+    response_cls: Any
+    response_field: str
+    from_proto: Callable[[Any], Any]
+
+    def page(self, resp: Any) -> Page:
+        return Page([self.from_proto(m) for m in getattr(resp, self.response_field)], resp.next_page_token)
+
+
+ACCOUNT_TRANSFERS = PagedOp(
+    "get_account_transfers",
+    GET_ACCOUNT_TRANSFERS_METHOD,
+    ledger_pb2.GetAccountTransfersResponse,
+    "transfers",
+    transfer_from_proto,
+)
+# The answering node gathers from every shard itself; the account's shard is just a good first pick.
+LIST_TRADES = PagedOp("list_trades", LIST_TRADES_METHOD, escrow_pb2.ListTradesResponse, "trades", trade_from_proto)
+
+
+def next_page_kwargs(kwargs: dict[str, Any], page: Page) -> dict[str, Any] | None:
+    """The arguments that fetch the page after ``page`` (iter_account_transfers, iter_trades); None after the last."""
+    if not page.next_page_token:
+        return None
+    return {**kwargs, "page_token": page.next_page_token}
+
+
 def encode_items(op: WriteOp, items: Sequence[Any]) -> tuple[list[bytes], list[int], list[int], list[tuple[int, int]]]:
     """(frames, routing keys, ids, units) of a write request.
 
@@ -543,6 +590,11 @@ def closed_failure() -> Failure:
     return Failure(Failure.FATAL, "client closed", closed=True, backoff=False)
 
 
+def withdrawn_failure() -> Failure:
+    """The outcome of an entry withdrawn from its queue at the deadline (never sent, so certainly not applied)."""
+    return Failure(Failure.RETRY, "not sent before the deadline")
+
+
 def rich_details(exc: Any) -> tuple[error_details_pb2.ErrorInfo | None, list[FieldViolation], float]:
     """(ErrorInfo, BadRequest field violations, RetryInfo delay) from a gRPC error's status details."""
     status = None
@@ -660,6 +712,10 @@ class Topology:
         self.generation += 1
         return True
 
+    def refreshed_since(self, generation: int) -> bool:
+        """Whether a map was installed after ``generation`` was read (then a caller need not fetch one)."""
+        return self.generation != generation and self.map is not None
+
     def hint_leader(self, shard_id: int, address: str) -> None:
         self._leader_hint[shard_id] = address
         self._suspect_until.pop(address, None)
@@ -735,7 +791,9 @@ NEW, QUEUED, SENT, DONE, CANCELLED = range(5)
 class Entry:
     """One call's items for one shard, waiting for (or riding in) a batched RPC."""
 
-    __slots__ = ("shard_id", "units", "indexes", "payload", "n", "solo", "deadline", "state", "outcome", "waiter")
+    __slots__ = (
+        "shard_id", "units", "indexes", "payload", "n", "solo", "deadline", "state", "outcome", "waiter", "queue",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -756,6 +814,7 @@ class Entry:
         self.state = NEW
         self.outcome: list[Any] | Failure | None = None  # the items' wire results, in order
         self.waiter: Any = None  # has .done_one()
+        self.queue: QueueState | None = None  # the queue it was pushed on
 
 
 class QueueState:
@@ -766,7 +825,7 @@ class QueueState:
     contiguous and chains stay whole) becomes the next batch.
     """
 
-    __slots__ = ("op", "shard_id", "entries", "queued_items", "in_flight")
+    __slots__ = ("op", "shard_id", "entries", "queued_items", "in_flight", "io")
 
     def __init__(self, op: WriteOp, shard_id: int) -> None:
         self.op = op
@@ -774,12 +833,14 @@ class QueueState:
         self.entries: deque[Entry] = deque()
         self.queued_items = 0
         self.in_flight = 0
+        self.io: Any = None  # the shell's signal for callers waiting on this queue (a Condition, an Event)
 
     def has_room(self, n: int, max_queued: int) -> bool:
         return self.queued_items == 0 or self.queued_items + n <= max_queued
 
     def push(self, e: Entry) -> None:
         e.state = QUEUED
+        e.queue = self
         self.entries.append(e)
         self.queued_items += e.n
 
@@ -827,6 +888,19 @@ class QueueState:
         self.entries.clear()
         self.queued_items = 0
         return out
+
+
+def wake(entries: Iterable[Entry]) -> None:
+    """Tell the callers of entries that already have their outcome."""
+    for e in entries:
+        e.waiter.done_one()
+
+
+def fail_entries(entries: Iterable[Entry], failure: Failure) -> None:
+    """Give entries that never reached a queue their outcome, and wake their callers."""
+    for e in entries:
+        e.outcome = failure
+        e.waiter.done_one()
 
 
 def batch_body(batch: list[Entry]) -> bytes:
@@ -1191,12 +1265,592 @@ def plan_lookup(
     return out
 
 
+class LookupCall(ReadCall):
+    """A lookup across shards: the ids still to ask for, and what the answers found (merged in request order)."""
+
+    def __init__(
+        self, op: LookupOp, ids: list[int], level: ReadConsistency, cfg: Config, timeout_s: float | None, now: float
+    ) -> None:
+        super().__init__(op.name, cfg, timeout_s, now)
+        self.op = op
+        self.ids = ids
+        self.level = level
+        self.pending = list(range(len(ids)))  # positions in ids not answered yet
+        self.found: dict[int, Any] = {}
+
+    def plan(self, smap: ShardMap) -> list[tuple[int, list[int]]] | None:
+        return plan_lookup(self.ids, self.pending, smap, self.cfg.max_batch_items)
+
+    def request(self, positions: list[int]) -> Any:
+        return lookup_request(self.op, [self.ids[p] for p in positions], self.level)
+
+    def merge(self, answered: list[tuple[list[int], Any]]) -> None:
+        """Take in the responses of some chunks (positions asked, response)."""
+        done: set[int] = set()
+        op = self.op
+        for positions, resp in answered:
+            for m in getattr(resp, op.response_field):
+                obj = op.from_proto(m)
+                self.found[obj.id] = obj
+            done.update(positions)
+        if done:
+            self.pending = [p for p in self.pending if p not in done]
+
+    def results(self) -> list[Any]:
+        """What was found, in request order (ids not found are skipped)."""
+        found = self.found
+        return [found[i] for i in self.ids if i in found]
+
+
 def now_s() -> float:
     return time.monotonic()
 
 
+# --------------------------------------------------------------------------- I/O requests
+#
+# What a call program asks its shell to do. The shell answers each with a value
+# (sent into the program): Send with one outcome per RPC, RefreshMap with a bool,
+# Sleep and WriteRound with None.
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """One unary RPC. ``request`` is a message, or bytes when ``serializer`` is None (a coalesced write body)."""
+
+    address: str
+    method: str
+    request: Any
+    serializer: Callable[[Any], bytes] | None
+    deserializer: Callable[[bytes], Any]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Issue these RPCs concurrently and answer, in order, each one's response or the Exception it raised
+    (starting it included); anything else (cancellation) propagates."""
+
+    rpcs: tuple[Rpc, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshMap:
+    """Run ``Core.fetch_map(deadline)``, one fetch at a time per client (callers arriving meanwhile wait for it),
+    unless a map was installed since ``generation`` (``Topology.refreshed_since``). Answer whether a node answered."""
+
+    deadline: float
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRound:
+    """Put every entry (one per shard) on its queue (``Core.queue``, ``admit``, ``push``, waiting for room), send
+    the batches ``push`` and ``release`` hand out (``batch_rpc``, ``batch_done``), and wait until every entry has
+    its outcome or the deadline passes; then withdraw what is still queued (``QueueState.cancel``)."""
+
+    op: WriteOp
+    entries: list[Entry]
+    deadline: float
+
+
+Request = Send | Sleep | RefreshMap | WriteRound
+T = TypeVar("T")
+#: A call program: yields Requests, is sent their answers, returns the call's value.
+Program = Generator[Request, Any, T]
+
+
+def _first(program: Program[list[Any]]) -> Program[Any]:
+    """The single-item calls (create_trade, ...): the batch call's only result."""
+    return (yield from program)[0]
+
+
+# --------------------------------------------------------------------------- the client core
+
+
+class NullSignal:
+    """The queue signal of a single-threaded driver (e.g. a test's): nothing to lock, nobody to wake.
+
+    A shell's signal is held (``with q.io:``) around every change of its queue, and
+    ``notify_all()`` wakes the callers waiting for room; how they wait (a Condition's
+    wait, an Event's) is the shell's own business.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> NullSignal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def notify_all(self) -> None:
+        return None
+
+
+def run_program(program: Program[T], handle: Callable[[Request], Any]) -> T:
+    """Run a call program to its end, answering each request with ``handle(request)`` (a blocking driver)."""
+    try:
+        request = next(program)
+        while True:
+            request = program.send(handle(request))
+    except StopIteration as done:
+        return done.value
+
+
+class Core:
+    """The state of one client and every decision it makes; its shell only does the I/O asked of it.
+
+    The shell supplies how to open a channel, a ``guard`` held around the few
+    registry updates that race with close() (a Lock for threads, a null context for
+    asyncio), and a factory of the per-queue signal (see NullSignal). ``clock`` is
+    for tests that drive programs with a fake one.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        open_channel: Callable[[str], Any],
+        guard: AbstractContextManager[Any],
+        new_signal: Callable[[], Any] = NullSignal,
+        clock: Callable[[], float] = now_s,
+    ) -> None:
+        self.cfg = cfg
+        self.topology = Topology(cfg.seeds)
+        self.closed = False
+        self.rpc_count = 0  # RPCs started (all kinds); for tests and metrics
+        self.last_map_error = ""
+        self.clock = clock
+        self._open_channel = open_channel
+        self._guard = guard
+        self._new_signal = new_signal
+        self._channels: dict[str, Any] = {}
+        self._stubs: dict[tuple[str, str], Any] = {}
+        self._queues: dict[tuple[str, int], QueueState] = {}
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClientClosedError("client is closed")
+
+    # ------------------------------------------------------------------ channels and lifecycle
+
+    def stub(self, rpc: Rpc) -> Any:
+        """The callable of ``rpc.method`` on a channel to ``rpc.address`` (opened on first use).
+        Raises ClientClosedError once the client is closed."""
+        self.check_open()
+        key = (rpc.address, rpc.method)
+        mc = self._stubs.get(key)
+        if mc is None:
+            mc = self._stubs[key] = self._channel(rpc.address).unary_unary(
+                rpc.method,
+                request_serializer=rpc.serializer,
+                response_deserializer=rpc.deserializer,
+                _registered_method=True,
+            )
+        self.rpc_count += 1
+        return mc
+
+    def _channel(self, address: str) -> Any:
+        ch = self._channels.get(address)
+        if ch is None:
+            with self._guard:
+                self.check_open()
+                ch = self._channels.get(address)
+                if ch is None:
+                    ch = self._channels[address] = self._open_channel(address)
+        return ch
+
+    def close(self) -> list[Any] | None:
+        """Mark the client closed and fail every queued call with ClientClosedError (calls on the wire fail as
+        their RPCs end, with OutcomeUnknownError). The channels for the shell to close; None if it already was."""
+        with self._guard:
+            if self.closed:
+                return None
+            self.closed = True
+            queues, channels = list(self._queues.values()), list(self._channels.values())
+        for q in queues:
+            with q.io:
+                drained = q.drain(closed_failure())
+                q.io.notify_all()
+            wake(drained)
+        return channels
+
+    # ------------------------------------------------------------------ coalescing queues (the shell holds q.io)
+
+    def queue(self, op: WriteOp, shard_id: int) -> QueueState | None:
+        """The queue of (operation, shard), made on first use; None once the client is closed."""
+        key = (op.method, shard_id)
+        q = self._queues.get(key)
+        if q is None:
+            with self._guard:
+                if self.closed:
+                    return None
+                q = self._queues.get(key)
+                if q is None:
+                    q = self._queues[key] = QueueState(op, shard_id)
+                    q.io = self._new_signal()
+        return q
+
+    def admit(self, q: QueueState, e: Entry, deadline: float, now: float) -> Failure | float | None:
+        """May ``e`` be pushed now? None: yes. A float: wait that long for room (or a wake-up), then ask again.
+        A Failure: no (closed, or the queue stayed full until the deadline); it is the outcome of ``e`` and of
+        the rest of its round."""
+        if self.closed:
+            return closed_failure()
+        if q.has_room(e.n, self.cfg.max_queued_items_per_shard):
+            return None
+        rem = deadline - now
+        return rem if rem > 0 else Failure(Failure.RETRY, "the shard's queue stayed full until the deadline")
+
+    def push(self, q: QueueState, e: Entry) -> list[list[Entry]]:
+        """Queue an admitted entry (holding ``q.io``, like admit); the batches that may leave now (send each,
+        see batch_rpc)."""
+        q.push(e)
+        batches = q.take(self.cfg.max_batch_items, self.cfg.max_in_flight_per_shard)
+        if batches:
+            q.io.notify_all()
+        return batches
+
+    def release(self, q: QueueState) -> list[list[Entry]]:
+        """A batch of ``q`` finished (after batch_done): the batches that may leave now (none once closed)."""
+        with q.io:
+            q.in_flight -= 1
+            batches = [] if self.closed else q.take(self.cfg.max_batch_items, self.cfg.max_in_flight_per_shard)
+            if batches:
+                q.io.notify_all()
+        return batches
+
+    @staticmethod
+    def withdraw(entries: Iterable[Entry]) -> None:
+        """At the end of a round that did not complete (deadline, cancellation): take back the entries still
+        queued. Those items were never sent, so they are certainly not applied."""
+        f = withdrawn_failure()
+        for e in entries:
+            q = e.queue
+            if q is not None:
+                with q.io:
+                    if q.cancel(e, f):
+                        q.io.notify_all()
+
+    def batch_rpc(self, q: QueueState, batch: list[Entry], now: float) -> Rpc:
+        """Where and how a batch goes: the shard's leader (or a replica), the callers' frames as the body."""
+        op = q.op
+        address = self.topology.pick(q.shard_id, now)
+        timeout = batch_timeout(batch, self.cfg.attempt_timeout_s, now)
+        return Rpc(address, op.method, batch_body(batch), None, op.response_cls.FromString, timeout)
+
+    def batch_done(
+        self, q: QueueState, batch: list[Entry], rpc: Rpc, resp: Any, exc: BaseException | None, *, started: bool = True
+    ) -> None:
+        """Hand every caller of a batch its outcome (the response, or what ``exc`` means) and wake it.
+        ``started=False``: the RPC could not even start (so nothing was applied). Then call release()."""
+        name = q.op.name
+        try:
+            if not started:
+                f = closed_failure() if self.closed else Failure(Failure.RETRY, f"could not start the RPC: {exc!r}")
+                settle_batch(batch, name, None, f)
+            elif exc is None:
+                settle_batch(batch, name, resp.results, None)
+            else:
+                f = classify(exc, write=True, closed=self.closed)
+                self.topology.note(q.shard_id, rpc.address, f, self.clock())
+                settle_batch(batch, name, None, f)
+        except Exception:  # noqa: BLE001 - never leave a caller hanging
+            log.exception("tidebank client: settling a batch failed")
+            for e in batch:
+                if e.state != DONE:
+                    e.outcome = Failure(Failure.RETRY, "client error while reading the answer", ambiguous=True)
+                    e.state = DONE
+                    e.waiter.done_one()
+
+    # ------------------------------------------------------------------ shard map
+
+    def fetch_map(self, deadline: float) -> Program[bool]:
+        """Ask the refresh candidates one by one for the shard map; install the first answer unless it is older.
+        True when a node answered."""
+        topo = self.topology
+        req = admin_pb2.GetShardMapRequest()
+        for addr in topo.refresh_candidates(self.clock()):
+            rem = deadline - self.clock()
+            if rem <= 0 or self.closed:
+                break
+            rpc = Rpc(
+                addr,
+                GET_SHARD_MAP_METHOD,
+                req,
+                admin_pb2.GetShardMapRequest.SerializeToString,
+                admin_pb2.ShardMap.FromString,
+                min(rem, MAP_FETCH_TIMEOUT_S),
+            )
+            (answer,) = yield Send((rpc,))
+            if isinstance(answer, grpc.RpcError):
+                code = answer.code()  # type: ignore[attr-defined]
+                self.last_map_error = f"{addr}: {code.name}: {answer.details()}"  # type: ignore[attr-defined]
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    topo.suspect(addr, self.clock())
+                continue
+            if isinstance(answer, (ValueError, ClientClosedError)):  # the channel was closed under us
+                break
+            if isinstance(answer, BaseException):
+                raise answer
+            topo.offer(ShardMap.from_proto(answer))
+            return True
+        return False
+
+    def _map(self, call: WriteCall | ReadCall) -> Program[ShardMap]:
+        """The shard map to route by: the known one, else fetched (with backoff) before the call's deadline."""
+        smap = self.topology.map
+        if smap is None:
+            smap = yield from self._refresh_until(call, None, " with the shard map")
+        return smap
+
+    def _refresh_until(self, call: WriteCall | ReadCall, generation: int | None, what: str) -> Program[ShardMap]:
+        """Refresh the shard map, backing off, until a node answers (generation None: until any map is known)."""
+        topo = self.topology
+        attempt = 0
+        while True:
+            self.check_open()
+            answered = yield RefreshMap(call.deadline, topo.generation if generation is None else generation)
+            smap = topo.map
+            if smap is not None and (answered or generation is None):
+                return smap
+            rem = call.remaining(self.clock())
+            if rem <= MIN_ATTEMPT_S:
+                call.last = Failure(Failure.RETRY, f"no node answered{what} ({self.last_map_error})")
+                raise call.timeout_error()
+            yield Sleep(min(rem, backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s)))
+            attempt += 1
+
+    def _pause(self, verdict: Verdict, generation: int, call: WriteCall | ReadCall) -> Program[None]:
+        """Between two rounds of a call: refresh the map and back off as the verdict says, within the deadline."""
+        if self.closed:
+            raise call.error(closed_failure())
+        if verdict.refresh:
+            yield RefreshMap(call.deadline, generation)
+        rem = call.remaining(self.clock())
+        if verdict.delay > 0 and rem > 0:
+            yield Sleep(min(verdict.delay, rem))
+            rem = call.remaining(self.clock())
+        if rem <= MIN_ATTEMPT_S:
+            raise call.timeout_error()
+        if self.closed:
+            raise call.error(closed_failure())
+
+    # ------------------------------------------------------------------ call programs
+
+    def write(self, op: WriteOp, items: list[Any], timeout_s: float | None) -> Program[list[Any]]:
+        """A batch write: rounds of per-shard entries until every item has its result."""
+        self.check_open()
+        call = WriteCall(op, items, self.cfg, timeout_s, self.clock())
+        while not call.done:
+            smap = yield from self._map(call)
+            generation = self.topology.generation
+            entries = call.plan(smap)
+            if entries is None:
+                verdict: Verdict | None = call.no_route()
+            else:
+                yield WriteRound(op, entries, call.deadline)
+                verdict = call.absorb(entries, self.clock())
+                if verdict is None:
+                    break
+            yield from self._pause(verdict, generation, call)
+        return call.results()
+
+    def lookup(self, op: LookupOp, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> Program[list[Any]]:
+        """A lookup: one RPC per shard (and per max_batch_items ids) each round, until every shard answered."""
+        self.check_open()
+        id_list = validate_ids(ids)
+        level = check_consistency(consistency)
+        if not id_list:
+            return []
+        call = LookupCall(op, id_list, level, self.cfg, timeout_s, self.clock())
+        leader = level == ReadConsistency.LINEARIZABLE
+        while call.pending:
+            smap = yield from self._map(call)
+            generation = self.topology.generation
+            chunks = call.plan(smap)
+            failures: list[Failure] = []
+            if chunks is None:
+                failures.append(Failure(Failure.RETRY, "the shard map assigns no shard to some ids", refresh=True))
+            else:
+                now = self.clock()
+                timeout = self._attempt_timeout(call, now)
+                rpcs = [
+                    Rpc(
+                        self.topology.pick(sid, now, leader=leader),
+                        op.method,
+                        call.request(positions),
+                        op.request_cls.SerializeToString,
+                        op.response_cls.FromString,
+                        timeout,
+                    )
+                    for sid, positions in chunks
+                ]
+                answers = yield Send(tuple(rpcs))
+                answered = []
+                for (sid, positions), rpc, answer in zip(chunks, rpcs, answers, strict=True):
+                    if isinstance(answer, BaseException):
+                        failures.append(self._read_failure(sid, rpc, answer))
+                    else:
+                        answered.append((positions, answer))
+                call.merge(answered)
+            if failures and call.pending:
+                yield from self._pause(call.failed(failures, self.clock()), generation, call)
+        return call.results()
+
+    def routed_read(
+        self, what: str, key_id: int, method: str, req: Any, deserializer: Callable[[bytes], Any],
+        level: ReadConsistency, timeout_s: float | None,
+    ) -> Program[Any]:  # fmt: skip
+        """One read RPC sent to the shard of ``key_id`` (its leader for linearizable reads),
+        retried until ``timeout_s``."""
+        call = ReadCall(what, self.cfg, timeout_s, self.clock())
+        while True:
+            smap = yield from self._map(call)
+            generation = self.topology.generation
+            sid = smap.shard_id_for(key_id)
+            if sid is None:
+                f = Failure(Failure.RETRY, f"the shard map assigns no shard to {key_id}", refresh=True)
+            else:
+                now = self.clock()
+                address = self.topology.pick(sid, now, leader=level == ReadConsistency.LINEARIZABLE)
+                rpc = Rpc(
+                    address, method, req, type(req).SerializeToString, deserializer, self._attempt_timeout(call, now)
+                )
+                (answer,) = yield Send((rpc,))
+                if not isinstance(answer, BaseException):
+                    return answer
+                f = self._read_failure(sid, rpc, answer)
+            yield from self._pause(call.failed([f], self.clock()), generation, call)
+
+    def _page(
+        self, op: PagedOp, account_id: int, req: Any, level: ReadConsistency, timeout_s: float | None
+    ) -> Program[Page]:
+        resp = yield from self.routed_read(
+            op.name, account_id, op.method, req, op.response_cls.FromString, level, timeout_s
+        )
+        return op.page(resp)
+
+    def shard_map(self, timeout_s: float | None) -> Program[ShardMap]:
+        """The cluster's current shard map, fetched now from any node."""
+        self.check_open()
+        call = ReadCall("shard_map", self.cfg, timeout_s, self.clock())
+        return (yield from self._refresh_until(call, self.topology.generation, ""))
+
+    def _attempt_timeout(self, call: ReadCall, now: float) -> float:
+        return max(0.001, min(self.cfg.attempt_timeout_s, call.remaining(now)))
+
+    def _read_failure(self, shard_id: int, rpc: Rpc, exc: BaseException) -> Failure:
+        f = classify(exc, write=False, closed=self.closed)
+        self.topology.note(shard_id, rpc.address, f, self.clock())
+        return f
+
+    # ------------------------------------------------------------------ the public methods, as programs
+    #
+    # Client.x(...) is ``self._run(core.x(...))`` and AsyncClient.x(...) is ``await self._run(core.x(...))``.
+
+    def create_accounts(self, accounts: Iterable[Account], timeout_s: float | None) -> Program[list[AccountResult]]:
+        return self.write(ACCOUNTS, list(accounts), timeout_s)
+
+    def create_transfers(self, transfers: Iterable[Transfer], timeout_s: float | None) -> Program[list[TransferResult]]:
+        return self.write(TRANSFERS, list(transfers), timeout_s)
+
+    def create_trades(self, trades: Iterable[NewTrade], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(CREATE_TRADES, list(trades), timeout_s)
+
+    def ship_trades(self, trade_ids: Iterable[int], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(SHIP_TRADES, trade_refs(trade_ids), timeout_s)
+
+    def confirm_trades(self, trade_ids: Iterable[int], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(CONFIRM_TRADES, trade_refs(trade_ids), timeout_s)
+
+    def refund_trades(self, refunds: Iterable[Refund], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(REFUND_TRADES, list(refunds), timeout_s)
+
+    def open_disputes(self, trade_ids: Iterable[int], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(OPEN_DISPUTES, trade_refs(trade_ids), timeout_s)
+
+    def withdraw_disputes(self, trade_ids: Iterable[int], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(WITHDRAW_DISPUTES, trade_refs(trade_ids), timeout_s)
+
+    def resolve_disputes(self, resolutions: Iterable[DisputeResolution], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(RESOLVE_DISPUTES, list(resolutions), timeout_s)
+
+    def extend_trades(self, extensions: Iterable[Extension], timeout_s: float | None) -> Program[list[Any]]:
+        return self.write(EXTEND_TRADES, list(extensions), timeout_s)
+
+    def create_trade(self, trade: NewTrade, timeout_s: float | None) -> Program[Any]:
+        return _first(self.create_trades([trade], timeout_s))
+
+    def ship_trade(self, trade_id: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.ship_trades([trade_id], timeout_s))
+
+    def confirm_trade(self, trade_id: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.confirm_trades([trade_id], timeout_s))
+
+    def refund_trade(self, trade_id: int, refund_id: int, amount: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.refund_trades([Refund(trade_id, refund_id, amount)], timeout_s))
+
+    def open_dispute(self, trade_id: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.open_disputes([trade_id], timeout_s))
+
+    def withdraw_dispute(self, trade_id: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.withdraw_disputes([trade_id], timeout_s))
+
+    def resolve_dispute(self, trade_id: int, buyer_amount: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.resolve_disputes([DisputeResolution(trade_id, buyer_amount)], timeout_s))
+
+    def extend_trade(self, trade_id: int, extension_id: int, extend_by_s: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.extend_trades([Extension(trade_id, extension_id, extend_by_s)], timeout_s))
+
+    def lookup_accounts(self, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> Program[list[Any]]:
+        return self.lookup(LOOKUP_ACCOUNTS, ids, consistency, timeout_s)
+
+    def lookup_transfers(self, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> Program[list[Any]]:
+        return self.lookup(LOOKUP_TRANSFERS, ids, consistency, timeout_s)
+
+    def lookup_trades(self, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> Program[list[Any]]:
+        return self.lookup(LOOKUP_TRADES, ids, consistency, timeout_s)
+
+    def get_account_transfers(
+        self, account_id: int, limit: int, page_token: str, reversed: bool, debits: bool, credits: bool,
+        timestamp_min: int, timestamp_max: int, consistency: Any, timeout_s: float | None,
+    ) -> Program[Page]:  # fmt: skip
+        self.check_open()
+        level = check_consistency(consistency)
+        req = account_transfers_request(
+            account_id,
+            limit=limit,
+            page_token=page_token,
+            reversed=reversed,
+            debits=debits,
+            credits=credits,
+            timestamp_min=timestamp_min,
+            timestamp_max=timestamp_max,
+            consistency=level,
+        )
+        return self._page(ACCOUNT_TRANSFERS, account_id, req, level, timeout_s)
+
+    def list_trades(
+        self, account_id: int, role: Any, limit: int, page_token: str, consistency: Any, timeout_s: float | None
+    ) -> Program[TradePage]:
+        self.check_open()
+        level = check_consistency(consistency)
+        req = list_trades_request(account_id, role=role, limit=limit, page_token=page_token, consistency=level)
+        return self._page(LIST_TRADES, account_id, req, level, timeout_s)
+
+
+_HANDLERS = {Send: "_send", Sleep: "_sleep", RefreshMap: "_refresh", WriteRound: "_round"}
+
+
 class BaseClient:
-    """Configuration and cluster view shared by Client and AsyncClient."""
+    """What Client and AsyncClient share: the constructor, the properties and the plumbing between a shell's
+    I/O and its core (``self._core``). A shell defines _make_core, its drivers ``_run`` and the handlers of the
+    requests (``_send``, ``_sleep``, ``_refresh``, ``_round``), and ``_launch`` (send batches)."""
 
     def __init__(
         self,
@@ -1226,7 +1880,7 @@ class BaseClient:
         backoff_base_s, backoff_max_s: bounded exponential backoff with jitter.
         channel_options: extra grpc channel options.
         """
-        self._cfg = Config.make(
+        cfg = Config.make(
             addresses,
             timeout_s,
             max_batch_items,
@@ -1237,35 +1891,50 @@ class BaseClient:
             backoff_max_s,
             channel_options,
         )
-        self._topology = Topology(self._cfg.seeds)
-        self._closed = False
-        self._rpc_count = 0  # RPCs started (all kinds); for tests and metrics
-        self._setup()
+        self._core = self._make_core(cfg)
 
-    def _setup(self) -> None:
-        """I/O state of the concrete client (channels, queues, locks)."""
+    def _make_core(self, cfg: Config) -> Core:
+        """The core, given the concrete client's I/O (channels, guard, queue signals)."""
+        raise NotImplementedError
+
+    def _launch(self, q: QueueState, batches: list[list[Entry]]) -> None:
+        """Send batches of q (each: ``_core.batch_rpc``, then ``_finish`` when its RPC ended)."""
+        raise NotImplementedError
+
+    def _handle(self, request: Request) -> Any:
+        """The shell's answer to a request (for AsyncClient, an awaitable of it)."""
+        return getattr(self, _HANDLERS[type(request)])(request)
+
+    def _finish(
+        self, q: QueueState, batch: list[Entry], rpc: Rpc, resp: Any, exc: BaseException | None, started: bool = True
+    ) -> None:
+        """A batch's RPC ended (or could not start): settle it, then send what may leave now."""
+        try:
+            self._core.batch_done(q, batch, rpc, resp, exc, started=started)
+        finally:
+            self._launch(q, self._core.release(q))
 
     @property
     def addresses(self) -> list[str]:
         """The seed addresses this client was given."""
-        return list(self._cfg.seeds)
+        return list(self._core.cfg.seeds)
 
     @property
     def timeout_s(self) -> float:
-        return self._cfg.timeout_s
+        return self._core.cfg.timeout_s
 
     @property
     def max_batch_items(self) -> int:
-        return self._cfg.max_batch_items
+        return self._core.cfg.max_batch_items
 
     @property
     def is_closed(self) -> bool:
-        return self._closed
+        return self._core.closed
+
+    @property
+    def _rpc_count(self) -> int:
+        return self._core.rpc_count
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<{type(self).__name__} {','.join(self._cfg.seeds)} {state}>"
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClientClosedError("client is closed")
+        state = "closed" if self._core.closed else "open"
+        return f"<{type(self).__name__} {','.join(self._core.cfg.seeds)} {state}>"

@@ -1,72 +1,47 @@
 """The blocking client: thread-safe, coalescing concurrent callers into batched RPCs.
 
-Threads calling create_transfers/create_accounts (or an escrow write) put their
-items on a queue per shard and RPC method, and wait. Batches leave on gRPC
-futures; the completion callback of one RPC (running on gRPC's own daemon
-threads, which channel.close() stops) hands every caller its results and sends
-whatever queued up meanwhile as the next batch. No thread of this module's own
-is needed; waiting, backoff and retries happen in the calling threads.
+Every call is a program of the core (_core.py) that this module runs in the
+calling thread, doing the I/O it asks for. Threads calling create_transfers (or
+any batch write) put their items on a queue per shard and RPC method, and wait.
+Batches leave on gRPC futures; the completion callback of one RPC (running on
+gRPC's own daemon threads, which channel.close() stops) hands every caller its
+results and sends whatever queued up meanwhile as the next batch. No thread of
+this module's own is needed; waiting, backoff and retries happen in the calling
+threads.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
 
-from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2
-
 from ._core import (
-    ACCOUNTS,
-    CONFIRM_TRADES,
-    CREATE_TRADES,
-    DONE,
-    EXTEND_TRADES,
-    GET_ACCOUNT_TRANSFERS_METHOD,
-    GET_SHARD_MAP_METHOD,
-    LIST_TRADES_METHOD,
-    LOOKUP_ACCOUNTS,
-    LOOKUP_TRADES,
-    LOOKUP_TRANSFERS,
-    MAP_FETCH_TIMEOUT_S,
-    MIN_ATTEMPT_S,
-    OPEN_DISPUTES,
-    REFUND_TRADES,
-    RESOLVE_DISPUTES,
-    SHIP_TRADES,
-    TRANSFERS,
-    WITHDRAW_DISPUTES,
     BaseClient,
+    Config,
+    Core,
     Entry,
     Failure,
-    LookupOp,
+    Program,
     QueueState,
-    ReadCall,
-    Verdict,
-    WriteCall,
+    RefreshMap,
+    Rpc,
+    Send,
+    Sleep,
+    T,
     WriteOp,
-    account_transfers_request,
-    backoff_delay,
-    batch_body,
-    batch_timeout,
-    check_consistency,
-    classify,
+    WriteRound,
     closed_failure,
-    list_trades_request,
-    lookup_request,
+    fail_entries,
+    next_page_kwargs,
     now_s,
-    plan_lookup,
-    settle_batch,
-    trade_refs,
-    validate_ids,
+    run_program,
 )
-from ._errors import ClientClosedError
 from ._model import (
     Account,
     AccountResult,
@@ -83,11 +58,7 @@ from ._model import (
     TradeRole,
     Transfer,
     TransferResult,
-    trade_from_proto,
-    transfer_from_proto,
 )
-
-log = logging.getLogger("tidebank.client")
 
 
 class _Waiter:
@@ -110,16 +81,11 @@ class _Waiter:
         return self._event.wait(max(0.0, timeout))
 
 
-class _Queue:
-    __slots__ = ("state", "cond")
-
-    def __init__(self, op: WriteOp, shard_id: int) -> None:
-        self.state = QueueState(op, shard_id)
-        self.cond = threading.Condition(threading.Lock())
-
-
-class _QueueFull(Exception):
-    pass
+def _result(fut: Any) -> Any:
+    try:
+        return fut.result()
+    except Exception as exc:  # noqa: BLE001 - the program decides what it means
+        return exc
 
 
 class Client(BaseClient):
@@ -132,14 +98,15 @@ class Client(BaseClient):
     override: ``timeout_s=`` keyword).
     """
 
-    def _setup(self) -> None:
-        self._lock = threading.Lock()
+    def _make_core(self, cfg: Config) -> Core:
         self._refresh_lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}
-        self._stubs: dict[tuple[str, str], Any] = {}
-        self._queues: dict[tuple[str, int], _Queue] = {}
         self._tl = threading.local()
-        self._last_map_error = ""
+        return Core(
+            cfg,
+            open_channel=lambda address: grpc.insecure_channel(address, options=cfg.options),
+            guard=threading.Lock(),
+            new_signal=lambda: threading.Condition(threading.Lock()),
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,125 +119,94 @@ class Client(BaseClient):
     def close(self) -> None:
         """Close the channels. Calls waiting in queues fail with ClientClosedError;
         writes already sent fail with OutcomeUnknownError. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            queues = list(self._queues.values())
-            channels = list(self._channels.values())
-        for q in queues:
-            with q.cond:
-                drained = q.state.drain(closed_failure())
-                q.cond.notify_all()
-            for e in drained:
-                e.waiter.done_one()
-        for ch in channels:
+        for ch in self._core.close() or ():
             ch.close()
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ the driver: the I/O a program asks for
 
-    def _channel(self, address: str) -> grpc.Channel:
-        ch = self._channels.get(address)
-        if ch is None:
-            with self._lock:
-                if self._closed:
-                    raise ClientClosedError("client is closed")
-                ch = self._channels.get(address)
-                if ch is None:
-                    ch = grpc.insecure_channel(address, options=self._cfg.options)
-                    self._channels[address] = ch
-        return ch
+    def _run(self, program: Program[T]) -> T:
+        """Run a call program of the core to its end in this thread."""
+        return run_program(program, self._handle)
 
-    def _unary(self, address: str, method: str, serializer: Any, deserializer: Any) -> Any:
-        key = (address, method)
-        mc = self._stubs.get(key)
-        if mc is None:
-            mc = self._channel(address).unary_unary(
-                method,
-                request_serializer=serializer,
-                response_deserializer=deserializer,
-                _registered_method=True,
-            )
-            self._stubs[key] = mc
-        return mc
+    def _send(self, s: Send) -> list[Any]:
+        calls: list[tuple[Any, Exception | None]] = []
+        for rpc in s.rpcs:  # all in flight before waiting for any
+            try:
+                calls.append((self._core.stub(rpc).future(rpc.request, timeout=rpc.timeout), None))
+            except Exception as exc:  # noqa: BLE001
+                calls.append((None, exc))
+        return [exc if fut is None else _result(fut) for fut, exc in calls]
 
-    def _queue(self, op: WriteOp, shard_id: int) -> _Queue:
-        key = (op.method, shard_id)
-        q = self._queues.get(key)
-        if q is None:
-            with self._lock:
-                if self._closed:
-                    raise ClientClosedError("client is closed")
-                q = self._queues.setdefault(key, _Queue(op, shard_id))
-        return q
+    @staticmethod
+    def _sleep(s: Sleep) -> None:
+        time.sleep(s.seconds)
 
-    def _refresh(self, deadline: float, seen_generation: int) -> bool:
-        """Fetch the shard map unless someone else did since ``seen_generation``.
-        True when a node answered."""
-        topo = self._topology
-        rem = deadline - now_s()
+    def _refresh(self, r: RefreshMap) -> bool:
+        rem = r.deadline - now_s()
         if rem <= 0 or not self._refresh_lock.acquire(timeout=rem):
             return False
         try:
-            if topo.generation != seen_generation and topo.map is not None:
-                return True
-            req = admin_pb2.GetShardMapRequest()
-            for addr in topo.refresh_candidates(now_s()):
-                rem = deadline - now_s()
-                if rem <= 0 or self._closed:
-                    break
-                try:
-                    mc = self._unary(
-                        addr,
-                        GET_SHARD_MAP_METHOD,
-                        admin_pb2.GetShardMapRequest.SerializeToString,
-                        admin_pb2.ShardMap.FromString,
-                    )
-                    self._rpc_count += 1
-                    m = mc(req, timeout=min(rem, MAP_FETCH_TIMEOUT_S))
-                except grpc.RpcError as exc:
-                    self._last_map_error = f"{addr}: {exc.code().name}: {exc.details()}"
-                    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                        topo.suspect(addr, now_s())
-                    continue
-                except (ValueError, ClientClosedError):  # channel closed under us
-                    break
-                topo.offer(ShardMap.from_proto(m))
-                return True
-            return False
+            return self._core.topology.refreshed_since(r.generation) or self._run(self._core.fetch_map(r.deadline))
         finally:
             self._refresh_lock.release()
 
-    def _map(self, call: WriteCall | ReadCall) -> ShardMap:
-        smap = self._topology.map
-        attempt = 0
-        while smap is None:
-            self._check_open()
-            self._refresh(call.deadline, self._topology.generation)
-            smap = self._topology.map
-            if smap is not None:
+    def _round(self, r: WriteRound) -> None:
+        waiter = _Waiter(len(r.entries))
+        for e in r.entries:
+            e.waiter = waiter
+        for k, e in enumerate(r.entries):
+            refused = self._enqueue(r.op, e, r.deadline)
+            if refused is not None:
+                fail_entries(r.entries[k:], refused)
                 break
-            rem = call.remaining(now_s())
-            if rem <= MIN_ATTEMPT_S:
-                call.last = Failure(Failure.RETRY, f"no node answered with the shard map ({self._last_map_error})")
-                raise call.timeout_error()
-            time.sleep(min(rem, backoff_delay(attempt, self._cfg.backoff_base_s, self._cfg.backoff_max_s)))
-            attempt += 1
-        return smap
+        if not waiter.wait(r.deadline - now_s()):
+            self._core.withdraw(r.entries)
 
-    def _pause(self, verdict: Verdict, generation: int, call: WriteCall | ReadCall) -> None:
-        if self._closed:
-            raise call.error(closed_failure())
-        if verdict.refresh:
-            self._refresh(call.deadline, generation)
-        rem = call.remaining(now_s())
-        if verdict.delay > 0 and rem > 0:
-            time.sleep(min(verdict.delay, rem))
-            rem = call.remaining(now_s())
-        if rem <= MIN_ATTEMPT_S:
-            raise call.timeout_error()
-        if self._closed:
-            raise call.error(closed_failure())
+    def _enqueue(self, op: WriteOp, e: Entry, deadline: float) -> Failure | None:
+        q = self._core.queue(op, e.shard_id)
+        if q is None:
+            return closed_failure()
+        batches: list[list[Entry]] = []
+        with q.io:
+            while isinstance(verdict := self._core.admit(q, e, deadline, now_s()), float):
+                q.io.wait(verdict)
+            if verdict is None:
+                batches = self._core.push(q, e)
+        self._launch(q, batches)
+        return verdict
+
+    def _launch(self, q: QueueState, batches: list[list[Entry]]) -> None:
+        # Trampoline: an RPC that fails at once completes in this very thread and
+        # launches the next batch; queue that instead of recursing.
+        if not batches:
+            return
+        tl = self._tl
+        pending = getattr(tl, "pending", None)
+        if pending is not None:
+            pending.extend((q, b) for b in batches)
+            return
+        tl.pending = pending = deque((q, b) for b in batches)
+        try:
+            while pending:
+                self._send_batch(*pending.popleft())
+        finally:
+            tl.pending = None
+
+    def _send_batch(self, q: QueueState, batch: list[Entry]) -> None:
+        rpc = self._core.batch_rpc(q, batch, now_s())
+        try:
+            fut = self._core.stub(rpc).future(rpc.request, timeout=rpc.timeout)
+        except Exception as exc:  # noqa: BLE001 - not started, so certainly not applied
+            self._finish(q, batch, rpc, None, exc, started=False)
+            return
+        fut.add_done_callback(functools.partial(self._on_done, q, batch, rpc))
+
+    def _on_done(self, q: QueueState, batch: list[Entry], rpc: Rpc, fut: Any) -> None:
+        try:
+            resp, exc = fut.result(), None
+        except BaseException as e:  # noqa: BLE001
+            resp, exc = None, e
+        self._finish(q, batch, rpc, resp, exc)
 
     # ------------------------------------------------------------------ writes
 
@@ -281,7 +217,7 @@ class Client(BaseClient):
         ``exists_with_different_*``). Raises InvalidRequestError, UnavailableError
         (nothing unresolved was applied) or OutcomeUnknownError (re-submit the ids).
         """
-        return self._write(ACCOUNTS, list(accounts), timeout_s)
+        return self._run(self._core.create_accounts(accounts, timeout_s))
 
     def create_transfers(
         self, transfers: Iterable[Transfer], *, timeout_s: float | None = None
@@ -291,7 +227,7 @@ class Client(BaseClient):
         Items are routed by debit_account_id; linked chains travel whole. A retried
         transfer that was applied by an earlier attempt answers ``exists``.
         """
-        return self._write(TRANSFERS, list(transfers), timeout_s)
+        return self._run(self._core.create_transfers(transfers, timeout_s))
 
     # ------------------------------------------------------------------ escrow writes
     #
@@ -302,210 +238,69 @@ class Client(BaseClient):
 
     def create_trades(self, trades: Iterable[NewTrade], *, timeout_s: float | None = None) -> list[TradeResult]:
         """Open trades: each buyer's amount moves into escrow at once, or nothing happens."""
-        return self._write(CREATE_TRADES, list(trades), timeout_s)
+        return self._run(self._core.create_trades(trades, timeout_s))
 
     def ship_trades(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
         """PAID -> SHIPPED; starts each trade's auto-confirm timer."""
-        return self._write(SHIP_TRADES, trade_refs(trade_ids), timeout_s)
+        return self._run(self._core.ship_trades(trade_ids, timeout_s))
 
     def confirm_trades(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
         """The buyer confirms receipt: the held amount less the fee goes to the seller."""
-        return self._write(CONFIRM_TRADES, trade_refs(trade_ids), timeout_s)
+        return self._run(self._core.confirm_trades(trade_ids, timeout_s))
 
     def refund_trades(self, refunds: Iterable[Refund], *, timeout_s: float | None = None) -> list[TradeResult]:
         """Partial or full refunds from the held money, each idempotent by its refund id."""
-        return self._write(REFUND_TRADES, list(refunds), timeout_s)
+        return self._run(self._core.refund_trades(refunds, timeout_s))
 
     def open_disputes(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
         """Freeze each trade's timer (one dispute per trade)."""
-        return self._write(OPEN_DISPUTES, trade_refs(trade_ids), timeout_s)
+        return self._run(self._core.open_disputes(trade_ids, timeout_s))
 
     def withdraw_disputes(self, trade_ids: Iterable[int], *, timeout_s: float | None = None) -> list[TradeResult]:
         """End disputes without a ruling: the timers resume with the time they had left."""
-        return self._write(WITHDRAW_DISPUTES, trade_refs(trade_ids), timeout_s)
+        return self._run(self._core.withdraw_disputes(trade_ids, timeout_s))
 
     def resolve_disputes(
         self, resolutions: Iterable[DisputeResolution], *, timeout_s: float | None = None
     ) -> list[TradeResult]:
         """End disputes by a split; the trades are CLOSED."""
-        return self._write(RESOLVE_DISPUTES, list(resolutions), timeout_s)
+        return self._run(self._core.resolve_disputes(resolutions, timeout_s))
 
     def extend_trades(self, extensions: Iterable[Extension], *, timeout_s: float | None = None) -> list[TradeResult]:
         """Extend auto-confirm timers, each idempotent by its extension id."""
-        return self._write(EXTEND_TRADES, list(extensions), timeout_s)
+        return self._run(self._core.extend_trades(extensions, timeout_s))
 
     def create_trade(self, trade: NewTrade, *, timeout_s: float | None = None) -> TradeResult:
         """create_trades for one trade (concurrent callers still share RPCs)."""
-        return self.create_trades([trade], timeout_s=timeout_s)[0]
+        return self._run(self._core.create_trade(trade, timeout_s))
 
     def ship_trade(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
-        return self.ship_trades([trade_id], timeout_s=timeout_s)[0]
+        return self._run(self._core.ship_trade(trade_id, timeout_s))
 
     def confirm_trade(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
-        return self.confirm_trades([trade_id], timeout_s=timeout_s)[0]
+        return self._run(self._core.confirm_trade(trade_id, timeout_s))
 
     def refund_trade(
         self, trade_id: int, refund_id: int, amount: int, *, timeout_s: float | None = None
     ) -> TradeResult:
         """One refund. ``refund_id`` is yours to choose and keep: re-using it on a retry is what
         makes the retry safe (a fresh id would be a second refund)."""
-        return self.refund_trades([Refund(trade_id, refund_id, amount)], timeout_s=timeout_s)[0]
+        return self._run(self._core.refund_trade(trade_id, refund_id, amount, timeout_s))
 
     def open_dispute(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
-        return self.open_disputes([trade_id], timeout_s=timeout_s)[0]
+        return self._run(self._core.open_dispute(trade_id, timeout_s))
 
     def withdraw_dispute(self, trade_id: int, *, timeout_s: float | None = None) -> TradeResult:
-        return self.withdraw_disputes([trade_id], timeout_s=timeout_s)[0]
+        return self._run(self._core.withdraw_dispute(trade_id, timeout_s))
 
     def resolve_dispute(self, trade_id: int, buyer_amount: int, *, timeout_s: float | None = None) -> TradeResult:
-        return self.resolve_disputes([DisputeResolution(trade_id, buyer_amount)], timeout_s=timeout_s)[0]
+        return self._run(self._core.resolve_dispute(trade_id, buyer_amount, timeout_s))
 
     def extend_trade(
         self, trade_id: int, extension_id: int, extend_by_s: int, *, timeout_s: float | None = None
     ) -> TradeResult:
         """One extension; like refund_trade, keep ``extension_id`` for retries."""
-        return self.extend_trades([Extension(trade_id, extension_id, extend_by_s)], timeout_s=timeout_s)[0]
-
-    # ------------------------------------------------------------------ write machinery
-
-    def _write(self, op: WriteOp, items: list[Any], timeout_s: float | None) -> list[Any]:
-        self._check_open()
-        call = WriteCall(op, items, self._cfg, timeout_s, now_s())
-        while not call.done:
-            smap = self._map(call)
-            generation = self._topology.generation
-            entries = call.plan(smap)
-            if entries is None:
-                verdict: Verdict | None = call.no_route()
-            else:
-                self._round(op, entries, call.deadline)
-                verdict = call.absorb(entries, now_s())
-                if verdict is None:
-                    break
-            self._pause(verdict, generation, call)
-        return call.results()
-
-    def _round(self, op: WriteOp, entries: list[Entry], deadline: float) -> None:
-        """Queue one entry per shard and wait for all of them (or the deadline)."""
-        waiter = _Waiter(len(entries))
-        for e in entries:
-            e.waiter = waiter
-        sent = 0
-        try:
-            for e in entries:
-                self._enqueue(op, e, deadline)
-                sent += 1
-        except (_QueueFull, ClientClosedError) as exc:
-            f = (
-                closed_failure()
-                if isinstance(exc, ClientClosedError)
-                else Failure(Failure.RETRY, "the shard's queue stayed full until the deadline")
-            )
-            for e in entries[sent:]:
-                e.outcome = f
-                waiter.done_one()
-        if not waiter.wait(deadline - now_s()):
-            # Withdraw what has not left yet: those items were never sent.
-            for e in entries:
-                q = self._queues.get((op.method, e.shard_id))
-                if q is not None:
-                    with q.cond:
-                        q.state.cancel(e, Failure(Failure.RETRY, "not sent before the deadline"))
-
-    def _enqueue(self, op: WriteOp, e: Entry, deadline: float) -> None:
-        q = self._queue(op, e.shard_id)
-        cfg = self._cfg
-        with q.cond:
-            while not q.state.has_room(e.n, cfg.max_queued_items_per_shard):
-                if self._closed:
-                    raise ClientClosedError("client is closed")
-                rem = deadline - now_s()
-                if rem <= 0:
-                    raise _QueueFull
-                q.cond.wait(rem)
-            if self._closed:
-                raise ClientClosedError("client is closed")
-            q.state.push(e)
-            batches = q.state.take(cfg.max_batch_items, cfg.max_in_flight_per_shard)
-            if batches:
-                q.cond.notify_all()
-        if batches:
-            self._launch(q, batches)
-
-    def _launch(self, q: _Queue, batches: list[list[Entry]]) -> None:
-        # Trampoline: an RPC that fails at once completes in this very thread and
-        # launches the next batch; queue that instead of recursing.
-        tl = self._tl
-        pending = getattr(tl, "pending", None)
-        if pending is not None:
-            pending.extend((q, b) for b in batches)
-            return
-        tl.pending = pending = deque((q, b) for b in batches)
-        try:
-            while pending:
-                qq, batch = pending.popleft()
-                self._send(qq, batch)
-        finally:
-            tl.pending = None
-
-    def _send(self, q: _Queue, batch: list[Entry]) -> None:
-        op = q.state.op
-        now = now_s()
-        address = self._topology.pick(q.state.shard_id, now)
-        try:
-            if self._closed:
-                raise ClientClosedError("client is closed")
-            mc = self._unary(address, op.method, None, op.response_cls.FromString)
-            fut = mc.future(batch_body(batch), timeout=batch_timeout(batch, self._cfg.attempt_timeout_s, now))
-            self._rpc_count += 1
-        except Exception as exc:  # noqa: BLE001 - not started, so certainly not applied
-            f = closed_failure() if self._closed else Failure(Failure.RETRY, f"could not start the RPC: {exc!r}")
-            self._finish(q, batch, address, None, None, f)
-            return
-        fut.add_done_callback(functools.partial(self._on_done, q, batch, address))
-
-    def _on_done(self, q: _Queue, batch: list[Entry], address: str, fut: Any) -> None:
-        try:
-            resp, exc = fut.result(), None
-        except BaseException as e:  # noqa: BLE001
-            resp, exc = None, e
-        self._finish(q, batch, address, resp, exc)
-
-    def _finish(
-        self,
-        q: _Queue,
-        batch: list[Entry],
-        address: str,
-        resp: Any,
-        exc: BaseException | None,
-        failure: Failure | None = None,
-    ) -> None:
-        state = q.state
-        try:
-            if failure is not None:
-                settle_batch(batch, state.op.name, None, failure)
-            elif exc is None:
-                settle_batch(batch, state.op.name, resp.results, None)
-            else:
-                f = classify(exc, write=True, closed=self._closed)
-                self._topology.note(state.shard_id, address, f, now_s())
-                settle_batch(batch, state.op.name, None, f)
-        except Exception:  # noqa: BLE001 - never leave a caller hanging
-            log.exception("tidebank client: settling a batch failed")
-            for e in batch:
-                if e.state != DONE:
-                    e.outcome = Failure(Failure.RETRY, "client error while reading the answer", ambiguous=True)
-                    e.state = DONE
-                    e.waiter.done_one()
-        finally:
-            cfg = self._cfg
-            with q.cond:
-                state.in_flight -= 1
-                batches = [] if self._closed else state.take(cfg.max_batch_items, cfg.max_in_flight_per_shard)
-                if batches:
-                    q.cond.notify_all()
-            if batches:
-                self._launch(q, batches)
+        return self._run(self._core.extend_trade(trade_id, extension_id, extend_by_s, timeout_s))
 
     # ------------------------------------------------------------------ reads
 
@@ -517,7 +312,7 @@ class Client(BaseClient):
         timeout_s: float | None = None,
     ) -> list[Account]:
         """The accounts found among ``ids``, in request order (missing ids are skipped)."""
-        return self._lookup(LOOKUP_ACCOUNTS, ids, consistency, timeout_s)
+        return self._run(self._core.lookup_accounts(ids, consistency, timeout_s))
 
     def lookup_transfers(
         self,
@@ -527,7 +322,7 @@ class Client(BaseClient):
         timeout_s: float | None = None,
     ) -> list[Transfer]:
         """The transfers found among ``ids``, in request order (missing ids are skipped)."""
-        return self._lookup(LOOKUP_TRANSFERS, ids, consistency, timeout_s)
+        return self._run(self._core.lookup_transfers(ids, consistency, timeout_s))
 
     def lookup_trades(
         self,
@@ -537,61 +332,7 @@ class Client(BaseClient):
         timeout_s: float | None = None,
     ) -> list[Trade]:
         """The trades found among ``ids``, in request order (missing ids are skipped)."""
-        return self._lookup(LOOKUP_TRADES, ids, consistency, timeout_s)
-
-    def _lookup(self, op: LookupOp, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> list[Any]:
-        self._check_open()
-        id_list = validate_ids(ids)
-        level = check_consistency(consistency)
-        if not id_list:
-            return []
-        call = ReadCall(op.name, self._cfg, timeout_s, now_s())
-        found: dict[int, Any] = {}
-        pending = list(range(len(id_list)))
-        leader = level == ReadConsistency.LINEARIZABLE
-        while pending:
-            smap = self._map(call)
-            generation = self._topology.generation
-            chunks = plan_lookup(id_list, pending, smap, self._cfg.max_batch_items)
-            failures: list[Failure] = []
-            if chunks is None:
-                failures.append(Failure(Failure.RETRY, "the shard map assigns no shard to some ids", refresh=True))
-            else:
-                now = now_s()
-                timeout = max(0.001, min(self._cfg.attempt_timeout_s, call.remaining(now)))
-                started = []
-                for sid, positions in chunks:
-                    addr = self._topology.pick(sid, now, leader=leader)
-                    req = lookup_request(op, [id_list[p] for p in positions], level)
-                    fut: Any = None
-                    start_exc: BaseException | None = None
-                    try:
-                        mc = self._unary(addr, op.method, op.request_cls.SerializeToString, op.response_cls.FromString)
-                        fut = mc.future(req, timeout=timeout)
-                        self._rpc_count += 1
-                    except Exception as exc:  # noqa: BLE001
-                        start_exc = exc
-                    started.append((sid, addr, positions, fut, start_exc))
-                done: set[int] = set()
-                for sid, addr, positions, fut, start_exc in started:
-                    try:
-                        if start_exc is not None:
-                            raise start_exc
-                        resp = fut.result()
-                    except Exception as exc:  # noqa: BLE001
-                        f = classify(exc, write=False, closed=self._closed)
-                        self._topology.note(sid, addr, f, now_s())
-                        failures.append(f)
-                        continue
-                    for m in getattr(resp, op.response_field):
-                        obj = op.from_proto(m)
-                        found[obj.id] = obj
-                    done.update(positions)
-                if done:
-                    pending = [p for p in pending if p not in done]
-            if failures and pending:
-                self._pause(call.failed(failures, now_s()), generation, call)
-        return [found[i] for i in id_list if i in found]
+        return self._run(self._core.lookup_trades(ids, consistency, timeout_s))
 
     def get_account_transfers(
         self,
@@ -609,70 +350,15 @@ class Client(BaseClient):
     ) -> Page:
         """One page of the transfers that debit and/or credit ``account_id``, oldest first
         (newest first with ``reversed``). Pass ``page.next_page_token`` for the next page."""
-        self._check_open()
-        level = check_consistency(consistency)
-        req = account_transfers_request(
-            account_id,
-            limit=limit,
-            page_token=page_token,
-            reversed=reversed,
-            debits=debits,
-            credits=credits,
-            timestamp_min=timestamp_min,
-            timestamp_max=timestamp_max,
-            consistency=level,
-        )
-        resp = self._routed_read(
-            "get_account_transfers",
-            account_id,
-            GET_ACCOUNT_TRANSFERS_METHOD,
-            req,
-            ledger_pb2.GetAccountTransfersResponse.FromString,
-            level,
+        program = self._core.get_account_transfers(
+            account_id, limit, page_token, reversed, debits, credits, timestamp_min, timestamp_max, consistency,
             timeout_s,
-        )
-        return Page([transfer_from_proto(m) for m in resp.transfers], resp.next_page_token)
-
-    def _routed_read(
-        self,
-        what: str,
-        key_id: int,
-        method: str,
-        req: Any,
-        deserializer: Callable[[bytes], Any],
-        level: ReadConsistency,
-        timeout_s: float | None,
-    ) -> Any:
-        """One read RPC sent to the shard of ``key_id`` (its leader for linearizable reads),
-        retried until ``timeout_s``."""
-        call = ReadCall(what, self._cfg, timeout_s, now_s())
-        while True:
-            smap = self._map(call)
-            generation = self._topology.generation
-            sid = smap.shard_id_for(key_id)
-            if sid is None:
-                f = Failure(Failure.RETRY, f"the shard map assigns no shard to {key_id}", refresh=True)
-            else:
-                now = now_s()
-                addr = self._topology.pick(sid, now, leader=level == ReadConsistency.LINEARIZABLE)
-                try:
-                    mc = self._unary(addr, method, type(req).SerializeToString, deserializer)
-                    self._rpc_count += 1
-                    return mc(req, timeout=max(0.001, min(self._cfg.attempt_timeout_s, call.remaining(now))))
-                except Exception as exc:  # noqa: BLE001
-                    f = classify(exc, write=False, closed=self._closed)
-                    self._topology.note(sid, addr, f, now_s())
-            self._pause(call.failed([f], now_s()), generation, call)
+        )  # fmt: skip
+        return self._run(program)
 
     def iter_account_transfers(self, account_id: int, **kwargs: Any) -> Iterator[Transfer]:
         """Every transfer of get_account_transfers(account_id, **kwargs), page after page."""
-        kwargs = dict(kwargs)
-        while True:
-            page = self.get_account_transfers(account_id, **kwargs)
-            yield from page.items
-            if not page.next_page_token:
-                return
-            kwargs["page_token"] = page.next_page_token
+        yield from self._pages(self.get_account_transfers, account_id, kwargs)
 
     def list_trades(
         self,
@@ -686,40 +372,20 @@ class Client(BaseClient):
     ) -> TradePage:
         """One page of the trades where ``account_id`` is the buyer (or, with ``role``, the
         seller), oldest first. Pass ``page.next_page_token`` for the next page."""
-        self._check_open()
-        level = check_consistency(consistency)
-        req = list_trades_request(account_id, role=role, limit=limit, page_token=page_token, consistency=level)
-        # The answering node gathers from every shard itself; the account's shard is just a good first pick.
-        resp = self._routed_read(
-            "list_trades", account_id, LIST_TRADES_METHOD, req, escrow_pb2.ListTradesResponse.FromString, level,
-            timeout_s,
-        )  # fmt: skip
-        return TradePage([trade_from_proto(m) for m in resp.trades], resp.next_page_token)
+        return self._run(self._core.list_trades(account_id, role, limit, page_token, consistency, timeout_s))
 
     def iter_trades(self, account_id: int, **kwargs: Any) -> Iterator[Trade]:
         """Every trade of list_trades(account_id, **kwargs), page after page."""
-        kwargs = dict(kwargs)
-        while True:
-            page = self.list_trades(account_id, **kwargs)
+        yield from self._pages(self.list_trades, account_id, kwargs)
+
+    @staticmethod
+    def _pages(get_page: Any, account_id: int, kwargs: dict[str, Any]) -> Iterator[Any]:
+        kw: dict[str, Any] | None = dict(kwargs)
+        while kw is not None:
+            page = get_page(account_id, **kw)
             yield from page.items
-            if not page.next_page_token:
-                return
-            kwargs["page_token"] = page.next_page_token
+            kw = next_page_kwargs(kw, page)
 
     def shard_map(self, *, timeout_s: float | None = None) -> ShardMap:
         """The cluster's current shard map, fetched now from any node."""
-        self._check_open()
-        call = ReadCall("shard_map", self._cfg, timeout_s, now_s())
-        generation = self._topology.generation
-        attempt = 0
-        while not self._refresh(call.deadline, generation):
-            rem = call.remaining(now_s())
-            if rem <= MIN_ATTEMPT_S:
-                call.last = Failure(Failure.RETRY, f"no node answered ({self._last_map_error})")
-                raise call.timeout_error()
-            time.sleep(min(rem, backoff_delay(attempt, self._cfg.backoff_base_s, self._cfg.backoff_max_s)))
-            attempt += 1
-            self._check_open()
-        smap = self._topology.map
-        assert smap is not None
-        return smap
+        return self._run(self._core.shard_map(timeout_s))

@@ -320,12 +320,16 @@ def test_plan_rounds_keep_request_order_per_shard() -> None:
     items = [Transfer(i + 1, debit_account_id=k, credit_account_id=9) for i, k in enumerate(k0)]
     call = _core.WriteCall(_core.TRANSFERS, items, _cfg(max_batch_items=2), None, 0.0)
     seen = []
+    verdicts = []
     while not call.done:
         (entry,) = call.plan(smap) or []
         seen.append(entry.indexes)
         entry.outcome = [0] * entry.n
-        assert call.absorb([entry], 0.0) is None or not call.done
+        verdicts.append(call.absorb([entry], 0.0))
     assert seen == [[0, 1], [2, 3], [4]]
+    # The round that resolves the last items ends the call (None); the earlier ones go on at once:
+    # no backoff and no map refresh after a round that succeeded.
+    assert verdicts == [_core.Verdict(0.0, False), _core.Verdict(0.0, False), None]
     assert [r.index for r in call.results()] == [0, 1, 2, 3, 4]
 
 
@@ -359,7 +363,12 @@ def test_queue_batches_whole_entries_up_to_the_limit() -> None:
     q.in_flight = 0
     batches = q.take(6, 5)
     assert [[len(e.indexes) for e in b] for b in batches] == [[1], [1]]  # solo goes alone
-    assert not q.has_room(1, 0) or q.queued_items == 0
+    assert q.queued_items == 0 and not q.entries and q.in_flight == 2
+    # An empty queue admits a call of any size (else a call larger than the bound could never be sent);
+    # a non-empty one only what fits under the bound.
+    assert q.has_room(10_000, 4)
+    q.push(_entry([0, 1, 2]))
+    assert q.queued_items == 3 and q.has_room(1, 4) and not q.has_room(2, 4)
 
 
 def test_settle_distributes_results_in_order() -> None:
