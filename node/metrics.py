@@ -13,6 +13,9 @@ ITEMS = Counter("tidebank_request_items_total", "items in batch requests", ["met
 LATENCY = Histogram("tidebank_request_latency_seconds", "gRPC request latency", ["method"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
+RAFT_SYNC_SECONDS = Histogram("tidebank_raft_journal_sync_seconds",
+                              "fdatasync of the journals written in one Raft loop turn (in parallel)",
+                              buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
 APPLY_STOPPED = Gauge("tidebank_replica_apply_stopped",
                       "1 if this replica stopped applying on a storage error (it will not campaign or lead)",
                       ["shard"])
@@ -59,6 +62,14 @@ class _ReplicaCollector:
         applied = GaugeMetricFamily("tidebank_replica_applied_index", "Raft applied index", labels=["shard"])
         entries = GaugeMetricFamily("tidebank_shard_entries_submitted", "Raft entries proposed by this node",
                                     labels=["shard"])
+        raft = getattr(self.node, "raft", None)
+        if raft is not None:
+            loop = GaugeMetricFamily("tidebank_raft_loop", "Raft loop counters (turns, ticks, frames, bytes)",
+                                     labels=["counter"])
+            for name, value in raft.status().items():
+                if isinstance(value, int):
+                    loop.add_metric([name], value)
+            yield loop
         for shard_id, host in self.node.shards.items():
             status = host.status()
             label = [str(shard_id)]

@@ -83,7 +83,8 @@ class Node(NodeView):
             log.warning("TIDEBANK_RAFT_FSYNC=0: acknowledged writes do not survive power loss")
         my_shards = topology.shards_on(node_name)
         peers = {name: topology.node(name).raft_endpoint for shard in my_shards for name in shard.replicas}
-        self.raft = RaftHost(node_name, self.spec.raft_endpoint, peers, topology.secret, links=links)
+        self.raft = RaftHost(node_name, self.spec.raft_endpoint, peers, topology.secret, links=links,
+                             observer=metrics.RAFT_SYNC_SECONDS)
         self.raft.start()
         self.apply_errors: dict[int, str] = {}
         for shard in my_shards:

@@ -378,6 +378,11 @@ class DurableJournal(Journal):
     def dirty(self) -> bool:
         return self._dirty
 
+    @property
+    def needs_sync(self) -> bool:
+        """Records buffered or written since the last fdatasync (what sync() would flush)."""
+        return self._dirty or bool(self._pending)
+
     def sync_on_next_add(self) -> None:
         """Make the next :meth:`add` sync immediately (used for the new leader's no-op)."""
         self._sync_on_next_add = True

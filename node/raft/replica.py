@@ -513,6 +513,11 @@ class ShardReplica(SyncObj):
                 still.append((read_round, index, future))
         self._reads = still
 
+    @property
+    def journal_dirty(self) -> bool:
+        """Whether this replica appended (or truncated) anything not yet fdatasync'ed."""
+        return self._journal.needs_sync
+
     def sync_journal(self) -> None:
         """Group commit: write and fdatasync what this replica appended since the last sync (loop thread)."""
         self._journal.sync()

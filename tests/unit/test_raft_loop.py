@@ -53,7 +53,7 @@ def test_a_woken_shard_is_ticked_within_a_few_milliseconds():
     host = RaftHost("n0", ("127.0.0.1", port), {"n0": ("127.0.0.1", port)}, "secret", tick_period_s=10.0)
 
     class Replica:
-        shard_id, closed, touched = 3, False, False
+        shard_id, closed, touched, journal_dirty = 3, False, False, False
 
         def __init__(self):
             self.ticked = []
