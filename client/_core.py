@@ -30,6 +30,7 @@ import itertools
 import logging
 import random
 import re
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -79,6 +80,7 @@ from ._model import (
     _transfer_status,
     account_from_proto,
     account_to_proto,
+    account_to_record,
     extension_to_proto,
     field_problem,
     new_trade_to_proto,
@@ -89,6 +91,7 @@ from ._model import (
     trade_result,
     transfer_from_proto,
     transfer_to_proto,
+    transfer_to_record,
 )
 
 log = logging.getLogger("tidebank.client")
@@ -243,6 +246,10 @@ class WriteOp:
     ident: Callable[[Any], int] = _item_id  # the item's id, as results and errors report it
     linked: Callable[[Any], bool] | None = None  # True: the item chains to the next (travels with it)
     label: str = ""  # the call's name in messages, when not ``name``
+    # Items sent in their fixed binary form: `pack(item)` is the record, `packed_tag` the tag of the request's
+    # bytes field (the body is that field holding every record of the batch, not one message per item).
+    pack: Callable[[Any], bytes] | None = None
+    packed_tag: bytes = b""
 
     @property
     def what(self) -> str:
@@ -260,6 +267,8 @@ ACCOUNTS = WriteOp(
     response_cls=ledger_pb2.CreateAccountsResponse,
     result=lambda i, id_, code: AccountResult(i, id_, _account_status(code)),
     linked=_flag_linked,
+    pack=account_to_record,
+    packed_tag=b"\x12",  # CreateAccountsRequest.accounts_packed (field 2, bytes)
 )
 TRANSFERS = WriteOp(
     name="transfers",
@@ -272,6 +281,8 @@ TRANSFERS = WriteOp(
     response_cls=ledger_pb2.CreateTransfersResponse,
     result=lambda i, id_, code: TransferResult(i, id_, _transfer_status(code)),
     linked=_flag_linked,
+    pack=transfer_to_record,
+    packed_tag=b"\x12",  # CreateTransfersRequest.transfers_packed (field 2, bytes)
 )
 
 
@@ -417,20 +428,23 @@ def encode_items(op: WriteOp, items: Sequence[Any]) -> tuple[list[bytes], list[i
     units: list[tuple[int, int]] = []
     violations: list[FieldViolation] = []
     start = 0
-    to_proto, item_cls, linked, ident = op.to_proto, op.item_cls, op.linked, op.ident
+    to_proto, item_cls, linked, ident, pack = op.to_proto, op.item_cls, op.linked, op.ident, op.pack
     for i, item in enumerate(items):
         if not isinstance(item, item_cls):
             raise TypeError(f"{op.name}[{i}] is a {type(item).__name__}, expected {item_cls.__name__}")
         try:
-            payload = to_proto(item).SerializeToString()
+            payload = pack(item) if pack is not None else to_proto(item).SerializeToString()
             key = op.key(item)
             chained = linked is not None and linked(item)
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError, struct.error):
             name, desc = field_problem(item, op.fields, op.proto_cls)
             violations.append(FieldViolation(f"{op.name}[{i}].{name}" if name else f"{op.name}[{i}]", desc))
             continue
-        n = len(payload)
-        frames.append(_FIELD_TAG + (bytes((n,)) if n < 0x80 else _varint(n)) + payload)
+        if pack is not None:
+            frames.append(payload)  # the record itself: batch_body wraps all of them in one bytes field
+        else:
+            n = len(payload)
+            frames.append(_FIELD_TAG + (bytes((n,)) if n < 0x80 else _varint(n)) + payload)
         keys.append(key)
         ids.append(ident(item))
         if not chained:
@@ -903,8 +917,13 @@ def fail_entries(entries: Iterable[Entry], failure: Failure) -> None:
         e.waiter.done_one()
 
 
-def batch_body(batch: list[Entry]) -> bytes:
-    return batch[0].payload if len(batch) == 1 else b"".join(e.payload for e in batch)
+def batch_body(batch: list[Entry], op: WriteOp | None = None) -> bytes:
+    """The request message of a coalesced batch: the callers' frames as they are, or, for an op sent packed,
+    one bytes field holding every caller's records."""
+    body = batch[0].payload if len(batch) == 1 else b"".join(e.payload for e in batch)
+    if op is not None and op.pack is not None:
+        return op.packed_tag + _varint(len(body)) + body
+    return body
 
 
 def batch_timeout(batch: list[Entry], attempt_timeout_s: float, now: float) -> float:
@@ -1541,7 +1560,7 @@ class Core:
         op = q.op
         address = self.topology.pick(q.shard_id, now)
         timeout = batch_timeout(batch, self.cfg.attempt_timeout_s, now)
-        return Rpc(address, op.method, batch_body(batch), None, op.response_cls.FromString, timeout)
+        return Rpc(address, op.method, batch_body(batch, op), None, op.response_cls.FromString, timeout)
 
     def batch_done(
         self, q: QueueState, batch: list[Entry], rpc: Rpc, resp: Any, exc: BaseException | None, *, started: bool = True

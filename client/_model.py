@@ -16,6 +16,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from tidebank.common.keys import U64_MAX, U128_MAX, slot_of
+from tidebank.common.records import ACCOUNT_STRUCT, M64, TRANSFER_STRUCT
 from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 __all__ = [
@@ -523,6 +524,35 @@ _TRANSFER_FIELDS = (
     "user_data_64", "user_data_32", "timeout", "ledger", "code", "flags", "timestamp",
 )  # fmt: skip
 _U128_FIELDS = frozenset(("id", "debit_account_id", "credit_account_id", "pending_id", "user_data_128"))
+
+
+def account_to_record(a: Account) -> bytes:
+    """The account's fixed binary form (tidebank.common.records), as `accounts_packed` carries it."""
+    i, u = a.id, a.user_data_128
+    return ACCOUNT_STRUCT.pack(
+        i & M64, i >> 64, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
+        u & M64, u >> 64, a.user_data_64, a.user_data_32, a.ledger, a.code, a.flags, a.timestamp,
+    )  # fmt: skip
+
+
+def transfer_to_record(t: Transfer) -> bytes:
+    """The transfer's fixed binary form (tidebank.common.records), as `transfers_packed` carries it: the node
+    routes it and hands it to Raft without decoding it."""
+    i, d, c, p, u = t.id, t.debit_account_id, t.credit_account_id, t.pending_id, t.user_data_128
+    return TRANSFER_STRUCT.pack(
+        i & M64, i >> 64, d & M64, d >> 64, c & M64, c >> 64, t.amount, p & M64, p >> 64, u & M64, u >> 64,
+        t.user_data_64, t.user_data_32, t.timeout, t.ledger, t.code, t.flags, t.timestamp,
+    )  # fmt: skip
+
+
+def transfers_from_records(raw: bytes) -> list[Transfer]:
+    """Inverse of transfer_to_record for a whole `transfers_packed` field."""
+    return [
+        Transfer(v[0] | v[1] << 64, debit_account_id=v[2] | v[3] << 64, credit_account_id=v[4] | v[5] << 64,
+                 amount=v[6], pending_id=v[7] | v[8] << 64, user_data_128=v[9] | v[10] << 64, user_data_64=v[11],
+                 user_data_32=v[12], timeout=v[13], ledger=v[14], code=v[15], flags=v[16], timestamp=v[17])
+        for v in TRANSFER_STRUCT.iter_unpack(raw)
+    ]
 
 
 def account_to_proto(a: Account) -> types_pb2.Account:

@@ -42,6 +42,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tidebank.common.keys import DEFAULT_SLOT_COUNT, slot_of
+from tidebank.common.records import ACCOUNT_STRUCT, M64, TRANSFER_STRUCT
 from tidebank.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -53,6 +54,38 @@ from tidebank.v1 import (
 )
 
 INVALID_MARK = 0xBAD
+
+
+def _u128_pb(message: Any, value: int) -> None:
+    message.hi, message.lo = value >> 64, value & M64
+
+
+def _accounts_of_records(raw: bytes) -> list[Any]:
+    """accounts_packed as the Account messages they stand for (the fake then treats both fields alike)."""
+    out = []
+    for v in ACCOUNT_STRUCT.iter_unpack(raw):
+        m = types_pb2.Account(debits_pending=v[2], debits_posted=v[3], credits_pending=v[4], credits_posted=v[5],
+                              user_data_64=v[8], user_data_32=v[9], ledger=v[10], code=v[11], flags=v[12],
+                              timestamp=v[13])
+        _u128_pb(m.id, v[0] | v[1] << 64)
+        _u128_pb(m.user_data_128, v[6] | v[7] << 64)
+        out.append(m)
+    return out
+
+
+def _transfers_of_records(raw: bytes) -> list[Any]:
+    """transfers_packed as the Transfer messages they stand for."""
+    out = []
+    for v in TRANSFER_STRUCT.iter_unpack(raw):
+        m = types_pb2.Transfer(amount=v[6], user_data_64=v[11], user_data_32=v[12], timeout=v[13], ledger=v[14],
+                               code=v[15], flags=v[16], timestamp=v[17])
+        _u128_pb(m.id, v[0] | v[1] << 64)
+        _u128_pb(m.debit_account_id, v[2] | v[3] << 64)
+        _u128_pb(m.credit_account_id, v[4] | v[5] << 64)
+        _u128_pb(m.pending_id, v[7] | v[8] << 64)
+        _u128_pb(m.user_data_128, v[9] | v[10] << 64)
+        out.append(m)
+    return out
 
 _ACCOUNT_EXISTS = types_pb2.CREATE_ACCOUNT_RESULT_EXISTS
 _TRANSFER_EXISTS = types_pb2.CREATE_TRANSFER_RESULT_EXISTS
@@ -443,7 +476,7 @@ class _Ledger(ledger_pb2_grpc.LedgerServicer):
 
     @_guard
     def CreateAccounts(self, request: Any, context: Any) -> Any:  # noqa: N802
-        items = list(request.accounts)
+        items = list(request.accounts) or _accounts_of_records(request.accounts_packed)
         ids = [_u128(a.id) for a in items]
         _, after, _ = self.fc._enter(self.node, "CreateAccounts", ids, ids, [a.flags for a in items])
         self._invalid_marks(items, "accounts")
@@ -454,7 +487,7 @@ class _Ledger(ledger_pb2_grpc.LedgerServicer):
 
     @_guard
     def CreateTransfers(self, request: Any, context: Any) -> Any:  # noqa: N802
-        items = list(request.transfers)
+        items = list(request.transfers) or _transfers_of_records(request.transfers_packed)
         keys = [_u128(t.debit_account_id) for t in items]
         ids = [_u128(t.id) for t in items]
         _, after, _ = self.fc._enter(self.node, "CreateTransfers", keys, ids, [t.flags for t in items])

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
+from tidebank.common.records import ACCOUNT_SIZE, TRANSFER_SIZE
 from tidebank.node.api import convert, errors
 from tidebank.node.api.calls import (
     Call,
@@ -29,7 +30,14 @@ from tidebank.node.api.calls import (
     wait_reads,
 )
 from tidebank.node.api.failures import Failures
-from tidebank.node.api.routing import CrossShardGroup, route_accounts, route_transfers
+from tidebank.node.api.routing import (
+    CrossShardGroup,
+    route_accounts,
+    route_packed_accounts,
+    route_packed_transfers,
+    route_transfers,
+    split_records,
+)
 from tidebank.node.executor import NodeView, ShardExecutor, all_results
 from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 from tidebank.node.txn.coordinator import Group
@@ -49,9 +57,11 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
 
     # --- writes -----------------------------------------------------------------------------------------
     def CreateAccounts(self, request: ledger_pb2.CreateAccountsRequest, context) -> ledger_pb2.CreateAccountsResponse:
-        check_batch_size("accounts", len(request.accounts))
-        accounts = [convert.account_from_pb(m) for m in request.accounts]
-        routed = route_accounts(accounts, self.node.shard_map)
+        if request.accounts_packed:
+            routed = route_packed_accounts(_records(request, "accounts", ACCOUNT_SIZE), self.node.shard_map)
+        else:
+            check_batch_size("accounts", len(request.accounts))
+            routed = route_accounts([convert.account_from_pb(m) for m in request.accounts], self.node.shard_map)
         call = call_of(context)
         parts = {shard_id: self._submit(shard_id, Operation(OP_CREATE_ACCOUNTS, sub.items), call)
                  for shard_id, sub in routed.sub_batches.items()}
@@ -59,9 +69,12 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
 
     def CreateTransfers(self, request: ledger_pb2.CreateTransfersRequest,
                         context) -> ledger_pb2.CreateTransfersResponse:
-        check_batch_size("transfers", len(request.transfers))
-        transfers = [convert.transfer_from_pb(m) for m in request.transfers]
-        routed = route_transfers(transfers, self.node.shard_map)
+        if request.transfers_packed:
+            records = _records(request, "transfers", TRANSFER_SIZE)
+            routed = route_packed_transfers(records, self.node.shard_map)
+        else:
+            check_batch_size("transfers", len(request.transfers))
+            routed = route_transfers([convert.transfer_from_pb(m) for m in request.transfers], self.node.shard_map)
         call = call_of(context)
         parts = {shard_id: self._submit(shard_id, Operation(OP_CREATE_TRANSFERS, sub.items), call)
                  for shard_id, sub in routed.sub_batches.items()}
@@ -109,7 +122,12 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
 
             positions = [p for i in indexes for p in groups[i].positions]
             sizes = [len(groups[i].positions) for i in indexes]
-            forwarded = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[p] for p in positions])
+            if request.transfers_packed:
+                raw = request.transfers_packed
+                forwarded = ledger_pb2.CreateTransfersRequest(transfers_packed=b"".join(
+                    raw[p * TRANSFER_SIZE:(p + 1) * TRANSFER_SIZE] for p in positions))
+            else:
+                forwarded = ledger_pb2.CreateTransfersRequest(transfers=[request.transfers[p] for p in positions])
             try:
                 future = forward(self.executor, call, shard_id, self.node.ledger_stub, "CreateTransfers",
                                  forwarded, local)
@@ -230,6 +248,19 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             response.next_page_token = _encode_page_token(account_id, debits, credits, request.reversed,
                                                           next_bound)
         return response
+
+
+def _records(request, field: str, size: int) -> list[bytes]:
+    """The records of a request's packed field, checked: whole records, within the batch limit, and not
+    mixed with the repeated field."""
+    if len(getattr(request, field)):
+        raise errors.invalid_argument([(f"{field}_packed", f"give either {field} or {field}_packed, not both")])
+    try:
+        records = split_records(getattr(request, f"{field}_packed"), size)
+    except ValueError as exc:
+        raise errors.invalid_argument([(f"{field}_packed", str(exc))]) from exc
+    check_batch_size(f"{field}_packed", len(records))
+    return records
 
 
 def _split(values: list[int], sizes: list[int]) -> list[list[int]]:

@@ -14,7 +14,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tidebank.common.keys import slot_of
-from tidebank.node.ledger.records import Account, AccountFlags, Transfer, TransferFlags
+from tidebank.common.records import (
+    ACCOUNT_FLAGS_OFFSET,
+    ACCOUNT_ID,
+    TRANSFER_CREDIT_ACCOUNT_ID,
+    TRANSFER_DEBIT_ACCOUNT_ID,
+    TRANSFER_FLAGS_OFFSET,
+    TRANSFER_ID,
+    flags_of,
+    slot_of_field,
+)
+from tidebank.node.ledger.operations import PackedRecords
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer, TransferFlags, unpack_transfer
 from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult
 
 
@@ -39,6 +50,9 @@ class ShardMap:
 
     def shard_of(self, key_id: int) -> int:
         return self._owner[slot_of(key_id, self.slot_count)]
+
+    def owner_of_slot(self, slot: int) -> int:
+        return self._owner[slot]
 
     @property
     def shard_ids(self) -> list[int]:
@@ -101,17 +115,21 @@ def chains(flags: Sequence[int], linked_bit: int) -> list[range]:
     return spans
 
 
-def _route(items: Sequence, place: Callable[[object], tuple[int | None, int | None]],
-           linked_bit: int, linked_event_failed: int, spans_shards: int | None) -> RoutedBatch:
-    """Place every chain; `place` gives (routing shard, code or None, other shards touched).
+def _route(items: Sequence, place: Callable[[int], tuple[int | None, int | None, tuple]],
+           linked_bit: int, linked_event_failed: int, spans_shards: int | None,
+           flags: Sequence[int] | None = None, sub_items: Callable[[], list] = list,
+           group_item: Callable[[object], object] = lambda item: item) -> RoutedBatch:
+    """Place every chain; `place(position)` gives (routing shard, code or None, other shards touched).
 
     With `spans_shards` None, chains over several shards become cross-shard groups; otherwise they fail
-    with that code."""
+    with that code. `flags` (default: each item's .flags) finds the chains; `sub_items()` makes a sub-batch's
+    item list (a PackedRecords for records still in binary form); `group_item` turns an item into what a
+    cross-shard group holds (a Transfer)."""
     routed = RoutedBatch(size=len(items), sub_batches={}, codes={})
-    for span in chains([item.flags for item in items], linked_bit):
+    for span in chains([item.flags for item in items] if flags is None else flags, linked_bit):
         chain_shard, failure, touched = None, None, set()
         for position in span:
-            shard, code, others = place(items[position])
+            shard, code, others = place(position)
             if code is None and spans_shards is not None and chain_shard is not None and shard != chain_shard:
                 code = spans_shards
             if code is not None:
@@ -125,9 +143,11 @@ def _route(items: Sequence, place: Callable[[object], tuple[int | None, int | No
                 routed.codes[position] = failure[1] if position == failure[0] else linked_event_failed
             continue
         if len(touched) > 1:
-            routed.groups.append(CrossShardGroup(chain_shard, list(span), [items[p] for p in span]))
+            routed.groups.append(CrossShardGroup(chain_shard, list(span), [group_item(items[p]) for p in span]))
             continue
-        sub = routed.sub_batches.setdefault(chain_shard, SubBatch(chain_shard))
+        sub = routed.sub_batches.get(chain_shard)
+        if sub is None:
+            sub = routed.sub_batches[chain_shard] = SubBatch(chain_shard, items=sub_items())
         for position in span:
             sub.positions.append(position)
             sub.items.append(items[position])
@@ -135,14 +155,15 @@ def _route(items: Sequence, place: Callable[[object], tuple[int | None, int | No
 
 
 def route_accounts(accounts: Sequence[Account], shard_map: ShardMap) -> RoutedBatch:
-    def place(account: Account) -> tuple[int, None, tuple]:
-        return shard_map.shard_of(account.id), None, ()
+    def place(position: int) -> tuple[int, None, tuple]:
+        return shard_map.shard_of(accounts[position].id), None, ()
 
     return _route(accounts, place, AccountFlags.LINKED, CreateAccountResult.linked_event_failed,
                   CreateAccountResult.chain_spans_shards)
 
 
 _CLOSES_PENDING = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
+_ZERO_ID = bytes(16)
 
 
 def route_transfers(transfers: Sequence[Transfer], shard_map: ShardMap) -> RoutedBatch:
@@ -151,7 +172,8 @@ def route_transfers(transfers: Sequence[Transfer], shard_map: ShardMap) -> Route
     shard it runs there; otherwise it is a cross-shard group. Clients that make ids in their debit account's
     slot (`tidebank.client.new_id(near=...)`) keep same-shard transfers on one shard."""
 
-    def place(transfer: Transfer) -> tuple[int | None, int | None, tuple]:
+    def place(position: int) -> tuple[int | None, int | None, tuple]:
+        transfer = transfers[position]
         if transfer.debit_account_id == 0 and transfer.flags & _CLOSES_PENDING:
             # The debit account is the routing key, so a post or void must name it.
             return None, CreateTransferResult.debit_account_id_must_not_be_zero, ()
@@ -162,3 +184,47 @@ def route_transfers(transfers: Sequence[Transfer], shard_map: ShardMap) -> Route
         return shard, None, (home,)
 
     return _route(transfers, place, TransferFlags.LINKED, CreateTransferResult.linked_event_failed, None)
+
+
+def split_records(raw: bytes, size: int) -> list[bytes]:
+    """The records of a packed field, or ValueError if its length is not a multiple of the record size."""
+    if len(raw) % size:
+        raise ValueError(f"{len(raw)} bytes is not a whole number of {size}-byte records")
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
+
+
+def route_packed_accounts(records: Sequence[bytes], shard_map: ShardMap) -> RoutedBatch:
+    """route_accounts for accounts in binary form: sub-batches keep the records as they are."""
+    count = shard_map.slot_count
+    owner = shard_map.owner_of_slot
+
+    def place(position: int) -> tuple[int, None, tuple]:
+        return owner(slot_of_field(records[position][ACCOUNT_ID], count)), None, ()
+
+    return _route(records, place, AccountFlags.LINKED, CreateAccountResult.linked_event_failed,
+                  CreateAccountResult.chain_spans_shards, flags=[flags_of(r, ACCOUNT_FLAGS_OFFSET) for r in records],
+                  sub_items=PackedRecords)
+
+
+def route_packed_transfers(records: Sequence[bytes], shard_map: ShardMap) -> RoutedBatch:
+    """route_transfers for transfers in binary form: the three ids are read from each record (no Transfer is
+    made unless the transfer joins a cross-shard group), and sub-batches keep the records as they are."""
+    count = shard_map.slot_count
+    owner = shard_map.owner_of_slot
+    closes_pending = int(_CLOSES_PENDING)
+    flags = [flags_of(r, TRANSFER_FLAGS_OFFSET) for r in records]
+
+    def place(position: int) -> tuple[int | None, int | None, tuple]:
+        record = records[position]
+        debit = record[TRANSFER_DEBIT_ACCOUNT_ID]
+        if flags[position] & closes_pending and debit == _ZERO_ID:
+            return None, CreateTransferResult.debit_account_id_must_not_be_zero, ()
+        shard = owner(slot_of_field(debit, count))
+        home = owner(slot_of_field(record[TRANSFER_ID], count))
+        credit = record[TRANSFER_CREDIT_ACCOUNT_ID]
+        if credit != _ZERO_ID:
+            return shard, None, (owner(slot_of_field(credit, count)), home)
+        return shard, None, (home,)
+
+    return _route(records, place, TransferFlags.LINKED, CreateTransferResult.linked_event_failed, None,
+                  flags=flags, sub_items=PackedRecords, group_item=unpack_transfer)

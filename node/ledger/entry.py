@@ -18,6 +18,7 @@ from tidebank.node.ledger.operations import (
     OP_FINISH,
     OP_PREPARE,
     Operation,
+    PackedRecords,
 )
 from tidebank.node.ledger.records import (
     Account,
@@ -52,6 +53,10 @@ _VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_
 
 def pack_item(kind: int, item) -> bytes:
     """One item of an operation in its wire form (also used between nodes by Internal.Submit)."""
+    if isinstance(item, bytes) and kind in _RECORD_SIZE:
+        if len(item) != _RECORD_SIZE[kind]:
+            raise CommandFormatError(f"packed item of kind {kind} has {len(item)} bytes")
+        return item
     pack = _PACKERS.get(kind) or _VARIABLE_PACKERS.get(kind)
     if pack is None:
         raise CommandFormatError(f"unknown operation kind {kind}")
@@ -99,6 +104,8 @@ def encode_entry(timestamp_ns: int, operations: Sequence[Operation]) -> bytes:
                 packed = pack(item)
                 parts.append(_ITEM_LENGTH.pack(len(packed)))
                 parts.append(packed)
+        elif isinstance(op.items, PackedRecords):
+            parts.extend(op.items)
         else:
             pack = _PACKERS[op.kind]
             parts.extend(pack(item) for item in op.items)

@@ -24,6 +24,14 @@ KINDS = (OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OP_PREPARE, OP_FINISH, OP_DECI
 TXN_KINDS = (OP_PREPARE, OP_FINISH, OP_DECIDE, OP_COMMIT_LOCAL)
 
 
+class PackedRecords(list):
+    """The items of an OP_CREATE_ACCOUNTS / OP_CREATE_TRANSFERS operation still in their binary form (one bytes
+    object per record, tidebank.common.records): a request that arrived packed goes into the Raft entry as it
+    came, without being unpacked and packed again on the leader."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     """One batch inside a Raft entry: all items of one kind."""

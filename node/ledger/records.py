@@ -10,11 +10,11 @@ Out-of-range field values (negative, or wider than the field) make packing raise
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass
 
 from tidebank.common.keys import U64_MAX, U128_MAX
 from tidebank.common.limits import BATCH_ITEMS_MAX, PAGE_SIZE_MAX
+from tidebank.common.records import ACCOUNT_SIZE, ACCOUNT_STRUCT, TRANSFER_SIZE, TRANSFER_STRUCT
 
 __all__ = [
     "ACCOUNT_SIZE",
@@ -95,15 +95,7 @@ class Transfer:
     timestamp: int = 0
 
 
-# u128 fields are stored as (lo, hi) u64 pairs.
-# id, debits_pending, debits_posted, credits_pending, credits_posted, user_data_128,
-# user_data_64, user_data_32, ledger, code, flags, timestamp  -> 96 bytes
-ACCOUNT_STRUCT = struct.Struct("<QQQQQQQQQIIIIQ")
-# id, debit_account_id, credit_account_id, amount, pending_id, user_data_128, user_data_64,
-# user_data_32, timeout, ledger, code, flags, (pad), timestamp  -> 128 bytes
-TRANSFER_STRUCT = struct.Struct("<QQQQQQQQQQQQIIIII4xQ")
-ACCOUNT_SIZE = ACCOUNT_STRUCT.size
-TRANSFER_SIZE = TRANSFER_STRUCT.size
+# The layouts are shared with the API's packed fields and the client (tidebank.common.records).
 
 _pack_a = ACCOUNT_STRUCT.pack
 _unpack_a = ACCOUNT_STRUCT.unpack

@@ -310,6 +310,25 @@ def test_oversized_batch_is_refused_whole_with_a_field_violation(cluster, client
     assert balances(client, credit) == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("packed, also_repeated, field", [
+    (b"\0" * 127, False, "transfers_packed"),            # not a whole number of records
+    (b"\0" * 128 * 8190, False, "transfers_packed"),     # over the batch limit
+    (b"\0" * 128, True, "transfers_packed"),             # both fields
+])
+def test_a_bad_packed_batch_is_refused_whole_with_a_field_violation(cluster, client, ids, packed, also_repeated,
+                                                                    field):
+    debit, credit = open_accounts(client, ids, 0, 2)
+    request = ledger_pb2.CreateTransfersRequest(transfers_packed=packed)
+    if also_repeated:
+        _fill_transfer(request.transfers.add(), ids.any(), debit, credit, 1)
+    channel, stub = ledger_stub(cluster.endpoints[0])
+    with channel, pytest.raises(grpc.RpcError) as raised:
+        stub.CreateTransfers(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_request(raised.value).field_violations[0].field == field
+    assert balances(client, credit) == (0, 0, 0, 0)
+
+
 def test_malformed_message_is_invalid_argument(cluster):
     with grpc.insecure_channel(cluster.endpoints[0]) as channel:
         raw = channel.unary_unary("/tidebank.v1.Ledger/CreateTransfers")

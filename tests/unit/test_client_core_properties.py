@@ -420,8 +420,9 @@ class Node:
         self.order = {t.id: (k, i) for k, items in enumerate(callers) for i, t in enumerate(items)}
 
     def __call__(self, q: _core.QueueState, batch: list[_core.Entry], rpc: _core.Rpc) -> tuple[Any, Exception | None]:
-        req = ledger_pb2.CreateTransfersRequest.FromString(rpc.request)  # the body is the callers' frames
-        got = [_model.transfer_from_proto(m) for m in req.transfers]
+        req = ledger_pb2.CreateTransfersRequest.FromString(rpc.request)  # the body is the callers' records
+        assert not req.transfers, "transfers go packed"
+        got = _model.transfers_from_records(req.transfers_packed)
         assert got == [self.by_id[t.id] for t in got] and len(got) == sum(e.n for e in batch) <= self.max_items
         assert rpc.address == self.smap.shard(q.shard_id).leader_address
         for t in got:

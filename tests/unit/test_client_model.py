@@ -250,10 +250,19 @@ def test_frames_concatenate_into_a_request() -> None:
     items[5].user_data_64 = (1 << 64) - 1
     items[5].pending_id = U128_MAX - 1
     frames, keys, ids, units = _core.encode_items(_core.TRANSFERS, items)
-    req = ledger_pb2.CreateTransfersRequest.FromString(b"".join(frames))
-    assert [_model.transfer_from_proto(m) for m in req.transfers] == items
+    assert all(len(f) == 128 for f in frames)  # transfers go in their 128-byte binary form
+    body = _core.TRANSFERS.packed_tag + _core._varint(128 * 300) + b"".join(frames)
+    req = ledger_pb2.CreateTransfersRequest.FromString(body)
+    assert not req.transfers and _model.transfers_from_records(req.transfers_packed) == items
     assert keys == [7] * 300 and ids == list(range(1, 301))
     assert units == [(i, i + 1) for i in range(300)]
+
+
+def test_a_transfer_field_out_of_range_is_refused_before_anything_is_sent() -> None:
+    bad = Transfer(1, debit_account_id=7, credit_account_id=8, amount=1 << 64, ledger=1, code=1)
+    with pytest.raises(InvalidRequestError) as caught:
+        _core.encode_items(_core.TRANSFERS, [Transfer(2, debit_account_id=7, credit_account_id=8), bad])
+    assert [v.field for v in caught.value.field_violations] == ["transfers[1].amount"]
 
 
 def test_units_keep_linked_chains() -> None:

@@ -168,3 +168,43 @@ def test_merge_refuses_a_shard_answer_of_the_wrong_length():
     routed = route_transfers([Transfer(id=1, debit_account_id=a0, credit_account_id=b0)], MAP)
     with pytest.raises(AssertionError):
         routed.merge({0: [0, 0]})
+
+
+# --- transfers and accounts in binary form route exactly as the objects they stand for
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tidebank.node.api.routing import route_packed_accounts, route_packed_transfers, split_records  # noqa: E402
+from tidebank.node.ledger.records import pack_account, pack_transfer  # noqa: E402
+
+_small_ids = st.integers(0, 300)
+_flag_bits = st.sampled_from([0, TransferFlags.LINKED, TransferFlags.POST_PENDING_TRANSFER,
+                              TransferFlags.LINKED | TransferFlags.PENDING])
+_transfer_lists = st.lists(st.builds(Transfer, id=_small_ids, debit_account_id=_small_ids,
+                                     credit_account_id=_small_ids, flags=_flag_bits), max_size=30)
+
+
+def _shape(routed):
+    return ({s: sub.positions for s, sub in routed.sub_batches.items()}, routed.codes,
+            [(g.coordinator_shard, g.positions, g.items) for g in routed.groups])
+
+
+@given(_transfer_lists)
+def test_packed_transfers_route_like_the_transfers_they_stand_for(transfers):
+    packed = route_packed_transfers([pack_transfer(t) for t in transfers], MAP)
+    assert _shape(packed) == _shape(route_transfers(transfers, MAP))
+    for sub in packed.sub_batches.values():  # the records go on unchanged
+        assert list(sub.items) == [pack_transfer(transfers[p]) for p in sub.positions]
+
+
+@given(st.lists(st.builds(Account, id=_small_ids, flags=st.sampled_from([0, AccountFlags.LINKED])), max_size=30))
+def test_packed_accounts_route_like_the_accounts_they_stand_for(accounts):
+    packed = route_packed_accounts([pack_account(a) for a in accounts], MAP)
+    assert _shape(packed) == _shape(route_accounts(accounts, MAP))
+
+
+def test_a_packed_field_must_hold_whole_records():
+    assert split_records(b"x" * 256, 128) == [b"x" * 128] * 2
+    with pytest.raises(ValueError, match="whole number"):
+        split_records(b"x" * 129, 128)

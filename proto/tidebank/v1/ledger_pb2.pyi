@@ -16,10 +16,12 @@ READ_CONSISTENCY_LINEARIZABLE: ReadConsistency
 READ_CONSISTENCY_STALE: ReadConsistency
 
 class CreateAccountsRequest(_message.Message):
-    __slots__ = ("accounts",)
+    __slots__ = ("accounts", "accounts_packed")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_PACKED_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Account]
-    def __init__(self, accounts: _Optional[_Iterable[_Union[_types_pb2.Account, _Mapping]]] = ...) -> None: ...
+    accounts_packed: bytes
+    def __init__(self, accounts: _Optional[_Iterable[_Union[_types_pb2.Account, _Mapping]]] = ..., accounts_packed: _Optional[bytes] = ...) -> None: ...
 
 class CreateAccountsResponse(_message.Message):
     __slots__ = ("results",)
@@ -28,10 +30,12 @@ class CreateAccountsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_types_pb2.CreateAccountResult, str]]] = ...) -> None: ...
 
 class CreateTransfersRequest(_message.Message):
-    __slots__ = ("transfers",)
+    __slots__ = ("transfers", "transfers_packed")
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_PACKED_FIELD_NUMBER: _ClassVar[int]
     transfers: _containers.RepeatedCompositeFieldContainer[_types_pb2.Transfer]
-    def __init__(self, transfers: _Optional[_Iterable[_Union[_types_pb2.Transfer, _Mapping]]] = ...) -> None: ...
+    transfers_packed: bytes
+    def __init__(self, transfers: _Optional[_Iterable[_Union[_types_pb2.Transfer, _Mapping]]] = ..., transfers_packed: _Optional[bytes] = ...) -> None: ...
 
 class CreateTransfersResponse(_message.Message):
     __slots__ = ("results",)
