@@ -19,7 +19,7 @@ import time
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 
-from tidebank.client import Account, Client, NewTrade, Transfer, TransferFlags
+from tidebank.client import Account, Client, NewTrade, Transfer, TransferFlags, new_id
 from tidebank.cluster.launcher import LocalCluster
 from tidebank.common.keys import slot_of
 
@@ -79,7 +79,7 @@ class LedgerUser(User):
 
     def _transfer(self, amount: int = 1, **fields) -> Transfer:
         debit, credit = fields.pop("pair", None) or self._pair()
-        return Transfer(id=(time.time_ns() << 24) | self.rng.getrandbits(24), debit_account_id=debit,
+        return Transfer(id=new_id(near=debit), debit_account_id=debit,
                         credit_account_id=credit, amount=amount, ledger=LEDGER, code=1, **fields)
 
     def _call(self, name: str, fn, items: int = 1):

@@ -32,7 +32,7 @@ from tests.integration.bank import set_link_faults  # noqa: E402
 from tests.integration.conftest import running_cluster  # noqa: E402
 from tidebank.client import Account, Client, Transfer  # noqa: E402
 from tidebank.common.auth import signed  # noqa: E402
-from tidebank.common.keys import slot_of  # noqa: E402
+from tidebank.common.keys import id_near, slot_of  # noqa: E402
 from tidebank.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 
 LEDGER = 3
@@ -57,8 +57,8 @@ class Writers:
         rng = random.Random(shard)
         while not self.stop.is_set():
             debit, credit = rng.sample(self.by_shard[shard], 2)
-            t = Transfer(id=self._id(), debit_account_id=debit, credit_account_id=credit, amount=1,
-                         ledger=LEDGER, code=1)
+            t = Transfer(id=id_near(self._id() << 32, debit), debit_account_id=debit, credit_account_id=credit,
+                         amount=1, ledger=LEDGER, code=1)
             try:
                 (result,) = self.client.create_transfers([t], timeout_s=30.0)
             except Exception:
@@ -168,8 +168,8 @@ def main() -> int:
                 debit, credit = rng.sample(everyone, 2)
                 if shard_of[debit] == shard_of[credit]:
                     continue
-                t = Transfer(id=writers._id(), debit_account_id=debit, credit_account_id=credit, amount=1,
-                             ledger=LEDGER, code=1)
+                t = Transfer(id=id_near(writers._id() << 32, debit), debit_account_id=debit,
+                             credit_account_id=credit, amount=1, ledger=LEDGER, code=1)
                 began_call = time.perf_counter()
                 (result,) = client.create_transfers([t])
                 if result.ok:

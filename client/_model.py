@@ -15,7 +15,7 @@ import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from tidebank.common.keys import U64_MAX, U128_MAX, slot_of
+from tidebank.common.keys import DEFAULT_SLOT_COUNT, U64_MAX, U128_MAX, id_near, slot_of
 from tidebank.common.records import ACCOUNT_STRUCT, M64, TRANSFER_STRUCT
 from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
 
@@ -788,6 +788,9 @@ def field_problem(item: Any, fields: tuple[str, ...], proto_cls: Any) -> tuple[s
 # --------------------------------------------------------------------------- ids
 
 
+_LOW48 = (1 << 48) - 1
+
+
 class _IdGenerator:
     """Time-ordered 128-bit ids: 48-bit unix ms, then 80 random bits incremented within a ms."""
 
@@ -823,8 +826,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_generator.reset_after_fork)
 
 
-def new_id() -> int:
+def new_id(near: int | None = None, *, slot_count: int = DEFAULT_SLOT_COUNT) -> int:
     """A new 128-bit id: time-ordered (ms timestamp in the high 48 bits, then random),
     strictly increasing within this process (also across threads and within one
-    millisecond), never 0 or 2^128-1."""
-    return _generator()
+    millisecond), never 0 or 2^128-1.
+
+    ``near``: an id (say, a transfer's debit account) whose hash slot the new id should
+    share; its low 32 bits are then chosen for that (the id stays unique and, across
+    milliseconds, ordered). A transfer whose id lives with its debit account is served by
+    that account's shard alone when its credit account lives there too; any other id
+    makes the id's own shard take part (a cross-shard commit). ``slot_count`` is the
+    cluster's (``client.shard_map().slot_count``; 4096 unless chosen otherwise)."""
+    value = _generator()
+    if near is None:
+        return value
+    # The generator counts in the low bits within a millisecond; the nonce takes the low 32 bits, so move the
+    # count above it first: ms (48) | random, counted (48) | nonce (32).
+    spread = (value >> 80) << 80 | (value & _LOW48) << 32
+    return id_near(spread, near, slot_count)

@@ -168,7 +168,7 @@ class _Demo:
         id: int | None = None,
     ) -> Transfer:
         return Transfer(
-            id=id if id is not None else new_id(),
+            id=id if id is not None else new_id(near=debit, slot_count=self.shard_map.slot_count),
             debit_account_id=debit,
             credit_account_id=credit,
             amount=amount,

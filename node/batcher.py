@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from pysyncobj import FAIL_REASON
 
+from tidebank.node import metrics
 from tidebank.node.ledger.entry import ENTRY_OPERATIONS_MAX, encode_entry
 from tidebank.node.ledger.operations import Operation
 from tidebank.node.outcomes import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
@@ -112,6 +113,14 @@ class ShardBatcher:
     def has_work(self) -> bool:
         return bool(self._queue) or bool(self._in_flight)
 
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    @property
+    def entries_in_flight(self) -> int:
+        return len(self._in_flight)
+
     def propose(self) -> int:
         """Turn queued requests into entries while fewer than in_flight_max are outstanding (the owner's loop
         thread, before its tick appends them). Ends what a lost leadership or a timeout left behind. Returns
@@ -138,6 +147,7 @@ class ShardBatcher:
                 payload = encode_entry(self._clock_ns(), [p.operation for p in taken if p.operation is not None])
                 self.entries_submitted += 1
                 self.items_submitted += items
+                metrics.ENTRY_ITEMS.observe(items)
                 self._submit(payload, lambda result, error, entry=entry: self._on_applied(entry, result, error))
             except Exception as exc:  # a bug in encoding must not stop the loop
                 log.exception("shard %d: could not submit an entry", self.shard_id)
@@ -194,6 +204,7 @@ class ShardBatcher:
             if entry.done:
                 return
             entry.done = True
+        metrics.COMMIT_SECONDS.observe(time.monotonic() - entry.submitted_at)
         with self._lock:
             if entry in self._in_flight:
                 self._in_flight.remove(entry)

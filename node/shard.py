@@ -15,6 +15,7 @@ from concurrent.futures import Future
 import lmdb
 
 from tidebank.common.keys import DEFAULT_SLOT_COUNT
+from tidebank.node import metrics
 from tidebank.node.batcher import ShardBatcher
 from tidebank.node.ledger.entry import decode_entry
 from tidebank.node.ledger.operations import Operation
@@ -66,9 +67,13 @@ class ShardHost:
 
     def _apply(self, txn: lmdb.Transaction, payload: bytes) -> list[list[int]]:
         """The replicated apply: runs on the Raft tick thread on every replica."""
+        started = time.perf_counter()
         timestamp_ns, operations = decode_entry(payload)
         assert self.ledger is not None
-        return self.ledger.apply(txn, operations, timestamp_ns)
+        results = self.ledger.apply(txn, operations, timestamp_ns)
+        metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+        metrics.APPLY_ITEMS.inc(sum(len(op.items) for op in operations))
+        return results
 
     # Writes and linearizable reads go through the batcher (leader only).
     def submit(self, operation: Operation) -> Future:

@@ -90,7 +90,7 @@ def transfer_create(
         flags |= TransferFlags.POST_PENDING_TRANSFER
     if void is not None:
         flags |= TransferFlags.VOID_PENDING_TRANSFER
-    transfer_id = transfer_id or new_id()
+    transfer_id = transfer_id or new_id(near=debit_id)  # lives with its debit account: one shard when it can
     transfer = Transfer(
         id=transfer_id,
         debit_account_id=debit_id,

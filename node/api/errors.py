@@ -73,6 +73,14 @@ def internal(message: str) -> RequestError:
     return RequestError(_status(code_pb2.INTERNAL, message))
 
 
+_CODE_NAMES = {value: name for name, value in code_pb2.Code.items()}
+
+
+def code_name(code: int) -> str:
+    """The canonical name of a google.rpc code (OK, INVALID_ARGUMENT, ...)."""
+    return _CODE_NAMES.get(code, str(code))
+
+
 def reason_of(error: RequestError) -> str:
     """The ErrorInfo reason of a request error ("" if it has none)."""
     for detail in error.status.details:

@@ -66,6 +66,10 @@ CMD_RESOLVE_DISPUTE = 7
 CMD_EXTEND = 8
 CMD_AUTO_REFUND = 9
 CMD_AUTO_CONFIRM = 10
+COMMAND_NAMES = {CMD_CREATE: "create", CMD_SHIP: "ship", CMD_CONFIRM: "confirm", CMD_REFUND: "refund",
+                 CMD_OPEN_DISPUTE: "open_dispute", CMD_WITHDRAW_DISPUTE: "withdraw_dispute",
+                 CMD_RESOLVE_DISPUTE: "resolve_dispute", CMD_EXTEND: "extend", CMD_AUTO_REFUND: "auto_refund",
+                 CMD_AUTO_CONFIRM: "auto_confirm"}
 
 # In a 2PC Vote or Decision, failed_index TRADE_STEP_INDEX means "the trade step failed"
 # and the code is a TradeResult, not a CreateTransferResult.

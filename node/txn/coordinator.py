@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+from tidebank.node import metrics
 from tidebank.node.api import convert
 from tidebank.node.api.routing import ShardMap
 from tidebank.node.executor import ShardExecutor
@@ -138,6 +139,17 @@ def group_codes(size: int, decision: Decision, replay: bool) -> list[int]:
     return codes
 
 
+def _outcome_label(outcome) -> str:
+    if isinstance(outcome, ParticipantBusyError):
+        return "busy"
+    if isinstance(outcome, (ParticipantUnavailableError, NotAppliedError)):
+        return "not_applied"
+    if isinstance(outcome, Exception):
+        return "unknown"
+    decision, _ = outcome
+    return "committed" if decision.committed else "aborted"
+
+
 def finish_of(key: int, decision: Decision) -> Finish:
     """The FINISH of a decided txn: an abort names its failing leg, so that leg's id home keeps it failed."""
     if decision.committed:
@@ -193,6 +205,8 @@ class Coordinator:
                 break
             time.sleep(min(0.01 * round_, max(0.0, deadline - time.monotonic())))
         assert all(o is not None for o in outcomes)
+        for outcome in outcomes:
+            metrics.TXN_GROUPS.labels(_outcome_label(outcome)).inc()
         return outcomes  # type: ignore[return-value]
 
     def _run_round(self, groups: Sequence[Group], positions: list[int], outcomes: list, deadline: float) -> None:

@@ -31,6 +31,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+from tidebank.node import metrics
 from tidebank.node.api import convert
 from tidebank.node.ledger import escrow
 from tidebank.node.ledger.records import Account
@@ -39,6 +40,7 @@ from tidebank.node.ledger.trades import (
     CMD_AUTO_CONFIRM,
     CMD_AUTO_REFUND,
     CMD_CREATE,
+    COMMAND_NAMES,
     TIMER_SHIP_BY,
     TRADE_STEP_INDEX,
     TradeCommand,
@@ -91,6 +93,9 @@ class EscrowCoordinator:
             for position, outcome in self._run_wave(shard_id, [(p, commands[p]) for p in wave], deadline).items():
                 outcomes[position] = outcome
         assert all(o is not None for o in outcomes)
+        for c, outcome in zip(commands, outcomes, strict=True):
+            label = TradeResult(outcome.code).name if isinstance(outcome, StepOutcome) else type(outcome).__name__
+            metrics.ESCROW_STEPS.labels(COMMAND_NAMES.get(c.kind, str(c.kind)), label).inc()
         return outcomes  # type: ignore[return-value]
 
     def _run_wave(self, shard_id: int, pending: list[tuple[int, TradeCommand]],

@@ -459,3 +459,13 @@ def test_backoff_is_bounded_and_jittered() -> None:
     ds = [_core.backoff_delay(a, 0.01, 0.5) for a in range(40)]
     assert all(0.005 <= d <= 0.5 for d in ds)
     assert ds[0] <= 0.01 and max(ds[10:]) > 0.25
+
+
+def test_ids_made_near_an_account_are_unique_ordered_and_share_its_slot() -> None:
+    from tidebank.client import new_id
+
+    account = 123456789
+    ids = [new_id(near=account) for _ in range(20_000)]  # many within one millisecond
+    assert len(set(ids)) == len(ids)
+    assert {slot_of(i) for i in ids} == {slot_of(account)}
+    assert ids == sorted(ids)
