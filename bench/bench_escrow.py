@@ -23,6 +23,7 @@ import time
 from bench_transfers import cluster_for, percentile_ms  # bench/ is this script's folder
 
 from tidebank.client import Account, AccountFlags, Client, NewTrade, TradeResultCode, Transfer
+from tidebank.common.keys import id_near
 
 LEDGER = 2
 FUNDS = 10**15
@@ -69,8 +70,11 @@ def run(client: Client, buyers: list[int], sellers: list[int], duration_s: float
             trades = []
             for _ in range(batch):
                 next_id += 1
-                trades.append(NewTrade(next_id, rng.choice(buyers), rng.choice(sellers), rng.randint(100, 10_000),
-                                       LEDGER, fee_bps=250, ship_by_timeout_s=3600, auto_confirm_timeout_s=3600))
+                buyer = rng.choice(buyers)
+                # the trade lives with its buyer: create (buyer -> escrow) is then one shard's commit
+                trades.append(NewTrade(id_near(next_id << 32, buyer), buyer, rng.choice(sellers),
+                                       rng.randint(100, 10_000), LEDGER, fee_bps=250, ship_by_timeout_s=3600,
+                                       auto_confirm_timeout_s=3600))
             created = [t.id for t, r in zip(trades, timed("create", client.create_trades, trades), strict=True)
                        if r.status == OK]
             shipped = [i for i, r in zip(created, timed("ship", client.ship_trades, created), strict=True)
