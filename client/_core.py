@@ -376,6 +376,61 @@ LOOKUP_TRADES = LookupOp(
     "trades",
     trade_from_proto,
 )
+
+
+@dataclass(frozen=True)
+class ReadOp:
+    """A lookup coalesced across callers: like a WriteOp for the queues (one per lookup, consistency and shard),
+    but its answer holds only what was found, handed back to each caller by id."""
+
+    lookup: LookupOp
+    level: int
+    pack: None = None
+
+    @property
+    def name(self) -> str:
+        return "ids"
+
+    @property
+    def method(self) -> str:
+        return self.lookup.method
+
+    @property
+    def response_cls(self) -> Any:
+        return self.lookup.response_cls
+
+    @property
+    def queue_key(self) -> tuple[str, int]:
+        return self.lookup.method, self.level
+
+    @property
+    def leader(self) -> bool:
+        return self.level == ReadConsistency.LINEARIZABLE
+
+    @property
+    def body_suffix(self) -> bytes:
+        """The request's consistency field (2, varint), after the callers' id frames."""
+        return b"\x10" + _varint(self.level) if self.level else b""
+
+
+def id_frame(value: int) -> bytes:
+    """One id as a frame of a lookup request's repeated ``ids`` (field 1, a U128 message)."""
+    hi, lo = value >> 64, value & U64_MAX  # U128: fixed64 hi = 1, fixed64 lo = 2
+    body = (b"\x09" + hi.to_bytes(8, "little") if hi else b"") + (b"\x11" + lo.to_bytes(8, "little") if lo else b"")
+    return b"\x0a" + bytes((len(body),)) + body
+
+
+def settle_reads(batch: list[Entry], op: ReadOp, resp: Any) -> None:
+    """Hand every caller of a coalesced lookup the records of its own ids (records not found are left out)."""
+    found = {}
+    from_proto = op.lookup.from_proto
+    for m in getattr(resp, op.lookup.response_field):
+        record = from_proto(m)
+        found[record.id] = record
+    for e in batch:
+        e.outcome = [found[i] for i in e.keys if i in found]
+        e.state = DONE
+        e.waiter.done_one()
 GET_ACCOUNT_TRANSFERS_METHOD = "/tidebank.v1.Ledger/GetAccountTransfers"
 LIST_TRADES_METHOD = "/tidebank.v1.Escrow/ListTrades"
 GET_SHARD_MAP_METHOD = "/tidebank.v1.Admin/GetShardMap"
@@ -807,6 +862,7 @@ class Entry:
 
     __slots__ = (
         "shard_id", "units", "indexes", "payload", "n", "solo", "deadline", "state", "outcome", "waiter", "queue",
+        "keys",
     )  # fmt: skip
 
     def __init__(
@@ -829,6 +885,7 @@ class Entry:
         self.outcome: list[Any] | Failure | None = None  # the items' wire results, in order
         self.waiter: Any = None  # has .done_one()
         self.queue: QueueState | None = None  # the queue it was pushed on
+        self.keys: list[int] = []  # a coalesced lookup's ids (its outcome is the records found for them)
 
 
 class QueueState:
@@ -923,7 +980,8 @@ def batch_body(batch: list[Entry], op: WriteOp | None = None) -> bytes:
     body = batch[0].payload if len(batch) == 1 else b"".join(e.payload for e in batch)
     if op is not None and op.pack is not None:
         return op.packed_tag + _varint(len(body)) + body
-    return body
+    suffix = getattr(op, "body_suffix", b"")
+    return body + suffix if suffix else body
 
 
 def batch_timeout(batch: list[Entry], attempt_timeout_s: float, now: float) -> float:
@@ -1315,6 +1373,16 @@ class LookupCall(ReadCall):
         if done:
             self.pending = [p for p in self.pending if p not in done]
 
+    def merge_found(self, answered: list[tuple[list[int], list[Any]]]) -> None:
+        """Take in coalesced answers: (positions asked, records found for them)."""
+        done: set[int] = set()
+        for positions, records in answered:
+            for obj in records:
+                self.found[obj.id] = obj
+            done.update(positions)
+        if done:
+            self.pending = [p for p in self.pending if p not in done]
+
     def results(self) -> list[Any]:
         """What was found, in request order (ids not found are skipped)."""
         found = self.found
@@ -1502,7 +1570,7 @@ class Core:
 
     def queue(self, op: WriteOp, shard_id: int) -> QueueState | None:
         """The queue of (operation, shard), made on first use; None once the client is closed."""
-        key = (op.method, shard_id)
+        key = (getattr(op, "queue_key", op.method), shard_id)
         q = self._queues.get(key)
         if q is None:
             with self._guard:
@@ -1558,7 +1626,7 @@ class Core:
     def batch_rpc(self, q: QueueState, batch: list[Entry], now: float) -> Rpc:
         """Where and how a batch goes: the shard's leader (or a replica), the callers' frames as the body."""
         op = q.op
-        address = self.topology.pick(q.shard_id, now)
+        address = self.topology.pick(q.shard_id, now, leader=getattr(op, "leader", True))
         timeout = batch_timeout(batch, self.cfg.attempt_timeout_s, now)
         return Rpc(address, op.method, batch_body(batch, op), None, op.response_cls.FromString, timeout)
 
@@ -1573,9 +1641,12 @@ class Core:
                 f = closed_failure() if self.closed else Failure(Failure.RETRY, f"could not start the RPC: {exc!r}")
                 settle_batch(batch, name, None, f)
             elif exc is None:
-                settle_batch(batch, name, resp.results, None)
+                if isinstance(q.op, ReadOp):
+                    settle_reads(batch, q.op, resp)
+                else:
+                    settle_batch(batch, name, resp.results, None)
             else:
-                f = classify(exc, write=True, closed=self.closed)
+                f = classify(exc, write=not isinstance(q.op, ReadOp), closed=self.closed)
                 self.topology.note(q.shard_id, rpc.address, f, self.clock())
                 settle_batch(batch, name, None, f)
         except Exception:  # noqa: BLE001 - never leave a caller hanging
@@ -1680,14 +1751,15 @@ class Core:
         return call.results()
 
     def lookup(self, op: LookupOp, ids: Iterable[int], consistency: Any, timeout_s: float | None) -> Program[list[Any]]:
-        """A lookup: one RPC per shard (and per max_batch_items ids) each round, until every shard answered."""
+        """A lookup: its ids for each shard join the shard's queue of lookups (coalesced with other callers' into
+        one RPC, as writes are), round after round until every shard answered."""
         self.check_open()
         id_list = validate_ids(ids)
         level = check_consistency(consistency)
         if not id_list:
             return []
         call = LookupCall(op, id_list, level, self.cfg, timeout_s, self.clock())
-        leader = level == ReadConsistency.LINEARIZABLE
+        read_op = ReadOp(op, int(level))
         while call.pending:
             smap = yield from self._map(call)
             generation = self.topology.generation
@@ -1696,27 +1768,20 @@ class Core:
             if chunks is None:
                 failures.append(Failure(Failure.RETRY, "the shard map assigns no shard to some ids", refresh=True))
             else:
-                now = self.clock()
-                timeout = self._attempt_timeout(call, now)
-                rpcs = [
-                    Rpc(
-                        self.topology.pick(sid, now, leader=leader),
-                        op.method,
-                        call.request(positions),
-                        op.request_cls.SerializeToString,
-                        op.response_cls.FromString,
-                        timeout,
-                    )
-                    for sid, positions in chunks
-                ]
-                answers = yield Send(tuple(rpcs))
+                entries = []
+                for sid, positions in chunks:
+                    keys = [id_list[p] for p in positions]
+                    e = Entry(sid, [], positions, b"".join(id_frame(k) for k in keys), False, call.deadline)
+                    e.keys = keys
+                    entries.append(e)
+                yield WriteRound(read_op, entries, call.deadline)
                 answered = []
-                for (sid, positions), rpc, answer in zip(chunks, rpcs, answers, strict=True):
-                    if isinstance(answer, BaseException):
-                        failures.append(self._read_failure(sid, rpc, answer))
-                    else:
-                        answered.append((positions, answer))
-                call.merge(answered)
+                for e in entries:
+                    if isinstance(e.outcome, Failure):
+                        failures.append(e.outcome)
+                    elif e.outcome is not None:
+                        answered.append((e.indexes, e.outcome))
+                call.merge_found(answered)
             if failures and call.pending:
                 yield from self._pause(call.failed(failures, self.clock()), generation, call)
         return call.results()

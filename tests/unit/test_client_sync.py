@@ -288,6 +288,18 @@ def test_coalescing_64_threads_into_few_rpcs(fc: FakeCluster) -> None:
     assert sorted(i for c in calls for i in c.ids) == [1000 + k for k in range(64)]
 
 
+def test_concurrent_lookups_are_coalesced_and_each_caller_gets_its_own_records(fc: FakeCluster) -> None:
+    ids = fc.ids_on_shard(0, 64)
+    with client(fc) as c:
+        assert all(r.ok for r in c.create_accounts([Account(i, ledger=1, code=1) for i in ids]))
+        fc.delay_s = 0.02  # callers pile up behind a lookup in flight
+        missing = 1 << 100
+        out = run_threads(64, lambda k: c.lookup_accounts([ids[k], missing] if k % 2 else [ids[k]]))
+    assert [[a.id for a in res] for res in out] == [[i] for i in ids]
+    calls = fc.ledger_calls("LookupAccounts")
+    assert len(calls) <= 12, [len(c.ids) for c in calls]
+
+
 def test_coalesced_callers_keep_their_chains_contiguous(fc: FakeCluster) -> None:
     fc.delay_s = 0.02
     debit = fc.ids_on_shard(1, 1)[0]
