@@ -31,7 +31,7 @@ from tidebank.node.raft.replica import APPLY_STOPPED, ApplyFailed
 
 log = logging.getLogger(__name__)
 
-# pysyncobj outcomes that guarantee the command was not applied (FACTS.md).
+# pysyncobj outcomes that guarantee the command was not applied: each is reported before it joins the log.
 NOT_APPLIED = {
     FAIL_REASON.QUEUE_FULL,
     FAIL_REASON.MISSING_LEADER,

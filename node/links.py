@@ -1,7 +1,7 @@
 """Simulated inter-DC network faults: one-way delays and cut-off data centres.
 
-The kernel here has no netem (FACTS.md), so the link layer lives in the node process
-(DESIGN.md, "Simulated data centres"). Every node knows its DC and the DC of every
+The kernel here has no netem, so the link layer lives in the node process
+(docs/architecture.md, "Simulated data centres"). Every node knows its DC and the DC of every
 other node; all traffic between nodes of *different* DCs passes this layer:
 
 * Raft: :class:`DelayLine`, used by ``raft.transport.NodeTransport`` per frame. A

@@ -41,7 +41,7 @@ GRPC_WORKERS = 64
 GRPC_CONCURRENT_RPCS_MAX = 1024
 GRPC_MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 GRPC_OPTIONS = [
-    ("grpc.so_reuseport", 0),  # a port clash must fail loudly (FACTS.md)
+    ("grpc.so_reuseport", 0),  # a port clash must fail loudly (grpc would otherwise let two servers share it)
     ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
 ]

@@ -6,7 +6,7 @@ also stores the entry's Raft index (``replica_meta``/``applied_index``), so that
 restart, which replays the journal from the last snapshot, skips what LMDB already holds.
 
 Its node's `RaftHost` (loop.py) ticks it and carries its messages; it never runs a
-thread of its own. Durability (DESIGN.md, "Replication and durability"): entries go
+thread of its own. Durability (docs/architecture.md, "Replication and durability"): entries go
 to a :class:`~tidebank.node.raft.journal.DurableJournal` without syncing; the loop
 fdatasyncs every journal written to before anything leaves the node, so
 
@@ -59,7 +59,7 @@ from tidebank.node.storage import STORAGE_ERRORS
 logger = logging.getLogger(__name__)
 
 LMDB_MAP_SIZE = 64 << 30  # sparse; LMDB only grows the file as pages are used
-LMDB_MAX_DBS = 32
+LMDB_MAX_DBS = 64
 NEVER_CAMPAIGN_S = 3600.0
 
 

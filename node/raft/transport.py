@@ -11,7 +11,7 @@ receives the ones addressed to its shard. Per loop iteration:
 3. `flush` sends what was queued during 1 and 2, one frame per peer.
 
 So nothing leaves a node before what it claims is on disk: a follower's
-acknowledgement, a vote, a leader's entries (DESIGN.md, "Replication and
+acknowledgement, a vote, a leader's entries (docs/architecture.md, "Replication and
 durability"). Simulated DC faults (links.py) apply per frame: a cut link drops it,
 a delayed one queues it FIFO until due.
 
