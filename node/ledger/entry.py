@@ -10,7 +10,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from tidebank.node.ledger.clearing_records import (
+    ClearingItem,
+    pack_command,
+    unpack_command,
+)
+from tidebank.node.ledger.clearing_records import pack_item as pack_clearing_item
+from tidebank.node.ledger.clearing_records import unpack_item as unpack_clearing_item
 from tidebank.node.ledger.operations import (
+    OP_CLEARING,
+    OP_CLEARING_ITEMS,
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
@@ -43,12 +52,16 @@ _HEADER = struct.Struct("<BQH")  # version, proposer timestamp (ns), operation c
 _OP_HEADER = struct.Struct("<BI")  # kind, item count
 _ITEM_LENGTH = struct.Struct("<I")  # before each item of a variable-size kind (2PC steps)
 
-_PACKERS = {OP_CREATE_ACCOUNTS: pack_account, OP_CREATE_TRANSFERS: pack_transfer}
-_UNPACKERS = {OP_CREATE_ACCOUNTS: unpack_account, OP_CREATE_TRANSFERS: unpack_transfer}
+_PACKERS = {OP_CREATE_ACCOUNTS: pack_account, OP_CREATE_TRANSFERS: pack_transfer,
+            OP_CLEARING_ITEMS: pack_clearing_item}
+_UNPACKERS = {OP_CREATE_ACCOUNTS: unpack_account, OP_CREATE_TRANSFERS: unpack_transfer,
+              OP_CLEARING_ITEMS: unpack_clearing_item}
 _VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide,
-                     OP_COMMIT_LOCAL: pack_prepare}
+                     OP_COMMIT_LOCAL: pack_prepare, OP_CLEARING: pack_command}
 _VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
-                       OP_COMMIT_LOCAL: unpack_prepare}
+                       OP_COMMIT_LOCAL: unpack_prepare, OP_CLEARING: unpack_command}
+_SAMPLES = {OP_CREATE_ACCOUNTS: Account(id=1), OP_CREATE_TRANSFERS: Transfer(id=1),
+            OP_CLEARING_ITEMS: ClearingItem(id=1)}
 
 
 def pack_item(kind: int, item) -> bytes:
@@ -85,8 +98,7 @@ class CommandFormatError(ValueError):
 
 
 def _record_size(kind: int) -> int:
-    sample: Account | Transfer = Account(id=1) if kind == OP_CREATE_ACCOUNTS else Transfer(id=1)
-    return len(_PACKERS[kind](sample))
+    return len(_PACKERS[kind](_SAMPLES[kind]))
 
 
 _RECORD_SIZE = {kind: _record_size(kind) for kind in _PACKERS}

@@ -19,8 +19,11 @@ OP_DECIDE = 5  # items: Decide -> Decision
 # touches no other shard): PREPARE and FINISH(commit) in one entry, no DECIDE. A NO vote is recorded
 # like a PREPARE's (replayed for the same txid); a busy NO (code 0) records nothing.
 OP_COMMIT_LOCAL = 6
+OP_CLEARING_ITEMS = 7  # items: ClearingItem -> ClearingItemResult code (or ITEM_ALLOWANCE_LOW)
+OP_CLEARING = 8  # items: ClearingCommand -> a small value (see node/ledger/clearing.py), None if it failed
 
-KINDS = (OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OP_PREPARE, OP_FINISH, OP_DECIDE, OP_COMMIT_LOCAL)
+KINDS = (OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OP_PREPARE, OP_FINISH, OP_DECIDE, OP_COMMIT_LOCAL,
+         OP_CLEARING_ITEMS, OP_CLEARING)
 TXN_KINDS = (OP_PREPARE, OP_FINISH, OP_DECIDE, OP_COMMIT_LOCAL)
 
 

@@ -150,3 +150,65 @@ class TradeResult(enum.IntEnum):
     transfer_failed = 41
     internal_error = 42
     timer_not_running = 43
+
+
+class ClearingItemResult(enum.IntEnum):
+    """Per-item result codes of Clearing.SubmitItems (tidebank.v1.ClearingItemResult)."""
+
+    ok = 0
+    exists = 1
+    id_must_not_be_zero = 2
+    id_must_not_be_int_max = 3
+    amount_must_not_be_zero = 4
+    ledger_must_not_be_zero = 5
+    same_participant = 6
+    payer_not_found = 7
+    payee_not_found = 8
+    payer_suspended = 9
+    ledger_mismatch = 10
+    exceeds_net_debit_cap = 11
+    exists_with_different_payer = 12
+    exists_with_different_payee = 13
+    exists_with_different_amount = 14
+    exists_with_different_ledger = 15
+    exists_with_different_user_data = 16
+    internal_error = 17
+
+
+#: A clearing item refused only because its shard's share of the payer's cap is used up: never an answer to a
+#: client. The node moves allowance to that shard and retries the item; exceeds_net_debit_cap if it cannot.
+ITEM_ALLOWANCE_LOW = 255
+
+
+class ParticipantResult(enum.IntEnum):
+    """Per-item result codes of participant registration and changes (tidebank.v1.ParticipantResult)."""
+
+    ok = 0
+    exists = 1
+    id_must_not_be_zero = 2
+    id_must_not_be_int_max = 3
+    ledger_must_not_be_zero = 4
+    settlement_account_not_found = 5
+    settlement_account_ledger_mismatch = 6
+    exists_with_different_ledger = 7
+    exists_with_different_code = 8
+    exists_with_different_name = 9
+    exists_with_different_settlement_account = 10
+    participant_not_found = 11
+    cap_below_position = 12
+    internal_error = 13
+
+
+class WindowResult(enum.IntEnum):
+    """Result codes of clearing window steps (tidebank.v1.WindowResult)."""
+
+    ok = 0
+    window_not_found = 1
+    window_not_open = 2
+    window_not_closed = 3
+    window_already_settled = 4
+    previous_window_still_closing = 5
+    insufficient_funds = 6
+    participant_not_in_window = 7
+    settlement_failed = 8
+    internal_error = 9

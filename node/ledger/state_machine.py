@@ -128,7 +128,11 @@ import lmdb
 
 from tidebank.common.keys import DEFAULT_SLOT_COUNT, SYSTEM_ACCOUNT_PREFIX, SYSTEM_ESCROW, is_system_account, slot_of
 from tidebank.node.ledger import escrow
+from tidebank.node.ledger.clearing import ClearingRules
+from tidebank.node.ledger.clearing_records import ClearingCommand
 from tidebank.node.ledger.operations import (
+    OP_CLEARING,
+    OP_CLEARING_ITEMS,
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
@@ -153,7 +157,7 @@ from tidebank.node.ledger.records import (
     unpack_account,
     unpack_transfer,
 )
-from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.node.ledger.results import ClearingItemResult, CreateAccountResult, CreateTransferResult, TradeResult
 from tidebank.node.ledger.trades import (
     CLOSED,
     DISPUTED,
@@ -469,6 +473,7 @@ class LedgerStateMachine:
         self._escrow_slots = dbs["escrow_slots"]
         self._escrow_totals = dbs["escrow_totals"]
         self._slot_count = slot_count
+        self.clearing = ClearingRules(env, txn=txn)
 
     # ------------------------------------------------------------------ apply
 
@@ -518,6 +523,12 @@ class LedgerStateMachine:
             elif kind == OP_CREATE_ACCOUNTS:
                 fn = functools.partial(self._create_accounts, items=op.items, ctx=ctx)
                 error = int(_AR.internal_error)
+            elif kind == OP_CLEARING_ITEMS:
+                fn = functools.partial(self.clearing.submit_items, items=op.items, timestamp_ns=ctx.base)
+                error = int(ClearingItemResult.internal_error)
+            elif kind == OP_CLEARING:
+                results.append(self._clearing_commands(txn, op.items, ctx.base))
+                continue
             elif kind in _TXN_STEPS:
                 step_name, error = _TXN_STEPS[kind]
                 fn = functools.partial(
@@ -536,6 +547,12 @@ class LedgerStateMachine:
         # Cluster time never goes backwards, even when this entry created nothing.
         txn.put(_META_LAST_TIMESTAMP, _U64.pack(max(base, next_ts - 1)), db=self._meta)
         return results
+
+    def _clearing_commands(self, txn: lmdb.Transaction, items: Sequence[ClearingCommand], ts: int) -> list[Any]:
+        """Each clearing command in its own nested txn: one that fails (a bug) is rolled back and answers None."""
+        return [self._run_guarded(txn, "clearing command", functools.partial(self.clearing.command, c=c,
+                                                                             timestamp_ns=ts))
+                for c in items]
 
     def _run_guarded(self, txn: lmdb.Transaction, what: str, fn: Callable[[lmdb.Transaction], Any]) -> Any:
         """Run fn in a nested txn; on a deterministic exception roll it back, log, and return None."""

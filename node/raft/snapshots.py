@@ -93,7 +93,7 @@ def write_applied_index(txn: lmdb.Transaction, db, index: int) -> None:
 
 def applied_index_of_lmdb_file(path: str) -> int:
     """Applied index stored in a standalone LMDB data file (not opened elsewhere)."""
-    env = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=32, readahead=False)
+    env = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=64, readahead=False)
     try:
         with env.begin() as txn:
             try:

@@ -33,7 +33,7 @@ S = 1_000_000_000  # ns per second
 
 class EscrowHarness:
     def __init__(self, path, slot_count: int = SLOTS):
-        self.env = lmdb.open(str(path), max_dbs=32, map_size=1 << 28, sync=False)
+        self.env = lmdb.open(str(path), max_dbs=64, map_size=1 << 28, sync=False)
         self.sm = LedgerStateMachine(self.env, slot_count=slot_count)
         self.slot_count = slot_count
         self.now = 1_000 * S

@@ -37,7 +37,7 @@ LINKED = TransferFlags.LINKED
 class LocalShard:
     def __init__(self, path, shard_id: int):
         self.shard_id = shard_id
-        self.env = lmdb.open(str(path / f"shard-{shard_id}"), max_dbs=32, map_size=1 << 28, sync=False)
+        self.env = lmdb.open(str(path / f"shard-{shard_id}"), max_dbs=64, map_size=1 << 28, sync=False)
         self.ledger = LedgerStateMachine(self.env, slot_count=SLOTS)
 
     def is_leader(self) -> bool:

@@ -9,6 +9,7 @@ import lmdb
 import pytest
 
 from tidebank.node.ledger import state_machine as sm_module
+from tidebank.node.ledger.clearing import ClearingRules
 from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
 from tidebank.node.ledger.records import (
     ACCOUNT_SIZE,
@@ -105,7 +106,7 @@ def void(transfer_id: int, pending_id: int, amount: int = 0, **kw) -> Transfer:
 
 @pytest.fixture
 def env(tmp_path):
-    e = lmdb.open(str(tmp_path / "db"), max_dbs=32, map_size=1 << 30, sync=False)
+    e = lmdb.open(str(tmp_path / "db"), max_dbs=64, map_size=1 << 30, sync=False)
     yield e
     e.close()
 
@@ -179,9 +180,10 @@ def test_flags_have_contract_values():
 # ------------------------------------------------------------ construction
 
 
-def test_db_names_are_all_prefixed_ledger_or_escrow(env):
+def test_db_names_are_all_prefixed_ledger_escrow_or_clearing(env):
     # The replica's own dbs are "replica_*": the state machine's never collide with them.
     assert all(name.startswith(("ledger_", "escrow_")) for name in LedgerStateMachine.DB_NAMES)
+    assert all(name.startswith("clearing_") for name in ClearingRules.DB_NAMES)
 
 
 def test_apply_only_creates_named_dbs_it_declares(h):
@@ -189,11 +191,11 @@ def test_apply_only_creates_named_dbs_it_declares(h):
     h.transfers(xfer(1, amount=5, flags=PENDING, timeout=1))
     with h.env.begin() as txn:
         names = {bytes(k).decode() for k, _ in txn.cursor()}
-    assert names == set(LedgerStateMachine.DB_NAMES)
+    assert names == set(LedgerStateMachine.DB_NAMES) | set(ClearingRules.DB_NAMES)
 
 
 def test_writemap_env_is_rejected_at_construction(tmp_path):
-    e = lmdb.open(str(tmp_path / "wm"), max_dbs=32, map_size=1 << 24, writemap=True)
+    e = lmdb.open(str(tmp_path / "wm"), max_dbs=64, map_size=1 << 24, writemap=True)
     try:
         with pytest.raises(ValueError, match="writemap"):
             LedgerStateMachine(e)

@@ -230,7 +230,7 @@ def void(transfer_id: int, pending_id: int, **kw) -> Transfer:
 
 
 def _env(path) -> lmdb.Environment:
-    return lmdb.open(str(path), max_dbs=32, map_size=1 << 28, sync=False)
+    return lmdb.open(str(path), max_dbs=64, map_size=1 << 28, sync=False)
 
 
 @pytest.fixture

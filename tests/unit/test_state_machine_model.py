@@ -517,7 +517,7 @@ def _check_state(machine: LedgerStateMachine, env: lmdb.Environment, model: Mode
 
 def _with_machine(fn):
     with tempfile.TemporaryDirectory() as tmp:
-        env = lmdb.open(tmp, max_dbs=32, map_size=1 << 26, sync=False)
+        env = lmdb.open(tmp, max_dbs=64, map_size=1 << 26, sync=False)
         try:
             machine = LedgerStateMachine(env)
             model = Model()
