@@ -134,3 +134,17 @@ def id_in_slot(value: int, slot: int, slot_count: int = DEFAULT_SLOT_COUNT) -> i
 def id_near(value: int, home_id: int, slot_count: int = DEFAULT_SLOT_COUNT) -> int:
     """`value` moved (low 32 bits) into the slot of `home_id`: an id that lives wherever `home_id` lives."""
     return id_in_slot(value, slot_of(home_id, slot_count), slot_count)
+
+
+# --- the clearing hub account of a ledger ------------------------------------------------------------------
+#
+# Settlement moves money between participants' settlement accounts through one hub account per ledger (pay-ins
+# first, then pay-outs, in one atomic chain): it is an ordinary account (it cannot go below zero) with a fixed id.
+
+CLEARING_HUB_PREFIX = 0x434C5248  # b"CLRH"
+CLEARING_HUB_CODE = 9200
+
+
+def clearing_hub_account_id(ledger: int) -> int:
+    """The id of the ledger's clearing hub account."""
+    return CLEARING_HUB_PREFIX << 96 | ledger

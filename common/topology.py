@@ -107,6 +107,8 @@ class Topology:
     dcs: tuple[str, ...]
     nodes: tuple[NodeSpec, ...]
     shards: tuple[ShardSpec, ...]
+    # [clearing] cycle_s: every ledger's open clearing window closes this often (cluster time); 0: only by command
+    clearing_cycle_s: float = 0.0
 
     # ---- I/O -------------------------------------------------------------------
 
@@ -168,6 +170,12 @@ class Topology:
                     replicas=tuple(replicas),
                 )
             )
+        clearing = doc.get("clearing", {})
+        if not isinstance(clearing, dict):
+            raise TopologyError("[clearing] must be a table")
+        cycle_s = clearing.get("cycle_s", 0)
+        if isinstance(cycle_s, bool) or not isinstance(cycle_s, (int, float)) or not 0 <= cycle_s <= 366 * 86_400:
+            raise TopologyError(f"[clearing] cycle_s must be a number of seconds in 0..{366 * 86_400}")
         topo = cls(
             cluster_name=_get(cl, "cluster", "name", str),
             secret=secret,
@@ -177,6 +185,7 @@ class Topology:
             dcs=dcs,
             nodes=nodes,
             shards=tuple(shards),
+            clearing_cycle_s=float(cycle_s),
         )
         topo.validate()
         return topo
@@ -195,6 +204,8 @@ class Topology:
         out.append(f"slot_count = {self.slot_count}")
         out.append(f"shard_map_version = {self.shard_map_version}")
         out.append(f"data_dir = {_toml_str(str(data_dir))}")
+        if self.clearing_cycle_s:
+            out += ["", "[clearing]", f"cycle_s = {self.clearing_cycle_s:g}"]
         for dc in self.dcs:
             out += ["", "[[dc]]", f"name = {_toml_str(dc)}"]
         for n in self.nodes:

@@ -23,8 +23,9 @@ import grpc
 from tidebank.common.auth import AUTH_HEADER, sign
 from tidebank.common.limits import BATCH_ITEMS_MAX
 from tidebank.node.api import errors
+from tidebank.node.ledger.clearing_records import pack_value, unpack_value
 from tidebank.node.ledger.entry import pack_item
-from tidebank.node.ledger.operations import OP_COMMIT_LOCAL, OP_DECIDE, OP_PREPARE, Operation
+from tidebank.node.ledger.operations import OP_CLEARING, OP_COMMIT_LOCAL, OP_DECIDE, OP_PREPARE, Operation
 from tidebank.node.ledger.txn_records import Decision, Vote
 from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.v1 import internal_pb2
@@ -73,6 +74,8 @@ def retry_delays(first_s: float = RETRY_DELAY_FIRST_S, max_s: float = RETRY_DELA
 
 
 def result_to_pb(kind: int, result: Any) -> internal_pb2.TxnResult:
+    if kind == OP_CLEARING:
+        return internal_pb2.TxnResult(ok=result is not None, value=pack_value(result))
     if kind in (OP_PREPARE, OP_COMMIT_LOCAL):
         return internal_pb2.TxnResult(ok=result.prepared, failed_index=result.failed_index, code=result.code)
     if kind == OP_DECIDE:
@@ -82,6 +85,8 @@ def result_to_pb(kind: int, result: Any) -> internal_pb2.TxnResult:
 
 
 def result_from_pb(kind: int, message: internal_pb2.TxnResult) -> Any:
+    if kind == OP_CLEARING:
+        return unpack_value(message.value) if message.ok else None
     if kind in (OP_PREPARE, OP_COMMIT_LOCAL):
         return Vote(message.ok, message.failed_index, message.code)
     if kind == OP_DECIDE:

@@ -55,6 +55,11 @@ ESCROW_BATCH_FIELDS = {"CreateTrades": "trades", "ShipTrades": "trades", "Confir
                        "RefundTrades": "refunds", "OpenDisputes": "trades", "WithdrawDisputes": "trades",
                        "ResolveDisputes": "resolutions", "ExtendTrades": "extensions", "LookupTrades": "ids",
                        "ListTrades": None}
+# ExportStatement streams: it is not wrapped (its items are counted by the client)
+CLEARING_BATCH_FIELDS = {"RegisterParticipants": "participants", "UpdateParticipants": "updates",
+                         "LookupParticipants": "ids", "ListParticipants": None, "SubmitItems": "items",
+                         "LookupItems": "ids", "ListWindows": None, "GetWindow": None, "CloseWindow": None,
+                         "SettleWindow": None, "UnwindParticipant": None}
 _PACKED_SIZES = {"transfers": 128, "accounts": 96}
 
 

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from tidebank.common.topology import NodeSpec, Topology
 from tidebank.node import metrics
 from tidebank.node.api.admin_service import AdminService
+from tidebank.node.api.clearing_service import ClearingService
 from tidebank.node.api.escrow_service import EscrowService
 from tidebank.node.api.handlers import generic_handlers
 from tidebank.node.api.internal_service import InternalService
@@ -30,6 +31,7 @@ from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
 from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.replica import RaftTuning
 from tidebank.node.shard import ShardHost
+from tidebank.node.txn.clearing_coordinator import ClearingCoordinator, ClearingTimers
 from tidebank.node.txn.coordinator import Coordinator
 from tidebank.node.txn.escrow_coordinator import EscrowCoordinator, EscrowTimers
 from tidebank.node.txn.sweeper import Sweeper
@@ -104,6 +106,8 @@ class Node(NodeView):
         self.sweeper: Sweeper | None = Sweeper(self, self.coordinator)
         self.escrow = EscrowCoordinator(self, self.coordinator, topology.slot_count)
         self.escrow_timers: EscrowTimers | None = EscrowTimers(self, self.escrow)
+        self.clearing = ClearingCoordinator(self, self.executor)
+        self.clearing_timers: ClearingTimers | None = ClearingTimers(self, self.clearing, topology.clearing_cycle_s)
         self._stopping = threading.Event()
         self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)
         self._pulse.start()
@@ -211,6 +215,8 @@ class Node(NodeView):
         self._stopping.set()
         if self.escrow_timers is not None:
             self.escrow_timers.close()
+        if self.clearing_timers is not None:
+            self.clearing_timers.close()
         if self.sweeper is not None:
             self.sweeper.close()
         self.coordinator_pool.shutdown(wait=False, cancel_futures=True)
@@ -233,11 +239,13 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     admin = AdminService(node.node_status, node.shard_map_message, node=node, link_faults=node.link_faults,
                          dcs=topology.dcs)
     internal = InternalService(node, node.coordinator, topology.secret)
-    for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret, escrow=escrow):
+    clearing = metrics.instrument(ClearingService(node, node.clearing), metrics.CLEARING_BATCH_FIELDS)
+    for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret, escrow=escrow,
+                                    clearing=clearing):
         server.add_generic_rpc_handlers((handler,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = ("tidebank.v1.Ledger", "tidebank.v1.Escrow", "tidebank.v1.Admin")
+    service_names = ("tidebank.v1.Ledger", "tidebank.v1.Escrow", "tidebank.v1.Clearing", "tidebank.v1.Admin")
     reflection.enable_server_reflection(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)

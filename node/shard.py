@@ -28,6 +28,13 @@ from tidebank.node.raft.replica import RaftTuning, ReadNotLeaderError, ShardRepl
 
 log = logging.getLogger(__name__)
 
+#: The clearing reads a node serves for other nodes (Internal.Query): name -> ClearingRules method.
+CLEARING_READS = frozenset({
+    "lookup_items", "lookup_participants", "participants", "positions", "window_sums", "bilateral",
+    "window_items", "windows", "window", "window_nets", "open_window", "home_ledgers", "moves_out",
+    "unpropagated", "totals",
+})
+
 
 class ShardHost:
     def __init__(
@@ -132,6 +139,13 @@ class ShardHost:
             escrow = self.ledger.escrow_totals(txn)
         return {"ledgers": ledgers, "prepared_txns": prepared_txns, "applied_index": applied_index,
                 "escrow": escrow}
+
+    def clearing_read(self, name: str, args: Sequence) -> object:
+        """One of CLEARING_READS on this replica (callers run a barrier first when they need it linearizable)."""
+        if name not in CLEARING_READS:
+            raise ValueError(f"not a clearing read: {name!r}")
+        with self.replica.read_txn() as txn:
+            return getattr(self.ledger.clearing, name)(txn, *args)
 
     # --- escrow reads (local replica; callers run a barrier first when they need them linearizable)
     def lookup_trades(self, ids: Sequence[int]) -> list[Trade]:

@@ -69,6 +69,14 @@ def outcome_unknown(shard_id: int, why: str) -> RequestError:
                      "or look them up", shard_id=shard_id)
 
 
+def not_found(message: str) -> RequestError:
+    return RequestError(_status(code_pb2.NOT_FOUND, message))
+
+
+def failed_precondition(message: str) -> RequestError:
+    return RequestError(_status(code_pb2.FAILED_PRECONDITION, message))
+
+
 def internal(message: str) -> RequestError:
     return RequestError(_status(code_pb2.INTERNAL, message))
 

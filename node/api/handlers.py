@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 
 from tidebank.node.api import errors
 from tidebank.node.api.internal_service import require_signature
-from tidebank.v1 import admin_pb2, escrow_pb2, internal_pb2, ledger_pb2
+from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, internal_pb2, ledger_pb2
 
 
 def _raw_handler(method: Callable, request_cls, response_cls,
@@ -36,11 +36,31 @@ def _raw_handler(method: Callable, request_cls, response_cls,
                                                response_serializer=response_cls.SerializeToString)
 
 
+def _raw_stream_handler(method: Callable, request_cls, response_cls) -> grpc.RpcMethodHandler:
+    """The same for a server-streaming method: a RequestError before or between messages ends the stream with
+    its status."""
+
+    def handle(raw: bytes, context: grpc.ServicerContext):
+        request = request_cls()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            errors.abort(context, errors.invalid_argument(
+                [("request", f"not a valid {request_cls.DESCRIPTOR.full_name} message: {exc}")]))
+        try:
+            yield from method(request, context)
+        except errors.RequestError as exc:
+            errors.abort(context, exc)
+
+    return grpc.unary_stream_rpc_method_handler(handle, request_deserializer=None,
+                                                response_serializer=response_cls.SerializeToString)
+
+
 SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults"})  # fault injection: only holders of the cluster secret
 
 
 def generic_handlers(ledger, admin, internal=None,
-                     admin_secret: str | None = None, escrow=None) -> list[grpc.GenericRpcHandler]:
+                     admin_secret: str | None = None, escrow=None, clearing=None) -> list[grpc.GenericRpcHandler]:
     """Handlers for the public Ledger and Admin services and, when given, the Escrow service and the signed
     Internal service. With `admin_secret`, the fault-injection Admin methods require the cluster's signature."""
     def admin_auth(method, raw, context):
@@ -50,6 +70,8 @@ def generic_handlers(ledger, admin, internal=None,
     services = [("tidebank.v1.Ledger", ledger, ledger_pb2, None), ("tidebank.v1.Admin", admin, admin_pb2, None)]
     if escrow is not None:
         services.append(("tidebank.v1.Escrow", escrow, escrow_pb2, None))
+    if clearing is not None:
+        services.append(("tidebank.v1.Clearing", clearing, clearing_pb2, None))
     if internal is not None:
         services.append(("tidebank.v1.Internal", internal, internal_pb2, internal.authenticate))
     for service_name, servicer, pb2, authenticate in services:
@@ -61,6 +83,10 @@ def generic_handlers(ledger, admin, internal=None,
             method_auth = authenticate
             if pb2 is admin_pb2 and admin_secret is not None and method.name in SIGNED_ADMIN_METHODS:
                 method_auth = admin_auth
+            if method.server_streaming:
+                methods[method.name] = _raw_stream_handler(getattr(servicer, method.name), request_cls,
+                                                           response_cls)
+                continue
             methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls,
                                                 method_auth)
         handlers.append(grpc.method_handlers_generic_handler(service_name, methods))

@@ -15,9 +15,11 @@ from tidebank.common.auth import AUTH_HEADER, verify
 from tidebank.node.api import convert, errors
 from tidebank.node.api.failures import part_failure
 from tidebank.node.executor import SUBMIT_ITEMS_MAX, result_to_pb
+from tidebank.node.ledger.clearing_records import pack_value, plain, unpack_value
 from tidebank.node.ledger.entry import CommandFormatError, unpack_item
 from tidebank.node.ledger.operations import KINDS, OP_DECIDE, Operation
 from tidebank.node.outcomes import NotAppliedError, OverloadedError
+from tidebank.node.shard import CLEARING_READS
 from tidebank.node.txn.coordinator import STEP_TIMEOUT_S, Coordinator
 from tidebank.v1 import internal_pb2
 
@@ -73,3 +75,30 @@ class InternalService:
         except Exception as exc:
             raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
         return internal_pb2.ResolveResponse(decision=result_to_pb(OP_DECIDE, decision))
+
+    def Query(self, request: internal_pb2.QueryRequest, context) -> internal_pb2.QueryResponse:
+        """A clearing read of one shard here: on its leader (after a ReadIndex round) when linearizable."""
+        if request.name not in CLEARING_READS:
+            raise errors.invalid_argument([("name", f"not a clearing read: {request.name!r}")])
+        try:
+            args = unpack_value(request.args) if request.args else []
+        except Exception as exc:  # msgpack raises several kinds for garbage
+            raise errors.invalid_argument([("args", f"not msgpack: {exc}")]) from exc
+        if not isinstance(args, list):
+            raise errors.invalid_argument([("args", "must be a list")])
+        shard_id = request.shard_id
+        host = self.node.local_shard(shard_id)
+        if host is None or (request.linearizable and not host.is_leader()):
+            raise errors.not_leader(shard_id, self.node.leader_address(shard_id))
+        if request.linearizable:
+            remaining = context.time_remaining()
+            try:
+                host.read_barrier().result(timeout=STEP_TIMEOUT_S if remaining is None else max(0.01, remaining))
+            except Exception as exc:
+                raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
+        try:
+            value = host.clearing_read(request.name, args)
+        except TypeError as exc:
+            raise errors.invalid_argument([("args", str(exc))]) from exc
+        return internal_pb2.QueryResponse(value=pack_value(plain(value)))
+

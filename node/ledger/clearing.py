@@ -49,6 +49,7 @@ clearing_nets           ledger (4) window (8) participant (16)       msgpack [se
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +61,7 @@ from tidebank.node.ledger.clearing_records import (
     CMD_ACK,
     CMD_BEGIN_CLOSE,
     CMD_BEGIN_SETTLE,
+    CMD_BEGIN_UNWIND,
     CMD_CLOSE_HERE,
     CMD_CLOSED,
     CMD_COPY,
@@ -86,6 +88,7 @@ from tidebank.node.ledger.clearing_records import (
     unpack_participant,
     unpack_value,
 )
+from tidebank.node.ledger.records import Transfer, TransferFlags
 from tidebank.node.ledger.results import ITEM_ALLOWANCE_LOW, ClearingItemResult, ParticipantResult, WindowResult
 
 _IR = ClearingItemResult
@@ -502,6 +505,8 @@ class ClearingRules:
             return [_WR.window_already_settled, record.get("round", 0)]
         if state in (WINDOW_OPEN, WINDOW_CLOSING):
             return [_WR.window_not_closed, 0]
+        if state == WINDOW_CLOSED and record.get("unwinding"):
+            return [_WR.window_not_closed, 0]  # an unwind is re-netting it: settle after it
         if state == WINDOW_CLOSED:
             record["state"] = WINDOW_SETTLING
             record.pop("failure", None)
@@ -597,6 +602,26 @@ class ClearingRules:
         txn.put(key, _SUMS.pack(s[0].to_bytes(16, "little"), s[1].to_bytes(16, "little"), s[2], s[3]),
                 db=self._sums)
 
+    def _begin_unwind(self, txn, ts, ledger: int, window: int, pid: int) -> int:
+        """closed -> closed and unwinding `pid` (one unwind at a time; settling waits for it)."""
+        record = self.window(txn, ledger, window)
+        if record is None:
+            return _WR.window_not_found
+        if record["state"] == WINDOW_SETTLED:
+            return _WR.window_already_settled
+        if record["state"] != WINDOW_CLOSED:
+            return _WR.window_not_closed
+        if pid in record.get("unwound", ()):
+            return _WR.ok
+        if not any(n[0] == pid and (n[1] or n[2]) for n in self.window_nets(txn, ledger, window)):
+            return _WR.participant_not_in_window
+        current = record.get("unwinding")
+        if current is not None and current != pid:
+            return _WR.window_not_closed
+        record["unwinding"] = pid
+        self._put_window(txn, ledger, window, record)
+        return _WR.ok
+
     def _unwound(self, txn, ts, ledger: int, window: int, pid: int, nets: tuple) -> int:
         record = self.window(txn, ledger, window)
         if record is None:
@@ -605,6 +630,11 @@ class ClearingRules:
             return _WR.window_already_settled
         if record["state"] != WINDOW_CLOSED:
             return _WR.window_not_closed
+        if pid in record.get("unwound", ()):
+            return _WR.ok
+        if record.get("unwinding") != pid:
+            return _WR.window_not_closed
+        del record["unwinding"]
         unwound = record.setdefault("unwound", [])
         if pid not in unwound:
             unwound.append(pid)
@@ -809,4 +839,48 @@ _HANDLERS = {
     CMD_SETTLED: ClearingRules._settled,
     CMD_UNWIND_HERE: ClearingRules._unwind_here,
     CMD_UNWOUND: ClearingRules._unwound,
+    CMD_BEGIN_UNWIND: ClearingRules._begin_unwind,
 }
+
+
+# ------------------------------------------------------------------ settlement: which money moves
+
+SETTLEMENT_PAY_IN_CODE = 9201  # a net debtor's settlement account -> the ledger's hub account
+SETTLEMENT_PAY_OUT_CODE = 9202  # the hub -> a net creditor's settlement account
+
+
+def settlement_transfer_id(ledger: int, window: int, round_: int, participant_id: int) -> int:
+    """The id of a participant's settlement transfer for one netting of a window: a retry of the same
+    settlement reuses it (answered `exists`), a re-netting after an unwind gets new ones."""
+    digest = hashlib.blake2b(b"tidebank-settlement" + ledger.to_bytes(4, "big") + window.to_bytes(8, "big")
+                             + round_.to_bytes(4, "big") + participant_id.to_bytes(16, "big"),
+                             digest_size=16).digest()
+    value = int.from_bytes(digest, "big")
+    return value if 0 < value < U128_MAX else 1
+
+
+def settlement_transfers(ledger: int, window: int, round_: int, nets: Sequence[tuple[int, int, int, int, int]],
+                         settlement_accounts: dict[int, int], hub_account_id: int) -> list[Transfer]:
+    """The window's settlement as one linked chain: every net debtor pays the hub first, then the hub pays every
+    net creditor, so the hub (which may not go below zero) ends where it began. Nets sum to zero."""
+    pay_in, pay_out = [], []
+    for pid, sent, received, _ns, _nr in sorted(nets):
+        net = sent - received
+        if net == 0:
+            continue
+        account = settlement_accounts[pid]
+        tid = settlement_transfer_id(ledger, window, round_, pid)
+        if net > 0:
+            pay_in.append(Transfer(id=tid, debit_account_id=account, credit_account_id=hub_account_id, amount=net,
+                                   user_data_128=pid, user_data_64=window, user_data_32=round_, ledger=ledger,
+                                   code=SETTLEMENT_PAY_IN_CODE))
+        else:
+            pay_out.append(Transfer(id=tid, debit_account_id=hub_account_id, credit_account_id=account, amount=-net,
+                                    user_data_128=pid, user_data_64=window, user_data_32=round_, ledger=ledger,
+                                    code=SETTLEMENT_PAY_OUT_CODE))
+    if sum(t.amount for t in pay_in) != sum(t.amount for t in pay_out):
+        raise ClearingInvariantViolation(f"ledger {ledger} window {window}: nets do not sum to zero")
+    chain = pay_in + pay_out
+    for t in chain[:-1]:
+        t.flags = int(TransferFlags.LINKED)
+    return chain

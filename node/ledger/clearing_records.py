@@ -111,8 +111,9 @@ CMD_SETTLE_HERE = 13  # every shard: the window's settled amounts give the cap b
 CMD_SETTLED = 14  # ledger's home: settling -> settled
 CMD_UNWIND_HERE = 15  # every shard: exclude a participant's items of a closed window (a bounded number per entry)
 CMD_UNWOUND = 16  # ledger's home: the window re-netted without that participant
+CMD_BEGIN_UNWIND = 17  # ledger's home: a closed window is being unwound (it cannot start settling meanwhile)
 
-COMMAND_TAGS = frozenset(range(CMD_REGISTER, CMD_UNWOUND + 1))
+COMMAND_TAGS = frozenset(range(CMD_REGISTER, CMD_BEGIN_UNWIND + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +160,15 @@ def unpack_command(raw: bytes) -> ClearingCommand:
 
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def plain(value: Any) -> Any:
+    """A read's answer as msgpack-able values (records become lists of their fields, in field order), the same
+    whether it was read here or on another node."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return [getattr(value, f) for f in value.__dataclass_fields__]
+    return value

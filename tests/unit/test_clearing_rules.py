@@ -5,11 +5,21 @@ from __future__ import annotations
 import lmdb
 import pytest
 
-from tidebank.node.ledger.clearing import WINDOW_CLOSED, WINDOW_CLOSING, WINDOW_OPEN, WINDOW_SETTLED, WINDOW_SETTLING
+from tidebank.node.ledger.clearing import (
+    SETTLEMENT_PAY_IN_CODE,
+    SETTLEMENT_PAY_OUT_CODE,
+    WINDOW_CLOSED,
+    WINDOW_CLOSING,
+    WINDOW_OPEN,
+    WINDOW_SETTLED,
+    WINDOW_SETTLING,
+    settlement_transfers,
+)
 from tidebank.node.ledger.clearing_records import (
     CMD_ACK,
     CMD_BEGIN_CLOSE,
     CMD_BEGIN_SETTLE,
+    CMD_BEGIN_UNWIND,
     CMD_CLOSE_HERE,
     CMD_CLOSED,
     CMD_COPY,
@@ -384,7 +394,8 @@ def test_settle_here_gives_the_cap_back_once(banks):
 
 
 def test_unwind_excludes_a_participants_items_and_their_positions(banks):
-    banks.items(item(1, amount=10), item(2, payer=BANK_B, payee=BANK_C, amount=4), item(3, payer=BANK_C, payee=BANK_A, amount=2))
+    banks.items(item(1, amount=10), item(2, payer=BANK_B, payee=BANK_C, amount=4),
+                item(3, payer=BANK_C, payee=BANK_A, amount=2))
     _close(banks)
     assert banks.one(CMD_UNWIND_HERE, 1, 1, BANK_A, 100) == 2
     assert banks.one(CMD_UNWIND_HERE, 1, 1, BANK_A, 100) == 0
@@ -405,6 +416,7 @@ def test_unwind_works_through_a_large_window_in_bounded_steps(banks):
 def test_unwound_renets_the_window_and_counts_a_round(banks):
     banks.items(item(1, amount=10), item(2, payer=BANK_B, payee=BANK_C, amount=4))
     _close(banks)
+    assert banks.one(CMD_BEGIN_UNWIND, 1, 1, BANK_A) == WR.ok
     banks.one(CMD_UNWIND_HERE, 1, 1, BANK_A, 100)
     assert banks.one(CMD_UNWOUND, 1, 1, BANK_A, tuple(banks.read("window_sums", 1, 1))) == WR.ok
     record = banks.read("window", 1, 1)
@@ -434,3 +446,53 @@ def test_nets_on_one_shard_sum_to_zero(banks):
 
 def test_closing_state_constants_are_ordered():
     assert WINDOW_OPEN < WINDOW_CLOSING < WINDOW_CLOSED < WINDOW_SETTLING < WINDOW_SETTLED
+
+
+def test_unwind_of_a_participant_without_items_in_the_window_is_refused(banks):
+    banks.items(item(1))
+    _close(banks)
+    assert banks.one(CMD_BEGIN_UNWIND, 1, 1, BANK_C) == WR.participant_not_in_window
+
+
+def test_window_being_unwound_cannot_start_settling(banks):
+    banks.items(item(1))
+    _close(banks)
+    banks.one(CMD_BEGIN_UNWIND, 1, 1, BANK_A)
+    assert banks.one(CMD_BEGIN_SETTLE, 1, 1)[0] == WR.window_not_closed
+
+
+def test_unwound_without_begin_unwind_is_refused(banks):
+    banks.items(item(1))
+    _close(banks)
+    assert banks.one(CMD_UNWOUND, 1, 1, BANK_A, ()) == WR.window_not_closed
+
+
+# ------------------------------------------------------------ settlement transfers
+
+
+def test_settlement_pays_in_before_it_pays_out_as_one_chain():
+    nets = [(BANK_A, 10, 0, 1, 0), (BANK_B, 0, 6, 0, 1), (BANK_C, 0, 4, 0, 1)]
+    chain = settlement_transfers(1, 7, 0, nets, {BANK_A: 1, BANK_B: 2, BANK_C: 3}, hub_account_id=99)
+    assert [(t.debit_account_id, t.credit_account_id, t.amount, t.code) for t in chain] == [
+        (1, 99, 10, SETTLEMENT_PAY_IN_CODE), (99, 2, 6, SETTLEMENT_PAY_OUT_CODE), (99, 3, 4, SETTLEMENT_PAY_OUT_CODE)]
+    assert [t.flags for t in chain] == [1, 1, 0]
+
+
+def test_settlement_leaves_out_participants_with_a_zero_net():
+    nets = [(BANK_A, 5, 5, 1, 1), (BANK_B, 3, 0, 1, 0), (BANK_C, 0, 3, 0, 1)]
+    chain = settlement_transfers(1, 7, 0, nets, {BANK_A: 1, BANK_B: 2, BANK_C: 3}, hub_account_id=99)
+    assert [t.user_data_128 for t in chain] == [BANK_B, BANK_C]
+
+
+def test_settlement_ids_change_with_the_netting_round():
+    nets = [(BANK_A, 5, 0, 1, 0), (BANK_B, 0, 5, 0, 1)]
+    first = settlement_transfers(1, 7, 0, nets, {BANK_A: 1, BANK_B: 2}, hub_account_id=99)
+    again = settlement_transfers(1, 7, 0, nets, {BANK_A: 1, BANK_B: 2}, hub_account_id=99)
+    renetted = settlement_transfers(1, 7, 1, nets, {BANK_A: 1, BANK_B: 2}, hub_account_id=99)
+    assert [t.id for t in first] == [t.id for t in again]
+    assert not {t.id for t in first} & {t.id for t in renetted}
+
+
+def test_settlement_of_nets_that_do_not_sum_to_zero_is_a_bug():
+    with pytest.raises(AssertionError):
+        settlement_transfers(1, 7, 0, [(BANK_A, 5, 0, 1, 0)], {BANK_A: 1}, hub_account_id=99)

@@ -6,8 +6,16 @@ import enum
 
 import pytest
 
-from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult, TradeResult
-from tidebank.v1 import escrow_pb2, types_pb2
+from tidebank.node.ledger.results import (
+    ITEM_ALLOWANCE_LOW,
+    ClearingItemResult,
+    CreateAccountResult,
+    CreateTransferResult,
+    ParticipantResult,
+    TradeResult,
+    WindowResult,
+)
+from tidebank.v1 import clearing_pb2, escrow_pb2, types_pb2
 
 
 def _proto_members(proto_enum, prefix: str) -> dict[str, int]:
@@ -24,8 +32,11 @@ def _node_members(node_enum: type[enum.IntEnum]) -> dict[str, int]:
         (CreateAccountResult, types_pb2.CreateAccountResult, "CREATE_ACCOUNT_RESULT_"),
         (CreateTransferResult, types_pb2.CreateTransferResult, "CREATE_TRANSFER_RESULT_"),
         (TradeResult, escrow_pb2.TradeResultCode, "TRADE_RESULT_"),
+        (ClearingItemResult, clearing_pb2.ClearingItemResult, "CLEARING_ITEM_RESULT_"),
+        (ParticipantResult, clearing_pb2.ParticipantResult, "PARTICIPANT_RESULT_"),
+        (WindowResult, clearing_pb2.WindowResult, "WINDOW_RESULT_"),
     ],
-    ids=["accounts", "transfers", "trades"],
+    ids=["accounts", "transfers", "trades", "clearing_items", "participants", "windows"],
 )
 def test_result_enum_equals_proto_enum(node_enum, proto_enum, prefix):
     assert all(name.startswith(prefix) for name in proto_enum.keys())
@@ -34,7 +45,8 @@ def test_result_enum_equals_proto_enum(node_enum, proto_enum, prefix):
 
 def test_result_enums_have_no_aliases():
     # An alias (two names, one number) would make enum iteration drop a name silently.
-    for node_enum in (CreateAccountResult, CreateTransferResult, TradeResult):
+    for node_enum in (CreateAccountResult, CreateTransferResult, TradeResult, ClearingItemResult, ParticipantResult,
+                      WindowResult):
         assert len(node_enum.__members__) == len(list(node_enum))
 
 
@@ -43,3 +55,8 @@ def test_contract_codes_have_their_documented_numbers():
     assert CreateTransferResult.internal_error == 61
     assert CreateTransferResult.accounts_on_different_shards == 59
     assert CreateAccountResult.internal_error == 21
+
+
+def test_allowance_low_is_never_a_wire_code():
+    # The node retries such items after moving allowance; the code must not collide with one a client sees.
+    assert ITEM_ALLOWANCE_LOW not in set(clearing_pb2.ClearingItemResult.values())

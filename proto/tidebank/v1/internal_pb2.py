@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from tidebank.v1 import types_pb2 as tidebank_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atidebank/v1/internal.proto\x12\x0btidebank.v1\x1a\x17tidebank/v1/types.proto\"F\n\x15InternalSubmitRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\r\n\x05items\x18\x03 \x03(\x0c\"N\n\tTxnResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x14\n\x0c\x66\x61iled_index\x18\x02 \x01(\r\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x11\n\ttimestamp\x18\x04 \x01(\x04\"A\n\x16InternalSubmitResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.tidebank.v1.TxnResult\"L\n\x0eResolveRequest\x12\x19\n\x11\x63oordinator_shard\x18\x01 \x01(\r\x12\x1f\n\x04txid\x18\x02 \x01(\x0b\x32\x11.tidebank.v1.U128\";\n\x0fResolveResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.tidebank.v1.TxnResult2\xa3\x01\n\x08Internal\x12Q\n\x06Submit\x12\".tidebank.v1.InternalSubmitRequest\x1a#.tidebank.v1.InternalSubmitResponse\x12\x44\n\x07Resolve\x12\x1b.tidebank.v1.ResolveRequest\x1a\x1c.tidebank.v1.ResolveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atidebank/v1/internal.proto\x12\x0btidebank.v1\x1a\x17tidebank/v1/types.proto\"R\n\x0cQueryRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x01(\x0c\x12\x14\n\x0clinearizable\x18\x04 \x01(\x08\"\x1e\n\rQueryResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"F\n\x15InternalSubmitRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04kind\x18\x02 \x01(\r\x12\r\n\x05items\x18\x03 \x03(\x0c\"]\n\tTxnResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x14\n\x0c\x66\x61iled_index\x18\x02 \x01(\r\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x11\n\ttimestamp\x18\x04 \x01(\x04\x12\r\n\x05value\x18\x05 \x01(\x0c\"A\n\x16InternalSubmitResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.tidebank.v1.TxnResult\"L\n\x0eResolveRequest\x12\x19\n\x11\x63oordinator_shard\x18\x01 \x01(\r\x12\x1f\n\x04txid\x18\x02 \x01(\x0b\x32\x11.tidebank.v1.U128\";\n\x0fResolveResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.tidebank.v1.TxnResult2\xe3\x01\n\x08Internal\x12Q\n\x06Submit\x12\".tidebank.v1.InternalSubmitRequest\x1a#.tidebank.v1.InternalSubmitResponse\x12\x44\n\x07Resolve\x12\x1b.tidebank.v1.ResolveRequest\x1a\x1c.tidebank.v1.ResolveResponse\x12>\n\x05Query\x12\x19.tidebank.v1.QueryRequest\x1a\x1a.tidebank.v1.QueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidebank.v1.internal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTERNALSUBMITREQUEST']._serialized_start=68
-  _globals['_INTERNALSUBMITREQUEST']._serialized_end=138
-  _globals['_TXNRESULT']._serialized_start=140
-  _globals['_TXNRESULT']._serialized_end=218
-  _globals['_INTERNALSUBMITRESPONSE']._serialized_start=220
-  _globals['_INTERNALSUBMITRESPONSE']._serialized_end=285
-  _globals['_RESOLVEREQUEST']._serialized_start=287
-  _globals['_RESOLVEREQUEST']._serialized_end=363
-  _globals['_RESOLVERESPONSE']._serialized_start=365
-  _globals['_RESOLVERESPONSE']._serialized_end=424
-  _globals['_INTERNAL']._serialized_start=427
-  _globals['_INTERNAL']._serialized_end=590
+  _globals['_QUERYREQUEST']._serialized_start=68
+  _globals['_QUERYREQUEST']._serialized_end=150
+  _globals['_QUERYRESPONSE']._serialized_start=152
+  _globals['_QUERYRESPONSE']._serialized_end=182
+  _globals['_INTERNALSUBMITREQUEST']._serialized_start=184
+  _globals['_INTERNALSUBMITREQUEST']._serialized_end=254
+  _globals['_TXNRESULT']._serialized_start=256
+  _globals['_TXNRESULT']._serialized_end=349
+  _globals['_INTERNALSUBMITRESPONSE']._serialized_start=351
+  _globals['_INTERNALSUBMITRESPONSE']._serialized_end=416
+  _globals['_RESOLVEREQUEST']._serialized_start=418
+  _globals['_RESOLVEREQUEST']._serialized_end=494
+  _globals['_RESOLVERESPONSE']._serialized_start=496
+  _globals['_RESOLVERESPONSE']._serialized_end=555
+  _globals['_INTERNAL']._serialized_start=558
+  _globals['_INTERNAL']._serialized_end=785
 # @@protoc_insertion_point(module_scope)

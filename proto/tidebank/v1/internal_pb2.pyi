@@ -7,6 +7,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class QueryRequest(_message.Message):
+    __slots__ = ("shard_id", "name", "args", "linearizable")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    LINEARIZABLE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    name: str
+    args: bytes
+    linearizable: bool
+    def __init__(self, shard_id: _Optional[int] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., linearizable: _Optional[bool] = ...) -> None: ...
+
+class QueryResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    def __init__(self, value: _Optional[bytes] = ...) -> None: ...
+
 class InternalSubmitRequest(_message.Message):
     __slots__ = ("shard_id", "kind", "items")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -18,16 +36,18 @@ class InternalSubmitRequest(_message.Message):
     def __init__(self, shard_id: _Optional[int] = ..., kind: _Optional[int] = ..., items: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TxnResult(_message.Message):
-    __slots__ = ("ok", "failed_index", "code", "timestamp")
+    __slots__ = ("ok", "failed_index", "code", "timestamp", "value")
     OK_FIELD_NUMBER: _ClassVar[int]
     FAILED_INDEX_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     failed_index: int
     code: int
     timestamp: int
-    def __init__(self, ok: _Optional[bool] = ..., failed_index: _Optional[int] = ..., code: _Optional[int] = ..., timestamp: _Optional[int] = ...) -> None: ...
+    value: bytes
+    def __init__(self, ok: _Optional[bool] = ..., failed_index: _Optional[int] = ..., code: _Optional[int] = ..., timestamp: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class InternalSubmitResponse(_message.Message):
     __slots__ = ("results",)

@@ -47,6 +47,11 @@ class InternalStub:
                 request_serializer=tidebank_dot_v1_dot_internal__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=tidebank_dot_v1_dot_internal__pb2.ResolveResponse.FromString,
                 _registered_method=True)
+        self.Query = channel.unary_unary(
+                '/tidebank.v1.Internal/Query',
+                request_serializer=tidebank_dot_v1_dot_internal__pb2.QueryRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_internal__pb2.QueryResponse.FromString,
+                _registered_method=True)
 
 
 class InternalServicer:
@@ -69,6 +74,13 @@ class InternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Query(self, request, context):
+        """A read of one shard's clearing state on its leader (after a ReadIndex round when linearizable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +93,11 @@ def add_InternalServicer_to_server(servicer, server):
                     servicer.Resolve,
                     request_deserializer=tidebank_dot_v1_dot_internal__pb2.ResolveRequest.FromString,
                     response_serializer=tidebank_dot_v1_dot_internal__pb2.ResolveResponse.SerializeToString,
+            ),
+            'Query': grpc.unary_unary_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=tidebank_dot_v1_dot_internal__pb2.QueryRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_internal__pb2.QueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +157,33 @@ class Internal:
             '/tidebank.v1.Internal/Resolve',
             tidebank_dot_v1_dot_internal__pb2.ResolveRequest.SerializeToString,
             tidebank_dot_v1_dot_internal__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Internal/Query',
+            tidebank_dot_v1_dot_internal__pb2.QueryRequest.SerializeToString,
+            tidebank_dot_v1_dot_internal__pb2.QueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,661 @@
+"""Clearing across shards: the steps that span several shards' logs, each idempotent, each resumable.
+
+The rules (node/ledger/clearing.py) decide everything about positions, caps and
+windows on one shard; this module only sequences commands over shards:
+
+* **registration and changes** are applied on the participant's home shard, then
+  copied to every shard (a copy carries its version and only moves forward), then
+  marked propagated; the periodic pass finishes any propagation cut short;
+* **items** go to the shard of their own id; an item refused there only because that
+  shard's allowance is used up (ITEM_ALLOWANCE_LOW) makes this node move allowance
+  to that shard (from the pool, then from other shards' headroom) and submit it
+  again; if there is not enough anywhere it is `exceeds_net_debit_cap`. A move is
+  TAKE on the source (remembered there), GIVE on the destination (once per move
+  id), ACK on the source; the periodic pass re-delivers moves left unacknowledged;
+* **closing** a window: BEGIN_CLOSE on the ledger's home (the next window opens),
+  CLOSE_HERE on every shard (the cut), a linearizable read of every shard's sums,
+  CLOSED with the netting on the home;
+* **settling**: BEGIN_SETTLE, a check that every debtor can pay (nothing moves if one
+  cannot), one linked chain of ledger transfers through the ledger's hub account
+  (ids derived from the window and netting round: a retry answers `exists`),
+  SETTLE_HERE on every shard (the cap comes back), SETTLED;
+* **unwinding** a participant from a closed window: BEGIN_UNWIND, UNWIND_HERE on
+  every shard until none of its items is left, UNWOUND with the new netting.
+
+A step cut short by a crash or a timeout leaves its window in `closing`,
+`settling` or `unwinding`; the periodic pass on the ledger home's leader resumes
+it (every step is idempotent), so nothing stays half-done.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+
+import grpc
+
+from tidebank.common.keys import CLEARING_HUB_CODE, clearing_hub_account_id
+from tidebank.node.executor import ShardExecutor, all_results
+from tidebank.node.ledger.clearing import (
+    SETTLEMENT_PAY_IN_CODE,
+    UNWIND_ITEMS_PER_ENTRY_MAX,
+    WINDOW_CLOSED,
+    WINDOW_CLOSING,
+    WINDOW_OPEN,
+    WINDOW_SETTLING,
+    settlement_transfers,
+)
+from tidebank.node.ledger.clearing_records import (
+    CMD_ACK,
+    CMD_BEGIN_CLOSE,
+    CMD_BEGIN_SETTLE,
+    CMD_BEGIN_UNWIND,
+    CMD_CLOSE_HERE,
+    CMD_CLOSED,
+    CMD_COPY,
+    CMD_GIVE,
+    CMD_PROPAGATED,
+    CMD_REGISTER,
+    CMD_SETTLE_FAILED,
+    CMD_SETTLE_HERE,
+    CMD_SETTLED,
+    CMD_TAKE,
+    CMD_UNWIND_HERE,
+    CMD_UNWOUND,
+    CMD_UPDATE,
+    ClearingCommand,
+    ClearingItem,
+    Participant,
+    pack_participant,
+    pack_value,
+    plain,
+    unpack_value,
+)
+from tidebank.node.ledger.operations import OP_CLEARING, OP_CLEARING_ITEMS, Operation
+from tidebank.node.ledger.records import AccountFlags
+from tidebank.node.ledger.results import ITEM_ALLOWANCE_LOW, ClearingItemResult, ParticipantResult, WindowResult
+from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.txn.periodic import LedShardsLoop, RetryLater
+from tidebank.v1 import internal_pb2, ledger_pb2, types_pb2
+
+log = logging.getLogger(__name__)
+
+STEP_TIMEOUT_S = 10.0  # one resumed step of the periodic pass
+MOVE_REDELIVER_AFTER_S = 2.0  # an unacknowledged allowance move older than this is delivered again
+STATEMENT_PAGE_ITEMS = 1024  # items read from one shard per page of a statement
+REFILL_SHARE = 4  # a refill from the pool asks for need + cap / (shards * REFILL_SHARE)
+REFILL_ROUNDS_MAX = 8  # refill-and-resubmit rounds of one request (each moves allowance or ends the loop)
+SETTLEMENT_CHAIN_MAX = 8189  # transfers in one settlement chain (one CreateTransfers request)
+
+
+class ClearingStepError(Exception):
+    """A clearing command failed inside the state machine (a bug, rolled back there)."""
+
+
+class ClearingCoordinator:
+    """See the module docstring. One per node; thread-safe (holds no state but caches)."""
+
+    def __init__(self, node, executor: ShardExecutor) -> None:
+        self.node = node
+        self.executor = executor
+        self._caps: dict[int, int] = {}  # participant -> last cap seen (sizes refills only)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def shard_map(self):
+        return self.node.shard_map
+
+    def home_of(self, key: int) -> int:
+        return self.shard_map.shard_of(key)
+
+    def run(self, shard_id: int, commands: Sequence[ClearingCommand], deadline: float) -> list:
+        """Commands through the shard's log (retried across leader changes: every command is idempotent)."""
+        results = self.executor.run(shard_id, Operation(OP_CLEARING, list(commands)), deadline)
+        if any(r is None for r in results):
+            raise ClearingStepError(f"shard {shard_id}: a clearing command failed (see that node's log)")
+        return results
+
+    def run_one(self, shard_id: int, command: ClearingCommand, deadline: float):
+        return self.run(shard_id, [command], deadline)[0]
+
+    def run_everywhere(self, commands_of: dict[int, list[ClearingCommand]], deadline: float) -> dict[int, list]:
+        """Commands on several shards at once; every shard's answer, or the worst failure (may-have-applied wins)."""
+        futures = {s: self.executor.run_async(s, Operation(OP_CLEARING, cmds), deadline)
+                   for s, cmds in commands_of.items() if cmds}
+        out: dict[int, list] = {}
+        unknown: Exception | None = None
+        other: Exception | None = None
+        for shard_id, outcome in zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1),
+                                     strict=True):
+            if isinstance(outcome, OutcomeUnknownError):
+                unknown = outcome
+            elif isinstance(outcome, BaseException):
+                other = other or outcome
+            elif any(r is None for r in outcome):
+                other = other or ClearingStepError(f"shard {shard_id}: a clearing command failed")
+            else:
+                out[shard_id] = outcome
+        if unknown is not None:
+            raise unknown
+        if other is not None:
+            raise other
+        return out
+
+    def query(self, shard_id: int, name: str, args: Sequence, deadline: float, *, linearizable: bool = True):
+        """A clearing read of one shard: on its leader after a ReadIndex round (here or on the leader's node), or
+        from the local replica when stale reads do. Values come back as plain lists (records as field lists)."""
+        last: Exception | None = None
+        delay = 0.02
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotAppliedError(f"shard {shard_id}: {name}: {last or 'no time left'}")
+            try:
+                return self._query_once(shard_id, name, list(args), remaining, linearizable)
+            except (NotAppliedError, OverloadedError, TimeoutError) as exc:
+                last = exc
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+    def _query_once(self, shard_id: int, name: str, args: list, timeout_s: float, linearizable: bool):
+        host = self.node.local_shard(shard_id)
+        if host is not None and (not linearizable or host.is_leader()):
+            if linearizable:
+                try:
+                    host.read_barrier().result(timeout=timeout_s)
+                except NotAppliedError:
+                    raise
+                except Exception as exc:
+                    raise NotAppliedError(f"shard {shard_id}: read barrier: {exc}") from exc
+            return plain(host.clearing_read(name, args))
+        address = self.node.leader_address(shard_id)
+        if address is None or address == self.node.address:
+            raise NotAppliedError(f"shard {shard_id} has no leader right now")
+        if not self.node.reachable(address):
+            raise NotAppliedError(f"shard {shard_id}: its leader {address} is cut off from here")
+        request = internal_pb2.QueryRequest(shard_id=shard_id, name=name, args=pack_value(args),
+                                            linearizable=linearizable)
+        try:
+            response = self.executor.call(address, "Query", request, timeout_s)
+        except grpc.RpcError as exc:
+            raise NotAppliedError(f"shard {shard_id} via {address}: {exc.code().name}") from exc
+        return unpack_value(response.value)
+
+    def query_everywhere(self, name: str, args: Sequence, deadline: float) -> dict[int, object]:
+        futures: dict[int, Future] = {s: self.executor.pool.submit(self.query, s, name, args, deadline)
+                                      for s in self.shard_map.shard_ids}
+        out = {}
+        for shard_id, outcome in zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1),
+                                     strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            out[shard_id] = outcome
+        return out
+
+    # ------------------------------------------------------------------ participants
+
+    def register(self, participants: Sequence[Participant], deadline: float) -> list[int]:
+        """Register on each participant's home, then copy to every shard. Codes in request order."""
+        by_home: dict[int, list[int]] = {}
+        for index, p in enumerate(participants):
+            by_home.setdefault(self.home_of(p.id), []).append(index)
+        commands = {home: [ClearingCommand(CMD_REGISTER, (p.id, p.ledger, p.code, p.name, p.settlement_account_id,
+                                                           p.net_debit_cap))
+                           for p in (participants[i] for i in indexes)]
+                    for home, indexes in by_home.items()}
+        answers = self.run_everywhere(commands, deadline)
+        codes = [0] * len(participants)
+        for home, indexes in by_home.items():
+            for index, (code, _version) in zip(indexes, answers[home], strict=True):
+                codes[index] = code
+        kept = (ParticipantResult.ok, ParticipantResult.exists)
+        done = [participants[i].id for i, c in enumerate(codes) if c in kept]
+        self.propagate(done, deadline)
+        return codes
+
+    def update(self, updates: Sequence[tuple[int, int, int]], deadline: float) -> list[int]:
+        """(participant, cap or -1, suspended 0/1 or -1) each, on its home, then copied everywhere. A lower cap first
+        gathers the shards' headroom into the pool; cap_below_position if even that is not enough."""
+        codes = []
+        for pid, cap, suspended in updates:
+            home = self.home_of(pid)
+            if cap >= 0:
+                record = self._home_record(pid, deadline)
+                if record is None:
+                    codes.append(ParticipantResult.participant_not_found)
+                    continue
+                _pid, _allowance, _net, pool = self.query(home, "positions", [[pid]], deadline)[0]
+                shortfall = record.net_debit_cap - cap - pool
+                if shortfall > 0:
+                    self.gather_to_pool(pid, shortfall, deadline)
+            code, _version = self.run_one(home, ClearingCommand(CMD_UPDATE, (pid, cap, suspended)), deadline)
+            codes.append(code)
+            if code == ParticipantResult.ok:
+                self.propagate([pid], deadline)
+        return codes
+
+    def _home_record(self, pid: int, deadline: float) -> Participant | None:
+        found = self.query(self.home_of(pid), "lookup_participants", [[pid]], deadline)
+        return Participant(*found[0]) if found else None
+
+    def propagate(self, pids: Sequence[int], deadline: float) -> None:
+        """Copy the home records of these participants to every shard, then mark them propagated."""
+        by_home: dict[int, list[int]] = {}
+        for pid in pids:
+            by_home.setdefault(self.home_of(pid), []).append(pid)
+        records: list[Participant] = []
+        for home, ids in by_home.items():
+            records += [Participant(*r) for r in self.query(home, "lookup_participants", [ids], deadline)]
+        self.copy_everywhere(records, deadline)
+
+    def copy_everywhere(self, records: Sequence[Participant], deadline: float) -> None:
+        if not records:
+            return
+        for p in records:
+            self._caps[p.id] = p.net_debit_cap
+        commands = {s: [ClearingCommand(CMD_COPY, (pack_participant(p), s == self.home_of(p.ledger)))
+                        for p in records]
+                    for s in self.shard_map.shard_ids}
+        self.run_everywhere(commands, deadline)
+        marks: dict[int, list[ClearingCommand]] = {}
+        for p in records:
+            marks.setdefault(self.home_of(p.id), []).append(ClearingCommand(CMD_PROPAGATED, (p.id, p.version)))
+        self.run_everywhere(marks, deadline)
+
+    def positions(self, pids: Sequence[int], deadline: float) -> dict[int, int]:
+        """Each participant's position (sum of its nets over every shard)."""
+        out = dict.fromkeys(pids, 0)
+        for rows in self.query_everywhere("positions", [list(pids)], deadline).values():
+            for pid, _allowance, net, _pool in rows:
+                out[pid] += net
+        return out
+
+    # ------------------------------------------------------------------ allowance
+
+    def move(self, pid: int, source: int, dest: int, wanted: int, *, from_pool: bool, to_pool: bool,
+             deadline: float) -> int:
+        """Move up to `wanted` of a participant's cap from `source` (its pool or its headroom there) to `dest`
+        (its allowance or pool there): TAKE, GIVE, ACK. What was taken; 0 if the source had nothing."""
+        move_id = int.from_bytes(os.urandom(16), "big") or 1
+        taken = self.run_one(source, ClearingCommand(CMD_TAKE, (move_id, pid, wanted, dest, from_pool, to_pool)),
+                             deadline)
+        if taken:
+            self.deliver(move_id, source, dest, pid, taken, to_pool, deadline)
+        return taken
+
+    def deliver(self, move_id: int, source: int, dest: int, pid: int, amount: int, to_pool: bool,
+                deadline: float) -> None:
+        self.run_one(dest, ClearingCommand(CMD_GIVE, (move_id, pid, amount, to_pool)), deadline)
+        self.run_one(source, ClearingCommand(CMD_ACK, (move_id,)), deadline)
+
+    def refill(self, pid: int, dest: int, need: int, deadline: float) -> int:
+        """Give shard `dest` at least `need` more of the participant's cap if it exists anywhere: from the pool
+        first (with some to spare, so the next items do not need a move), then from other shards' headroom."""
+        home = self.home_of(pid)
+        shards = self.shard_map.shard_ids
+        spare = self._caps.get(pid, 0) // (len(shards) * REFILL_SHARE)
+        got = self.move(pid, home, dest, need + spare, from_pool=True, to_pool=False, deadline=deadline)
+        for source in shards:
+            if got >= need:
+                break
+            if source != dest:
+                got += self.move(pid, source, dest, need - got, from_pool=False, to_pool=False, deadline=deadline)
+        return got
+
+    def gather_to_pool(self, pid: int, wanted: int, deadline: float) -> int:
+        """Bring up to `wanted` of the shards' headroom back into the participant's pool (to lower its cap)."""
+        home = self.home_of(pid)
+        got = 0
+        for source in self.shard_map.shard_ids:
+            if got >= wanted:
+                break
+            got += self.move(pid, source, home, wanted - got, from_pool=False, to_pool=True, deadline=deadline)
+        return got
+
+    # ------------------------------------------------------------------ items
+
+    def submit_items(self, items: Sequence[ClearingItem], deadline: float) -> list[int]:
+        """Each item on its own id's shard. Items short of allowance there are submitted again after allowance
+        moved to that shard, until they fit or no allowance is left anywhere: then exceeds_net_debit_cap."""
+        codes: list[int] = [ClearingItemResult.internal_error] * len(items)
+        by_shard: dict[int, list[int]] = {}
+        for index, item in enumerate(items):
+            by_shard.setdefault(self.home_of(item.id), []).append(index)
+        low = self._submit_round(items, by_shard, codes, deadline)
+        for _ in range(REFILL_ROUNDS_MAX):
+            if not low:
+                break
+            need: dict[tuple[int, int], int] = {}
+            for index in low:
+                key = (self.home_of(items[index].id), items[index].payer_id)
+                need[key] = need.get(key, 0) + items[index].amount
+            moved = sum(self.refill(payer, shard_id, amount, deadline) for (shard_id, payer), amount in need.items())
+            if moved == 0:
+                break
+            retry: dict[int, list[int]] = {}
+            for index in low:
+                retry.setdefault(self.home_of(items[index].id), []).append(index)
+            low = self._submit_round(items, retry, codes, deadline)
+        for index in low:
+            codes[index] = ClearingItemResult.exceeds_net_debit_cap
+        return codes
+
+    def _submit_round(self, items, by_shard: dict[int, list[int]], codes: list[int], deadline: float) -> list[int]:
+        futures = {s: self.executor.run_async(s, Operation(OP_CLEARING_ITEMS, [items[i] for i in indexes]),
+                                              deadline)
+                   for s, indexes in by_shard.items()}
+        low: list[int] = []
+        failure: Exception | None = None
+        for shard_id, outcome in zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1),
+                                     strict=True):
+            if isinstance(outcome, BaseException):
+                if failure is None or isinstance(outcome, OutcomeUnknownError):
+                    failure = outcome
+                continue
+            for index, code in zip(by_shard[shard_id], outcome, strict=True):
+                codes[index] = code
+                if code == ITEM_ALLOWANCE_LOW:
+                    low.append(index)
+        if failure is not None:
+            raise failure
+        return low
+
+    def lookup_items(self, ids: Sequence[int], linearizable: bool, deadline: float) -> list[ClearingItem]:
+        by_shard: dict[int, list[int]] = {}
+        for i in ids:
+            by_shard.setdefault(self.home_of(i), []).append(i)
+        found: dict[int, ClearingItem] = {}
+        for shard_id, shard_ids in by_shard.items():
+            for fields in self.query(shard_id, "lookup_items", [shard_ids], deadline, linearizable=linearizable):
+                found[fields[0]] = ClearingItem(*fields)
+        return [found[i] for i in ids if i in found]
+
+    # ------------------------------------------------------------------ windows
+
+    def window(self, ledger: int, number: int, deadline: float) -> tuple[int, dict | None]:
+        """(number, record) of a window on the ledger's home; number 0 means the open one."""
+        home = self.home_of(ledger)
+        if number == 0:
+            number = self.query(home, "open_window", [ledger], deadline)
+            if number == 0:
+                return 0, None
+        return number, self.query(home, "window", [ledger, number], deadline)
+
+    def nets(self, ledger: int, number: int, deadline: float) -> list[tuple[int, int, int, int, int]]:
+        return [tuple(n) for n in self.query(self.home_of(ledger), "window_nets", [ledger, number], deadline)]
+
+    def shard_sums(self, ledger: int, number: int, deadline: float) -> list[tuple[int, int, int, int, int]]:
+        """The window's sums per participant over every shard (linearizable reads: after the cut, final)."""
+        totals: dict[int, list[int]] = {}
+        for rows in self.query_everywhere("window_sums", [ledger, number], deadline).values():
+            for pid, sent, received, n_sent, n_received in rows:
+                t = totals.setdefault(pid, [0, 0, 0, 0])
+                t[0] += sent
+                t[1] += received
+                t[2] += n_sent
+                t[3] += n_received
+        return [(pid, *t) for pid, t in sorted(totals.items())]
+
+    def bilateral(self, ledger: int, number: int, deadline: float) -> list[tuple[int, int, int, int]]:
+        totals: dict[tuple[int, int], list[int]] = {}
+        for rows in self.query_everywhere("bilateral", [ledger, number], deadline).values():
+            for payer, payee, amount, count in rows:
+                t = totals.setdefault((payer, payee), [0, 0])
+                t[0] += amount
+                t[1] += count
+        return [(payer, payee, *t) for (payer, payee), t in sorted(totals.items()) if t[1]]
+
+    def close(self, ledger: int, number: int, deadline: float) -> tuple[int, int]:
+        """(WindowResult, number): close the open window (number 0) or that one."""
+        home = self.home_of(ledger)
+        if number == 0:
+            number = self.query(home, "open_window", [ledger], deadline)
+            if number == 0:
+                return WindowResult.window_not_found, 0
+        code = self.run_one(home, ClearingCommand(CMD_BEGIN_CLOSE, (ledger, number)), deadline)
+        if code != WindowResult.ok:
+            return code, number
+        self.finish_close(ledger, number, deadline)
+        return WindowResult.ok, number
+
+    def finish_close(self, ledger: int, number: int, deadline: float) -> None:
+        _, record = self.window(ledger, number, deadline)
+        if record is None or record["state"] != WINDOW_CLOSING:
+            return
+        self.run_everywhere({s: [ClearingCommand(CMD_CLOSE_HERE, (ledger, number))]
+                             for s in self.shard_map.shard_ids}, deadline)
+        nets = self.shard_sums(ledger, number, deadline)
+        code = self.run_one(self.home_of(ledger), ClearingCommand(CMD_CLOSED, (ledger, number, tuple(nets))),
+                            deadline)
+        if code != WindowResult.ok:
+            raise ClearingStepError(f"ledger {ledger} window {number}: CLOSED answered {WindowResult(code).name}")
+
+    def settle(self, ledger: int, number: int, deadline: float) -> tuple[int, list[tuple[int, int, int]], str]:
+        """(WindowResult, shortfalls [(participant, net debit, available)], failure reason)."""
+        home = self.home_of(ledger)
+        code, round_ = self.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (ledger, number)), deadline)
+        if code != WindowResult.ok:
+            return code, [], ""
+        return self.finish_settle(ledger, number, round_, deadline)
+
+    def finish_settle(self, ledger: int, number: int, round_: int, deadline: float):
+        home = self.home_of(ledger)
+        nets = self.nets(ledger, number, deadline)
+        pids = [n[0] for n in nets if n[1] != n[2]]
+        records = {fields[0]: Participant(*fields)
+                   for fields in self.query(home, "lookup_participants", [pids], deadline)} if pids else {}
+        chain = settlement_transfers(ledger, number, round_, nets,
+                                     {pid: p.settlement_account_id for pid, p in records.items()},
+                                     clearing_hub_account_id(ledger))
+        if len(chain) > SETTLEMENT_CHAIN_MAX:
+            reason = f"{len(chain)} participants to settle, at most {SETTLEMENT_CHAIN_MAX} per window"
+            self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, reason)), deadline)
+            return WindowResult.settlement_failed, [], reason
+        if chain:
+            done = self._settled_already(chain, deadline)
+            if not done:
+                shortfalls = self._shortfalls(chain, deadline)
+                if shortfalls:
+                    reason = "; ".join(f"participant {pid} short by {need - have}" for pid, need, have in shortfalls)
+                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, reason)), deadline)
+                    return WindowResult.insufficient_funds, shortfalls, reason
+                failed = self._move_money(ledger, chain, deadline)
+                if failed is not None:
+                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, failed)), deadline)
+                    shortfalls = self._shortfalls(chain, deadline)
+                    code = WindowResult.insufficient_funds if shortfalls else WindowResult.settlement_failed
+                    return code, shortfalls, failed
+        self.run_everywhere({s: [ClearingCommand(CMD_SETTLE_HERE, (ledger, number))]
+                             for s in self.shard_map.shard_ids}, deadline)
+        code = self.run_one(home, ClearingCommand(CMD_SETTLED, (ledger, number, tuple(t.id for t in chain))),
+                            deadline)
+        return code, [], ""
+
+    def _ledger_stub(self):
+        return self.node.ledger_stub(self.node.address)
+
+    def _lookup_accounts(self, ids: Sequence[int], timeout_s: float):
+        request = ledger_pb2.LookupAccountsRequest()
+        for account_id in ids:
+            m = request.ids.add()
+            m.hi, m.lo = account_id >> 64, account_id & ((1 << 64) - 1)
+        return {a.id.hi << 64 | a.id.lo: a for a in self._ledger_stub().LookupAccounts(request, timeout=timeout_s)
+                .accounts}
+
+    def _settled_already(self, chain, deadline: float) -> bool:
+        """Whether an earlier attempt moved this very chain (its transfers exist): then only bookkeeping is left."""
+        request = ledger_pb2.LookupTransfersRequest()
+        for t in chain[:1]:
+            m = request.ids.add()
+            m.hi, m.lo = t.id >> 64, t.id & ((1 << 64) - 1)
+        try:
+            found = self._ledger_stub().LookupTransfers(request, timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.RpcError as exc:
+            raise NotAppliedError(f"settlement: lookup failed: {exc.code().name}") from exc
+        return len(found.transfers) > 0
+
+    def _shortfalls(self, chain, deadline: float) -> list[tuple[int, int, int]]:
+        """(participant, net debit, available) of each debtor whose settlement account cannot pay its net debit."""
+        pay_in = [t for t in chain if t.code == SETTLEMENT_PAY_IN_CODE]
+        try:
+            accounts = self._lookup_accounts([t.debit_account_id for t in pay_in],
+                                             max(0.1, deadline - time.monotonic()))
+        except grpc.RpcError as exc:
+            raise NotAppliedError(f"settlement: lookup failed: {exc.code().name}") from exc
+        out = []
+        for t in pay_in:
+            a = accounts.get(t.debit_account_id)
+            if a is None:
+                out.append((t.user_data_128, t.amount, 0))
+                continue
+            if not a.flags & int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS):
+                continue
+            available = max(0, a.credits_posted - a.debits_posted - a.debits_pending)
+            if available < t.amount:
+                out.append((t.user_data_128, t.amount, available))
+        return out
+
+    def _move_money(self, ledger: int, chain, deadline: float) -> str | None:
+        """Run the settlement chain through this node's Ledger service; None when it applied (now or before), else
+        why it did not. Raises OutcomeUnknownError when that cannot be told (the window stays settling)."""
+        stub = self._ledger_stub()
+        hub = clearing_hub_account_id(ledger)
+        timeout_s = max(0.1, deadline - time.monotonic())
+        try:
+            stub.CreateAccounts(ledger_pb2.CreateAccountsRequest(accounts=[types_pb2.Account(
+                id=types_pb2.U128(hi=hub >> 64, lo=hub & ((1 << 64) - 1)), ledger=ledger, code=CLEARING_HUB_CODE,
+                flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS))]), timeout=timeout_s)
+            request = ledger_pb2.CreateTransfersRequest()
+            for t in chain:
+                m = request.transfers.add()
+                m.id.hi, m.id.lo = t.id >> 64, t.id & ((1 << 64) - 1)
+                m.debit_account_id.hi, m.debit_account_id.lo = t.debit_account_id >> 64, t.debit_account_id & (
+                    (1 << 64) - 1)
+                m.credit_account_id.hi, m.credit_account_id.lo = t.credit_account_id >> 64, t.credit_account_id & (
+                    (1 << 64) - 1)
+                m.amount, m.ledger, m.code, m.flags = t.amount, t.ledger, t.code, t.flags
+                m.user_data_128.hi, m.user_data_128.lo = t.user_data_128 >> 64, t.user_data_128 & ((1 << 64) - 1)
+                m.user_data_64, m.user_data_32 = t.user_data_64, t.user_data_32
+            response = stub.CreateTransfers(request, timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.RpcError as exc:
+            raise OutcomeUnknownError(f"settlement transfers: {exc.code().name}: {exc.details()}") from exc
+        names = types_pb2.CreateTransferResult
+        for t, result in zip(chain, response.results, strict=True):
+            name = names.Name(result)
+            if name in ("CREATE_TRANSFER_RESULT_CREATED", "CREATE_TRANSFER_RESULT_EXISTS"):
+                continue
+            if name == "CREATE_TRANSFER_RESULT_LINKED_EVENT_FAILED":
+                continue
+            return f"participant {t.user_data_128}: {name.removeprefix('CREATE_TRANSFER_RESULT_').lower()}"
+        return None
+
+    def unwind(self, ledger: int, number: int, pid: int, deadline: float) -> int:
+        home = self.home_of(ledger)
+        code = self.run_one(home, ClearingCommand(CMD_BEGIN_UNWIND, (ledger, number, pid)), deadline)
+        if code != WindowResult.ok:
+            return code
+        return self.finish_unwind(ledger, number, pid, deadline)
+
+    def finish_unwind(self, ledger: int, number: int, pid: int, deadline: float) -> int:
+        for shard_id in self.shard_map.shard_ids:
+            while True:
+                done = self.run_one(shard_id, ClearingCommand(
+                    CMD_UNWIND_HERE, (ledger, number, pid, UNWIND_ITEMS_PER_ENTRY_MAX)), deadline)
+                if done < 0:
+                    raise ClearingStepError(f"ledger {ledger} window {number}: shard {shard_id} already settled it")
+                if done == 0:
+                    break
+        nets = self.shard_sums(ledger, number, deadline)
+        return self.run_one(self.home_of(ledger), ClearingCommand(CMD_UNWOUND, (ledger, number, pid, tuple(nets))),
+                            deadline)
+
+    # ------------------------------------------------------------------ statements
+
+    def statement_items(self, ledger: int, number: int, pid: int, deadline_of) -> Iterator[ClearingItem]:
+        """The participant's items of the window from every shard, merged by id, read page by page (never all at
+        once). `deadline_of()` gives the deadline for each page read."""
+
+        def shard_items(shard_id: int) -> Iterator[ClearingItem]:
+            after = 0
+            while True:
+                page = self.query(shard_id, "window_items", [ledger, number, pid, after, STATEMENT_PAGE_ITEMS],
+                                  deadline_of())
+                for fields in page:
+                    yield ClearingItem(*fields)
+                if len(page) < STATEMENT_PAGE_ITEMS:
+                    return
+                after = page[-1][0]
+
+        return heapq.merge(*(shard_items(s) for s in self.shard_map.shard_ids), key=lambda i: i.id)
+
+    @staticmethod
+    def digest_line(item: ClearingItem) -> bytes:
+        return f"{item.id},{item.payer_id},{item.payee_id},{item.amount}\n".encode()
+
+    # ------------------------------------------------------------------ the periodic pass
+
+    def repair(self, shard_id: int, host, now_ns: int, cycle_s: float) -> None:
+        """On a shard this node leads: re-deliver old allowance moves, finish propagations, and (on a ledger's
+        home) close windows that are due and resume windows left closing, settling or unwinding."""
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        for move_id, dest, pid, amount, to_pool, taken_at in plain(host.clearing_read("moves_out", [64])):
+            if now_ns - taken_at > MOVE_REDELIVER_AFTER_S * 1e9:
+                self.deliver(move_id, shard_id, dest, pid, amount, to_pool, deadline)
+        stale = [Participant(*f) for f in plain(host.clearing_read("unpropagated", [64]))]
+        if stale:
+            self.copy_everywhere(stale, deadline)
+        for ledger in host.clearing_read("home_ledgers", []):
+            if self.home_of(ledger) != shard_id:
+                continue
+            open_number = host.clearing_read("open_window", [ledger])
+            for number, record in host.clearing_read("windows", [ledger, max(0, open_number - 8), 16]):
+                self._resume(ledger, number, record, now_ns, cycle_s, deadline)
+
+    def _resume(self, ledger: int, number: int, record: dict, now_ns: int, cycle_s: float, deadline: float) -> None:
+        state = record["state"]
+        if state == WINDOW_OPEN and cycle_s > 0 and now_ns - record["opened_at"] >= cycle_s * 1e9:
+            log.info("ledger %d: window %d is due to close (cycle %.0f s)", ledger, number, cycle_s)
+            self.close(ledger, number, deadline)
+        elif state == WINDOW_CLOSING:
+            self.finish_close(ledger, number, deadline)
+        elif state == WINDOW_SETTLING:
+            self.finish_settle(ledger, number, record.get("round", 0), deadline)
+        elif state == WINDOW_CLOSED and record.get("unwinding") is not None:
+            self.finish_unwind(ledger, number, record["unwinding"], deadline)
+
+
+
+CLEARING_PASS_PERIOD_S = 1.0
+
+
+class ClearingTimers:
+    """The periodic pass of ClearingCoordinator.repair on every shard this node leads; a shard whose pass failed
+    is left alone for a while (periodic.RetryLater), not retried every period."""
+
+    def __init__(self, node, coordinator: ClearingCoordinator, cycle_s: float, clock_ns=time.time_ns,
+                 start: bool = True) -> None:
+        self.coordinator = coordinator
+        self.cycle_s = cycle_s
+        self.clock_ns = clock_ns
+        self.retry_later = RetryLater()
+        self._loop = LedShardsLoop(node, "clearing-pass", CLEARING_PASS_PERIOD_S, self.pass_once) if start else None
+
+    def pass_once(self, shard_id: int, host) -> None:
+        if not self.retry_later.due(shard_id, time.monotonic()):
+            return
+        try:
+            self.coordinator.repair(shard_id, host, self.clock_ns(), self.cycle_s)
+        except Exception as exc:
+            log.warning("shard %d: clearing pass cut short (%s); tried again later", shard_id, exc)
+            self.retry_later.failed(shard_id, time.monotonic())
+        else:
+            self.retry_later.succeeded(shard_id)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
