@@ -12,6 +12,10 @@ sums per ledger over the shards, and judges:
 * the escrow book matches its accounts, per ledger: what the trades still hold == the
   balance of the escrow accounts, and the fees the trades took == the balance of the
   platform-fee accounts (each summed over the shards).
+* the clearing book holds, per ledger: participants' positions sum to zero; their
+  allowances plus pools equal their caps (while an allowance move is between its
+  TAKE and ACK it counts as in flight, like a prepared transaction); the hub account
+  is back at zero with nothing pending.
 
 Exit codes (:attr:`AuditReport.exit_code`): 0 quiescent and balanced, 1 a mismatch on a
 quiescent cluster, 2 a shard without an answering leader, 3 still not quiescent.
@@ -68,6 +72,9 @@ ESCROW_BALANCED_PAIRS = (
     ("fees", "fee_balance"),
 )
 
+#: The clearing book (ClearingTotal), summed over shards.
+CLEARING_FIELDS = ("net", "allowance", "pool", "moving", "cap", "hub_balance", "hub_pending")
+
 EXIT_OK, EXIT_MISMATCH, EXIT_NO_LEADER, EXIT_IN_FLIGHT = 0, 1, 2, 3
 
 
@@ -85,6 +92,7 @@ class ShardTotals:
     prepared_txns: int
     ledgers: Mapping[int, Mapping[str, int]]  # ledger -> field -> amount
     escrow: Mapping[int, Mapping[str, int]] = field(default_factory=dict)  # ledger -> escrow field -> value
+    clearing: Mapping[int, Mapping[str, int]] = field(default_factory=dict)  # ledger -> clearing field -> value
 
 
 def shard_totals_from_proto(message: admin_pb2.ShardLedgerTotals, node: str) -> ShardTotals:
@@ -100,7 +108,13 @@ def shard_totals_from_proto(message: admin_pb2.ShardLedgerTotals, node: str) -> 
             sums[name] += u128(getattr(entry, name))
         for name in TRADE_COUNT_FIELDS:
             sums[name] += getattr(entry, name)
-    return ShardTotals(message.shard_id, node, message.applied_index, message.prepared_txns, ledgers, escrow)
+    clearing: dict[int, dict[str, int]] = {}
+    for entry in message.clearing:
+        sums = clearing.setdefault(entry.ledger, dict.fromkeys(CLEARING_FIELDS, 0))
+        for name in CLEARING_FIELDS:
+            sums[name] += int(getattr(entry, name) or 0)
+    return ShardTotals(message.shard_id, node, message.applied_index, message.prepared_txns, ledgers, escrow,
+                       clearing)
 
 
 def pick_per_shard(answers: Iterable[ShardTotals]) -> dict[int, ShardTotals]:
@@ -136,6 +150,32 @@ def sum_escrow(shards: Iterable[ShardTotals]) -> dict[int, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+def sum_clearing(shards: Iterable[ShardTotals]) -> dict[int, dict[str, int]]:
+    """Per ledger, the clearing book summed over the shards."""
+    out: dict[int, dict[str, int]] = {}
+    for shard in shards:
+        for ledger, sums in shard.clearing.items():
+            total = out.setdefault(ledger, dict.fromkeys(CLEARING_FIELDS, 0))
+            for name in CLEARING_FIELDS:
+                total[name] += int(sums.get(name, 0))
+    return dict(sorted(out.items()))
+
+
+def clearing_mismatches(clearing: Mapping[int, Mapping[str, int]]) -> list[Mismatch]:
+    """Per ledger: nets sum to 0; allowance + pool == cap (when nothing is moving); the hub at 0, nothing pending."""
+    out = []
+    for ledger, sums in sorted(clearing.items()):
+        if sums["net"] != 0:
+            out.append(Mismatch(ledger, "positions", "zero", sums["net"], 0, book="clearing"))
+        held = sums["allowance"] + sums["pool"]
+        if held > sums["cap"] or (sums["moving"] == 0 and held != sums["cap"]):
+            out.append(Mismatch(ledger, "allowances+pools", "caps", held, sums["cap"], book="clearing"))
+        if sums["hub_balance"] or sums["hub_pending"]:
+            out.append(Mismatch(ledger, "hub_balance", "zero", sums["hub_balance"] + sums["hub_pending"], 0,
+                                book="clearing"))
+    return out
+
+
 @dataclass(frozen=True)
 class Mismatch:
     ledger: int
@@ -143,7 +183,7 @@ class Mismatch:
     right: str
     left_total: int
     right_total: int
-    book: str = "ledger"  # "ledger": debits vs credits; "escrow": the trades vs the escrow/fee accounts
+    book: str = "ledger"  # "ledger": debits vs credits; "escrow": the trades vs their accounts; "clearing"
 
     @property
     def difference(self) -> int:
@@ -190,6 +230,7 @@ class AuditReport:
     mismatches: list[Mismatch]  # both books: debits/credits ("ledger") and the escrow book ("escrow")
     unreachable: list[str] = field(default_factory=list)  # nodes that did not answer (informational)
     escrow: dict[int, dict[str, int]] = field(default_factory=dict)  # ledger -> escrow totals over shards
+    clearing: dict[int, dict[str, int]] = field(default_factory=dict)  # ledger -> clearing book over shards
 
     @property
     def complete(self) -> bool:
@@ -236,6 +277,8 @@ class AuditReport:
             "ledgers": [{"ledger": ledger, **{k: str(v) for k, v in sums.items()}}
                         for ledger, sums in self.ledgers.items()],
             "escrow": [{"ledger": ledger, **escrow_dict(sums)} for ledger, sums in self.escrow.items()],
+            "clearing": [{"ledger": ledger, **{k: str(v) for k, v in sums.items()}}
+                         for ledger, sums in self.clearing.items()],
             "mismatches": [{"book": m.book, "ledger": m.ledger, "left": m.left, "right": m.right,
                             "left_total": str(m.left_total), "right_total": str(m.right_total),
                             "difference": str(m.difference)}
@@ -252,11 +295,13 @@ def audit(answers: Iterable[ShardTotals], expected_shards: Iterable[int],
     shards = pick_per_shard(answers)
     expected = sorted(set(expected_shards))
     missing = [s for s in expected if s not in shards]
-    in_flight = {s.shard_id: s.prepared_txns for s in shards.values() if s.prepared_txns}
+    in_flight = {s.shard_id: s.prepared_txns + sum(1 for c in s.clearing.values() if c.get("moving"))
+                 for s in shards.values() if s.prepared_txns or any(c.get("moving") for c in s.clearing.values())}
     ledgers = sum_ledgers(shards.values())
     escrow = sum_escrow(shards.values())
-    return AuditReport(shards, ledgers, missing, in_flight, mismatches(ledgers) + escrow_mismatches(escrow),
-                       list(unreachable), escrow)
+    clearing = sum_clearing(shards.values())
+    found = mismatches(ledgers) + escrow_mismatches(escrow) + clearing_mismatches(clearing)
+    return AuditReport(shards, ledgers, missing, in_flight, found, list(unreachable), escrow, clearing)
 
 
 # ---------------------------------------------------------------------- talking to the cluster

@@ -14,7 +14,7 @@ from concurrent.futures import Future
 
 import lmdb
 
-from tidebank.common.keys import DEFAULT_SLOT_COUNT
+from tidebank.common.keys import DEFAULT_SLOT_COUNT, clearing_hub_account_id
 from tidebank.node import metrics
 from tidebank.node.batcher import ShardBatcher
 from tidebank.node.ledger.entry import decode_entry
@@ -137,8 +137,15 @@ class ShardHost:
             prepared = getattr(self.ledger, "prepared_txns", None)
             prepared_txns = len(prepared(txn, limit=1000)) if prepared is not None else 0
             escrow = self.ledger.escrow_totals(txn)
+            clearing = self.ledger.clearing.totals(txn)
+            hubs = {a.ledger: a for a in self.ledger.lookup_accounts(txn, [clearing_hub_account_id(ledger)
+                                                                           for ledger in clearing])}
+        for ledger, sums in clearing.items():
+            hub = hubs.get(ledger)
+            sums["hub_balance"] = 0 if hub is None else hub.credits_posted - hub.debits_posted
+            sums["hub_pending"] = 0 if hub is None else hub.debits_pending + hub.credits_pending
         return {"ledgers": ledgers, "prepared_txns": prepared_txns, "applied_index": applied_index,
-                "escrow": escrow}
+                "escrow": escrow, "clearing": clearing}
 
     def clearing_read(self, name: str, args: Sequence) -> object:
         """One of CLEARING_READS on this replica (callers run a barrier first when they need it linearizable)."""

@@ -107,6 +107,14 @@ def _print_audit(report: AuditReport, polls: int) -> None:
             escrow.add_row(str(ledger), str(t["held"]), str(t["escrow_balance"]), str(t["fees"]),
                            str(t["fee_balance"]), check("escrow", ledger))
         print_table(escrow)
+    if report.clearing:
+        book = Table(box=None, pad_edge=False, title="clearing", title_justify="left")
+        for col in ("LEDGER", "POSITIONS", "ALLOWANCES", "POOLS", "MOVING", "CAPS", "HUB", "CHECK"):
+            book.add_column(col, justify="left" if col == "CHECK" else "right")
+        for ledger, t in report.clearing.items():
+            book.add_row(str(ledger), str(t["net"]), str(t["allowance"]), str(t["pool"]), str(t["moving"]),
+                         str(t["cap"]), str(t["hub_balance"]), check("clearing", ledger))
+        print_table(book)
     shards = ", ".join(f"{s.shard_id}@{s.node}" for s in sorted(report.shards.values(), key=lambda s: s.shard_id))
     out.print(f"{len(report.shards)} shards read on their leaders ({shards}); {len(report.ledgers)} ledgers; "
               f"{polls} poll(s)", markup=False)
@@ -116,12 +124,14 @@ def _print_audit(report: AuditReport, polls: int) -> None:
         out.print(f"[red]incomplete[/]: no leader answered for shard(s) {', '.join(map(str, report.missing_shards))}")
     elif not report.quiescent:
         in_flight = ", ".join(f"shard {s}: {n}" for s, n in sorted(report.in_flight.items()))
-        out.print(f"[yellow]not quiescent[/]: prepared cross-shard transactions in flight ({in_flight})")
+        out.print(f"[yellow]not quiescent[/]: prepared cross-shard transactions or allowance moves in flight "
+                  f"({in_flight})")
     elif report.mismatches:
         out.print("[red]MISMATCH[/]:")
         for m in report.mismatches:
-            prefix = "escrow book, " if m.book == "escrow" else ""
+            prefix = f"{m.book} book, " if m.book in ("escrow", "clearing") else ""
             out.print(f"  - {prefix}{m.describe()}", markup=False)
     else:
         escrow_text = "; held == escrow balance and fees == fee balance" if report.escrow else ""
-        out.print(f"[green]balanced[/]: every ledger's debits equal its credits{escrow_text}")
+        clearing_text = "; positions sum to 0, allowances + pools == caps, hubs at 0" if report.clearing else ""
+        out.print(f"[green]balanced[/]: every ledger's debits equal its credits{escrow_text}{clearing_text}")

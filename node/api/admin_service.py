@@ -85,6 +85,7 @@ class AdminService:
 
 _LEDGER_TOTAL_FIELDS = [f.name for f in admin_pb2.LedgerTotal.DESCRIPTOR.fields if f.name != "ledger"]
 _ESCROW_MONEY_FIELDS = [f.name for f in admin_pb2.EscrowTotal.DESCRIPTOR.fields if f.message_type is not None]
+_CLEARING_FIELDS = [f.name for f in admin_pb2.ClearingTotal.DESCRIPTOR.fields if f.name != "ledger"]
 _ESCROW_COUNT_FIELDS = [f.name for f in admin_pb2.EscrowTotal.DESCRIPTOR.fields
                         if f.message_type is None and f.name != "ledger"]
 
@@ -103,3 +104,7 @@ def _shard_totals_to_pb(shard_id: int, totals: dict, target: admin_pb2.ShardLedg
             convert.u128_to_pb(getattr(book, name), sums.get(name, 0))
         for name in _ESCROW_COUNT_FIELDS:
             setattr(book, name, sums.get(name, 0))
+    for ledger, sums in sorted(totals.get("clearing", {}).items()):
+        book = target.clearing.add(ledger=ledger)
+        for name in _CLEARING_FIELDS:
+            setattr(book, name, str(sums.get(name, 0)))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from tidebank.cluster.audit import (
     ALL_ESCROW_FIELDS,
+    CLEARING_FIELDS,
     EXIT_IN_FLIGHT,
     EXIT_MISMATCH,
     EXIT_NO_LEADER,
@@ -452,3 +453,52 @@ def test_admin_service_reports_the_shards_it_leads_with_u128_totals():
     assert info.value.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
     with pytest.raises(RequestError):
         admin.GetLedgerTotals(admin_pb2.GetLedgerTotalsRequest(shard_ids=[9]), Context())
+
+
+# ------------------------------------------------------------ the clearing book
+
+
+def clearing_shard(shard_id: int, book: dict) -> ShardTotals:
+    return ShardTotals(shard_id, "n", 10, 0, {}, {},
+                       {ledger: dict.fromkeys(CLEARING_FIELDS, 0) | v for ledger, v in book.items()})
+
+
+def test_clearing_book_with_positions_summing_to_zero_and_caps_held_passes():
+    report = audit([clearing_shard(0, {1: {"net": 70, "allowance": 100, "pool": 50, "cap": 200}}),
+                    clearing_shard(1, {1: {"net": -70, "allowance": 50}})], expected_shards=[0, 1])
+    assert report.exit_code == EXIT_OK
+    assert report.clearing[1]["allowance"] == 150
+
+
+def test_positions_not_summing_to_zero_is_a_clearing_mismatch():
+    report = audit([clearing_shard(0, {1: {"net": 5, "allowance": 5, "cap": 5}})], expected_shards=[0])
+    assert report.exit_code == EXIT_MISMATCH
+    assert [(m.book, m.left) for m in report.mismatches] == [("clearing", "positions")]
+
+
+def test_allowances_beyond_the_caps_is_a_clearing_mismatch_even_while_moving():
+    report = audit([clearing_shard(0, {1: {"allowance": 150, "pool": 60, "moving": 10, "cap": 200}})],
+                   expected_shards=[0])
+    assert [(m.book, m.left) for m in report.mismatches] == [("clearing", "allowances+pools")]
+
+
+def test_allowance_short_of_the_cap_while_a_move_is_in_flight_is_not_quiescent():
+    report = audit([clearing_shard(0, {1: {"allowance": 150, "moving": 50, "cap": 200}})], expected_shards=[0])
+    assert report.exit_code == EXIT_IN_FLIGHT
+
+
+def test_allowance_short_of_the_cap_with_nothing_moving_is_a_mismatch():
+    report = audit([clearing_shard(0, {1: {"allowance": 150, "cap": 200}})], expected_shards=[0])
+    assert report.exit_code == EXIT_MISMATCH
+
+
+def test_hub_account_not_back_at_zero_is_a_clearing_mismatch():
+    report = audit([clearing_shard(0, {1: {"hub_balance": 3}})], expected_shards=[0])
+    assert [(m.book, m.left) for m in report.mismatches] == [("clearing", "hub_balance")]
+
+
+def test_from_proto_reads_the_clearing_book_as_decimal_strings():
+    message = admin_pb2.ShardLedgerTotals(shard_id=2, clearing=[admin_pb2.ClearingTotal(
+        ledger=4, net="-12", allowance=str(BIG), pool="3", moving="0", cap="9", hub_balance="0", hub_pending="")])
+    totals = shard_totals_from_proto(message, "n")
+    assert totals.clearing[4]["net"] == -12 and totals.clearing[4]["allowance"] == BIG

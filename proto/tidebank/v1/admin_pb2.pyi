@@ -146,18 +146,40 @@ class LedgerTotal(_message.Message):
     def __init__(self, ledger: _Optional[int] = ..., debits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., debits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., credits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., credits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., reserved_debits: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., reserved_credits: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_debits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_credits_posted: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_debits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., remote_credits_pending: _Optional[_Union[_types_pb2.U128, _Mapping]] = ...) -> None: ...
 
 class ShardLedgerTotals(_message.Message):
-    __slots__ = ("shard_id", "ledgers", "prepared_txns", "applied_index", "escrow")
+    __slots__ = ("shard_id", "ledgers", "prepared_txns", "applied_index", "escrow", "clearing")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGERS_FIELD_NUMBER: _ClassVar[int]
     PREPARED_TXNS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     ESCROW_FIELD_NUMBER: _ClassVar[int]
+    CLEARING_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     ledgers: _containers.RepeatedCompositeFieldContainer[LedgerTotal]
     prepared_txns: int
     applied_index: int
     escrow: _containers.RepeatedCompositeFieldContainer[EscrowTotal]
-    def __init__(self, shard_id: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[LedgerTotal, _Mapping]]] = ..., prepared_txns: _Optional[int] = ..., applied_index: _Optional[int] = ..., escrow: _Optional[_Iterable[_Union[EscrowTotal, _Mapping]]] = ...) -> None: ...
+    clearing: _containers.RepeatedCompositeFieldContainer[ClearingTotal]
+    def __init__(self, shard_id: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[LedgerTotal, _Mapping]]] = ..., prepared_txns: _Optional[int] = ..., applied_index: _Optional[int] = ..., escrow: _Optional[_Iterable[_Union[EscrowTotal, _Mapping]]] = ..., clearing: _Optional[_Iterable[_Union[ClearingTotal, _Mapping]]] = ...) -> None: ...
+
+class ClearingTotal(_message.Message):
+    __slots__ = ("ledger", "net", "allowance", "pool", "moving", "cap", "hub_balance", "hub_pending")
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    NET_FIELD_NUMBER: _ClassVar[int]
+    ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    MOVING_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    HUB_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    HUB_PENDING_FIELD_NUMBER: _ClassVar[int]
+    ledger: int
+    net: str
+    allowance: str
+    pool: str
+    moving: str
+    cap: str
+    hub_balance: str
+    hub_pending: str
+    def __init__(self, ledger: _Optional[int] = ..., net: _Optional[str] = ..., allowance: _Optional[str] = ..., pool: _Optional[str] = ..., moving: _Optional[str] = ..., cap: _Optional[str] = ..., hub_balance: _Optional[str] = ..., hub_pending: _Optional[str] = ...) -> None: ...
 
 class EscrowTotal(_message.Message):
     __slots__ = ("ledger", "held", "fees", "released", "refunded", "escrow_balance", "fee_balance", "trades_paid", "trades_shipped", "trades_disputed", "trades_settled", "trades_refunded", "trades_closed")
