@@ -35,6 +35,8 @@ clearing_positions      participant id (16)                          allowance, 
 clearing_moves_out      move id (16)                                 msgpack [dest shard, participant, amount,
                                                                      to_pool, taken_at]
 clearing_moves_in       move id (16)                                 given_at (8)
+clearing_moves_in_by_   given_at (8) move id (16)                    b"" (to forget old moves in order)
+  time
 clearing_items          item id (16)                                 packed ClearingItem
 clearing_index          ledger (4) window (8) participant (16) item  role (1): 0 payer, 1 payee
 clearing_sums           ledger (4) window (8) participant (16)       sent, received (2 x u128), n_sent, n_received
@@ -141,6 +143,7 @@ class ClearingRules:
         "clearing_positions",
         "clearing_moves_out",
         "clearing_moves_in",
+        "clearing_moves_in_by_time",
         "clearing_items",
         "clearing_index",
         "clearing_sums",
@@ -157,6 +160,7 @@ class ClearingRules:
         self._positions = dbs["clearing_positions"]
         self._moves_out = dbs["clearing_moves_out"]
         self._moves_in = dbs["clearing_moves_in"]
+        self._moves_in_by_time = dbs["clearing_moves_in_by_time"]
         self._items = dbs["clearing_items"]
         self._index = dbs["clearing_index"]
         self._sums = dbs["clearing_sums"]
@@ -414,16 +418,22 @@ class ClearingRules:
             allowance += amount
         self._put_position(txn, pid, allowance, net, pool)
         txn.put(key, _U64.pack(ts), db=self._moves_in)
+        txn.put(_U64_BE.pack(ts) + key, b"", db=self._moves_in_by_time)
         self._forget_old_moves_in(txn, ts)
         return 0
 
     def _forget_old_moves_in(self, txn, ts: int) -> None:
-        """Keep the dedupe set bounded: a few records older than MOVES_IN_KEPT_S go on every GIVE."""
-        horizon = ts - MOVES_IN_KEPT_S * 1_000_000_000
-        with txn.cursor(db=self._moves_in) as cursor:
-            old = [k for k, v in cursor if _U64.unpack(v)[0] < horizon][:8]
-        for k in old:
-            txn.delete(k, db=self._moves_in)
+        """Keep the dedupe set bounded: up to 8 records older than MOVES_IN_KEPT_S go on every GIVE."""
+        horizon = _U64_BE.pack(max(0, ts - MOVES_IN_KEPT_S * 1_000_000_000))
+        old = []
+        with txn.cursor(db=self._moves_in_by_time) as cursor:
+            for key, _ in cursor:
+                if key[:8] >= horizon or len(old) >= 8:
+                    break
+                old.append(key)
+        for key in old:
+            txn.delete(key, db=self._moves_in_by_time)
+            txn.delete(key[8:], db=self._moves_in)
 
     def _ack(self, txn, ts, move_id: int) -> int:
         return int(txn.delete(_k(move_id), db=self._moves_out))

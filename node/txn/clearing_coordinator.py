@@ -216,7 +216,21 @@ class ClearingCoordinator:
         kept = (ParticipantResult.ok, ParticipantResult.exists)
         done = [participants[i].id for i, c in enumerate(codes) if c in kept]
         self.propagate(done, deadline)
+        new = [participants[i] for i, c in enumerate(codes) if c == ParticipantResult.ok]
+        self._spread_allowance(new, deadline)
         return codes
+
+    def _spread_allowance(self, participants: Sequence[Participant], deadline: float) -> None:
+        """Give every shard a share of each new participant's cap at once (half of the cap, evenly), so its
+        first items need no allowance move; the other half stays in the pool for the shards that run low."""
+        shards = self.shard_map.shard_ids
+        moves = [(p, s, p.net_debit_cap // (2 * len(shards))) for p in participants for s in shards]
+        futures = [self.executor.pool.submit(self.move, p.id, self.home_of(p.id), s, share, from_pool=True,
+                                             to_pool=False, deadline=deadline)
+                   for p, s, share in moves if share > 0]
+        for outcome in all_results(futures, deadline - time.monotonic() + 1):
+            if isinstance(outcome, BaseException):
+                log.warning("spreading a new participant's allowance was cut short: %s", outcome)
 
     def update(self, updates: Sequence[tuple[int, int, int]], deadline: float) -> list[int]:
         """(participant, cap or -1, suspended 0/1 or -1) each, on its home, then copied everywhere. A lower cap first
@@ -307,6 +321,9 @@ class ClearingCoordinator:
                 got += self.move(pid, source, dest, need - got, from_pool=False, to_pool=False, deadline=deadline)
         return got
 
+    def _refill_all(self, pid: int, wants: Sequence[tuple[int, int]], deadline: float) -> int:
+        return sum(self.refill(pid, shard_id, need, deadline) for shard_id, need in wants)
+
     def gather_to_pool(self, pid: int, wanted: int, deadline: float) -> int:
         """Bring up to `wanted` of the shards' headroom back into the participant's pool (to lower its cap)."""
         home = self.home_of(pid)
@@ -334,7 +351,17 @@ class ClearingCoordinator:
             for index in low:
                 key = (self.home_of(items[index].id), items[index].payer_id)
                 need[key] = need.get(key, 0) + items[index].amount
-            moved = sum(self.refill(payer, shard_id, amount, deadline) for (shard_id, payer), amount in need.items())
+            by_payer: dict[int, list[tuple[int, int]]] = {}
+            for (shard_id, payer), amount in need.items():
+                by_payer.setdefault(payer, []).append((shard_id, amount))
+            # payers in parallel; one payer's shards one after the other, so they never take from each other
+            refills = [self.executor.pool.submit(self._refill_all, payer, wants, deadline)
+                       for payer, wants in by_payer.items()]
+            moved = 0
+            for outcome in all_results(refills, deadline - time.monotonic() + 1):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                moved += outcome
             if moved == 0:
                 break
             retry: dict[int, list[int]] = {}
