@@ -3,7 +3,9 @@
 Clients move money between accounts spread over every shard (mostly cross-shard)
 with single transfers, linked chains and pending transfers later posted or
 voided, and escrow trades between the same accounts (created, shipped, confirmed,
-refunded, disputed and split, extended, or left to their 2-5 s timers), while a
+refunded, disputed and split, extended, or left to their 2-5 s timers), and
+clearing items between four participants whose windows an operator closes and
+settles every few seconds (bank_clearing.py), while a
 nemesis kills and restarts shard leaders, pauses a node,
 partitions a data centre and heals it, and restarts a node, on a schedule
 derived from the seed. Every operation is recorded with its outcome; afterwards
@@ -45,12 +47,16 @@ from tidebank.common.auth import signed
 from tidebank.common.keys import slot_of
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
+from .bank_clearing import CLEARING_LEDGER, ClearingWorkload, check_clearing
+
 LEDGER = 7
 INITIAL_BALANCE = 10_000
 OK = {CreateTransferResult.created, CreateTransferResult.exists}
 QUIESCENCE_BOUND_S = 30.0  # after faults heal, no prepared transaction or hold may remain longer
 TRADE_OK = {TradeResultCode.ok, TradeResultCode.exists}
 TRADE_SHARE = 0.25  # of the workers' operations
+CLEARING_SHARE = 0.15  # of the workers' operations
+CLEARING_WINDOWS = 6  # the operator closes and settles a window this many times per run
 # Transfer codes of escrow legs (tidebank.node.ledger.escrow): hold, release, fee, refund.
 CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND = 9101, 9102, 9103, 9104
 ESCROW_CODES = {CODE_HOLD, CODE_RELEASE, CODE_FEE, CODE_REFUND}
@@ -119,6 +125,7 @@ class Bank:
         self.mint = self.new_id()
         self.open_pending: list[Transfer] = []
         self.stop = threading.Event()
+        self.clearing = ClearingWorkload(cluster, self.client, self.new_id)
 
     def new_id(self) -> int:
         with self._id_lock:
@@ -137,6 +144,7 @@ class Bank:
             op = Op("single", [t])
             self._submit(op)
             assert op.outcome == "ok", f"funding failed: {op.codes}"
+        self.clearing.open()
 
     # --- workload ---------------------------------------------------------------------------------------
     def _transfer(self, rng: random.Random, **fields) -> Transfer:
@@ -189,6 +197,9 @@ class Bank:
         rng = random.Random(self.seed * 1000 + index)
         mine: list[int] = []  # trades this worker opened
         while not self.stop.is_set():
+            if rng.random() < CLEARING_SHARE:
+                self.clearing.submit(rng)
+                continue
             if rng.random() < TRADE_SHARE:
                 trade_op = self._trade_op(rng, mine)
                 self._submit_trade(trade_op)
@@ -308,6 +319,8 @@ class Bank:
         started = time.monotonic()
         threads = [threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(workers)]
         threads.append(threading.Thread(target=self.reader, daemon=True))
+        threads.append(threading.Thread(target=self.clearing.operator,
+                                        args=(self.stop, duration_s / CLEARING_WINDOWS), daemon=True))
         nemesis = threading.Thread(target=self.nemesis, args=(duration_s, started), daemon=True)
         for thread in [*threads, nemesis]:
             thread.start()
@@ -341,7 +354,9 @@ class Bank:
                     if time.monotonic() > deadline:
                         raise AssertionError(f"escrow step {trade_op.kind} of {trade_op.trade_id} stays unknown")
                     time.sleep(0.5)
-        return len(unknown) + len(unknown_trade_ops)
+        unknown_items = self.clearing.resolve_unknowns()
+        self.clearing.finish()
+        return len(unknown) + len(unknown_trade_ops) + unknown_items
 
     def wait_quiescent(self) -> float:
         """Seconds until no shard holds a prepared transaction and every trade's timer has fired (bounded)."""
@@ -357,6 +372,7 @@ class Bank:
             time.sleep(0.25)
 
     def close(self) -> None:
+        self.clearing.close()
         self.client.close()
 
 
@@ -473,7 +489,25 @@ def check(bank: Bank) -> list[str]:
     if ghosts:
         problems.append(f"{len(ghosts)} refused transfers were applied, e.g. {sorted(ghosts)[:3]}")
     problems.extend(check_trades(bank, trades, legs, books))
+    clearing = getattr(bank, "clearing", None)
+    if clearing is not None:
+        problems.extend(check_clearing(clearing.history, clearing.view(clearing_book(bank.cluster))))
     return problems
+
+
+def clearing_book(cluster: LocalCluster) -> dict[str, int] | None:
+    """The audit's clearing book of the bank's clearing ledger, once no allowance move is in flight (bounded)."""
+    from tidebank.cluster.audit import audit, collect_totals
+    from tidebank.cluster.launcher import ChannelPool
+
+    expected = [s.shard_id for s in cluster.topology.shards]
+    deadline = time.monotonic() + QUIESCENCE_BOUND_S
+    with ChannelPool() as pool:
+        while True:
+            report = audit(collect_totals(cluster.endpoints, 10.0, pool)[0], expected_shards=expected)
+            if report.settled or time.monotonic() > deadline:
+                return report.clearing.get(CLEARING_LEDGER) if report.settled else None
+            time.sleep(0.25)
 
 
 def check_trades(bank: Bank, trades: dict, legs: dict[int, list[Transfer]], books: dict[int, Account]) -> list[str]:
@@ -565,8 +599,11 @@ def summary(bank: Bank, unknown: int, quiescent_s: float, problems: list[str]) -
     outcomes = Counter(op.outcome for op in bank.history.ops)
     kinds = Counter(op.kind for op in bank.history.ops if op.outcome == "ok")
     trade_kinds = Counter(op.kind for op in bank.history.trade_ops if op.outcome == "ok")
+    clearing = getattr(bank, "clearing", None)
+    items_ok = len(clearing.history.acknowledged()) if clearing is not None else 0
+    windows = dict(clearing.history.window_steps) if clearing is not None else {}
     verdict = "PASS" if not problems else f"FAIL ({len(problems)} problems)"
     return (f"seed={bank.seed} {verdict} ops={len(bank.history.ops)} ok={outcomes['ok']} "
             f"failed={outcomes['failed']} unknown_resolved={unknown} applied_by_kind={dict(kinds)} "
-            f"trade_steps_ok={dict(trade_kinds)} "
+            f"trade_steps_ok={dict(trade_kinds)} clearing_items_ok={items_ok} clearing_window_steps={windows} "
             f"reads={bank.history.reads} quiescent_after_s={quiescent_s:.1f} faults={len(bank.history.faults)}")
