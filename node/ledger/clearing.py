@@ -458,7 +458,7 @@ class ClearingRules:
         if record is None:
             return _WR.window_not_found
         if record["state"] != WINDOW_OPEN:
-            return _WR.ok  # already closing or beyond: a retry
+            return _WR.window_not_open  # closing or beyond (the coordinator finishes a close left closing)
         if window != open_w:
             raise ClearingInvariantViolation(f"ledger {ledger}: window {window} open but {open_w} is the open one")
         previous = self.window(txn, ledger, window - 1) if window > 1 else None

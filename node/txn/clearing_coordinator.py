@@ -445,6 +445,11 @@ class ClearingCoordinator:
             if number == 0:
                 return WindowResult.window_not_found, 0
         code = self.run_one(home, ClearingCommand(CMD_BEGIN_CLOSE, (ledger, number)), deadline)
+        if code == WindowResult.window_not_open:
+            _, record = self.window(ledger, number, deadline)
+            if record is not None and record["state"] == WINDOW_CLOSING:  # a close cut short (ours, retried)
+                self.finish_close(ledger, number, deadline)
+                return WindowResult.ok, number
         if code != WindowResult.ok:
             return code, number
         self.finish_close(ledger, number, deadline)

@@ -155,11 +155,11 @@ def test_closing_a_window_nets_it_and_opens_the_next(client, clearing, ids):
     assert stored.window == 2
 
 
-def test_closing_a_closed_window_changes_nothing(client, clearing, ids):
+def test_closing_a_closed_window_is_refused_and_changes_nothing(client, clearing, ids):
     banks = Banks(client, clearing, ids, ledger=7008, caps={"a": 100, "b": 100})
     banks.close()
     again = clearing.CloseWindow(R.WindowRequest(ledger=7008, number=1), timeout=30)
-    assert again.result == R.WINDOW_RESULT_OK
+    assert (again.result, again.window.state) == (R.WINDOW_RESULT_WINDOW_NOT_OPEN, R.WINDOW_STATE_CLOSED)
     windows = clearing.ListWindows(R.ListWindowsRequest(ledger=7008), timeout=30).windows
     assert [(w.number, w.state) for w in windows] == [(1, R.WINDOW_STATE_CLOSED), (2, R.WINDOW_STATE_OPEN)]
 

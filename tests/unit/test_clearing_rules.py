@@ -307,9 +307,9 @@ def test_begin_close_opens_the_next_window(banks):
     assert banks.read("window", 1, 1)["state"] == WINDOW_CLOSING
 
 
-def test_begin_close_twice_is_a_retry(banks):
+def test_begin_close_of_a_window_no_longer_open_changes_nothing(banks):
     banks.one(CMD_BEGIN_CLOSE, 1, 1)
-    assert banks.one(CMD_BEGIN_CLOSE, 1, 1) == WR.ok
+    assert banks.one(CMD_BEGIN_CLOSE, 1, 1) == WR.window_not_open
     assert banks.read("open_window", 1) == 2
 
 
