@@ -35,7 +35,8 @@ clearing_positions      participant id (16)                          allowance, 
 clearing_moves_out      move id (16)                                 msgpack [dest shard, participant, amount,
                                                                      to_pool, taken_at]
 clearing_moves_in       move id (16)                                 given_at (8)
-clearing_moves_in_by_   given_at (8) move id (16)                    b"" (to forget old moves in order)
+clearing_moves_done     move id (16)                                 acknowledged_at (8), amount (8)
+clearing_forget_by_     b"i" or b"o", time (8), move id (16)         b"" (moves in / done, forgotten after an hour)
   time
 clearing_items          item id (16)                                 packed ClearingItem
 clearing_index          ledger (4) window (8) participant (16) item  role (1): 0 payer, 1 payee
@@ -105,13 +106,14 @@ WINDOW_SETTLED = 4
 WINDOW_STATES = ("open", "closing", "closed", "settling", "settled")
 
 UNWIND_ITEMS_PER_ENTRY_MAX = 4096  # items one UNWIND_HERE command excludes (a bounded Raft entry's work)
-MOVES_IN_KEPT_S = 3600  # a GIVE retried later than this after the first one would apply twice (deadlines are <= 30 s)
+MOVES_KEPT_S = 3600  # a GIVE or TAKE retried later than this after the first would apply twice (deadlines <= 30 s)
 
 _I128 = struct.Struct("<16s16s16s")
 _SUMS = struct.Struct("<16s16sQQ")
 _BILATERAL = struct.Struct("<16sQ")
 _U64 = struct.Struct("<Q")
 _U64_BE = struct.Struct(">Q")
+_DONE = struct.Struct("<QQ")  # acknowledged at, amount
 
 
 def _k(value: int) -> bytes:
@@ -143,7 +145,8 @@ class ClearingRules:
         "clearing_positions",
         "clearing_moves_out",
         "clearing_moves_in",
-        "clearing_moves_in_by_time",
+        "clearing_moves_done",
+        "clearing_forget_by_time",
         "clearing_items",
         "clearing_index",
         "clearing_sums",
@@ -160,7 +163,8 @@ class ClearingRules:
         self._positions = dbs["clearing_positions"]
         self._moves_out = dbs["clearing_moves_out"]
         self._moves_in = dbs["clearing_moves_in"]
-        self._moves_in_by_time = dbs["clearing_moves_in_by_time"]
+        self._moves_done = dbs["clearing_moves_done"]
+        self._forget = dbs["clearing_forget_by_time"]
         self._items = dbs["clearing_items"]
         self._index = dbs["clearing_index"]
         self._sums = dbs["clearing_sums"]
@@ -389,6 +393,9 @@ class ClearingRules:
         raw = txn.get(_k(move_id), db=self._moves_out)
         if raw is not None:
             return unpack_value(raw)[2]
+        done = txn.get(_k(move_id), db=self._moves_done)
+        if done is not None:  # a retry of a TAKE whose move was delivered and acknowledged meanwhile
+            return _DONE.unpack(done)[1]
         if wanted <= 0:
             return 0
         allowance, net, pool = self._position(txn, pid)
@@ -418,25 +425,36 @@ class ClearingRules:
             allowance += amount
         self._put_position(txn, pid, allowance, net, pool)
         txn.put(key, _U64.pack(ts), db=self._moves_in)
-        txn.put(_U64_BE.pack(ts) + key, b"", db=self._moves_in_by_time)
-        self._forget_old_moves_in(txn, ts)
+        txn.put(b"i" + _U64_BE.pack(ts) + key, b"", db=self._forget)
+        self._forget_old(txn, b"i", self._moves_in, ts)
         return 0
 
-    def _forget_old_moves_in(self, txn, ts: int) -> None:
-        """Keep the dedupe set bounded: up to 8 records older than MOVES_IN_KEPT_S go on every GIVE."""
-        horizon = _U64_BE.pack(max(0, ts - MOVES_IN_KEPT_S * 1_000_000_000))
+    def _forget_old(self, txn, kind: bytes, db, ts: int) -> None:
+        """Keep the records that make moves idempotent bounded: up to 8 older than MOVES_KEPT_S go per step."""
+        horizon = kind + _U64_BE.pack(max(0, ts - MOVES_KEPT_S * 1_000_000_000))
         old = []
-        with txn.cursor(db=self._moves_in_by_time) as cursor:
-            for key, _ in cursor:
-                if key[:8] >= horizon or len(old) >= 8:
-                    break
-                old.append(key)
+        with txn.cursor(db=self._forget) as cursor:
+            if cursor.set_range(kind):
+                for key, _ in cursor.iternext():
+                    if key >= horizon or not key.startswith(kind) or len(old) >= 8:
+                        break
+                    old.append(key)
         for key in old:
-            txn.delete(key, db=self._moves_in_by_time)
-            txn.delete(key[8:], db=self._moves_in)
+            txn.delete(key, db=self._forget)
+            txn.delete(key[9:], db=db)
 
     def _ack(self, txn, ts, move_id: int) -> int:
-        return int(txn.delete(_k(move_id), db=self._moves_out))
+        """The destination has the move: it stops counting as moving here, and is remembered as done (a late retry
+        of its TAKE must not take again)."""
+        key = _k(move_id)
+        raw = txn.get(key, db=self._moves_out)
+        if raw is None:
+            return 0
+        txn.delete(key, db=self._moves_out)
+        txn.put(key, _DONE.pack(ts, unpack_value(raw)[2]), db=self._moves_done)
+        txn.put(b"o" + _U64_BE.pack(ts) + key, b"", db=self._forget)
+        self._forget_old(txn, b"o", self._moves_done, ts)
+        return 1
 
     # windows --------------------------------------------------------------------------------------------
 

@@ -291,6 +291,23 @@ def test_ack_forgets_the_move(shard):
     assert shard.read("moves_out", 10) == []
 
 
+def test_take_retried_after_its_move_was_acknowledged_takes_nothing_more(shard):
+    # A TAKE whose answer was lost can be retried after the periodic pass delivered and acknowledged the move:
+    # taking again would lose that amount (the GIVE of the same move id is deduplicated at the destination).
+    shard.register(BANK_A, cap=500)
+    assert shard.one(CMD_TAKE, 1, BANK_A, 200, 3, True, False) == 200
+    shard.one(CMD_ACK, 1)
+    assert shard.one(CMD_TAKE, 1, BANK_A, 200, 3, True, False) == 200
+    assert shard.position(BANK_A) == (0, 0, 300)
+    assert shard.read("moves_out", 10) == []
+
+
+def test_ack_of_an_unknown_move_changes_nothing(shard):
+    shard.register(BANK_A, cap=500)
+    assert shard.one(CMD_ACK, 99) == 0
+    assert shard.position(BANK_A) == (0, 0, 500)
+
+
 def test_totals_count_moving_allowance_toward_the_cap(shard):
     shard.register(BANK_A, cap=500)
     shard.one(CMD_TAKE, 1, BANK_A, 200, 3, True, False)
