@@ -285,7 +285,7 @@ class ClearingService:
         s.sha256 = digest.hexdigest()
         if record["state"] == WINDOW_SETTLED and s.net:
             convert.u128_to_pb(s.settlement_transfer_id,
-                               settlement_transfer_id(request.ledger, number, record.get("round", 0), pid))
+                               settlement_transfer_id(request.ledger, number, record.get("attempt", 0), pid))
             s.settlement_amount = abs(s.net)
         yield chunk
 

@@ -524,22 +524,24 @@ class ClearingRules:
             txn.put(lw + _k(pid), pack_value([s, r, ns, nr]), db=self._nets)
 
     def _begin_settle(self, txn, ts, ledger: int, window: int) -> list:
-        """-> [WindowResult, round]."""
+        """-> [WindowResult, attempt]. Each closed -> settling is a new attempt: its settlement transfers get new
+        ids (a chain refused before, e.g. for want of funds, keeps its ids failed); resuming one keeps them."""
         record = self.window(txn, ledger, window)
         if record is None:
             return [_WR.window_not_found, 0]
         state = record["state"]
         if state == WINDOW_SETTLED:
-            return [_WR.window_already_settled, record.get("round", 0)]
+            return [_WR.window_already_settled, record.get("attempt", 0)]
         if state in (WINDOW_OPEN, WINDOW_CLOSING):
             return [_WR.window_not_closed, 0]
         if state == WINDOW_CLOSED and record.get("unwinding"):
             return [_WR.window_not_closed, 0]  # an unwind is re-netting it: settle after it
         if state == WINDOW_CLOSED:
             record["state"] = WINDOW_SETTLING
+            record["attempt"] = record.get("attempt", 0) + 1
             record.pop("failure", None)
             self._put_window(txn, ledger, window, record)
-        return [_WR.ok, record.get("round", 0)]
+        return [_WR.ok, record["attempt"]]
 
     def _settle_failed(self, txn, ts, ledger: int, window: int, reason: str) -> int:
         record = self.window(txn, ledger, window)
@@ -877,17 +879,17 @@ SETTLEMENT_PAY_IN_CODE = 9201  # a net debtor's settlement account -> the ledger
 SETTLEMENT_PAY_OUT_CODE = 9202  # the hub -> a net creditor's settlement account
 
 
-def settlement_transfer_id(ledger: int, window: int, round_: int, participant_id: int) -> int:
-    """The id of a participant's settlement transfer for one netting of a window: a retry of the same
-    settlement reuses it (answered `exists`), a re-netting after an unwind gets new ones."""
+def settlement_transfer_id(ledger: int, window: int, attempt: int, participant_id: int) -> int:
+    """The id of a participant's settlement transfer in one settlement attempt of a window: resuming the attempt
+    reuses it (answered `exists`), a new attempt (after a refusal or an unwind) gets new ones."""
     digest = hashlib.blake2b(b"tidebank-settlement" + ledger.to_bytes(4, "big") + window.to_bytes(8, "big")
-                             + round_.to_bytes(4, "big") + participant_id.to_bytes(16, "big"),
+                             + attempt.to_bytes(4, "big") + participant_id.to_bytes(16, "big"),
                              digest_size=16).digest()
     value = int.from_bytes(digest, "big")
     return value if 0 < value < U128_MAX else 1
 
 
-def settlement_transfers(ledger: int, window: int, round_: int, nets: Sequence[tuple[int, int, int, int, int]],
+def settlement_transfers(ledger: int, window: int, attempt: int, nets: Sequence[tuple[int, int, int, int, int]],
                          settlement_accounts: dict[int, int], hub_account_id: int) -> list[Transfer]:
     """The window's settlement as one linked chain: every net debtor pays the hub first, then the hub pays every
     net creditor, so the hub (which may not go below zero) ends where it began. Nets sum to zero."""
@@ -897,14 +899,14 @@ def settlement_transfers(ledger: int, window: int, round_: int, nets: Sequence[t
         if net == 0:
             continue
         account = settlement_accounts[pid]
-        tid = settlement_transfer_id(ledger, window, round_, pid)
+        tid = settlement_transfer_id(ledger, window, attempt, pid)
         if net > 0:
             pay_in.append(Transfer(id=tid, debit_account_id=account, credit_account_id=hub_account_id, amount=net,
-                                   user_data_128=pid, user_data_64=window, user_data_32=round_, ledger=ledger,
+                                   user_data_128=pid, user_data_64=window, user_data_32=attempt, ledger=ledger,
                                    code=SETTLEMENT_PAY_IN_CODE))
         else:
             pay_out.append(Transfer(id=tid, debit_account_id=hub_account_id, credit_account_id=account, amount=-net,
-                                    user_data_128=pid, user_data_64=window, user_data_32=round_, ledger=ledger,
+                                    user_data_128=pid, user_data_64=window, user_data_32=attempt, ledger=ledger,
                                     code=SETTLEMENT_PAY_OUT_CODE))
     if sum(t.amount for t in pay_in) != sum(t.amount for t in pay_out):
         raise ClearingInvariantViolation(f"ledger {ledger} window {window}: nets do not sum to zero")

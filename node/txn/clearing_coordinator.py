@@ -17,7 +17,7 @@ windows on one shard; this module only sequences commands over shards:
   CLOSED with the netting on the home;
 * **settling**: BEGIN_SETTLE, a check that every debtor can pay (nothing moves if one
   cannot), one linked chain of ledger transfers through the ledger's hub account
-  (ids derived from the window and netting round: a retry answers `exists`),
+  (ids derived from the window and the settlement attempt: resuming answers `exists`),
   SETTLE_HERE on every shard (the cap comes back), SETTLED;
 * **unwinding** a participant from a closed window: BEGIN_UNWIND, UNWIND_HERE on
   every shard until none of its items is left, UNWOUND with the new netting.
@@ -470,18 +470,18 @@ class ClearingCoordinator:
     def settle(self, ledger: int, number: int, deadline: float) -> tuple[int, list[tuple[int, int, int]], str]:
         """(WindowResult, shortfalls [(participant, net debit, available)], failure reason)."""
         home = self.home_of(ledger)
-        code, round_ = self.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (ledger, number)), deadline)
+        code, attempt = self.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (ledger, number)), deadline)
         if code != WindowResult.ok:
             return code, [], ""
-        return self.finish_settle(ledger, number, round_, deadline)
+        return self.finish_settle(ledger, number, attempt, deadline)
 
-    def finish_settle(self, ledger: int, number: int, round_: int, deadline: float):
+    def finish_settle(self, ledger: int, number: int, attempt: int, deadline: float):
         home = self.home_of(ledger)
         nets = self.nets(ledger, number, deadline)
         pids = [n[0] for n in nets if n[1] != n[2]]
         records = {fields[0]: Participant(*fields)
                    for fields in self.query(home, "lookup_participants", [pids], deadline)} if pids else {}
-        chain = settlement_transfers(ledger, number, round_, nets,
+        chain = settlement_transfers(ledger, number, attempt, nets,
                                      {pid: p.settlement_account_id for pid, p in records.items()},
                                      clearing_hub_account_id(ledger))
         if len(chain) > SETTLEMENT_CHAIN_MAX:
@@ -656,7 +656,7 @@ class ClearingCoordinator:
         elif state == WINDOW_CLOSING:
             self.finish_close(ledger, number, deadline)
         elif state == WINDOW_SETTLING:
-            self.finish_settle(ledger, number, record.get("round", 0), deadline)
+            self.finish_settle(ledger, number, record.get("attempt", 0), deadline)
         elif state == WINDOW_CLOSED and record.get("unwinding") is not None:
             self.finish_unwind(ledger, number, record["unwinding"], deadline)
 

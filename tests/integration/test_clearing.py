@@ -267,3 +267,17 @@ def test_audit_finds_the_clearing_book_balanced_after_a_settled_cycle(client, cl
     assert report.exit_code == 0, [m.describe() for m in report.mismatches]
     book = report.clearing[7016]
     assert (book["net"], book["cap"], book["hub_balance"]) == (0, 15_000, 0)
+
+
+def test_a_window_refused_for_want_of_funds_settles_once_the_debtor_is_funded(client, clearing, ids):
+    banks = Banks(client, clearing, ids, ledger=7017, caps={"a": 1_000, "b": 1_000}, funds=0)
+    banks.submit(banks.item("a", "b", 120))
+    number = banks.close().window.number
+    assert banks.settle(number).result == R.WINDOW_RESULT_INSUFFICIENT_FUNDS
+    mint = ids.any()
+    client.create_accounts([Account(id=mint, ledger=7017, code=1)])
+    client.create_transfers([Transfer(id=ids.any(), debit_account_id=mint, credit_account_id=banks.account["a"],
+                                      amount=500, ledger=7017, code=1)])
+    step = banks.settle(number)
+    assert step.result == R.WINDOW_RESULT_OK
+    assert (banks.balance("a"), banks.balance("b")) == (380, 120)

@@ -24,8 +24,8 @@ class Recording(ClearingCoordinator):
     def finish_close(self, ledger, number, deadline):
         self.calls.append(("finish_close", ledger, number))
 
-    def finish_settle(self, ledger, number, round_, deadline):
-        self.calls.append(("finish_settle", ledger, number, round_))
+    def finish_settle(self, ledger, number, attempt, deadline):
+        self.calls.append(("finish_settle", ledger, number, attempt))
 
     def finish_unwind(self, ledger, number, pid, deadline):
         self.calls.append(("finish_unwind", ledger, number, pid))
@@ -56,8 +56,8 @@ def test_a_close_cut_short_is_finished(coordinator):
     assert coordinator.calls == [("finish_close", LEDGER, NUMBER)]
 
 
-def test_a_settlement_cut_short_is_resumed_with_its_netting_round(coordinator):
-    coordinator._resume(LEDGER, NUMBER, {"state": WINDOW_SETTLING, "round": 2}, S, 0.0, 0)
+def test_a_settlement_cut_short_is_resumed_with_its_attempt(coordinator):
+    coordinator._resume(LEDGER, NUMBER, {"state": WINDOW_SETTLING, "attempt": 2}, S, 0.0, 0)
     assert coordinator.calls == [("finish_settle", LEDGER, NUMBER, 2)]
 
 

@@ -385,7 +385,7 @@ def test_open_window_cannot_settle(banks):
 
 def test_settle_failure_returns_the_window_to_closed_with_the_reason(banks):
     _close(banks)
-    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 0]
+    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 1]
     assert banks.read("window", 1, 1)["state"] == WINDOW_SETTLING
     banks.one(CMD_SETTLE_FAILED, 1, 1, "bank 101 short by 10")
     record = banks.read("window", 1, 1)
@@ -501,7 +501,15 @@ def test_settlement_leaves_out_participants_with_a_zero_net():
     assert [t.user_data_128 for t in chain] == [BANK_B, BANK_C]
 
 
-def test_settlement_ids_change_with_the_netting_round():
+def test_settlement_after_a_failed_attempt_is_a_new_attempt(banks):
+    _close(banks)
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    banks.one(CMD_SETTLE_FAILED, 1, 1, "short")
+    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 2]
+    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 2]  # resuming the same attempt
+
+
+def test_settlement_ids_change_with_the_attempt():
     nets = [(BANK_A, 5, 0, 1, 0), (BANK_B, 0, 5, 0, 1)]
     first = settlement_transfers(1, 7, 0, nets, {BANK_A: 1, BANK_B: 2}, hub_account_id=99)
     again = settlement_transfers(1, 7, 0, nets, {BANK_A: 1, BANK_B: 2}, hub_account_id=99)
