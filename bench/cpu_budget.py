@@ -42,7 +42,7 @@ LAYERS = (
     ("LMDB write txn + commit", re.compile(r"ShardReplica\._apply_in_txn")),
     ("state machine (ledger rules)", re.compile(r"node/ledger/(state_machine|escrow|clearing|trades|txn_records)")),
     ("entry codec", re.compile(r"node/ledger/entry\.py|common/records\.py|node/ledger/records\.py")),
-    ("journal (fdatasync excluded)", re.compile(r"node/raft/journal\.py")),
+    ("journal (its fdatasync wait excluded)", re.compile(r"node/raft/journal\.py")),
     ("Raft transport and wire", re.compile(r"node/raft/(transport|wire)\.py|node/links\.py")),
     ("Raft core (pysyncobj) and loop", re.compile(r"pysyncobj/|node/raft/(loop|replica|pysyncobj_patches|snapshots)")),
     ("batcher", re.compile(r"node/batcher\.py")),
@@ -51,8 +51,9 @@ LAYERS = (
     ("gRPC runtime", re.compile(r"grpc/|google/protobuf")),
     ("metrics", re.compile(r"node/metrics\.py|prometheus_client/")),
 )
+# Leaves that wait rather than compute (DurableJournal.sync is the fdatasync: the disk, not the CPU).
 IDLE = re.compile(r"\b(wait|select|poll|sleep|acquire|_worker|get|accept|epoll|recv|channel_spin|"
-                  r"_wait_for_tstate_lock|next_event|serve_forever|_serve)\b")
+                  r"_wait_for_tstate_lock|next_event|serve_forever|_serve|sync)\b")
 
 
 def cpu_seconds(pid: int) -> float:
