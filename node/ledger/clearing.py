@@ -105,6 +105,7 @@ WINDOW_SETTLING = 3
 WINDOW_SETTLED = 4
 WINDOW_STATES = ("open", "closing", "closed", "settling", "settled")
 
+SETTLE_LEASE_S = 60  # a settlement attempt nobody finished for this long (cluster time) may be taken over
 UNWIND_ITEMS_PER_ENTRY_MAX = 4096  # items one UNWIND_HERE command excludes (a bounded Raft entry's work)
 MOVES_KEPT_S = 3600  # a GIVE or TAKE retried later than this after the first would apply twice (deadlines <= 30 s)
 
@@ -525,7 +526,9 @@ class ClearingRules:
 
     def _begin_settle(self, txn, ts, ledger: int, window: int) -> list:
         """-> [WindowResult, attempt]. Each closed -> settling is a new attempt: its settlement transfers get new
-        ids (a chain refused before, e.g. for want of funds, keeps its ids failed); resuming one keeps them."""
+        ids (a chain refused before, e.g. for want of funds, keeps its ids failed). An attempt holds the window for
+        SETTLE_LEASE_S: meanwhile another BEGIN_SETTLE answers settlement_in_progress (two runs of one attempt
+        could let one see the other's reservations as a shortfall); after it, the caller takes the attempt over."""
         record = self.window(txn, ledger, window)
         if record is None:
             return [_WR.window_not_found, 0]
@@ -536,17 +539,23 @@ class ClearingRules:
             return [_WR.window_not_closed, 0]
         if state == WINDOW_CLOSED and record.get("unwinding"):
             return [_WR.window_not_closed, 0]  # an unwind is re-netting it: settle after it
+        if state == WINDOW_SETTLING and ts - record.get("settling_since", 0) < SETTLE_LEASE_S * 1_000_000_000:
+            return [_WR.settlement_in_progress, record["attempt"]]
         if state == WINDOW_CLOSED:
             record["state"] = WINDOW_SETTLING
             record["attempt"] = record.get("attempt", 0) + 1
             record.pop("failure", None)
-            self._put_window(txn, ledger, window, record)
+        record["settling_since"] = ts
+        self._put_window(txn, ledger, window, record)
         return [_WR.ok, record["attempt"]]
 
-    def _settle_failed(self, txn, ts, ledger: int, window: int, reason: str) -> int:
+    def _settle_failed(self, txn, ts, ledger: int, window: int, attempt: int, reason: str) -> int:
+        """settling -> closed with why, for the attempt named (a stale one changes nothing)."""
         record = self.window(txn, ledger, window)
-        if record is None or record["state"] != WINDOW_SETTLING:
-            return _WR.window_not_found if record is None else _WR.ok
+        if record is None:
+            return _WR.window_not_found
+        if record["state"] != WINDOW_SETTLING or record.get("attempt") != attempt:
+            return _WR.settlement_in_progress if record["state"] == WINDOW_SETTLING else _WR.ok
         record["state"] = WINDOW_CLOSED
         record["failure"] = reason
         self._put_window(txn, ledger, window, record)
@@ -563,14 +572,16 @@ class ClearingRules:
         txn.put(mark, b"", db=self._cursor)
         return 0
 
-    def _settled(self, txn, ts, ledger: int, window: int, transfers: tuple) -> int:
+    def _settled(self, txn, ts, ledger: int, window: int, attempt: int, transfers: tuple) -> int:
         record = self.window(txn, ledger, window)
         if record is None:
             return _WR.window_not_found
         if record["state"] == WINDOW_SETTLED:
             return _WR.ok
-        if record["state"] != WINDOW_SETTLING:
-            return _WR.window_not_closed
+        if record["state"] != WINDOW_SETTLING or record.get("attempt") != attempt:
+            raise ClearingInvariantViolation(f"ledger {ledger} window {window}: attempt {attempt} moved the money "
+                                             f"but the window is {WINDOW_STATES[record['state']]}, attempt "
+                                             f"{record.get('attempt')}")
         record["state"] = WINDOW_SETTLED
         record["settled_at"] = ts
         record["transfers"] = list(transfers)

@@ -212,3 +212,4 @@ class WindowResult(enum.IntEnum):
     participant_not_in_window = 7
     settlement_failed = 8
     internal_error = 9
+    settlement_in_progress = 10

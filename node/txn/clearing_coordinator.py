@@ -486,7 +486,7 @@ class ClearingCoordinator:
                                      clearing_hub_account_id(ledger))
         if len(chain) > SETTLEMENT_CHAIN_MAX:
             reason = f"{len(chain)} participants to settle, at most {SETTLEMENT_CHAIN_MAX} per window"
-            self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, reason)), deadline)
+            self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, attempt, reason)), deadline)
             return WindowResult.settlement_failed, [], reason
         if chain:
             done = self._settled_already(chain, deadline)
@@ -494,17 +494,19 @@ class ClearingCoordinator:
                 shortfalls = self._shortfalls(chain, deadline)
                 if shortfalls:
                     reason = "; ".join(f"participant {pid} short by {need - have}" for pid, need, have in shortfalls)
-                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, reason)), deadline)
+                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, attempt, reason)),
+                                 deadline)
                     return WindowResult.insufficient_funds, shortfalls, reason
                 failed = self._move_money(ledger, chain, deadline)
                 if failed is not None:
-                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, failed)), deadline)
+                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, attempt, failed)),
+                                 deadline)
                     shortfalls = self._shortfalls(chain, deadline)
                     code = WindowResult.insufficient_funds if shortfalls else WindowResult.settlement_failed
                     return code, shortfalls, failed
         self.run_everywhere({s: [ClearingCommand(CMD_SETTLE_HERE, (ledger, number))]
                              for s in self.shard_map.shard_ids}, deadline)
-        code = self.run_one(home, ClearingCommand(CMD_SETTLED, (ledger, number, tuple(t.id for t in chain))),
+        code = self.run_one(home, ClearingCommand(CMD_SETTLED, (ledger, number, attempt, tuple(t.id for t in chain))),
                             deadline)
         return code, [], ""
 
@@ -655,8 +657,8 @@ class ClearingCoordinator:
             self.close(ledger, number, deadline)
         elif state == WINDOW_CLOSING:
             self.finish_close(ledger, number, deadline)
-        elif state == WINDOW_SETTLING:
-            self.finish_settle(ledger, number, record.get("attempt", 0), deadline)
+        elif state == WINDOW_SETTLING:  # taken over only once its attempt's lease ran out (CMD_BEGIN_SETTLE)
+            self.settle(ledger, number, deadline)
         elif state == WINDOW_CLOSED and record.get("unwinding") is not None:
             self.finish_unwind(ledger, number, record["unwinding"], deadline)
 

@@ -42,6 +42,7 @@ SETTLEMENT_CODES = (9201, 9202)
 R = clearing_pb2
 ITEM_ACKNOWLEDGED = {R.CLEARING_ITEM_RESULT_OK, R.CLEARING_ITEM_RESULT_EXISTS}
 RESOLVE_BOUND_S = 60.0
+SETTLE_BOUND_S = 150.0  # a settlement cut short by a fault is taken over after its 60 s lease
 
 
 def u128(value: int) -> types_pb2.U128:
@@ -191,7 +192,7 @@ class ClearingWorkload:
     def finish(self) -> None:
         """Close the open window and settle every closed one (the periodic pass may be finishing some too)."""
         self._retry(lambda s: s.CloseWindow(R.WindowRequest(ledger=CLEARING_LEDGER), timeout=20))
-        deadline = time.monotonic() + RESOLVE_BOUND_S
+        deadline = time.monotonic() + SETTLE_BOUND_S
         while True:
             windows = self._retry(lambda s: s.ListWindows(R.ListWindowsRequest(ledger=CLEARING_LEDGER), timeout=20))
             pending = [w for w in windows.windows if w.state not in (R.WINDOW_STATE_OPEN, R.WINDOW_STATE_SETTLED)]

@@ -24,8 +24,9 @@ class Recording(ClearingCoordinator):
     def finish_close(self, ledger, number, deadline):
         self.calls.append(("finish_close", ledger, number))
 
-    def finish_settle(self, ledger, number, attempt, deadline):
-        self.calls.append(("finish_settle", ledger, number, attempt))
+    def settle(self, ledger, number, deadline):
+        self.calls.append(("settle", ledger, number))
+        return 0, [], ""
 
     def finish_unwind(self, ledger, number, pid, deadline):
         self.calls.append(("finish_unwind", ledger, number, pid))
@@ -56,9 +57,10 @@ def test_a_close_cut_short_is_finished(coordinator):
     assert coordinator.calls == [("finish_close", LEDGER, NUMBER)]
 
 
-def test_a_settlement_cut_short_is_resumed_with_its_attempt(coordinator):
+def test_a_settlement_cut_short_is_offered_to_settle_again(coordinator):
+    # settle() begins with CMD_BEGIN_SETTLE, which lets it take the attempt over only once its lease ran out
     coordinator._resume(LEDGER, NUMBER, {"state": WINDOW_SETTLING, "attempt": 2}, S, 0.0, 0)
-    assert coordinator.calls == [("finish_settle", LEDGER, NUMBER, 2)]
+    assert coordinator.calls == [("settle", LEDGER, NUMBER)]
 
 
 def test_an_unwind_cut_short_is_resumed(coordinator):

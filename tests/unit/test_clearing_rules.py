@@ -6,6 +6,7 @@ import lmdb
 import pytest
 
 from tidebank.node.ledger.clearing import (
+    SETTLE_LEASE_S,
     SETTLEMENT_PAY_IN_CODE,
     SETTLEMENT_PAY_OUT_CODE,
     WINDOW_CLOSED,
@@ -387,7 +388,7 @@ def test_settle_failure_returns_the_window_to_closed_with_the_reason(banks):
     _close(banks)
     assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 1]
     assert banks.read("window", 1, 1)["state"] == WINDOW_SETTLING
-    banks.one(CMD_SETTLE_FAILED, 1, 1, "bank 101 short by 10")
+    banks.one(CMD_SETTLE_FAILED, 1, 1, 1, "bank 101 short by 10")
     record = banks.read("window", 1, 1)
     assert (record["state"], record["failure"]) == (WINDOW_CLOSED, "bank 101 short by 10")
 
@@ -395,7 +396,7 @@ def test_settle_failure_returns_the_window_to_closed_with_the_reason(banks):
 def test_settled_window_never_settles_again(banks):
     _close(banks)
     banks.one(CMD_BEGIN_SETTLE, 1, 1)
-    assert banks.one(CMD_SETTLED, 1, 1, (5, 6)) == WR.ok
+    assert banks.one(CMD_SETTLED, 1, 1, 1, (5, 6)) == WR.ok
     assert banks.read("window", 1, 1)["state"] == WINDOW_SETTLED
     assert banks.one(CMD_BEGIN_SETTLE, 1, 1)[0] == WR.window_already_settled
 
@@ -504,9 +505,39 @@ def test_settlement_leaves_out_participants_with_a_zero_net():
 def test_settlement_after_a_failed_attempt_is_a_new_attempt(banks):
     _close(banks)
     banks.one(CMD_BEGIN_SETTLE, 1, 1)
-    banks.one(CMD_SETTLE_FAILED, 1, 1, "short")
+    banks.one(CMD_SETTLE_FAILED, 1, 1, 1, "short")
     assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 2]
-    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 2]  # resuming the same attempt
+
+
+def test_a_second_settle_while_an_attempt_holds_the_window_is_refused(banks):
+    _close(banks)
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.settlement_in_progress, 1]
+
+
+def test_an_attempt_nobody_finished_is_taken_over_after_its_lease(banks):
+    _close(banks)
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    banks.ts += (SETTLE_LEASE_S + 1) * 10**9
+    assert banks.one(CMD_BEGIN_SETTLE, 1, 1) == [WR.ok, 1]  # the same attempt: its transfer ids are kept
+
+
+def test_a_stale_attempts_failure_changes_nothing(banks):
+    _close(banks)
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    banks.one(CMD_SETTLE_FAILED, 1, 1, 1, "short")
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    assert banks.one(CMD_SETTLE_FAILED, 1, 1, 1, "late") == WR.settlement_in_progress
+    assert banks.read("window", 1, 1)["state"] == WINDOW_SETTLING
+
+
+def test_settled_by_a_stale_attempt_is_a_bug(banks):
+    _close(banks)
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    banks.one(CMD_SETTLE_FAILED, 1, 1, 1, "short")
+    banks.one(CMD_BEGIN_SETTLE, 1, 1)
+    assert banks.one(CMD_SETTLED, 1, 1, 1, ()) is None  # rolled back: the invariant fired
+    assert banks.read("window", 1, 1)["state"] == WINDOW_SETTLING
 
 
 def test_settlement_ids_change_with_the_attempt():

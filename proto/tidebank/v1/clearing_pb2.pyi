@@ -72,6 +72,7 @@ class WindowResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WINDOW_RESULT_PARTICIPANT_NOT_IN_WINDOW: _ClassVar[WindowResult]
     WINDOW_RESULT_SETTLEMENT_FAILED: _ClassVar[WindowResult]
     WINDOW_RESULT_INTERNAL_ERROR: _ClassVar[WindowResult]
+    WINDOW_RESULT_SETTLEMENT_IN_PROGRESS: _ClassVar[WindowResult]
 PARTICIPANT_RESULT_OK: ParticipantResult
 PARTICIPANT_RESULT_EXISTS: ParticipantResult
 PARTICIPANT_RESULT_ID_MUST_NOT_BE_ZERO: ParticipantResult
@@ -121,6 +122,7 @@ WINDOW_RESULT_INSUFFICIENT_FUNDS: WindowResult
 WINDOW_RESULT_PARTICIPANT_NOT_IN_WINDOW: WindowResult
 WINDOW_RESULT_SETTLEMENT_FAILED: WindowResult
 WINDOW_RESULT_INTERNAL_ERROR: WindowResult
+WINDOW_RESULT_SETTLEMENT_IN_PROGRESS: WindowResult
 
 class Participant(_message.Message):
     __slots__ = ("id", "ledger", "code", "name", "settlement_account_id", "net_debit_cap", "suspended", "version", "position")
