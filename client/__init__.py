@@ -14,9 +14,25 @@ dispute calls and ``extend_trades`` (each also as a single-item call, e.g.
 ``create_trade``), ``lookup_trades`` and ``list_trades`` / ``iter_trades``. A write
 whose outcome could not be learned raises OutcomeUnknownError: re-submit the same
 ids or look them up; never guess.
+
+Clearing (net settlement between participants) is the same client too:
+``register_participants`` / ``update_participants`` (and ``set_net_debit_cap``,
+``suspend_participant``, ``resume_participant``), ``lookup_participants``,
+``list_participants``, ``submit_items`` (any number, cut into batches, coalesced with
+concurrent callers), ``lookup_items``, the windows (``list_windows``, ``get_window``,
+``close_window``, ``settle_window``, ``unwind_participant``) and ``export_statement``,
+which streams a participant's items and then its Statement::
+
+    with client.export_statement(ledger, window, participant_id) as export:
+        for item in export:          # ClearingItem, by id; one chunk in memory at a time
+            ...
+        statement = export.statement # after the last item
+
+(``async for`` and ``async with`` on AsyncClient.) Clearing requests go to any node,
+which routes them to the shard leaders itself.
 """
 
-from ._async import AsyncClient
+from ._async import AsyncClient, AsyncStatementExport
 from ._errors import (
     ClientClosedError,
     FieldViolation,
@@ -29,17 +45,29 @@ from ._model import (
     Account,
     AccountFlags,
     AccountResult,
+    BilateralPosition,
+    ClearingItem,
+    ClearingItemResult,
+    ClearingItemResultCode,
+    ClearingItemStatus,
     CreateAccountResult,
     CreateTransferResult,
     DisputeResolution,
     Extension,
+    NetPosition,
     NewTrade,
     Page,
+    Participant,
+    ParticipantResult,
+    ParticipantResultCode,
+    ParticipantUpdate,
     ReadConsistency,
     Refund,
     Replica,
     Shard,
     ShardMap,
+    Shortfall,
+    Statement,
     Trade,
     TradeClosedBy,
     TradePage,
@@ -51,19 +79,29 @@ from ._model import (
     Transfer,
     TransferFlags,
     TransferResult,
+    Window,
+    WindowResultCode,
+    WindowState,
+    WindowStep,
     new_id,
     trade_from_proto,
     trade_to_proto,
     u128_from_proto,
     u128_to_proto,
 )
-from ._sync import Client
+from ._sync import Client, StatementExport
 
 __all__ = [
     "Account",
     "AccountFlags",
     "AccountResult",
     "AsyncClient",
+    "AsyncStatementExport",
+    "BilateralPosition",
+    "ClearingItem",
+    "ClearingItemResult",
+    "ClearingItemResultCode",
+    "ClearingItemStatus",
     "Client",
     "ClientClosedError",
     "CreateAccountResult",
@@ -72,14 +110,22 @@ __all__ = [
     "Extension",
     "FieldViolation",
     "InvalidRequestError",
+    "NetPosition",
     "NewTrade",
     "OutcomeUnknownError",
     "Page",
+    "Participant",
+    "ParticipantResult",
+    "ParticipantResultCode",
+    "ParticipantUpdate",
     "ReadConsistency",
     "Refund",
     "Replica",
     "Shard",
     "ShardMap",
+    "Shortfall",
+    "Statement",
+    "StatementExport",
     "TidebankError",
     "Trade",
     "TradeClosedBy",
@@ -93,6 +139,10 @@ __all__ = [
     "TransferFlags",
     "TransferResult",
     "UnavailableError",
+    "Window",
+    "WindowResultCode",
+    "WindowState",
+    "WindowStep",
     "new_id",
     "trade_from_proto",
     "trade_to_proto",

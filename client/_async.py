@@ -17,12 +17,16 @@ from typing import Any
 import grpc.aio
 
 from ._core import (
+    END_OF_STREAM,
     BaseClient,
     Config,
     Core,
+    Emit,
     Entry,
     Failure,
+    NextChunk,
     NullSignal,
+    OpenStream,
     Program,
     QueueState,
     RefreshMap,
@@ -40,19 +44,27 @@ from ._core import (
 from ._model import (
     Account,
     AccountResult,
+    ClearingItem,
+    ClearingItemResult,
     DisputeResolution,
     Extension,
     NewTrade,
     Page,
+    Participant,
+    ParticipantResult,
+    ParticipantUpdate,
     ReadConsistency,
     Refund,
     ShardMap,
+    Statement,
     Trade,
     TradePage,
     TradeResult,
     TradeRole,
     Transfer,
     TransferResult,
+    Window,
+    WindowStep,
 )
 
 
@@ -84,6 +96,75 @@ class _Waiter:
         self._left -= 1
         if self._left <= 0 and not self.fut.done():
             self.fut.set_result(None)
+
+
+class AsyncStatementExport:
+    """A statement export as it streams (the async form of StatementExport): ``async for`` over it once for the
+    participant's items (ClearingItem, by id), then read ``statement``. Nothing is sent before the iteration
+    starts and at most one chunk of items is held at a time. ``aclose()`` (or the ``async with`` block) cancels
+    the stream when the loop is left early.
+
+        async with client.export_statement(1, 7, participant_id) as export:
+            async for item in export:
+                ...
+            print(export.statement.sha256)
+    """
+
+    def __init__(self, client: AsyncClient, program: Program[Statement]) -> None:
+        self._client = client
+        self._program = program
+        self._items: AsyncIterator[ClearingItem] | None = None
+        self._statement: Statement | None = None
+
+    def __aiter__(self) -> AsyncIterator[ClearingItem]:
+        if self._items is not None:
+            raise RuntimeError("a statement export streams once: call export_statement again")
+        self._items = self._drive()
+        return self._items
+
+    async def _drive(self) -> AsyncIterator[ClearingItem]:
+        program, client = self._program, self._client
+        streams: list[Any] = []
+        try:
+            answer: Any = None
+            while True:
+                try:
+                    request = program.send(answer)
+                except StopIteration as done:
+                    self._statement = done.value
+                    return
+                answer = None
+                if isinstance(request, Emit):
+                    for item in request.items:
+                        yield item
+                    continue
+                answer = await client._handle(request)
+                if isinstance(request, OpenStream) and answer[0] is not None:
+                    streams.append(answer[0])
+        finally:
+            for stream in streams:
+                stream.cancel()  # a no-op on a stream that ended
+            program.close()
+
+    @property
+    def statement(self) -> Statement:
+        """The Statement (totals, settlement, SHA-256 digest), known once the last item was read."""
+        if self._statement is None:
+            raise RuntimeError("the statement follows the last item: iterate over the export to its end first")
+        return self._statement
+
+    async def aclose(self) -> None:
+        """Stop streaming (cancels the RPC). Idempotent."""
+        if self._items is None:
+            self._items = self._drive()
+            self._program.close()
+        await self._items.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> AsyncStatementExport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class AsyncClient(BaseClient):
@@ -148,6 +229,20 @@ class AsyncClient(BaseClient):
     @staticmethod
     async def _sleep(s: Sleep) -> None:
         await asyncio.sleep(s.seconds)
+
+    async def _open_stream(self, r: OpenStream) -> Any:
+        try:
+            return self._core.stub(r.rpc)(r.rpc.request, timeout=r.rpc.timeout), None
+        except Exception as exc:  # noqa: BLE001 - the program decides what it means
+            return None, exc
+
+    @staticmethod
+    async def _next_chunk(r: NextChunk) -> Any:
+        try:
+            message = await r.stream.read()
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        return END_OF_STREAM if message is grpc.aio.EOF else message
 
     async def _refresh(self, r: RefreshMap) -> bool:
         """Concurrent callers share one fetch."""
@@ -304,6 +399,99 @@ class AsyncClient(BaseClient):
     ) -> TradeResult:
         """One extension; like refund_trade, keep ``extension_id`` for retries."""
         return await self._run(self._core.extend_trade(trade_id, extension_id, extend_by_s, timeout_s))
+
+    # ------------------------------------------------------------------ clearing (see Client)
+
+    async def register_participants(
+        self, participants: Iterable[Participant], *, timeout_s: float | None = None
+    ) -> list[ParticipantResult]:
+        """Register participants; one ParticipantResult per item, in request order (a retry answers ``exists``)."""
+        return await self._run(self._core.register_participants(participants, timeout_s))
+
+    async def update_participants(
+        self, updates: Iterable[ParticipantUpdate], *, timeout_s: float | None = None
+    ) -> list[ParticipantResult]:
+        """Change caps and suspend or resume participants; fields left None stay as they are."""
+        return await self._run(self._core.update_participants(updates, timeout_s))
+
+    async def set_net_debit_cap(
+        self, participant_id: int, cap: int, *, timeout_s: float | None = None
+    ) -> ParticipantResult:
+        """A new net debit cap (``cap_below_position`` when the participant already owes more)."""
+        return await self._run(self._core.set_net_debit_cap(participant_id, cap, timeout_s))
+
+    async def suspend_participant(self, participant_id: int, *, timeout_s: float | None = None) -> ParticipantResult:
+        """A suspended payer submits nothing new (its accepted items stay)."""
+        return await self._run(self._core.suspend_participant(participant_id, timeout_s))
+
+    async def resume_participant(self, participant_id: int, *, timeout_s: float | None = None) -> ParticipantResult:
+        return await self._run(self._core.resume_participant(participant_id, timeout_s))
+
+    async def submit_items(
+        self, items: Iterable[ClearingItem], *, timeout_s: float | None = None
+    ) -> list[ClearingItemResult]:
+        """Clear items; one ClearingItemResult per item, in request order (see Client.submit_items)."""
+        return await self._run(self._core.submit_items(items, timeout_s))
+
+    async def lookup_participants(self, ids: Iterable[int], *, timeout_s: float | None = None) -> list[Participant]:
+        """The participants found among ``ids``, in request order, with their current position."""
+        return await self._run(self._core.lookup_participants(ids, timeout_s))
+
+    async def list_participants(self, ledger: int = 0, *, timeout_s: float | None = None) -> list[Participant]:
+        """Every participant of ``ledger`` (0: of every ledger), by id."""
+        return await self._run(self._core.list_participants(ledger, timeout_s))
+
+    async def lookup_items(
+        self,
+        ids: Iterable[int],
+        *,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> list[ClearingItem]:
+        """The items found among ``ids``, in request order (missing ids are skipped)."""
+        return await self._run(self._core.lookup_items(ids, consistency, timeout_s))
+
+    async def list_windows(
+        self, ledger: int, after: int = 0, limit: int = 0, *, timeout_s: float | None = None
+    ) -> list[Window]:
+        """One page of the ledger's windows after window number ``after`` (see Client.list_windows)."""
+        return await self._run(self._core.list_windows(ledger, after, limit, timeout_s))
+
+    async def get_window(
+        self, ledger: int, number: int = 0, bilateral: bool = False, *, timeout_s: float | None = None
+    ) -> Window:
+        """One window with its nets (``number`` 0: the open window); ``bilateral`` adds the gross matrix."""
+        return await self._run(self._core.get_window(ledger, number, bilateral, timeout_s))
+
+    async def close_window(self, ledger: int, number: int = 0, *, timeout_s: float | None = None) -> WindowStep:
+        """Close a window (0: the open one; see Client.close_window)."""
+        return await self._run(self._core.close_window(ledger, number, timeout_s))
+
+    async def settle_window(self, ledger: int, number: int, *, timeout_s: float | None = None) -> WindowStep:
+        """Settle a closed window by ledger transfers, all or nothing (see Client.settle_window)."""
+        return await self._run(self._core.settle_window(ledger, number, timeout_s))
+
+    async def unwind_participant(
+        self, ledger: int, number: int, participant_id: int, *, timeout_s: float | None = None
+    ) -> WindowStep:
+        """Exclude a participant's items from a closed window and re-net it."""
+        return await self._run(self._core.unwind_participant(ledger, number, participant_id, timeout_s))
+
+    def export_statement(
+        self,
+        ledger: int,
+        number: int,
+        participant_id: int,
+        include_unwound: bool = False,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncStatementExport:
+        """A participant's items of a window, streamed by id, then its Statement: ``async for`` over the
+        returned AsyncStatementExport, then read its ``statement`` (see Client.export_statement). Not a
+        coroutine: nothing is sent before the iteration starts."""
+        return AsyncStatementExport(
+            self, self._core.export_statement(ledger, number, participant_id, include_unwound, timeout_s)
+        )
 
     # ------------------------------------------------------------------ reads
 

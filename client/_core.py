@@ -2,7 +2,8 @@
 
 Nothing in this module blocks, sleeps, waits or talks to the network. Every public
 call of a client is a *call program* here: a generator that yields the I/O it needs
-(``Send`` RPCs, ``Sleep``, ``RefreshMap``, a coalesced ``WriteRound``) and is sent
+(``Send`` RPCs, ``Sleep``, ``RefreshMap``, a coalesced ``WriteRound``; a streaming
+call also ``OpenStream``, ``NextChunk`` and ``Emit`` for its consumer) and is sent
 back what came of it. The shells (_sync.py with threads and grpc futures, _async.py
 with asyncio and grpc.aio) run programs with a small driver and own only the I/O:
 issuing RPCs, waiting (conditions and events vs futures), sleeping, closing channels.
@@ -13,7 +14,8 @@ The core decides:
 - encoding items once into length-prefixed protobuf frames, so a coalesced batch
   request is the concatenation of its callers' frames (no re-serialisation);
 - cutting a call into units (single items and whole linked chains), routing units
-  to shards by the shard map, cutting per-shard runs at max_batch_items;
+  to shards by the shard map, cutting per-shard runs at max_batch_items; the Clearing
+  requests go to any node instead (ANY_SHARD: the node routes them itself);
 - the per-shard coalescing queue (admission, which queued calls go into the next
   RPC, where it goes, how its answer is handed back to the callers);
 - classifying gRPC errors (retry / invalid / fatal, and whether a write may have
@@ -44,7 +46,7 @@ from grpc_status import rpc_status
 
 from tidebank.common.keys import U64_MAX, U128_MAX
 from tidebank.common.limits import BATCH_ITEMS_MAX
-from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
+from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (
     ClientClosedError,
@@ -56,42 +58,63 @@ from ._errors import (
 )
 from ._model import (
     _ACCOUNT_FIELDS,
+    _CLEARING_ITEM_FIELDS,
     _EXTENSION_FIELDS,
     _NEW_TRADE_FIELDS,
+    _PARTICIPANT_FIELDS,
+    _PARTICIPANT_UPDATE_FIELDS,
     _REFUND_FIELDS,
     _RESOLUTION_FIELDS,
     _TRADE_REF_FIELDS,
     _TRANSFER_FIELDS,
     Account,
     AccountResult,
+    ClearingItem,
+    ClearingItemResult,
     DisputeResolution,
     Extension,
     NewTrade,
     Page,
+    Participant,
+    ParticipantResult,
+    ParticipantUpdate,
     ReadConsistency,
     Refund,
     ShardMap,
+    Statement,
     TradePage,
     TradeRef,
     TradeRole,
     Transfer,
     TransferResult,
+    Window,
+    WindowStep,
     _account_status,
     _transfer_status,
     account_from_proto,
     account_to_proto,
     account_to_record,
+    clearing_item_from_proto,
+    clearing_item_result,
+    clearing_item_to_proto,
     extension_to_proto,
     field_problem,
     new_trade_to_proto,
+    participant_from_proto,
+    participant_result,
+    participant_to_proto,
+    participant_update_to_proto,
     refund_to_proto,
     resolution_to_proto,
+    statement_from_proto,
     trade_from_proto,
     trade_ref_to_proto,
     trade_result,
     transfer_from_proto,
     transfer_to_proto,
     transfer_to_record,
+    window_from_proto,
+    window_step_from_proto,
 )
 
 log = logging.getLogger("tidebank.client")
@@ -109,7 +132,12 @@ MAP_FETCH_TIMEOUT_S = 2.0  # per node asked for the shard map
 NO_LEADER_AVOID_S = 1.0  # how long to prefer other replicas after a node said it knows no leader
 SUSPECT_FOR_S = 1.0  # an address that failed to answer is avoided this long
 MIN_ATTEMPT_S = 0.005  # never start an attempt with less time than this left
+DEFAULT_EXPORT_TIMEOUT_S = 600.0  # a statement export streams a whole window: the deadline of all of it
 ERROR_DOMAIN = "tidebank.v1"
+#: The pseudo shard of requests any node takes (Clearing): the node routes to the shard leaders itself.
+ANY_SHARD = -1
+#: Participants per Register/UpdateParticipants request (the node's PARTICIPANTS_PER_REQUEST_MAX).
+PARTICIPANTS_PER_REQUEST_MAX = 1024
 USER_AGENT = "tidebank-python-client/0.1"
 
 
@@ -250,6 +278,14 @@ class WriteOp:
     # bytes field (the body is that field holding every record of the batch, not one message per item).
     pack: Callable[[Any], bytes] | None = None
     packed_tag: bytes = b""
+    # Sent to any node, which splits the request by shard itself (Clearing): not routed by the shard map, and
+    # one queue (ANY_SHARD) coalesces every caller's items.
+    any_node: bool = False
+    max_items: int = 0  # the server's limit per request when below max_batch_items (0: none of its own)
+
+    def batch_limit(self, max_batch_items: int) -> int:
+        """Items per request: the client's max_batch_items, or this operation's own lower limit."""
+        return min(max_batch_items, self.max_items) if self.max_items else max_batch_items
 
     @property
     def what(self) -> str:
@@ -337,6 +373,78 @@ EXTEND_TRADES = _escrow_op(
 )  # fmt: skip
 
 
+def _clearing_op(
+    method: str, label: str, name: str, item_cls: type, proto_cls: Any, fields: tuple[str, ...],
+    to_proto: Callable[[Any], Any], response_cls: Any, result: Callable[[int, int, Any], Any], max_items: int = 0,
+) -> WriteOp:  # fmt: skip
+    """A Clearing batch write: items go to any node (it splits them by shard), are reported by their own id."""
+    return WriteOp(
+        name=name,
+        method=f"/tidebank.v1.Clearing/{method}",
+        item_cls=item_cls,
+        proto_cls=proto_cls,
+        fields=fields,
+        to_proto=to_proto,
+        key=_item_id,
+        response_cls=response_cls,
+        result=result,
+        label=label,
+        any_node=True,
+        max_items=max_items,
+    )
+
+
+REGISTER_PARTICIPANTS = _clearing_op(
+    "RegisterParticipants", "register_participants", "participants", Participant, clearing_pb2.Participant,
+    _PARTICIPANT_FIELDS, participant_to_proto, clearing_pb2.ParticipantResultsResponse, participant_result,
+    PARTICIPANTS_PER_REQUEST_MAX,
+)  # fmt: skip
+UPDATE_PARTICIPANTS = _clearing_op(
+    "UpdateParticipants", "update_participants", "updates", ParticipantUpdate, clearing_pb2.ParticipantUpdate,
+    _PARTICIPANT_UPDATE_FIELDS, participant_update_to_proto, clearing_pb2.ParticipantResultsResponse,
+    participant_result, PARTICIPANTS_PER_REQUEST_MAX,
+)  # fmt: skip
+SUBMIT_ITEMS = _clearing_op(
+    "SubmitItems", "submit_items", "items", ClearingItem, clearing_pb2.ClearingItem, _CLEARING_ITEM_FIELDS,
+    clearing_item_to_proto, clearing_pb2.SubmitItemsResponse, clearing_item_result,
+)  # fmt: skip
+
+_CLEARING = "/tidebank.v1.Clearing/"
+LOOKUP_PARTICIPANTS_METHOD = _CLEARING + "LookupParticipants"
+LIST_PARTICIPANTS_METHOD = _CLEARING + "ListParticipants"
+LOOKUP_ITEMS_METHOD = _CLEARING + "LookupItems"
+LIST_WINDOWS_METHOD = _CLEARING + "ListWindows"
+GET_WINDOW_METHOD = _CLEARING + "GetWindow"
+CLOSE_WINDOW_METHOD = _CLEARING + "CloseWindow"
+SETTLE_WINDOW_METHOD = _CLEARING + "SettleWindow"
+UNWIND_PARTICIPANT_METHOD = _CLEARING + "UnwindParticipant"
+EXPORT_STATEMENT_METHOD = _CLEARING + "ExportStatement"
+
+
+def clearing_request(cls: Any, what: str, **fields: Any) -> Any:
+    """A Clearing request message from a call's arguments; an argument that does not fit its field (type, range)
+    is refused before sending, named by its field. U128 fields take ints."""
+    req = cls()
+    problems = []
+    u128 = {f.name for f in cls.DESCRIPTOR.fields if f.message_type is types_pb2.U128.DESCRIPTOR}
+    for name, value in fields.items():
+        try:
+            if name in u128:
+                u128_fields(getattr(req, name), validate_id(value, name))
+                continue
+            is_bool = cls.DESCRIPTOR.fields_by_name[name].type == cls.DESCRIPTOR.fields_by_name[name].TYPE_BOOL
+            if isinstance(value, bool) != is_bool:
+                raise TypeError(f"expected {'a bool' if is_bool else 'an int'}, got {type(value).__name__}")
+            setattr(req, name, value)
+        except InvalidRequestError as exc:
+            problems.extend(exc.field_violations)
+        except (TypeError, ValueError) as exc:
+            problems.append(FieldViolation(name, str(exc)))
+    if problems:
+        raise InvalidRequestError(f"invalid {what} request (nothing was sent)", problems, code=None)
+    return req
+
+
 def trade_refs(trade_ids: Iterable[int]) -> list[TradeRef]:
     """The items of ship/confirm/open/withdraw; their ids are checked when encoded (``trades[i].trade_id``)."""
     return [TradeRef(v) for v in trade_ids]
@@ -406,6 +514,10 @@ class ReadOp:
     @property
     def leader(self) -> bool:
         return self.level == ReadConsistency.LINEARIZABLE
+
+    @staticmethod
+    def batch_limit(max_batch_items: int) -> int:
+        return max_batch_items
 
     @property
     def body_suffix(self) -> bytes:
@@ -697,7 +809,9 @@ def rich_details(exc: Any) -> tuple[error_details_pb2.ErrorInfo | None, list[Fie
     return info, violations, retry_after
 
 
-_RETRY_REASONS = frozenset(("NOT_LEADER", "NO_LEADER", "OVERLOADED"))
+# Refused before anything applied (NOT_APPLIED: a cross-shard attempt aborted because a participant shard did not
+# answer; node/api/failures.py).
+_RETRY_REASONS = frozenset(("NOT_LEADER", "NO_LEADER", "NOT_APPLIED", "OVERLOADED"))
 _FATAL_CODES = frozenset(
     (
         grpc.StatusCode.UNIMPLEMENTED,
@@ -802,6 +916,12 @@ class Topology:
 
     def note(self, shard_id: int, address: str, failure: Failure, now: float) -> None:
         """Learn from a failed attempt: leader hints and unresponsive addresses."""
+        if shard_id == ANY_SHARD:  # the node routes such requests itself: no leader to learn, only who answers
+            if failure.reason == "NO_LEADER":
+                self.suspect(address, now, for_s=NO_LEADER_AVOID_S)
+            if failure.suspect:
+                self.suspect(address, now)
+            return
         if failure.reason == "NOT_LEADER":
             leader = failure.metadata.get("leader_address", "")
             if leader and leader != address:
@@ -836,6 +956,14 @@ class Topology:
         candidates = [a for a in replicas if a != addr and not self.is_suspect(a, now)]
         if not candidates:
             candidates = replicas or self.seeds
+        return candidates[next(self._rr) % len(candidates)]
+
+    def pick_any(self, now: float) -> str:
+        """The address for a request any node serves (ANY_SHARD): the nodes in turn, answering ones first; every
+        replica of the map once a map is known, else the seeds."""
+        smap = self.map
+        addrs = (smap.addresses() if smap is not None else []) or self.seeds
+        candidates = [a for a in addrs if not self.is_suspect(a, now)] or addrs
         return candidates[next(self._rr) % len(candidates)]
 
     def refresh_candidates(self, now: float) -> list[str]:
@@ -1117,16 +1245,21 @@ class WriteCall:
     def remaining(self, now: float) -> float:
         return self.deadline - now
 
-    def plan(self, smap: ShardMap) -> list[Entry] | None:
-        """This round's entries, one per shard; None if some key has no shard in this map."""
-        if smap is not self._route_map:
+    def plan(self, smap: ShardMap | None) -> list[Entry] | None:
+        """This round's entries, one per shard; None if some key has no shard in this map.
+        An any-node op's units all go to ANY_SHARD (``smap`` unused, may be None)."""
+        if self.op.any_node:
+            if len(self._route) != len(self.units):
+                self._route = [ANY_SHARD] * len(self.units)
+        elif smap is not self._route_map:
+            assert smap is not None
             keys, units = self.keys, self.units
             self._route = [smap.shard_id_for(keys[s]) for s, _ in units]
             self._route_map = smap
         route = self._route
         per_shard: dict[int, tuple[list[int], int]] = {}
         full: set[int] = set()
-        limit = self.cfg.max_batch_items
+        limit = self.op.batch_limit(self.cfg.max_batch_items)
         for u in self.pending:
             sid = route[u]
             if sid is None:
@@ -1325,6 +1458,39 @@ class ReadCall:
         )
 
 
+class UnaryCall(ReadCall):
+    """Retry bookkeeping of one request that any node serves (the Clearing calls but the batch writes).
+
+    Like a read, except that for a write an attempt without an answer may have applied: from then on the call
+    ends in OutcomeUnknownError, never in "not applied" (the request is idempotent, so the retries that resolve
+    it send it unchanged).
+    """
+
+    def __init__(self, what: str, cfg: Config, timeout_s: float | None, now: float, *, write: bool) -> None:
+        super().__init__(what, cfg, timeout_s, now)
+        self.write = write
+        self.maybe_applied = False
+
+    def error(self, f: Failure) -> TidebankError:
+        if self.maybe_applied:
+            return self._unknown(f)
+        return super().error(f)
+
+    def timeout_error(self) -> TidebankError:
+        if self.maybe_applied:
+            return self._unknown(self.last)
+        return super().timeout_error()
+
+    def _unknown(self, f: Failure | None) -> OutcomeUnknownError:
+        last = f.describe() if f is not None else "no attempt finished"
+        return OutcomeUnknownError(
+            f"{self.what}: outcome unknown ({last}); send the same request again or read the state",
+            code=f.code if f else None,
+            reason=f.reason if f else "",
+            metadata=f.metadata if f else {},
+        )
+
+
 def plan_lookup(
     ids: list[int], pending: list[int], smap: ShardMap, max_items: int
 ) -> list[tuple[int, list[int]]] | None:
@@ -1410,6 +1576,7 @@ class Rpc:
     serializer: Callable[[Any], bytes] | None
     deserializer: Callable[[bytes], Any]
     timeout: float
+    stream: bool = False  # server streaming: the shell opens it (OpenStream) and reads it (NextChunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1445,7 +1612,35 @@ class WriteRound:
     deadline: float
 
 
-Request = Send | Sleep | RefreshMap | WriteRound
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """Start a server-streaming RPC (``rpc.stream``); answer ``(handle, None)`` (the shell's call object, which
+    may itself be an RpcError: grpc's are), or ``(None, the Exception starting it raised)``. The shell cancels
+    every stream it opened when the program ends (also when abandoned)."""
+
+    rpc: Rpc
+
+
+#: What NextChunk answers when a stream ended without an error.
+END_OF_STREAM = object()
+
+
+@dataclass(frozen=True, slots=True)
+class NextChunk:
+    """Read the next message of an opened stream; answer it, END_OF_STREAM, or the Exception reading raised."""
+
+    stream: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Hand these values to the consumer of a streaming call (one at a time); answer None when it wants more.
+    Only the shells' stream drivers (StatementExport) run programs that emit."""
+
+    items: list[Any]
+
+
+Request = Send | Sleep | RefreshMap | WriteRound | OpenStream | NextChunk | Emit
 T = TypeVar("T")
 #: A call program: yields Requests, is sent their answers, returns the call's value.
 Program = Generator[Request, Any, T]
@@ -1532,7 +1727,8 @@ class Core:
         key = (rpc.address, rpc.method)
         mc = self._stubs.get(key)
         if mc is None:
-            mc = self._stubs[key] = self._channel(rpc.address).unary_unary(
+            channel = self._channel(rpc.address)
+            mc = self._stubs[key] = (channel.unary_stream if rpc.stream else channel.unary_unary)(
                 rpc.method,
                 request_serializer=rpc.serializer,
                 response_deserializer=rpc.deserializer,
@@ -1597,7 +1793,7 @@ class Core:
         """Queue an admitted entry (holding ``q.io``, like admit); the batches that may leave now (send each,
         see batch_rpc)."""
         q.push(e)
-        batches = q.take(self.cfg.max_batch_items, self.cfg.max_in_flight_per_shard)
+        batches = q.take(q.op.batch_limit(self.cfg.max_batch_items), self.cfg.max_in_flight_per_shard)
         if batches:
             q.io.notify_all()
         return batches
@@ -1606,7 +1802,9 @@ class Core:
         """A batch of ``q`` finished (after batch_done): the batches that may leave now (none once closed)."""
         with q.io:
             q.in_flight -= 1
-            batches = [] if self.closed else q.take(self.cfg.max_batch_items, self.cfg.max_in_flight_per_shard)
+            batches = [] if self.closed else q.take(
+                q.op.batch_limit(self.cfg.max_batch_items), self.cfg.max_in_flight_per_shard
+            )
             if batches:
                 q.io.notify_all()
         return batches
@@ -1626,7 +1824,10 @@ class Core:
     def batch_rpc(self, q: QueueState, batch: list[Entry], now: float) -> Rpc:
         """Where and how a batch goes: the shard's leader (or a replica), the callers' frames as the body."""
         op = q.op
-        address = self.topology.pick(q.shard_id, now, leader=getattr(op, "leader", True))
+        if q.shard_id == ANY_SHARD:
+            address = self.topology.pick_any(now)
+        else:
+            address = self.topology.pick(q.shard_id, now, leader=getattr(op, "leader", True))
         timeout = batch_timeout(batch, self.cfg.attempt_timeout_s, now)
         return Rpc(address, op.method, batch_body(batch, op), None, op.response_cls.FromString, timeout)
 
@@ -1737,7 +1938,7 @@ class Core:
         self.check_open()
         call = WriteCall(op, items, self.cfg, timeout_s, self.clock())
         while not call.done:
-            smap = yield from self._map(call)
+            smap = None if op.any_node else (yield from self._map(call))
             generation = self.topology.generation
             entries = call.plan(smap)
             if entries is None:
@@ -1833,6 +2034,40 @@ class Core:
         self.topology.note(shard_id, rpc.address, f, self.clock())
         return f
 
+    def unary(
+        self, what: str, method: str, req: Any, response_cls: Any, timeout_s: float | None, *, write: bool,
+        retry_ambiguous: bool = True, whole_attempts: bool = False,
+    ) -> Program[Any]:  # fmt: skip
+        """One request to any node (it routes to the shard leaders itself), retried with the same message until
+        ``timeout_s``. A write whose attempt may have applied ends in OutcomeUnknownError unless a retry answers;
+        ``retry_ambiguous=False`` (a request that is not idempotent) ends there at once. ``whole_attempts``: an
+        attempt may take all the time left, not attempt_timeout_s (a step the node runs in several stages, which
+        a retry would only find still running)."""
+        self.check_open()
+        call = UnaryCall(what, self.cfg, timeout_s, self.clock(), write=write)
+        serializer = type(req).SerializeToString
+        while True:
+            generation = self.topology.generation
+            now = self.clock()
+            attempt_s = max(0.001, call.remaining(now)) if whole_attempts else self._attempt_timeout(call, now)
+            rpc = Rpc(self.topology.pick_any(now), method, req, serializer, response_cls.FromString, attempt_s)
+            (answer,) = yield Send((rpc,))
+            if not isinstance(answer, BaseException):
+                return answer
+            if isinstance(answer, ClientClosedError):  # refused before starting: nothing was sent
+                raise call.error(closed_failure())
+            f = classify(answer, write=write, closed=self.closed)
+            self.topology.note(ANY_SHARD, rpc.address, f, self.clock())
+            call.maybe_applied |= f.ambiguous
+            if f.ambiguous and not retry_ambiguous:
+                raise call.error(f)
+            yield from self._pause(call.failed([f], self.clock()), generation, call)
+
+    def _deadline_split(self, timeout_s: float | None) -> Callable[[], float]:
+        """For a call made of several requests: the time its next request has left of the call's deadline."""
+        deadline = self.clock() + (self.cfg.timeout_s if timeout_s is None else timeout_s)
+        return lambda: max(MIN_ATTEMPT_S, deadline - self.clock())
+
     # ------------------------------------------------------------------ the public methods, as programs
     #
     # Client.x(...) is ``self._run(core.x(...))`` and AsyncClient.x(...) is ``await self._run(core.x(...))``.
@@ -1927,8 +2162,190 @@ class Core:
         req = list_trades_request(account_id, role=role, limit=limit, page_token=page_token, consistency=level)
         return self._page(LIST_TRADES, account_id, req, level, timeout_s)
 
+    # ------------------------------------------------------------------ clearing (every request goes to any node)
 
-_HANDLERS = {Send: "_send", Sleep: "_sleep", RefreshMap: "_refresh", WriteRound: "_round"}
+    def register_participants(
+        self, participants: Iterable[Participant], timeout_s: float | None
+    ) -> Program[list[ParticipantResult]]:
+        return self.write(REGISTER_PARTICIPANTS, list(participants), timeout_s)
+
+    def update_participants(
+        self, updates: Iterable[ParticipantUpdate], timeout_s: float | None
+    ) -> Program[list[ParticipantResult]]:
+        return self.write(UPDATE_PARTICIPANTS, list(updates), timeout_s)
+
+    def set_net_debit_cap(self, participant_id: int, cap: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.update_participants([ParticipantUpdate(participant_id, net_debit_cap=cap)], timeout_s))
+
+    def suspend_participant(self, participant_id: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.update_participants([ParticipantUpdate(participant_id, suspended=True)], timeout_s))
+
+    def resume_participant(self, participant_id: int, timeout_s: float | None) -> Program[Any]:
+        return _first(self.update_participants([ParticipantUpdate(participant_id, suspended=False)], timeout_s))
+
+    def submit_items(self, items: Iterable[ClearingItem], timeout_s: float | None) -> Program[list[ClearingItemResult]]:
+        return self.write(SUBMIT_ITEMS, list(items), timeout_s)
+
+    def _lookup_any(
+        self, what: str, method: str, ids: Iterable[int], request_cls: Any, fields: dict[str, Any],
+        response_cls: Any, field: str, from_proto: Callable[[Any], Any], timeout_s: float | None,
+    ) -> Program[list[Any]]:  # fmt: skip
+        """A lookup served by any node, max_batch_items ids per request (one after the other, sharing the
+        deadline); what was found, in request order."""
+        self.check_open()
+        id_list = validate_ids(ids)
+        left = self._deadline_split(timeout_s)
+        found: list[Any] = []
+        step = self.cfg.max_batch_items
+        for k in range(0, len(id_list), step):
+            req = clearing_request(request_cls, what, **fields)
+            add = req.ids.add
+            for v in id_list[k : k + step]:
+                add(hi=v >> 64, lo=v & U64_MAX)
+            resp = yield from self.unary(what, method, req, response_cls, left(), write=False)
+            found.extend(from_proto(m) for m in getattr(resp, field))
+        return found
+
+    def lookup_participants(self, ids: Iterable[int], timeout_s: float | None) -> Program[list[Participant]]:
+        return self._lookup_any(
+            "lookup_participants", LOOKUP_PARTICIPANTS_METHOD, ids, clearing_pb2.LookupParticipantsRequest, {},
+            clearing_pb2.ParticipantsResponse, "participants", participant_from_proto, timeout_s,
+        )  # fmt: skip
+
+    def lookup_items(
+        self, ids: Iterable[int], consistency: Any, timeout_s: float | None
+    ) -> Program[list[ClearingItem]]:
+        level = check_consistency(consistency)
+        return self._lookup_any(
+            "lookup_items", LOOKUP_ITEMS_METHOD, ids, clearing_pb2.LookupItemsRequest, {"consistency": int(level)},
+            clearing_pb2.LookupItemsResponse, "items", clearing_item_from_proto, timeout_s,
+        )  # fmt: skip
+
+    def list_participants(self, ledger: int, timeout_s: float | None) -> Program[list[Participant]]:
+        req = clearing_request(clearing_pb2.ListParticipantsRequest, "list_participants", ledger=ledger)
+        resp = yield from self.unary(
+            "list_participants", LIST_PARTICIPANTS_METHOD, req, clearing_pb2.ParticipantsResponse, timeout_s,
+            write=False,
+        )  # fmt: skip
+        return [participant_from_proto(m) for m in resp.participants]
+
+    def list_windows(self, ledger: int, after: int, limit: int, timeout_s: float | None) -> Program[list[Window]]:
+        req = clearing_request(clearing_pb2.ListWindowsRequest, "list_windows", ledger=ledger, after=after,
+                               limit=limit)
+        resp = yield from self.unary(
+            "list_windows", LIST_WINDOWS_METHOD, req, clearing_pb2.ListWindowsResponse, timeout_s, write=False
+        )
+        return [window_from_proto(m) for m in resp.windows]
+
+    def get_window(self, ledger: int, number: int, bilateral: bool, timeout_s: float | None) -> Program[Window]:
+        req = clearing_request(clearing_pb2.GetWindowRequest, "get_window", ledger=ledger, number=number,
+                               bilateral=bilateral)
+        resp = yield from self.unary("get_window", GET_WINDOW_METHOD, req, clearing_pb2.Window, timeout_s,
+                                     write=False)
+        return window_from_proto(resp)
+
+    def _window_step(self, what: str, method: str, req: Any, timeout_s: float | None, **kw: Any) -> Program[Any]:
+        """Close, settle and unwind: several stages on the node (a cut across the shards, ledger transfers), so
+        an attempt gets all the call's time; a retry of one cut short finds it done or resumes it."""
+        resp = yield from self.unary(
+            what, method, req, clearing_pb2.WindowStepResponse, timeout_s, write=True, whole_attempts=True, **kw
+        )
+        return window_step_from_proto(resp)
+
+    @staticmethod
+    def _closed_window_number(what: str, number: Any) -> None:
+        if number == 0:
+            raise InvalidRequestError(
+                f"invalid {what} request (nothing was sent)",
+                [FieldViolation("number", "name the closed window (0 is the open one)")],
+                code=None,
+            )
+
+    def close_window(self, ledger: int, number: int, timeout_s: float | None) -> Program[WindowStep]:
+        """CloseWindow of ``number``; 0: the open window, by its number (learnt first). CloseWindow(0) itself
+        closes whichever window is open when it applies, so its retry after a lost answer would close the next
+        window too; CloseWindow(n) answers ``ok`` again, so it is retried like every other write."""
+        req = clearing_request(clearing_pb2.WindowRequest, "close_window", ledger=ledger, number=number)
+        left = self._deadline_split(timeout_s)
+        if number == 0:
+            try:
+                open_window = yield from self.get_window(ledger, 0, False, left())
+                req.number = open_window.number
+            except TidebankError as exc:
+                if exc.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+            # No open window known (a ledger without participants): CloseWindow(0) is sent, and not retried.
+        return (yield from self._window_step(
+            "close_window", CLOSE_WINDOW_METHOD, req, left(), retry_ambiguous=req.number != 0
+        ))
+
+    def settle_window(self, ledger: int, number: int, timeout_s: float | None) -> Program[WindowStep]:
+        req = clearing_request(clearing_pb2.WindowRequest, "settle_window", ledger=ledger, number=number)
+        self._closed_window_number("settle_window", number)
+        return self._window_step("settle_window", SETTLE_WINDOW_METHOD, req, timeout_s)
+
+    def unwind_participant(
+        self, ledger: int, number: int, participant_id: int, timeout_s: float | None
+    ) -> Program[WindowStep]:
+        req = clearing_request(clearing_pb2.UnwindParticipantRequest, "unwind_participant", ledger=ledger,
+                               number=number, participant_id=participant_id)
+        self._closed_window_number("unwind_participant", number)
+        return self._window_step("unwind_participant", UNWIND_PARTICIPANT_METHOD, req, timeout_s)
+
+    def export_statement(
+        self, ledger: int, number: int, participant_id: int, include_unwound: bool, timeout_s: float | None
+    ) -> Program[Statement]:
+        """The stream of a participant's items of a window (emitted chunk by chunk, ClearingItem values), then its
+        Statement (the program's value). Retried like a read until the first item reaches the consumer; after
+        that a broken stream raises, for the request has no cursor to resume from (export again)."""
+        self.check_open()
+        req = clearing_request(
+            clearing_pb2.ExportStatementRequest, "export_statement", ledger=ledger, number=number,
+            participant_id=participant_id, include_unwound=include_unwound,
+        )  # fmt: skip
+        if timeout_s is None:
+            timeout_s = max(self.cfg.timeout_s, DEFAULT_EXPORT_TIMEOUT_S)
+        return self._export(req, timeout_s)
+
+    def _export(self, req: clearing_pb2.ExportStatementRequest, timeout_s: float) -> Program[Statement]:
+        call = ReadCall("export_statement", self.cfg, timeout_s, self.clock())
+        serializer, deserializer = type(req).SerializeToString, clearing_pb2.StatementChunk.FromString
+        emitted = 0
+        while True:
+            generation = self.topology.generation
+            now = self.clock()
+            rpc = Rpc(self.topology.pick_any(now), EXPORT_STATEMENT_METHOD, req, serializer, deserializer,
+                      max(0.001, call.remaining(now)), stream=True)
+            stream, problem = yield OpenStream(rpc)
+            while problem is None:
+                chunk = yield NextChunk(stream)
+                if chunk is END_OF_STREAM:
+                    problem = TidebankError("the stream ended without a statement")
+                elif isinstance(chunk, BaseException):
+                    problem = chunk
+                else:
+                    if chunk.items:
+                        emitted += len(chunk.items)
+                        yield Emit([clearing_item_from_proto(m) for m in chunk.items])
+                    if chunk.HasField("statement"):
+                        return statement_from_proto(chunk.statement)
+            if isinstance(problem, ClientClosedError):
+                raise call.error(closed_failure())
+            f = classify(problem, write=False, closed=self.closed)
+            self.topology.note(ANY_SHARD, rpc.address, f, self.clock())
+            if emitted:
+                raise TidebankError(
+                    f"export_statement: the stream broke after {emitted} items ({f.describe()}); "
+                    "it cannot be resumed: export again",
+                    code=f.code, reason=f.reason, metadata=f.metadata,
+                )  # fmt: skip
+            yield from self._pause(call.failed([f], self.clock()), generation, call)
+
+
+_HANDLERS = {
+    Send: "_send", Sleep: "_sleep", RefreshMap: "_refresh", WriteRound: "_round", OpenStream: "_open_stream",
+    NextChunk: "_next_chunk",
+}  # fmt: skip
 
 
 class BaseClient:

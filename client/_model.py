@@ -17,23 +17,35 @@ from typing import Any
 
 from tidebank.common.keys import DEFAULT_SLOT_COUNT, U64_MAX, U128_MAX, id_near, slot_of
 from tidebank.common.records import ACCOUNT_STRUCT, M64, TRANSFER_STRUCT
-from tidebank.v1 import admin_pb2, escrow_pb2, ledger_pb2, types_pb2
+from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 __all__ = [
     "Account",
     "AccountFlags",
     "AccountResult",
+    "BilateralPosition",
+    "ClearingItem",
+    "ClearingItemResult",
+    "ClearingItemResultCode",
+    "ClearingItemStatus",
     "CreateAccountResult",
     "CreateTransferResult",
     "DisputeResolution",
     "Extension",
+    "NetPosition",
     "NewTrade",
     "Page",
+    "Participant",
+    "ParticipantResult",
+    "ParticipantResultCode",
+    "ParticipantUpdate",
     "ReadConsistency",
     "Refund",
     "Replica",
     "Shard",
     "ShardMap",
+    "Shortfall",
+    "Statement",
     "Trade",
     "TradeClosedBy",
     "TradePage",
@@ -45,6 +57,10 @@ __all__ = [
     "Transfer",
     "TransferFlags",
     "TransferResult",
+    "Window",
+    "WindowResultCode",
+    "WindowState",
+    "WindowStep",
     "new_id",
 ]
 
@@ -120,6 +136,23 @@ class TradeRole(enum.IntEnum):
     SELLER = 1
 
 
+class ClearingItemStatus(enum.IntEnum):
+    """Whether an item still counts in its window (proto enum ClearingItemStatus)."""
+
+    ACCEPTED = 0
+    UNWOUND = 1  # excluded from its window by an unwind of its payer or payee
+
+
+class WindowState(enum.IntEnum):
+    """Where a clearing window is in its life (proto enum WindowState)."""
+
+    OPEN = 0  # takes new items
+    CLOSING = 1  # cut across the shards; the next window is already open
+    CLOSED = 2  # netted; may be settled (or unwound and re-netted)
+    SETTLING = 3
+    SETTLED = 4  # the net positions moved by ledger transfers (terminal)
+
+
 def _proto_members(descriptor: Any, prefix: str) -> dict[str, int]:
     members = {}
     for value in descriptor.values:
@@ -144,6 +177,8 @@ _check_static_enum(TradeState, escrow_pb2.TradeState.DESCRIPTOR, "TRADE_STATE_")
 _check_static_enum(TradeTimer, escrow_pb2.TradeTimer.DESCRIPTOR, "TRADE_TIMER_")
 _check_static_enum(TradeClosedBy, escrow_pb2.TradeClosedBy.DESCRIPTOR, "TRADE_CLOSED_BY_")
 _check_static_enum(TradeRole, escrow_pb2.TradeRole.DESCRIPTOR, "TRADE_ROLE_")
+_check_static_enum(ClearingItemStatus, clearing_pb2.ClearingItemStatus.DESCRIPTOR, "CLEARING_ITEM_STATUS_")
+_check_static_enum(WindowState, clearing_pb2.WindowState.DESCRIPTOR, "WINDOW_STATE_")
 
 
 def _result_enum(name: str, descriptor: Any, prefix: str) -> Any:
@@ -165,9 +200,22 @@ CreateTransferResult = _result_enum(
 #: Per-item result of every Escrow write: ``TradeResultCode.ok``, ``.exists``, ``.transfer_failed``, ...
 TradeResultCode = _result_enum("TradeResultCode", escrow_pb2.TradeResultCode.DESCRIPTOR, "TRADE_RESULT_")
 
+#: Per-item result of RegisterParticipants and UpdateParticipants: ``ParticipantResultCode.ok``, ``.exists``, ...
+ParticipantResultCode = _result_enum(
+    "ParticipantResultCode", clearing_pb2.ParticipantResult.DESCRIPTOR, "PARTICIPANT_RESULT_"
+)
+#: Per-item result of SubmitItems: ``ClearingItemResultCode.ok``, ``.exceeds_net_debit_cap``, ...
+ClearingItemResultCode = _result_enum(
+    "ClearingItemResultCode", clearing_pb2.ClearingItemResult.DESCRIPTOR, "CLEARING_ITEM_RESULT_"
+)
+#: Result of a window step (close, settle, unwind): ``WindowResultCode.ok``, ``.insufficient_funds``, ...
+WindowResultCode = _result_enum("WindowResultCode", clearing_pb2.WindowResult.DESCRIPTOR, "WINDOW_RESULT_")
+
 _ACCOUNT_OK = frozenset((CreateAccountResult.created, CreateAccountResult.exists))
 _TRANSFER_OK = frozenset((CreateTransferResult.created, CreateTransferResult.exists))
 _TRADE_OK = frozenset((TradeResultCode.ok, TradeResultCode.exists))
+_PARTICIPANT_OK = frozenset((ParticipantResultCode.ok, ParticipantResultCode.exists))
+_ITEM_OK = frozenset((ClearingItemResultCode.ok, ClearingItemResultCode.exists))
 
 
 def _account_status(code: int) -> Any:
@@ -392,6 +440,180 @@ class TradeResult:
 
 #: One page of list_trades: the same value as get_account_transfers' pages, with Trade items.
 TradePage = Page
+
+
+# --------------------------------------------------------------------------- clearing values
+
+
+@dataclass(slots=True)
+class Participant:
+    """A clearing participant (proto tidebank.v1.Participant).
+
+    ``suspended``, ``version`` and ``position`` are the server's (register ignores
+    them); ``position`` is what it owes minus what it is owed over unsettled windows,
+    summed over every shard, and never exceeds ``net_debit_cap``.
+    """
+
+    id: int = 0
+    _: KW_ONLY
+    ledger: int = 0
+    code: int = 0
+    name: str = ""
+    settlement_account_id: int = 0
+    net_debit_cap: int = 0
+    suspended: bool = False
+    version: int = 0
+    position: int = 0
+
+
+@dataclass(slots=True)
+class ParticipantUpdate:
+    """A change to a participant: each field left None stays as it is."""
+
+    id: int
+    net_debit_cap: int | None = None
+    suspended: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantResult:
+    """The outcome of one item of register_participants / update_participants: index, participant id, code."""
+
+    index: int
+    id: int
+    status: Any  # ParticipantResultCode (an int if newer than this client)
+
+    @property
+    def ok(self) -> bool:
+        """True when the participant is as requested (changed now, or registered by an earlier request)."""
+        return self.status in _PARTICIPANT_OK
+
+
+@dataclass(slots=True)
+class ClearingItem:
+    """One obligation: the payer owes the payee ``amount`` on ``ledger`` (proto tidebank.v1.ClearingItem).
+
+    ``window``, ``timestamp`` and ``status`` are set by the server when it accepts the item.
+    """
+
+    id: int = 0
+    _: KW_ONLY
+    payer_id: int = 0
+    payee_id: int = 0
+    amount: int = 0
+    ledger: int = 0
+    user_data_128: int = 0
+    user_data_64: int = 0
+    window: int = 0
+    timestamp: int = 0
+    status: int = ClearingItemStatus.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class ClearingItemResult:
+    """The outcome of one item of submit_items: its index in the request, its id, its code."""
+
+    index: int
+    id: int
+    status: Any  # ClearingItemResultCode (an int if newer than this client)
+
+    @property
+    def ok(self) -> bool:
+        """True when the item is accepted (now or by an earlier request with the same id)."""
+        return self.status in _ITEM_OK
+
+
+@dataclass(slots=True)
+class NetPosition:
+    """A participant's gross and net over one window: ``net = sent - received``; > 0 pays in at settlement."""
+
+    participant_id: int
+    sent: int = 0
+    received: int = 0
+    count_sent: int = 0
+    count_received: int = 0
+    net: int = 0
+
+
+@dataclass(slots=True)
+class BilateralPosition:
+    """What one payer owes one payee over a window, gross (one cell of the bilateral matrix)."""
+
+    payer_id: int
+    payee_id: int
+    amount: int = 0
+    count: int = 0
+
+
+@dataclass(slots=True)
+class Window:
+    """A clearing window of a ledger (proto tidebank.v1.Window); times are cluster time in ns.
+
+    ``nets`` are filled for closed windows (not by list_windows), ``bilateral`` only by
+    get_window(bilateral=True), ``settlement_transfer_ids`` once settled.
+    """
+
+    ledger: int = 0
+    number: int = 0
+    _: KW_ONLY
+    state: int = WindowState.OPEN
+    opened_at: int = 0
+    closed_at: int = 0
+    settled_at: int = 0
+    round: int = 0
+    unwound: list[int] = field(default_factory=list)
+    failure: str = ""
+    nets: list[NetPosition] = field(default_factory=list)
+    bilateral: list[BilateralPosition] = field(default_factory=list)
+    settlement_transfer_ids: list[int] = field(default_factory=list)
+    hub_account_id: int = 0
+
+
+@dataclass(slots=True)
+class Shortfall:
+    """A debtor that cannot pay in at settlement: it must pay ``net_debit`` and its account holds ``available``."""
+
+    participant_id: int
+    net_debit: int = 0
+    available: int = 0
+    shortfall: int = 0
+
+
+@dataclass(slots=True)
+class WindowStep:
+    """The answer of close_window, settle_window and unwind_participant: the code, the window as it is now,
+    and (for ``insufficient_funds``) every debtor that cannot pay."""
+
+    result: Any  # WindowResultCode (an int if newer than this client)
+    window: Window
+    shortfalls: list[Shortfall] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result == WindowResultCode.ok
+
+
+@dataclass(slots=True)
+class Statement:
+    """A participant's statement of one window, sent after its items by export_statement.
+
+    ``sha256`` (hex) is over ``"id,payer_id,payee_id,amount\\n"`` of each accepted item, by id;
+    ``items`` counts them.
+    """
+
+    participant_id: int = 0
+    _: KW_ONLY
+    ledger: int = 0
+    window: int = 0
+    sent: int = 0
+    received: int = 0
+    count_sent: int = 0
+    count_received: int = 0
+    net: int = 0
+    settlement_transfer_id: int = 0
+    settlement_amount: int = 0
+    sha256: str = ""
+    items: int = 0
 
 
 # --------------------------------------------------------------------------- shard map
@@ -766,12 +988,206 @@ def trade_result(index: int, trade_id: int, m: escrow_pb2.TradeResult) -> TradeR
     return TradeResult(index, trade_id, status, transfer)
 
 
+# --------------------------------------------------------------------------- clearing conversions
+#
+# Register and submit send only what the client sets (the read-only fields are the server's); the
+# ``*_to_proto`` of server values (windows, statements, ...) are what a server or a fake answers with.
+
+_PARTICIPANT_FIELDS = ("id", "ledger", "code", "name", "settlement_account_id", "net_debit_cap")
+_PARTICIPANT_UPDATE_FIELDS = ("id", "net_debit_cap", "suspended")
+_CLEARING_ITEM_FIELDS = ("id", "payer_id", "payee_id", "amount", "ledger", "user_data_128", "user_data_64")
+_WINDOW_SCALARS = ("ledger", "number", "opened_at", "closed_at", "settled_at", "round", "failure")
+_NET_SCALARS = ("sent", "received", "count_sent", "count_received", "net")
+_SHORTFALL_SCALARS = ("net_debit", "available", "shortfall")
+_STATEMENT_SCALARS = (
+    "ledger", "window", "sent", "received", "count_sent", "count_received", "net", "settlement_amount", "sha256",
+    "items",
+)  # fmt: skip
+
+
+def participant_to_proto(p: Participant) -> clearing_pb2.Participant:
+    """What register_participants sends: the read-only fields (suspended, version, position) stay unset."""
+    m = clearing_pb2.Participant(ledger=p.ledger, code=p.code, name=p.name, net_debit_cap=p.net_debit_cap)
+    _put_u128(m.id, p.id)
+    _put_u128(m.settlement_account_id, p.settlement_account_id)
+    return m
+
+
+def participant_record_to_proto(p: Participant) -> clearing_pb2.Participant:
+    """Every field, read-only ones included: what a server (or a fake) answers with."""
+    m = participant_to_proto(p)
+    m.suspended, m.version, m.position = p.suspended, p.version, p.position
+    return m
+
+
+def participant_from_proto(m: clearing_pb2.Participant) -> Participant:
+    return Participant(
+        _u128(m.id),
+        ledger=m.ledger,
+        code=m.code,
+        name=m.name,
+        settlement_account_id=_u128(m.settlement_account_id),
+        net_debit_cap=m.net_debit_cap,
+        suspended=m.suspended,
+        version=m.version,
+        position=m.position,
+    )
+
+
+def participant_update_to_proto(u: ParticipantUpdate) -> clearing_pb2.ParticipantUpdate:
+    """Only the fields to change are set (proto3 optional: an unset field changes nothing)."""
+    m = clearing_pb2.ParticipantUpdate()
+    _put_u128(m.id, u.id)
+    if u.net_debit_cap is not None:
+        m.net_debit_cap = u.net_debit_cap
+    if u.suspended is not None:
+        m.suspended = u.suspended
+    return m
+
+
+def participant_update_from_proto(m: clearing_pb2.ParticipantUpdate) -> ParticipantUpdate:
+    return ParticipantUpdate(
+        _u128(m.id),
+        net_debit_cap=m.net_debit_cap if m.HasField("net_debit_cap") else None,
+        suspended=m.suspended if m.HasField("suspended") else None,
+    )
+
+
+def clearing_item_to_proto(i: ClearingItem) -> clearing_pb2.ClearingItem:
+    """What submit_items sends: the read-only fields (window, timestamp, status) stay unset."""
+    m = clearing_pb2.ClearingItem(amount=i.amount, ledger=i.ledger, user_data_64=i.user_data_64)
+    _put_u128(m.id, i.id)
+    _put_u128(m.payer_id, i.payer_id)
+    _put_u128(m.payee_id, i.payee_id)
+    if i.user_data_128 != 0:
+        _put_u128(m.user_data_128, i.user_data_128)
+    return m
+
+
+def clearing_item_record_to_proto(i: ClearingItem) -> clearing_pb2.ClearingItem:
+    """Every field, read-only ones included: what a server (or a fake) answers with."""
+    m = clearing_item_to_proto(i)
+    m.window, m.timestamp, m.status = i.window, i.timestamp, int(i.status)
+    return m
+
+
+def clearing_item_from_proto(m: clearing_pb2.ClearingItem) -> ClearingItem:
+    return ClearingItem(
+        _u128(m.id),
+        payer_id=_u128(m.payer_id),
+        payee_id=_u128(m.payee_id),
+        amount=m.amount,
+        ledger=m.ledger,
+        user_data_128=_u128(m.user_data_128),
+        user_data_64=m.user_data_64,
+        window=m.window,
+        timestamp=m.timestamp,
+        status=_known(ClearingItemStatus, m.status),
+    )
+
+
+def net_position_from_proto(m: clearing_pb2.NetPosition) -> NetPosition:
+    return NetPosition(_u128(m.participant_id), *(getattr(m, n) for n in _NET_SCALARS))
+
+
+def net_position_to_proto(n: NetPosition) -> clearing_pb2.NetPosition:
+    m = clearing_pb2.NetPosition(**{k: getattr(n, k) for k in _NET_SCALARS})
+    _put_u128(m.participant_id, n.participant_id)
+    return m
+
+
+def bilateral_from_proto(m: clearing_pb2.BilateralPosition) -> BilateralPosition:
+    return BilateralPosition(_u128(m.payer_id), _u128(m.payee_id), m.amount, m.count)
+
+
+def bilateral_to_proto(b: BilateralPosition) -> clearing_pb2.BilateralPosition:
+    m = clearing_pb2.BilateralPosition(amount=b.amount, count=b.count)
+    _put_u128(m.payer_id, b.payer_id)
+    _put_u128(m.payee_id, b.payee_id)
+    return m
+
+
+def window_from_proto(m: clearing_pb2.Window) -> Window:
+    w = Window(m.ledger, m.number)
+    for name in _WINDOW_SCALARS:
+        setattr(w, name, getattr(m, name))
+    w.state = _known(WindowState, m.state)
+    w.unwound = [_u128(u) for u in m.unwound]
+    w.nets = [net_position_from_proto(n) for n in m.nets]
+    w.bilateral = [bilateral_from_proto(b) for b in m.bilateral]
+    w.settlement_transfer_ids = [_u128(t) for t in m.settlement_transfer_ids]
+    w.hub_account_id = _u128(m.hub_account_id)
+    return w
+
+
+def window_to_proto(w: Window) -> clearing_pb2.Window:
+    m = clearing_pb2.Window(state=int(w.state), **{k: getattr(w, k) for k in _WINDOW_SCALARS})
+    for u in w.unwound:
+        _put_u128(m.unwound.add(), u)
+    m.nets.extend(net_position_to_proto(n) for n in w.nets)
+    m.bilateral.extend(bilateral_to_proto(b) for b in w.bilateral)
+    for t in w.settlement_transfer_ids:
+        _put_u128(m.settlement_transfer_ids.add(), t)
+    _put_u128(m.hub_account_id, w.hub_account_id)
+    return m
+
+
+def shortfall_from_proto(m: clearing_pb2.Shortfall) -> Shortfall:
+    return Shortfall(_u128(m.participant_id), *(getattr(m, n) for n in _SHORTFALL_SCALARS))
+
+
+def shortfall_to_proto(s: Shortfall) -> clearing_pb2.Shortfall:
+    m = clearing_pb2.Shortfall(**{k: getattr(s, k) for k in _SHORTFALL_SCALARS})
+    _put_u128(m.participant_id, s.participant_id)
+    return m
+
+
+def window_step_from_proto(m: clearing_pb2.WindowStepResponse) -> WindowStep:
+    return WindowStep(
+        _known(WindowResultCode, m.result),
+        window_from_proto(m.window),
+        [shortfall_from_proto(s) for s in m.shortfalls],
+    )
+
+
+def window_step_to_proto(s: WindowStep) -> clearing_pb2.WindowStepResponse:
+    return clearing_pb2.WindowStepResponse(
+        result=int(s.result), window=window_to_proto(s.window), shortfalls=[shortfall_to_proto(x) for x in s.shortfalls]
+    )
+
+
+def statement_from_proto(m: clearing_pb2.Statement) -> Statement:
+    s = Statement(_u128(m.participant_id))
+    for name in _STATEMENT_SCALARS:
+        setattr(s, name, getattr(m, name))
+    s.settlement_transfer_id = _u128(m.settlement_transfer_id)
+    return s
+
+
+def statement_to_proto(s: Statement) -> clearing_pb2.Statement:
+    m = clearing_pb2.Statement(**{k: getattr(s, k) for k in _STATEMENT_SCALARS})
+    _put_u128(m.participant_id, s.participant_id)
+    _put_u128(m.settlement_transfer_id, s.settlement_transfer_id)
+    return m
+
+
+def participant_result(index: int, participant_id: int, code: int) -> ParticipantResult:
+    return ParticipantResult(index, participant_id, _known(ParticipantResultCode, code))
+
+
+def clearing_item_result(index: int, item_id: int, code: int) -> ClearingItemResult:
+    return ClearingItemResult(index, item_id, _known(ClearingItemResultCode, code))
+
+
 def field_problem(item: Any, fields: tuple[str, ...], proto_cls: Any) -> tuple[str, str]:
     """(field, description) of the first field of ``item`` that does not fit its proto type."""
     m = proto_cls()
     u128 = _U128_FIELDS | _u128_names(proto_cls)
+    by_name = proto_cls.DESCRIPTOR.fields_by_name
     for name in fields:
         value = getattr(item, name, None)
+        if value is None and name in by_name and by_name[name].containing_oneof is not None:
+            continue  # a proto3 optional left unset (ParticipantUpdate): nothing to check
         try:
             if name in u128:
                 if not isinstance(value, int) or isinstance(value, bool):

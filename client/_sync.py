@@ -22,11 +22,15 @@ from typing import Any
 import grpc
 
 from ._core import (
+    END_OF_STREAM,
     BaseClient,
     Config,
     Core,
+    Emit,
     Entry,
     Failure,
+    NextChunk,
+    OpenStream,
     Program,
     QueueState,
     RefreshMap,
@@ -45,19 +49,27 @@ from ._core import (
 from ._model import (
     Account,
     AccountResult,
+    ClearingItem,
+    ClearingItemResult,
     DisputeResolution,
     Extension,
     NewTrade,
     Page,
+    Participant,
+    ParticipantResult,
+    ParticipantUpdate,
     ReadConsistency,
     Refund,
     ShardMap,
+    Statement,
     Trade,
     TradePage,
     TradeResult,
     TradeRole,
     Transfer,
     TransferResult,
+    Window,
+    WindowStep,
 )
 
 
@@ -86,6 +98,74 @@ def _result(fut: Any) -> Any:
         return fut.result()
     except Exception as exc:  # noqa: BLE001 - the program decides what it means
         return exc
+
+
+class StatementExport:
+    """A statement export as it streams: iterate over it once for the participant's items (ClearingItem, by id),
+    then read ``statement``. Nothing is sent before the iteration starts and at most one chunk of items is held
+    at a time. Leaving the loop early (or ``close()``, or the ``with`` block) cancels the stream.
+
+        with client.export_statement(1, 7, participant_id) as export:
+            for item in export:
+                ...
+            print(export.statement.sha256)
+    """
+
+    def __init__(self, client: Client, program: Program[Statement]) -> None:
+        self._client = client
+        self._program = program
+        self._items: Iterator[ClearingItem] | None = None
+        self._statement: Statement | None = None
+
+    def __iter__(self) -> Iterator[ClearingItem]:
+        if self._items is not None:
+            raise RuntimeError("a statement export streams once: call export_statement again")
+        self._items = self._drive()
+        return self._items
+
+    def _drive(self) -> Iterator[ClearingItem]:
+        program, client = self._program, self._client
+        streams: list[Any] = []
+        try:
+            answer: Any = None
+            while True:
+                try:
+                    request = program.send(answer)
+                except StopIteration as done:
+                    self._statement = done.value
+                    return
+                answer = None
+                if isinstance(request, Emit):
+                    yield from request.items
+                    continue
+                answer = client._handle(request)
+                if isinstance(request, OpenStream) and answer[0] is not None:
+                    streams.append(answer[0])
+        finally:
+            for stream in streams:
+                stream.cancel()  # a no-op on a stream that ended
+            program.close()
+
+    @property
+    def statement(self) -> Statement:
+        """The Statement (totals, settlement, SHA-256 digest), known once the last item was read."""
+        if self._statement is None:
+            raise RuntimeError("the statement follows the last item: iterate over the export to its end first")
+        return self._statement
+
+    def close(self) -> None:
+        """Stop streaming (cancels the RPC). Idempotent."""
+        if self._items is None:
+            self._items = iter(())
+            self._program.close()
+        else:
+            self._items.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> StatementExport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Client(BaseClient):
@@ -140,6 +220,21 @@ class Client(BaseClient):
     @staticmethod
     def _sleep(s: Sleep) -> None:
         time.sleep(s.seconds)
+
+    def _open_stream(self, r: OpenStream) -> Any:
+        try:
+            return self._core.stub(r.rpc)(r.rpc.request, timeout=r.rpc.timeout), None
+        except Exception as exc:  # noqa: BLE001 - the program decides what it means
+            return None, exc
+
+    @staticmethod
+    def _next_chunk(r: NextChunk) -> Any:
+        try:
+            return next(r.stream)
+        except StopIteration:
+            return END_OF_STREAM
+        except Exception as exc:  # noqa: BLE001
+            return exc
 
     def _refresh(self, r: RefreshMap) -> bool:
         rem = r.deadline - now_s()
@@ -301,6 +396,107 @@ class Client(BaseClient):
     ) -> TradeResult:
         """One extension; like refund_trade, keep ``extension_id`` for retries."""
         return self._run(self._core.extend_trade(trade_id, extension_id, extend_by_s, timeout_s))
+
+    # ------------------------------------------------------------------ clearing
+    #
+    # Every Clearing request goes to any node, which splits it by shard; failures that certainly applied nothing
+    # are retried with the same request (every write is idempotent: by participant id, item id, window number),
+    # and a write whose outcome stays unknown raises OutcomeUnknownError.
+
+    def register_participants(
+        self, participants: Iterable[Participant], *, timeout_s: float | None = None
+    ) -> list[ParticipantResult]:
+        """Register participants; one ParticipantResult per item, in request order (a retry answers ``exists``)."""
+        return self._run(self._core.register_participants(participants, timeout_s))
+
+    def update_participants(
+        self, updates: Iterable[ParticipantUpdate], *, timeout_s: float | None = None
+    ) -> list[ParticipantResult]:
+        """Change caps and suspend or resume participants; fields left None stay as they are."""
+        return self._run(self._core.update_participants(updates, timeout_s))
+
+    def set_net_debit_cap(self, participant_id: int, cap: int, *, timeout_s: float | None = None) -> ParticipantResult:
+        """A new net debit cap (``cap_below_position`` when the participant already owes more)."""
+        return self._run(self._core.set_net_debit_cap(participant_id, cap, timeout_s))
+
+    def suspend_participant(self, participant_id: int, *, timeout_s: float | None = None) -> ParticipantResult:
+        """A suspended payer submits nothing new (its accepted items stay)."""
+        return self._run(self._core.suspend_participant(participant_id, timeout_s))
+
+    def resume_participant(self, participant_id: int, *, timeout_s: float | None = None) -> ParticipantResult:
+        return self._run(self._core.resume_participant(participant_id, timeout_s))
+
+    def submit_items(
+        self, items: Iterable[ClearingItem], *, timeout_s: float | None = None
+    ) -> list[ClearingItemResult]:
+        """Clear items; one ClearingItemResult per item, in request order. Any number: they go in requests of
+        at most max_batch_items, one after the other (so the net debit caps see them in order), and
+        concurrent callers share requests."""
+        return self._run(self._core.submit_items(items, timeout_s))
+
+    def lookup_participants(self, ids: Iterable[int], *, timeout_s: float | None = None) -> list[Participant]:
+        """The participants found among ``ids``, in request order, with their current position."""
+        return self._run(self._core.lookup_participants(ids, timeout_s))
+
+    def list_participants(self, ledger: int = 0, *, timeout_s: float | None = None) -> list[Participant]:
+        """Every participant of ``ledger`` (0: of every ledger), by id."""
+        return self._run(self._core.list_participants(ledger, timeout_s))
+
+    def lookup_items(
+        self,
+        ids: Iterable[int],
+        *,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> list[ClearingItem]:
+        """The items found among ``ids``, in request order (missing ids are skipped)."""
+        return self._run(self._core.lookup_items(ids, consistency, timeout_s))
+
+    def list_windows(
+        self, ledger: int, after: int = 0, limit: int = 0, *, timeout_s: float | None = None
+    ) -> list[Window]:
+        """One page of the ledger's windows after window number ``after``, oldest first, without their nets
+        (``limit`` 0: the server's default page size). Pass the last number as ``after`` for the next page."""
+        return self._run(self._core.list_windows(ledger, after, limit, timeout_s))
+
+    def get_window(
+        self, ledger: int, number: int = 0, bilateral: bool = False, *, timeout_s: float | None = None
+    ) -> Window:
+        """One window with its nets (``number`` 0: the open window); ``bilateral`` adds the gross matrix."""
+        return self._run(self._core.get_window(ledger, number, bilateral, timeout_s))
+
+    def close_window(self, ledger: int, number: int = 0, *, timeout_s: float | None = None) -> WindowStep:
+        """Close a window (0: the open one, whose number is read first so that a retry cannot close the next
+        one); the next window opens at once and the closed one is netted."""
+        return self._run(self._core.close_window(ledger, number, timeout_s))
+
+    def settle_window(self, ledger: int, number: int, *, timeout_s: float | None = None) -> WindowStep:
+        """Settle a closed window by ledger transfers, all or nothing. ``insufficient_funds`` lists the
+        shortfalls; ``window_already_settled`` after a retry means it is settled (maybe by this very call)."""
+        return self._run(self._core.settle_window(ledger, number, timeout_s))
+
+    def unwind_participant(
+        self, ledger: int, number: int, participant_id: int, *, timeout_s: float | None = None
+    ) -> WindowStep:
+        """Exclude a participant's items from a closed window and re-net it."""
+        return self._run(self._core.unwind_participant(ledger, number, participant_id, timeout_s))
+
+    def export_statement(
+        self,
+        ledger: int,
+        number: int,
+        participant_id: int,
+        include_unwound: bool = False,
+        *,
+        timeout_s: float | None = None,
+    ) -> StatementExport:
+        """A participant's items of a window, streamed by id, then its Statement: iterate over the returned
+        StatementExport, then read its ``statement``. ``include_unwound`` also lists the items an unwind
+        excluded (not in the digest). ``timeout_s`` bounds the whole export (default: 10 minutes, or the
+        client's timeout if longer). A stream that breaks after its first item raises TidebankError."""
+        return StatementExport(
+            self, self._core.export_statement(ledger, number, participant_id, include_unwound, timeout_s)
+        )
 
     # ------------------------------------------------------------------ reads
 

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from tidebank import __version__
-from tidebank.cluster.cli import account, audit, cluster, dc, demo, node, status, trade, transfer
+from tidebank.cluster.cli import account, audit, clearing, cluster, dc, demo, node, status, trade, transfer
 
 app = typer.Typer(
     name="tidebank",
@@ -38,6 +38,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(account.app, name="account")
 app.add_typer(transfer.app, name="transfer")
 app.add_typer(trade.app, name="trade")
+app.add_typer(clearing.app, name="clearing")
 app.add_typer(dc.app, name="dc")
 
 

@@ -46,6 +46,7 @@ from tidebank.v1 import admin_pb2, admin_pb2_grpc, clearing_pb2, clearing_pb2_gr
 T = TypeVar("T")
 BIG = 2**127 + 12345  # ids above 2^64 check both halves of every U128
 PAYER, PAYEE = BIG + 1, BIG + 2
+PARTICIPANTS_MAX = 1024  # per Register/UpdateParticipants request, as the node refuses more
 
 
 # --------------------------------------------------------------------------- the fake service
@@ -151,6 +152,8 @@ class _Servicer(clearing_pb2_grpc.ClearingServicer):
 
     @_unary
     def RegisterParticipants(self, request: Any, context: Any) -> Any:  # noqa: N802
+        if len(request.participants) > PARTICIPANTS_MAX:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at most {PARTICIPANTS_MAX} participants")
         results = []
         with self.fc.lock:
             for p in request.participants:
@@ -420,6 +423,13 @@ def test_register_participants_answers_one_result_per_item_in_order(fc: FakeClea
     assert all(r.ok for r in results)
 
 
+def test_register_participants_go_in_requests_of_at_most_1024(fc: FakeClearing) -> None:
+    with client(fc, timeout_s=10.0, attempt_timeout_s=5.0) as c:
+        results = c.register_participants([participant(i + 1) for i in range(PARTICIPANTS_MAX + 1)])
+    assert [len(r.participants) for r in fc.requests("RegisterParticipants")] == [PARTICIPANTS_MAX, 1]
+    assert [r.id for r in results] == list(range(1, PARTICIPANTS_MAX + 2)) and all(r.ok for r in results)
+
+
 def test_set_net_debit_cap_sends_only_the_cap(fc: FakeClearing) -> None:
     fc.participants[PAYER] = _model.participant_record_to_proto(participant(PAYER))
     with client(fc) as c:
@@ -616,6 +626,15 @@ def test_a_window_step_refused_before_applying_raises_unavailable(fc: FakeCleari
     assert not isinstance(caught.value, OutcomeUnknownError)
 
 
+@pytest.mark.parametrize("step", [lambda c: c.settle_window(1, 0), lambda c: c.unwind_participant(1, 0, PAYER)],
+                         ids=["settle", "unwind"])
+def test_settle_and_unwind_of_window_zero_are_refused_before_sending(fc: FakeClearing, step: Any) -> None:
+    with client(fc) as c, pytest.raises(InvalidRequestError) as caught:
+        step(c)
+    assert [v.field for v in caught.value.field_violations] == ["number"]
+    assert fc.requests("SettleWindow") == fc.requests("UnwindParticipant") == []
+
+
 def test_unwind_participant_sends_the_participant(fc: FakeClearing) -> None:
     with client(fc) as c:
         c.unwind_participant(1, 2, BIG)
@@ -666,7 +685,7 @@ def test_the_statement_is_not_known_before_the_last_item(fc: FakeClearing) -> No
     with client(fc) as c, c.export_statement(1, 1, PAYER) as export:
         next(iter(export))
         with pytest.raises(RuntimeError):
-            export.statement
+            _ = export.statement
 
 
 def test_export_statement_hands_out_items_before_the_stream_ends(fc: FakeClearing) -> None:
@@ -690,9 +709,10 @@ def test_export_statement_hands_out_items_before_the_stream_ends(fc: FakeClearin
 def test_leaving_an_export_early_cancels_the_stream(fc: FakeClearing) -> None:
     fc.statement_items = statement_items(30)
     fc.chunk_size = 10
-    cancelled = threading.Event()
+    streaming, cancelled = threading.Event(), threading.Event()
 
     def watch(n: int, context: Any) -> None:
+        streaming.set()
         deadline = time.monotonic() + 5.0
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -703,6 +723,7 @@ def test_leaving_an_export_early_cancels_the_stream(fc: FakeClearing) -> None:
     with client(fc, timeout_s=10.0) as c:
         with c.export_statement(1, 1, PAYER) as export:
             next(iter(export))
+            assert streaming.wait(5.0)  # the server sent the first chunk and waits to send the next
         assert cancelled.wait(5.0)
 
 
