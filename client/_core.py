@@ -45,7 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tidebank.common.keys import U64_MAX, U128_MAX
-from tidebank.common.limits import BATCH_ITEMS_MAX
+from tidebank.common.limits import BATCH_ITEMS_MAX, PARTICIPANTS_PER_REQUEST_MAX
 from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (
@@ -136,8 +136,6 @@ DEFAULT_EXPORT_TIMEOUT_S = 600.0  # a statement export streams a whole window: t
 ERROR_DOMAIN = "tidebank.v1"
 #: The pseudo shard of requests any node takes (Clearing): the node routes to the shard leaders itself.
 ANY_SHARD = -1
-#: Participants per Register/UpdateParticipants request (the node's PARTICIPANTS_PER_REQUEST_MAX).
-PARTICIPANTS_PER_REQUEST_MAX = 1024
 USER_AGENT = "tidebank-python-client/0.1"
 
 

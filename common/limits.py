@@ -15,3 +15,6 @@ PAGE_SIZE_MAX = 8189
 
 #: Default page size when a request leaves it at 0.
 PAGE_SIZE_DEFAULT = 100
+
+#: Participants per RegisterParticipants / UpdateParticipants request.
+PARTICIPANTS_PER_REQUEST_MAX = 1024

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from tidebank.common.keys import U64_MAX, U128_MAX, clearing_hub_account_id
-from tidebank.common.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+from tidebank.common.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, PARTICIPANTS_PER_REQUEST_MAX
 from tidebank.node.api import convert, errors
 from tidebank.node.api.calls import check_batch_size, wait_of
 from tidebank.node.ledger.clearing import (
@@ -40,7 +40,6 @@ from tidebank.v1 import clearing_pb2, ledger_pb2
 
 log = logging.getLogger(__name__)
 
-PARTICIPANTS_PER_REQUEST_MAX = 1024
 STATEMENT_CHUNK_ITEMS = 1024  # items per streamed message
 STATEMENT_PAGE_WAIT_S = 10.0  # each page of a statement, read from one shard
 

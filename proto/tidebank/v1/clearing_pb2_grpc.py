@@ -185,7 +185,8 @@ class ClearingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseWindow(self, request, context):
-        """Closes the open window: a cut across every shard; the next window opens at once.
+        """Closes a window: a cut across every shard; the next window opens at once. Name the window to make a
+        retry safe (number 0 closes whichever is open: a retry after a lost answer would close the next one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
