@@ -5,8 +5,9 @@
 
 or --host HOST:PORT,HOST:PORT with the client endpoints instead of TIDEBANK_DIR. Accounts are created once at
 test start. The mix: single transfers (most), batches of 100, pending transfers
-that are posted or voided, balance lookups, and escrow trades taken through create,
-ship and confirm (three requests, buyer and seller on any shards).
+that are posted or voided, balance lookups, escrow trades taken through create,
+ship and confirm (three requests, buyer and seller on any shards), and clearing items
+between 16 participants (a bank's payment to another, checked against its cap).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 
-from tidebank.client import Account, Client, NewTrade, Transfer, TransferFlags, new_id
+from tidebank.client import Account, ClearingItem, Client, NewTrade, Participant, Transfer, TransferFlags, new_id
 from tidebank.cluster.launcher import LocalCluster
 from tidebank.common.keys import slot_of
 
@@ -27,6 +28,8 @@ grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to locust's gevent
 
 LEDGER = 1
 ACCOUNTS = 10_000
+CLEARING_LEDGER = 2
+CLEARING_PARTICIPANTS = 16
 _state: dict[str, object] = {}
 _state_lock = threading.Lock()
 
@@ -56,6 +59,19 @@ def _setup(environment, **_kwargs):
     client = Client(endpoints, timeout_s=30.0)
     _state["client"] = client
     _state["by_shard"] = _accounts_by_shard(client)
+    _state["participants"] = _participants(client)
+
+
+def _participants(client: Client) -> list[int]:
+    """Clearing participants with settlement accounts and caps far beyond what the load test clears."""
+    ids = [new_id() for _ in range(CLEARING_PARTICIPANTS)]
+    accounts = [new_id() for _ in range(CLEARING_PARTICIPANTS)]
+    assert all(r.ok for r in client.create_accounts([Account(id=a, ledger=CLEARING_LEDGER, code=2) for a in accounts]))
+    results = client.register_participants([
+        Participant(p, ledger=CLEARING_LEDGER, code=1, name=f"bank-{n:02d}", settlement_account_id=a,
+                    net_debit_cap=10**15) for n, (p, a) in enumerate(zip(ids, accounts, strict=True))])
+    assert all(r.ok for r in results), "could not register the load test's participants"
+    return ids
 
 
 @events.test_stop.add_listener
@@ -133,3 +149,11 @@ class LedgerUser(User):
         self._call("create_trade", lambda: [client.create_trade(trade)])
         self._call("ship_trade", lambda: [client.ship_trade(trade_id)])
         self._call("confirm_trade", lambda: [client.confirm_trade(trade_id)])
+
+    @task(10)
+    def clearing_item(self):
+        client = _state["client"]
+        payer, payee = self.rng.sample(_state["participants"], 2)
+        item = ClearingItem(new_id(), payer_id=payer, payee_id=payee, amount=self.rng.randint(1, 10_000),
+                            ledger=CLEARING_LEDGER)
+        self._call("submit_items[1]", lambda: client.submit_items([item]))

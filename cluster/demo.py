@@ -42,6 +42,8 @@ from tidebank.common.limits import BATCH_ITEMS_MAX
 
 LEDGERS = (1, 2)
 ESCROW_LEDGER = 3  # trades run on their own ledger: their fees leave the demo's accounts
+CLEARING_LEDGER = 4  # the banks' clearing cycle runs on its own ledger too
+CLEARING_BANKS = ("bank-a", "bank-b", "bank-c", "bank-d")
 CODE_FUNDING = 1
 CODE_LIMITED = 10  # debits_must_not_exceed_credits
 CODE_OPEN = 20
@@ -253,6 +255,7 @@ class _Demo:
         self.walk_through(funding[home].id, alice.id, bob.id, home[0])
         self.verify_balances([a.id for a in everyone])
         self.escrow_walk_through(shards)
+        self.clearing_cycle()
         return self.report
 
     def batched_transfers(self, members: dict, funding: dict, n: int) -> None:
@@ -406,6 +409,61 @@ class _Demo:
             "escrow book",
             (carol_net, dave_net, held, fees) == (10_000 - 2_000 - 400, 1_950 + 390, 0, 60),
             f"carol holds {carol_net:,} of 10,000, dave {dave_net:,}, the platform {fees} in fees; {held} held",
+        )
+
+    def clearing_cycle(self) -> None:
+        """Four banks clear payments among themselves under their caps, then the window is closed, netted and
+        settled through the hub: each settlement account moves by exactly its bank's net."""
+        from tidebank.client import ClearingItem, Participant
+
+        ledger = CLEARING_LEDGER
+        mint = new_id()
+        banks = {name: new_id() for name in CLEARING_BANKS}
+        accounts = {name: new_id() for name in CLEARING_BANKS}
+        self.create_accounts([Account(id=mint, ledger=ledger, code=CODE_FUNDING)] + [
+            Account(id=a, ledger=ledger, code=CODE_LIMITED, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+            for a in accounts.values()])
+        self._retry("create_transfers", lambda: self.c.create_transfers(
+            [self.transfer(mint, a, 100_000, ledger) for a in accounts.values()]))
+        caps = dict(zip(CLEARING_BANKS, (20_000, 10_000, 10_000, 5_000), strict=True))
+        registered = self.c.register_participants([
+            Participant(banks[name], ledger=ledger, code=1, name=name, settlement_account_id=accounts[name],
+                        net_debit_cap=caps[name]) for name in CLEARING_BANKS])
+        rng = random.Random(self.rng.random())
+        items, owed = [], Counter()
+        for _ in range(400):
+            payer, payee = rng.sample(CLEARING_BANKS, 2)
+            items.append(ClearingItem(new_id(), payer_id=banks[payer], payee_id=banks[payee],
+                                      amount=rng.randint(1, 300), ledger=ledger))
+        results = self.c.submit_items(items)
+        accepted = [i for i, r in zip(items, results, strict=True) if r.ok]
+        for item in accepted:
+            owed[item.payer_id] += item.amount
+            owed[item.payee_id] -= item.amount
+        refused = Counter(r.status.name for r in results if not r.ok)
+        over = self.c.submit_items([ClearingItem(new_id(), payer_id=banks["bank-d"], payee_id=banks["bank-a"],
+                                                 amount=caps["bank-d"] + 1, ledger=ledger)])[0]
+        self.check(
+            "clearing",
+            all(r.ok for r in registered) and over.status.name == "exceeds_net_debit_cap",
+            f"{len(CLEARING_BANKS)} banks (caps {', '.join(f'{c:,}' for c in caps.values())}) cleared "
+            f"{len(accepted)} of {len(items)} payments in real time"
+            + (f" ({', '.join(f'{n} {k}' for k, n in refused.items())})" if refused else "")
+            + f"; an item beyond bank-d's cap: {over.status.name}",
+        )
+        before = {a.id: a.credits_posted - a.debits_posted for a in self.c.lookup_accounts(list(accounts.values()))}
+        closed = self.c.close_window(ledger, self.c.list_windows(ledger)[-1].number)
+        settled = self.c.settle_window(ledger, closed.window.number)
+        after = {a.id: a.credits_posted - a.debits_posted for a in self.c.lookup_accounts(list(accounts.values()))}
+        nets = {n.participant_id: n.net for n in settled.window.nets}
+        moved_ok = all(before[accounts[name]] - after[accounts[name]] == owed[banks[name]] == nets.get(banks[name], 0)
+                       for name in CLEARING_BANKS)
+        shown = ", ".join(f"{name} {nets.get(banks[name], 0):+,}" for name in CLEARING_BANKS)
+        self.check(
+            "settlement",
+            closed.ok and settled.ok and moved_ok and sum(nets.values()) == 0,
+            f"window {closed.window.number} closed and netted ({shown}; sum 0), settled in one atomic chain "
+            f"through the hub: each settlement account moved by exactly its net",
         )
 
     def verify_balances(self, ids: list[int]) -> None:
