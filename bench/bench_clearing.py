@@ -17,6 +17,7 @@ Prints one JSON object and writes --out/clearing.json and --out/clearing.png.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import pathlib
 import random
@@ -91,6 +92,7 @@ def submit_items(stubs, participants: Participants, *, duration_s: float | None 
     """(ok items/s, ok items): senders submit batches until the time is up or `total` items were sent."""
     done = [0] * senders
     refused = [0] * senders
+    codes: collections.Counter = collections.Counter()
     stop = time.monotonic() + (duration_s or 1e9)
     per_sender = None if total is None else (total + senders - 1) // senders
 
@@ -105,6 +107,7 @@ def submit_items(stubs, participants: Participants, *, duration_s: float | None 
             ok = sum(1 for r in results if r == R.CLEARING_ITEM_RESULT_OK)
             done[k] += ok
             refused[k] += n - ok
+            codes.update(R.ClearingItemResult.Name(r) for r in results if r != R.CLEARING_ITEM_RESULT_OK)
 
     started = time.monotonic()
     threads = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
@@ -112,7 +115,7 @@ def submit_items(stubs, participants: Participants, *, duration_s: float | None 
         t.start()
     for t in threads:
         t.join()
-    assert sum(refused) == 0, f"{sum(refused)} items refused"
+    assert sum(refused) == 0, f"{sum(refused)} items refused: {dict(codes)}"
     return sum(done) / (time.monotonic() - started), sum(done)
 
 
