@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lmdb
@@ -123,6 +123,17 @@ def _k(value: int) -> bytes:
 
 def _ledger_window(ledger: int, window: int) -> bytes:
     return ledger.to_bytes(4, "big") + window.to_bytes(8, "big")
+
+
+def _scan(txn, db, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of the keys that start with `prefix`, in key order, from `start` (default: the prefix)."""
+    with txn.cursor(db=db) as cursor:
+        if not cursor.set_range(start if start is not None else prefix):
+            return
+        for key, value in cursor.iternext():
+            if not key.startswith(prefix):
+                return
+            yield key, value
 
 
 def _i128(raw: bytes) -> int:
@@ -434,12 +445,10 @@ class ClearingRules:
         """Keep the records that make moves idempotent bounded: up to 8 older than MOVES_KEPT_S go per step."""
         horizon = kind + _U64_BE.pack(max(0, ts - MOVES_KEPT_S * 1_000_000_000))
         old = []
-        with txn.cursor(db=self._forget) as cursor:
-            if cursor.set_range(kind):
-                for key, _ in cursor.iternext():
-                    if key >= horizon or not key.startswith(kind) or len(old) >= 8:
-                        break
-                    old.append(key)
+        for key, _ in _scan(txn, self._forget, kind):
+            if key >= horizon or len(old) >= 8:
+                break
+            old.append(key)
         for key in old:
             txn.delete(key, db=self._forget)
             txn.delete(key[9:], db=db)
@@ -512,13 +521,7 @@ class ClearingRules:
         if sent != received:
             raise ClearingInvariantViolation(f"ledger {ledger} window {window}: sent {sent} != received {received}")
         lw = _ledger_window(ledger, window)
-        stale = []
-        with txn.cursor(db=self._nets) as cursor:
-            if cursor.set_range(lw):
-                for k, _ in cursor.iternext():
-                    if not k.startswith(lw):
-                        break
-                    stale.append(k)
+        stale = [k for k, _ in _scan(txn, self._nets, lw)]
         for k in stale:
             txn.delete(k, db=self._nets)
         for pid, s, r, ns, nr in nets:
@@ -602,16 +605,12 @@ class ClearingRules:
         done = 0
         last_id = last
         todo: list[bytes] = []
-        with txn.cursor(db=self._index) as cursor:
-            if cursor.set_range(start):
-                for key, _role in cursor.iternext():
-                    if not key.startswith(prefix):
-                        break
-                    if last is not None and key == start:
-                        continue
-                    todo.append(key[len(prefix):])
-                    if len(todo) >= limit:
-                        break
+        for key, _role in _scan(txn, self._index, prefix, start):
+            if last is not None and key == start:
+                continue
+            todo.append(key[len(prefix):])
+            if len(todo) >= limit:
+                break
         for item_key in todo:
             last_id = item_key
             item = unpack_item(txn.get(item_key, db=self._items))
@@ -720,79 +719,48 @@ class ClearingRules:
 
     def window_sums(self, txn, ledger: int, window: int) -> list[tuple[int, int, int, int, int]]:
         """(participant, sent, received, n_sent, n_received) of the window's accepted items on this shard."""
-        lw = _ledger_window(ledger, window)
-        out = []
-        with txn.cursor(db=self._sums) as cursor:
-            if cursor.set_range(lw):
-                for key, raw in cursor.iternext():
-                    if not key.startswith(lw):
-                        break
-                    out.append((int.from_bytes(key[12:28], "big"), *_unpack_sums(raw)))
-        return out
+        return [(int.from_bytes(key[12:28], "big"), *_unpack_sums(raw))
+                for key, raw in _scan(txn, self._sums, _ledger_window(ledger, window))]
 
     def bilateral(self, txn, ledger: int, window: int) -> list[tuple[int, int, int, int]]:
         """(payer, payee, gross amount, count) of the window's accepted items on this shard."""
-        lw = _ledger_window(ledger, window)
         out = []
-        with txn.cursor(db=self._bilateral) as cursor:
-            if cursor.set_range(lw):
-                for key, raw in cursor.iternext():
-                    if not key.startswith(lw):
-                        break
-                    amount, count = _BILATERAL.unpack(raw)
-                    if count:
-                        out.append((int.from_bytes(key[12:28], "big"), int.from_bytes(key[28:44], "big"),
-                                    int.from_bytes(amount, "little"), count))
+        for key, raw in _scan(txn, self._bilateral, _ledger_window(ledger, window)):
+            amount, count = _BILATERAL.unpack(raw)
+            if count:
+                out.append((int.from_bytes(key[12:28], "big"), int.from_bytes(key[28:44], "big"),
+                            int.from_bytes(amount, "little"), count))
         return out
 
     def window_items(self, txn, ledger: int, window: int, pid: int, after_id: int, limit: int) -> list[ClearingItem]:
         """The participant's items of the window on this shard (as payer or payee, unwound ones too), by id."""
         prefix = _ledger_window(ledger, window) + _k(pid)
         start = prefix + _k(after_id + 1) if after_id else prefix
-        out = []
+        out: list[ClearingItem] = []
         if after_id >= U128_MAX:
             return out
-        with txn.cursor(db=self._index) as cursor:
-            if cursor.set_range(start):
-                for key, _role in cursor.iternext():
-                    if not key.startswith(prefix) or len(out) >= limit:
-                        break
-                    out.append(unpack_item(txn.get(key[28:], db=self._items)))
+        for key, _role in _scan(txn, self._index, prefix, start):
+            if len(out) >= limit:
+                break
+            out.append(unpack_item(txn.get(key[28:], db=self._items)))
         return out
 
     def windows(self, txn, ledger: int, after: int, limit: int) -> list[tuple[int, dict]]:
         """(window, record) of the ledger recorded here (its home), after `after`, oldest first."""
-        prefix = ledger.to_bytes(4, "big")
-        out = []
-        with txn.cursor(db=self._windows) as cursor:
-            if cursor.set_range(_ledger_window(ledger, after + 1)):
-                for key, raw in cursor.iternext():
-                    if not key.startswith(prefix) or len(out) >= limit:
-                        break
-                    out.append((_U64_BE.unpack(key[4:12])[0], unpack_value(raw)))
+        out: list[tuple[int, dict]] = []
+        for key, raw in _scan(txn, self._windows, ledger.to_bytes(4, "big"), _ledger_window(ledger, after + 1)):
+            if len(out) >= limit:
+                break
+            out.append((_U64_BE.unpack(key[4:12])[0], unpack_value(raw)))
         return out
 
     def window_nets(self, txn, ledger: int, window: int) -> list[tuple[int, int, int, int, int]]:
-        lw = _ledger_window(ledger, window)
-        out = []
-        with txn.cursor(db=self._nets) as cursor:
-            if cursor.set_range(lw):
-                for key, raw in cursor.iternext():
-                    if not key.startswith(lw):
-                        break
-                    out.append((int.from_bytes(key[12:28], "big"), *unpack_value(raw)))
-        return out
+        return [(int.from_bytes(key[12:28], "big"), *unpack_value(raw))
+                for key, raw in _scan(txn, self._nets, _ledger_window(ledger, window))]
 
     def home_ledgers(self, txn) -> list[int]:
         """Ledgers whose windows are recorded here."""
-        out = []
-        with txn.cursor(db=self._cursor) as cursor:
-            if cursor.set_range(b"h"):
-                for key, _ in cursor.iternext():
-                    if not key.startswith(b"h"):
-                        break
-                    out.append(int.from_bytes(key[1:5], "big"))
-        return out
+        return [int.from_bytes(key[1:5], "big") for key, _ in _scan(txn, self._cursor, b"h")]
 
     def moves_out(self, txn, limit: int) -> list[tuple[int, int, int, int, bool, int]]:
         """(move id, dest shard, participant, amount, to_pool, taken_at) not yet acknowledged, by move id."""
