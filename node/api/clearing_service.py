@@ -68,7 +68,9 @@ class ClearingService:
         deadline = time.monotonic() + wait_of(context)
         codes: list[int | None] = [None] * len(participants)
         wanted = [p.settlement_account_id for p in participants if p.settlement_account_id]
-        accounts = self._guard(lambda: self._accounts(wanted, deadline), write=False) if wanted else {}
+        accounts = {}
+        if wanted:
+            accounts = self._guard(lambda: self.coordinator.lookup_accounts(wanted, deadline), write=False)
         checked = []
         for index, p in enumerate(participants):
             account = accounts.get(p.settlement_account_id)
@@ -255,10 +257,7 @@ class ClearingService:
         items = self.coordinator.statement_items(request.ledger, number, pid,
                                                  lambda: time.monotonic() + STATEMENT_PAGE_WAIT_S)
         while True:
-            try:
-                item = self._guard(lambda: next(items, None), write=False)
-            except errors.RequestError:
-                raise
+            item = self._guard(lambda: next(items, None), write=False)
             if item is None:
                 break
             if item.status == ITEM_ACCEPTED:
@@ -289,14 +288,6 @@ class ClearingService:
         yield chunk
 
     # ------------------------------------------------------------------ plumbing
-
-    def _accounts(self, ids: list[int], deadline: float) -> dict[int, Any]:
-        request = ledger_pb2.LookupAccountsRequest()
-        for i in ids:
-            convert.u128_to_pb(request.ids.add(), i)
-        response = self.node.ledger_stub(self.node.address).LookupAccounts(
-            request, timeout=max(0.1, deadline - time.monotonic()))
-        return {convert.u128_from_pb(a.id): a for a in response.accounts}
 
     def _guard(self, fn: Callable[[], Any], *, write: bool = True, multi_step: bool = True) -> Any:
         """Run a coordinator step; its failure as a gRPC status. A multi-step write cut short may have applied."""

@@ -39,7 +39,8 @@ from concurrent.futures import Future
 import grpc
 
 from tidebank.common.keys import CLEARING_HUB_CODE, clearing_hub_account_id
-from tidebank.node.executor import ShardExecutor, all_results
+from tidebank.node.api import convert
+from tidebank.node.executor import ShardExecutor, all_results, retry_delays
 from tidebank.node.ledger.clearing import (
     SETTLEMENT_PAY_IN_CODE,
     UNWIND_ITEMS_PER_ENTRY_MAX,
@@ -76,7 +77,7 @@ from tidebank.node.ledger.clearing_records import (
     unpack_value,
 )
 from tidebank.node.ledger.operations import OP_CLEARING, OP_CLEARING_ITEMS, Operation
-from tidebank.node.ledger.records import AccountFlags
+from tidebank.node.ledger.records import Account, AccountFlags
 from tidebank.node.ledger.results import ITEM_ALLOWANCE_LOW, ClearingItemResult, ParticipantResult, WindowResult
 from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.txn.periodic import LedShardsLoop, RetryLater
@@ -150,17 +151,16 @@ class ClearingCoordinator:
         """A clearing read of one shard: on its leader after a ReadIndex round (here or on the leader's node), or
         from the local replica when stale reads do. Values come back as plain lists (records as field lists)."""
         last: Exception | None = None
-        delay = 0.02
-        while True:
+        for delay in retry_delays():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise NotAppliedError(f"shard {shard_id}: {name}: {last or 'no time left'}")
+                break
             try:
                 return self._query_once(shard_id, name, list(args), remaining, linearizable)
             except (NotAppliedError, OverloadedError, TimeoutError) as exc:
                 last = exc
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.5)
+        raise NotAppliedError(f"shard {shard_id}: {name}: {last or 'no time left'}")
 
     def _query_once(self, shard_id: int, name: str, args: list, timeout_s: float, linearizable: bool):
         host = self.node.local_shard(shard_id)
@@ -513,20 +513,18 @@ class ClearingCoordinator:
     def _ledger_stub(self):
         return self.node.ledger_stub(self.node.address)
 
-    def _lookup_accounts(self, ids: Sequence[int], timeout_s: float):
+    def lookup_accounts(self, ids: Sequence[int], deadline: float) -> dict[int, types_pb2.Account]:
+        """Accounts by id through this node's Ledger service (linearizable); grpc.RpcError if it fails."""
         request = ledger_pb2.LookupAccountsRequest()
         for account_id in ids:
-            m = request.ids.add()
-            m.hi, m.lo = account_id >> 64, account_id & ((1 << 64) - 1)
-        return {a.id.hi << 64 | a.id.lo: a for a in self._ledger_stub().LookupAccounts(request, timeout=timeout_s)
-                .accounts}
+            convert.u128_to_pb(request.ids.add(), account_id)
+        response = self._ledger_stub().LookupAccounts(request, timeout=max(0.1, deadline - time.monotonic()))
+        return {convert.u128_from_pb(a.id): a for a in response.accounts}
 
     def _settled_already(self, chain, deadline: float) -> bool:
         """Whether an earlier attempt moved this very chain (its transfers exist): then only bookkeeping is left."""
         request = ledger_pb2.LookupTransfersRequest()
-        for t in chain[:1]:
-            m = request.ids.add()
-            m.hi, m.lo = t.id >> 64, t.id & ((1 << 64) - 1)
+        convert.u128_to_pb(request.ids.add(), chain[0].id)
         try:
             found = self._ledger_stub().LookupTransfers(request, timeout=max(0.1, deadline - time.monotonic()))
         except grpc.RpcError as exc:
@@ -534,11 +532,13 @@ class ClearingCoordinator:
         return len(found.transfers) > 0
 
     def _shortfalls(self, chain, deadline: float) -> list[tuple[int, int, int]]:
-        """(participant, net debit, available) of each debtor whose settlement account cannot pay its net debit."""
+        """(participant, net debit, available) of each debtor whose settlement account cannot pay its net debit.
+
+        Only to name every short debtor before anything moves (the chain would name the first one only): the
+        binding check is the state machine's, when the chain applies."""
         pay_in = [t for t in chain if t.code == SETTLEMENT_PAY_IN_CODE]
         try:
-            accounts = self._lookup_accounts([t.debit_account_id for t in pay_in],
-                                             max(0.1, deadline - time.monotonic()))
+            accounts = self.lookup_accounts([t.debit_account_id for t in pay_in], deadline)
         except grpc.RpcError as exc:
             raise NotAppliedError(f"settlement: lookup failed: {exc.code().name}") from exc
         out = []
@@ -561,20 +561,14 @@ class ClearingCoordinator:
         hub = clearing_hub_account_id(ledger)
         timeout_s = max(0.1, deadline - time.monotonic())
         try:
-            stub.CreateAccounts(ledger_pb2.CreateAccountsRequest(accounts=[types_pb2.Account(
-                id=types_pb2.U128(hi=hub >> 64, lo=hub & ((1 << 64) - 1)), ledger=ledger, code=CLEARING_HUB_CODE,
-                flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS))]), timeout=timeout_s)
+            accounts = ledger_pb2.CreateAccountsRequest()
+            convert.account_to_pb(Account(id=hub, ledger=ledger, code=CLEARING_HUB_CODE,
+                                          flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)),
+                                  accounts.accounts.add())
+            stub.CreateAccounts(accounts, timeout=timeout_s)
             request = ledger_pb2.CreateTransfersRequest()
             for t in chain:
-                m = request.transfers.add()
-                m.id.hi, m.id.lo = t.id >> 64, t.id & ((1 << 64) - 1)
-                m.debit_account_id.hi, m.debit_account_id.lo = t.debit_account_id >> 64, t.debit_account_id & (
-                    (1 << 64) - 1)
-                m.credit_account_id.hi, m.credit_account_id.lo = t.credit_account_id >> 64, t.credit_account_id & (
-                    (1 << 64) - 1)
-                m.amount, m.ledger, m.code, m.flags = t.amount, t.ledger, t.code, t.flags
-                m.user_data_128.hi, m.user_data_128.lo = t.user_data_128 >> 64, t.user_data_128 & ((1 << 64) - 1)
-                m.user_data_64, m.user_data_32 = t.user_data_64, t.user_data_32
+                convert.transfer_to_pb(t, request.transfers.add())
             response = stub.CreateTransfers(request, timeout=max(0.1, deadline - time.monotonic()))
         except grpc.RpcError as exc:
             raise OutcomeUnknownError(f"settlement transfers: {exc.code().name}: {exc.details()}") from exc
