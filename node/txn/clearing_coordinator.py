@@ -34,7 +34,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 
 import grpc
 
@@ -126,25 +125,11 @@ class ClearingCoordinator:
 
     def run_everywhere(self, commands_of: dict[int, list[ClearingCommand]], deadline: float) -> dict[int, list]:
         """Commands on several shards at once; every shard's answer, or the worst failure (may-have-applied wins)."""
-        futures = {s: self.executor.run_async(s, Operation(OP_CLEARING, cmds), deadline)
-                   for s, cmds in commands_of.items() if cmds}
-        out: dict[int, list] = {}
-        unknown: Exception | None = None
-        other: Exception | None = None
-        for shard_id, outcome in zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1),
-                                     strict=True):
-            if isinstance(outcome, OutcomeUnknownError):
-                unknown = outcome
-            elif isinstance(outcome, BaseException):
-                other = other or outcome
-            elif any(r is None for r in outcome):
-                other = other or ClearingStepError(f"shard {shard_id}: a clearing command failed")
-            else:
-                out[shard_id] = outcome
-        if unknown is not None:
-            raise unknown
-        if other is not None:
-            raise other
+        out = gather({s: self.executor.run_async(s, Operation(OP_CLEARING, cmds), deadline)
+                      for s, cmds in commands_of.items() if cmds}, deadline)
+        for shard_id, results in out.items():
+            if any(r is None for r in results):
+                raise ClearingStepError(f"shard {shard_id}: a clearing command failed (see that node's log)")
         return out
 
     def query(self, shard_id: int, name: str, args: Sequence, deadline: float, *, linearizable: bool = True):
@@ -187,15 +172,8 @@ class ClearingCoordinator:
         return unpack_value(response.value)
 
     def query_everywhere(self, name: str, args: Sequence, deadline: float) -> dict[int, object]:
-        futures: dict[int, Future] = {s: self.executor.pool.submit(self.query, s, name, args, deadline)
-                                      for s in self.shard_map.shard_ids}
-        out = {}
-        for shard_id, outcome in zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1),
-                                     strict=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
-            out[shard_id] = outcome
-        return out
+        return gather({s: self.executor.pool.submit(self.query, s, name, args, deadline)
+                       for s in self.shard_map.shard_ids}, deadline)
 
     # ------------------------------------------------------------------ participants
 
@@ -355,13 +333,8 @@ class ClearingCoordinator:
             for (shard_id, payer), amount in need.items():
                 by_payer.setdefault(payer, []).append((shard_id, amount))
             # payers in parallel; one payer's shards one after the other, so they never take from each other
-            refills = [self.executor.pool.submit(self._refill_all, payer, wants, deadline)
-                       for payer, wants in by_payer.items()]
-            moved = 0
-            for outcome in all_results(refills, deadline - time.monotonic() + 1):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                moved += outcome
+            moved = sum(gather({payer: self.executor.pool.submit(self._refill_all, payer, wants, deadline)
+                                for payer, wants in by_payer.items()}, deadline).values())
             if moved == 0:
                 break
             retry: dict[int, list[int]] = {}
@@ -373,23 +346,16 @@ class ClearingCoordinator:
         return codes
 
     def _submit_round(self, items, by_shard: dict[int, list[int]], codes: list[int], deadline: float) -> list[int]:
-        futures = {s: self.executor.run_async(s, Operation(OP_CLEARING_ITEMS, [items[i] for i in indexes]),
-                                              deadline)
-                   for s, indexes in by_shard.items()}
+        """Submit each shard's items once; fill in their codes; the indexes short of allowance."""
+        answers = gather({s: self.executor.run_async(s, Operation(OP_CLEARING_ITEMS, [items[i] for i in indexes]),
+                                                     deadline)
+                          for s, indexes in by_shard.items()}, deadline)
         low: list[int] = []
-        failure: Exception | None = None
-        for shard_id, outcome in zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1),
-                                     strict=True):
-            if isinstance(outcome, BaseException):
-                if failure is None or isinstance(outcome, OutcomeUnknownError):
-                    failure = outcome
-                continue
-            for index, code in zip(by_shard[shard_id], outcome, strict=True):
+        for shard_id, results in answers.items():
+            for index, code in zip(by_shard[shard_id], results, strict=True):
                 codes[index] = code
                 if code == ITEM_ALLOWANCE_LOW:
                     low.append(index)
-        if failure is not None:
-            raise failure
         return low
 
     def lookup_items(self, ids: Sequence[int], linearizable: bool, deadline: float) -> list[ClearingItem]:
@@ -687,3 +653,13 @@ class ClearingTimers:
     def close(self) -> None:
         if self._loop is not None:
             self._loop.close()
+
+
+def gather(futures: dict, deadline: float) -> dict:
+    """Every future's result by key, once all are awaited; else the failure that matters most (one that may
+    have applied, OutcomeUnknownError, over any that certainly did not)."""
+    outcomes = dict(zip(futures, all_results(list(futures.values()), deadline - time.monotonic() + 1), strict=True))
+    failures = [o for o in outcomes.values() if isinstance(o, BaseException)]
+    if failures:
+        raise next((f for f in failures if isinstance(f, OutcomeUnknownError)), failures[0])
+    return outcomes
