@@ -62,21 +62,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def node_pids(cluster: LocalCluster) -> dict[str, int]:
-    """Node name -> PID, from the processes running the cluster's config."""
-    config = str(cluster.config_path) if hasattr(cluster, "config_path") else None
-    out = {}
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in argv if a]
-        if "tidebank.node" in args and "--node" in args:
-            if config is None or any(config in a for a in args):
-                out[args[args.index("--node") + 1]] = int(entry.name)
-    return out
+    """Node name -> PID of the cluster's running nodes."""
+    pids = {name: cluster.pid(name) for name in cluster.topology.node_names}
+    return {name: pid for name, pid in pids.items() if pid is not None}
 
 
 def classify(path: pathlib.Path) -> tuple[collections.Counter, int]:
