@@ -441,15 +441,18 @@ class _Demo:
             owed[item.payer_id] += item.amount
             owed[item.payee_id] -= item.amount
         refused = Counter(r.status.name for r in results if not r.ok)
+        (d,) = self.c.lookup_participants([banks["bank-d"]])
+        beyond = caps["bank-d"] - d.position + 1  # the smallest payment that takes bank-d past its cap
         over = self.c.submit_items([ClearingItem(new_id(), payer_id=banks["bank-d"], payee_id=banks["bank-a"],
-                                                 amount=caps["bank-d"] + 1, ledger=ledger)])[0]
+                                                 amount=beyond, ledger=ledger)])[0]
         self.check(
             "clearing",
             all(r.ok for r in registered) and over.status.name == "exceeds_net_debit_cap",
             f"{len(CLEARING_BANKS)} banks (caps {', '.join(f'{c:,}' for c in caps.values())}) cleared "
             f"{len(accepted)} of {len(items)} payments in real time"
             + (f" ({', '.join(f'{n} {k}' for k, n in refused.items())})" if refused else "")
-            + f"; an item beyond bank-d's cap: {over.status.name}",
+            + f"; {beyond:,} more from bank-d (position {d.position:+,}, cap {caps['bank-d']:,}): "
+            + over.status.name,
         )
         before = {a.id: a.credits_posted - a.debits_posted for a in self.c.lookup_accounts(list(accounts.values()))}
         closed = self.c.close_window(ledger, self.c.list_windows(ledger)[-1].number)
