@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import pathlib
 import random
 import subprocess
@@ -26,13 +27,11 @@ import sys
 import threading
 import time
 
-import grpc
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import bench_transfers  # noqa: E402
 
-from tidebank.client import Account, AccountFlags, Client, Transfer  # noqa: E402
+from tidebank.client import Account, AccountFlags, Client, Plaintext, Transfer  # noqa: E402
 from tidebank.v1 import clearing_pb2, clearing_pb2_grpc, types_pb2  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -137,7 +136,8 @@ EXPORT_SCRIPT = r"""
 import resource, sys, time, grpc
 from tidebank.v1 import clearing_pb2, clearing_pb2_grpc, types_pb2
 address, ledger, number, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-stub = clearing_pb2_grpc.ClearingStub(grpc.insecure_channel(address))
+from tidebank.common.tls import client_tls_from_env, open_channel
+stub = clearing_pb2_grpc.ClearingStub(open_channel(address, client_tls_from_env()))
 request = clearing_pb2.ExportStatementRequest(ledger=ledger, number=number,
                                               participant_id=types_pb2.U128(hi=pid >> 64, lo=pid & (2**64 - 1)))
 items = 0
@@ -152,9 +152,14 @@ print(items, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 """
 
 
-def export_statement(address: str, number: int, participant: int) -> dict:
-    output = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, address, str(LEDGER), str(number),
-                             str(participant)], check=True, capture_output=True, text=True, timeout=900).stdout
+def export_statement(cluster, number: int, participant: int) -> dict:
+    tls = cluster.client_tls()
+    named = ({"TIDEBANK_PLAINTEXT": "1"} if isinstance(tls, Plaintext) else
+             {"TIDEBANK_CA": str(tls.ca), "TIDEBANK_CERT": str(tls.cert), "TIDEBANK_KEY": str(tls.key)})
+    env = dict(os.environ, **named)
+    output = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, cluster.endpoints[0], str(LEDGER), str(number),
+                             str(participant)], check=True, capture_output=True, text=True, timeout=900,
+                            env=env).stdout
     items, elapsed, rss_mb, digest = output.split()
     return {"items": int(items), "seconds": round(float(elapsed), 2),
             "items_per_s": round(int(items) / float(elapsed), 1), "peak_rss_mb": int(rss_mb), "sha256": digest}
@@ -174,8 +179,9 @@ def main() -> int:
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"participants": PARTICIPANTS, "zipf_s": ZIPF_S}
-    with bench_transfers.cluster_for(args) as cluster, Client(cluster.endpoints, timeout_s=60) as client:
-        channels = [grpc.insecure_channel(a) for a in cluster.endpoints]
+    with bench_transfers.cluster_for(args) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(),
+                                                              timeout_s=60) as client:
+        channels = [cluster.channel(a) for a in cluster.endpoints]
         stubs = [clearing_pb2_grpc.ClearingStub(c) for c in channels]
         shard_of = bench_transfers.shard_table(client)
         by_shard = bench_transfers.create_accounts(client, args.accounts, shard_of)
@@ -201,7 +207,7 @@ def main() -> int:
             print(json.dumps(cycles[-1]), flush=True)
         report["cycles"] = cycles
         print("statement export of the biggest participant ...", flush=True)
-        report["statement"] = export_statement(cluster.endpoints[0], cycles[-1]["window"], participants.ids[0])
+        report["statement"] = export_statement(cluster, cycles[-1]["window"], participants.ids[0])
         for c in channels:
             c.close()
     print(json.dumps(report))

@@ -112,7 +112,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4, help="concurrent senders")
     parser.add_argument("--no-fsync", action="store_true", help="journal without fdatasync (own cluster only)")
     args = parser.parse_args()
-    with cluster_for(args) as cluster, Client(cluster.endpoints, timeout_s=60.0) as client:
+    with cluster_for(args) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=60.0) as client:
         buyers, sellers = open_parties(client, args.buyers, args.sellers)
         report = {"shards": args.shards, "buyers": args.buyers, "sellers": args.sellers, "cpus": os.cpu_count()}
         report.update(run(client, buyers, sellers, args.duration_s, args.batch, args.senders))

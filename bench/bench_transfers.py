@@ -176,7 +176,7 @@ def main() -> int:
     skip = set(filter(None, args.skip.split(",")))
     report: dict[str, object] = {"shards": args.shards, "accounts": args.accounts, "fsync": not args.no_fsync,
                                  "cpus": os.cpu_count()}
-    with cluster_for(args) as cluster, Client(cluster.endpoints, timeout_s=60.0) as client:
+    with cluster_for(args) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=60.0) as client:
         shard_of = shard_table(client)
         began = time.monotonic()
         by_shard = create_accounts(client, args.accounts, shard_of)

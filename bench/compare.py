@@ -115,7 +115,8 @@ def lookups(client: Client, accounts: list[int], duration_s: float, callers: int
 
 def run_ours(args) -> dict:
     out: dict[str, float] = {}
-    with _Cluster(args.shards) as cluster, Client(cluster.endpoints, timeout_s=60.0) as client:
+    with _Cluster(args.shards) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(),
+                                                  timeout_s=60.0) as client:
         shard_of = bench_transfers.shard_table(client)
         by_shard = bench_transfers.create_accounts(client, args.accounts, shard_of)
         ids = bench_transfers.Ids()
@@ -133,7 +134,8 @@ def run_ours(args) -> dict:
         out["half_load_p99_ms"] = round(bench_transfers.percentile_ms(lat, 99), 2)
         accounts = [a for group in by_shard.values() for a in group]
         out.update(lookups(client, accounts, args.duration_s, 64))
-    with _Cluster(args.shards) as cluster, Client(cluster.endpoints, timeout_s=60.0) as client:
+    with _Cluster(args.shards) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(),
+                                                  timeout_s=60.0) as client:
         buyers, sellers = bench_escrow.open_parties(client, 2000, 500)
         batched = bench_escrow.run(client, buyers, sellers, args.duration_s, 500, 4)
         single = bench_escrow.run(client, buyers, sellers, args.duration_s, 1, 64)

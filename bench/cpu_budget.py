@@ -136,7 +136,7 @@ def main() -> int:
             cluster.wait_ready(timeout_s=120)
             pids = node_pids(cluster)
             assert len(pids) == 3, pids
-            with Client(cluster.endpoints, timeout_s=60) as client:
+            with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=60) as client:
                 by_shard = bench_transfers.create_accounts(client, args.accounts, bench_transfers.shard_table(client))
                 stop, counter = threading.Event(), [0]
                 threads = run_load(client, by_shard, args.workload, stop, counter)

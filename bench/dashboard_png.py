@@ -557,7 +557,8 @@ def main() -> int:
             urls = {n.name: f"http://{n.grpc_host}:{n.metrics_port}/metrics" for n in cluster.topology.nodes}
             if not all(n.metrics_port for n in cluster.topology.nodes):
                 raise SystemExit("the cluster's topology has nodes without a metrics_port")
-            clients = {kind: Client(cluster.endpoints, timeout_s=60.0) for kind in ("setup", "batched", "single",
+            clients = {kind: Client(cluster.endpoints, tls=cluster.client_tls(),
+                                    timeout_s=60.0) for kind in ("setup", "batched", "single",
                                                                                      "cross")}
             shard_of = bench_transfers.shard_table(clients["setup"])
             by_shard = bench_transfers.create_accounts(clients["setup"], args.accounts, shard_of)

@@ -23,6 +23,7 @@ from locust import User, between, events, task
 from tidebank.client import Account, ClearingItem, Client, NewTrade, Participant, Transfer, TransferFlags, new_id
 from tidebank.cluster.launcher import LocalCluster
 from tidebank.common.keys import slot_of
+from tidebank.common.tls import client_tls_from_env
 
 grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to locust's gevent loop
 
@@ -56,7 +57,11 @@ def _setup(environment, **_kwargs):
         endpoints = LocalCluster.open(os.environ["TIDEBANK_DIR"]).endpoints
     else:
         raise SystemExit("give --host HOST:PORT,... or TIDEBANK_DIR=<cluster dir>")
-    client = Client(endpoints, timeout_s=30.0)
+    # Credentials: TIDEBANK_CA/CERT/KEY, else the `admin` principal of the TIDEBANK_DIR cluster.
+    tls = client_tls_from_env()
+    if tls is None and os.environ.get("TIDEBANK_DIR"):
+        tls = LocalCluster.open(os.environ["TIDEBANK_DIR"]).client_tls(os.environ.get("TIDEBANK_PRINCIPAL", "admin"))
+    client = Client(endpoints, timeout_s=30.0, tls=tls)
     _state["client"] = client
     _state["by_shard"] = _accounts_by_shard(client)
     _state["participants"] = _participants(client)

@@ -284,7 +284,7 @@ def main() -> int:
             pids = {node: cluster.pid(node) for node in nodes}
             if any(pid is None for pid in pids.values()):
                 raise SystemExit(f"a node is not running: {pids}")
-            with Client(cluster.endpoints, timeout_s=60.0) as client:
+            with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=60.0) as client:
                 by_shard = bench_transfers.create_accounts(client, args.accounts, bench_transfers.shard_table(client))
                 load = BatchedLoad(client, by_shard, args.senders, args.batch)
                 header = "   t_s  transfers/s  " + "  ".join(f"{n + ' MB':>12}" for n in nodes)

@@ -24,8 +24,6 @@ import threading
 import time
 from collections import Counter
 
-import grpc
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from tests.integration.bank import set_link_faults  # noqa: E402
@@ -112,7 +110,7 @@ def main() -> int:
     report: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="tidebank-rto-") as directory, \
             running_cluster(pathlib.Path(directory)) as cluster, \
-            Client(cluster.endpoints, timeout_s=30.0) as client:
+            Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
         by_shard = accounts_by_shard(client, 10)
         writers = Writers(client, by_shard)
         threads = writers.start()
@@ -152,7 +150,7 @@ def main() -> int:
         delays = [admin_pb2.LinkDelay(from_dc=a, to_dc=b, delay_ms=args.latency_ms) for a in dcs for b in dcs
                   if a != b]
         for spec in cluster.topology.nodes:
-            with grpc.insecure_channel(spec.grpc_address) as channel:
+            with cluster.channel(spec.grpc_address) as channel:
                 faults = admin_pb2.LinkFaults(delays=delays)
                 admin_pb2_grpc.AdminStub(channel).SetLinkFaults(
                     faults, timeout=5, metadata=signed(cluster.topology.secret, "SetLinkFaults", faults))

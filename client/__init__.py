@@ -32,6 +32,8 @@ which streams a participant's items and then its Statement::
 which routes them to the shard leaders itself.
 """
 
+from tidebank.common.tls import Plaintext, TlsFiles  # noqa: E402 - what `tls=` takes
+
 from ._async import AsyncClient, AsyncStatementExport
 from ._errors import (
     ClientClosedError,
@@ -92,6 +94,8 @@ from ._model import (
 from ._sync import Client, StatementExport
 
 __all__ = [
+    "Plaintext",
+    "TlsFiles",
     "Account",
     "AccountFlags",
     "AccountResult",

@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc.aio
 
+from tidebank.common.tls import open_channel
+
 from ._core import (
     END_OF_STREAM,
     BaseClient,
@@ -179,7 +181,7 @@ class AsyncClient(BaseClient):
         self._refreshing: asyncio.Future[bool] | None = None
         return Core(
             cfg,
-            open_channel=lambda address: grpc.aio.insecure_channel(address, options=cfg.options),
+            open_channel=lambda address: open_channel(address, cfg.tls, cfg.options, aio=True),
             guard=contextlib.nullcontext(),  # one event loop: nothing runs between two awaits
             new_signal=_Room,
         )

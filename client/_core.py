@@ -46,6 +46,7 @@ from grpc_status import rpc_status
 
 from tidebank.common.keys import U64_MAX, U128_MAX
 from tidebank.common.limits import BATCH_ITEMS_MAX, PARTICIPANTS_PER_REQUEST_MAX
+from tidebank.common.tls import CA_ENV, CERT_ENV, KEY_ENV, ClientTls, Plaintext, TlsFiles, client_tls_from_env
 from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, ledger_pb2, types_pb2
 
 from ._errors import (
@@ -175,6 +176,7 @@ class Config:
     backoff_base_s: float
     backoff_max_s: float
     options: tuple[tuple[str, Any], ...]
+    tls: ClientTls = Plaintext()
 
     @classmethod
     def make(
@@ -188,7 +190,15 @@ class Config:
         backoff_base_s: float,
         backoff_max_s: float,
         options: Iterable[tuple[str, Any]],
+        tls: ClientTls | None = None,
     ) -> Config:
+        if tls is None:
+            tls = client_tls_from_env()
+        if tls is None:
+            raise ValueError(f"no client certificate: pass tls=TlsFiles(ca, cert, key) (or set {CA_ENV}, {CERT_ENV} "
+                             f"and {KEY_ENV}); tls=Plaintext() only for a cluster started with plaintext = true")
+        if not isinstance(tls, TlsFiles | Plaintext):
+            raise ValueError(f"tls must be a TlsFiles or Plaintext, not {type(tls).__name__}")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
         if not 1 <= max_batch_items <= MAX_BATCH_ITEMS:
@@ -213,6 +223,7 @@ class Config:
             backoff_base_s=float(backoff_base_s),
             backoff_max_s=float(backoff_max_s),
             options=tuple(channel_options(options)),
+            tls=tls,
         )
 
 
@@ -2363,6 +2374,7 @@ class BaseClient:
         backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
         backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
         channel_options: Iterable[tuple[str, Any]] = (),
+        tls: ClientTls | None = None,
     ) -> None:
         """
         addresses: seed nodes, a list of "host:port" or one comma-separated string; any
@@ -2378,6 +2390,10 @@ class BaseClient:
             least 0.5 s), so a hung node costs one attempt, not the whole call.
         backoff_base_s, backoff_max_s: bounded exponential backoff with jitter.
         channel_options: extra grpc channel options.
+        tls: who the client is and how it checks the nodes: ``TlsFiles(ca, cert, key)`` (the cluster CA,
+            the principal's certificate and key; ``tidebank principal add`` writes them), or
+            ``Plaintext()`` for a cluster started with ``plaintext = true``. Default: the files named by
+            TIDEBANK_CA, TIDEBANK_CERT and TIDEBANK_KEY (or TIDEBANK_PLAINTEXT=1).
         """
         cfg = Config.make(
             addresses,
@@ -2389,6 +2405,7 @@ class BaseClient:
             backoff_base_s,
             backoff_max_s,
             channel_options,
+            tls,
         )
         self._core = self._make_core(cfg)
 

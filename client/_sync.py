@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import grpc
+from tidebank.common.tls import open_channel
 
 from ._core import (
     END_OF_STREAM,
@@ -183,7 +183,7 @@ class Client(BaseClient):
         self._tl = threading.local()
         return Core(
             cfg,
-            open_channel=lambda address: grpc.insecure_channel(address, options=cfg.options),
+            open_channel=lambda address: open_channel(address, cfg.tls, cfg.options, aio=False),
             guard=threading.Lock(),
             new_signal=lambda: threading.Condition(threading.Lock()),
         )

@@ -9,7 +9,7 @@ chains, records every call, and can be told to misbehave:
         fc.fail("CreateTransfers", reason="NO_LEADER", times=2)   # then succeed
         fc.set_leader(0, "node2", in_map=False)                    # the map is stale
         fc.results[some_id] = CreateTransferResult.exceeds_credits  # scripted outcome
-        with Client(fc.addresses) as c: ...
+        with Client(fc.addresses, tls=fc.tls) as c: ...
 
 Escrow: CreateTrades stores trades (``ok``, ``exists`` for a known id); the action
 RPCs answer ``trade_not_found`` for an unknown trade, ``exists`` for a step applied
@@ -43,6 +43,7 @@ from grpc_status import rpc_status
 
 from tidebank.common.keys import DEFAULT_SLOT_COUNT, slot_of
 from tidebank.common.records import ACCOUNT_STRUCT, M64, TRANSFER_STRUCT
+from tidebank.common.tls import Plaintext
 from tidebank.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -160,6 +161,7 @@ class FakeCluster:
         start: bool = True,
     ) -> None:
         self.lock = threading.RLock()
+        self.tls = Plaintext()  # an in-process fake: no TLS (Client(fc.addresses, tls=fc.tls))
         self.slot_count = slot_count
         self.node_names = [f"node{i + 1}" for i in range(nodes)]
         self.dcs = {n: f"dc{i + 1}" for i, n in enumerate(self.node_names)}

@@ -39,6 +39,7 @@ from tidebank.client import (
     new_id,
 )
 from tidebank.common.limits import BATCH_ITEMS_MAX
+from tidebank.common.tls import ClientTls
 
 LEDGERS = (1, 2)
 ESCROW_LEDGER = 3  # trades run on their own ledger: their fees leave the demo's accounts
@@ -516,6 +517,7 @@ def run_demo(
     seed: int | None = None,
     timeout_s: float = 10.0,
     console: Console | None = None,
+    tls: ClientTls | None = None,
 ) -> DemoReport:
     """Run the demo workload against a cluster and print what it did. The report's
     `ok` is False when any step did not turn out as the ledger's rules say."""
@@ -523,7 +525,7 @@ def run_demo(
     if accounts < 4:
         raise DemoError("the demo needs at least 4 accounts")
     t0 = time.perf_counter()
-    with Client(list(endpoints), timeout_s=timeout_s) as client:
+    with Client(list(endpoints), timeout_s=timeout_s, tls=tls) as client:
         report = _Demo(client, random.Random(seed), console, batch_size, concurrency).run(accounts, transfers)
     verdict = (
         "[green]demo OK[/]"

@@ -6,6 +6,7 @@
     DIR/data/NODE/        each node's data
     DIR/logs/NODE.log     each node's stdout and stderr (appended across restarts)
     DIR/pids/NODE.pid     the pid of each running node
+    DIR/tls/              the cluster CA, each node's certificate, each principal's (tidebank.common.tls)
 
 Nodes run detached (their own session), so a cluster outlives the command that
 started it; `LocalCluster.open(DIR).stop()` ends it from anywhere. Integration
@@ -30,6 +31,8 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
+from tidebank.common import tls as tls_files
+from tidebank.common.tls import ClientTls, Plaintext, TlsError, TlsFiles
 from tidebank.common.topology import Topology, TopologyError, generate_local
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
@@ -44,6 +47,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+ADMIN_PRINCIPAL = "admin"  # the operator's own principal, made with the cluster
+ADMIN_ROLES = ("admin", "operator", "auditor", "platform")
 
 
 class ClusterError(RuntimeError):
@@ -66,19 +73,45 @@ class NoReachableNode(ClusterError):
 # ---- gRPC helpers ------------------------------------------------------------------
 
 
+_default_tls: ClientTls | None = None
+
+
+def set_default_tls(tls: ClientTls | None) -> None:
+    """The credentials a ChannelPool made without any uses (the CLI sets them from --dir once)."""
+    global _default_tls
+    _default_tls = tls
+
+
+def default_tls() -> ClientTls:
+    """The credentials to call a cluster with when none are given: set_default_tls, else the environment
+    (TIDEBANK_CA/CERT/KEY or TIDEBANK_PLAINTEXT=1); an error naming both when neither says."""
+    tls = _default_tls or tls_files.client_tls_from_env()
+    if tls is None:
+        raise TlsError(f"no client certificate: give --dir of a local cluster, or set {tls_files.CA_ENV}, "
+                       f"{tls_files.CERT_ENV} and {tls_files.KEY_ENV} (or {tls_files.PLAINTEXT_ENV}=1 "
+                       "for a plaintext cluster)")
+    return tls
+
+
 class ChannelPool:
     """One gRPC channel per address, reused across polls; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ClientTls | None = None) -> None:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
+        self._tls = tls
 
-    def admin(self, address: str) -> admin_pb2_grpc.AdminStub:
+    def channel(self, address: str) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        return admin_pb2_grpc.AdminStub(channel)
+                if self._tls is None:
+                    self._tls = default_tls()
+                channel = self._channels[address] = tls_files.open_channel(address, self._tls, _CHANNEL_OPTIONS)
+        return channel
+
+    def admin(self, address: str) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel(address))
 
     def close(self) -> None:
         with self._lock:
@@ -408,23 +441,52 @@ class LocalCluster:
         self.pids_dir = self.dir / "pids"
         self._procs: dict[str, subprocess.Popen] = {}  # nodes this object started
         self._log_offsets: dict[str, int] = {}  # where each node's current run starts in its log
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(self.client_tls())
 
     # ---- construction ----------------------------------------------------------
 
     @classmethod
     def create(
-        cls, dir: str | os.PathLike[str], *, dcs: int = 3, nodes_per_dc: int = 1, shards: int = 4
+        cls, dir: str | os.PathLike[str], *, dcs: int = 3, nodes_per_dc: int = 1, shards: int = 4,
+        plaintext: bool = False,
     ) -> LocalCluster:
-        """A new cluster in DIR (created if needed): free loopback ports, a random
-        secret. Refuses to overwrite an existing DIR/cluster.toml."""
+        """A new cluster in DIR (created if needed): free loopback ports, a random secret, a cluster CA
+        with a certificate for every node and one for the `admin` principal (unless plaintext).
+        Refuses to overwrite an existing DIR/cluster.toml."""
         dir = pathlib.Path(dir).absolute()
         config = dir / CONFIG_NAME
         if config.exists():
             raise FileExistsError(f"{config} already exists: open it, or remove the folder first")
-        topology = generate_local(dir, dcs=dcs, nodes_per_dc=nodes_per_dc, shards=shards)
+        topology = generate_local(dir, dcs=dcs, nodes_per_dc=nodes_per_dc, shards=shards, plaintext=plaintext)
+        if topology.tls is not None:
+            root = tls_files.tls_dir(dir)
+            tls_files.create_ca(root, topology.cluster_name)
+            for node in topology.nodes:
+                tls_files.issue_node(root, node.name, (node.grpc_host, node.raft_host, "localhost"))
+            tls_files.issue_principal(root, ADMIN_PRINCIPAL, ADMIN_ROLES)
         topology.dump(config)
         return cls(dir, topology)
+
+    # ---- principals ------------------------------------------------------------
+
+    def client_tls(self, principal: str = "admin") -> ClientTls:
+        """What a client of this cluster connects with as `principal` (its certificate, or plaintext)."""
+        if self.topology.tls is None:
+            return Plaintext()
+        files = tls_files.principal_files(tls_files.tls_dir(self.dir), principal)
+        if not files.cert.exists():
+            raise TlsError(f"no principal {principal!r} in {self.dir}: add it with `tidebank principal add`")
+        return files
+
+    def add_principal(self, name: str, roles: Iterable[str], participants: Iterable[int] = ()) -> TlsFiles:
+        """Issue (or re-issue) a principal's client certificate under this cluster's CA."""
+        if self.topology.tls is None:
+            raise TlsError("a plaintext cluster has no principals")
+        return tls_files.issue_principal(tls_files.tls_dir(self.dir), name, roles, participants)
+
+    def channel(self, address: str | None = None, principal: str = "admin") -> grpc.Channel:
+        """A new channel to one node (the first by default) as `principal`; the caller closes it."""
+        return tls_files.open_channel(address or self.endpoints[0], self.client_tls(principal), _CHANNEL_OPTIONS)
 
     @classmethod
     def open(cls, dir: str | os.PathLike[str]) -> LocalCluster:

@@ -13,6 +13,11 @@ A topology file looks like this::
     shard_map_version = 1
     data_dir = "data"           # relative paths are relative to the file
 
+    [tls]                       # mutual TLS on every gRPC port (or: plaintext = true, loudly warned)
+    ca = "tls/ca.pem"
+    node_cert = "tls/nodes/{node}.pem"
+    node_key = "tls/nodes/{node}.key"
+
     [[dc]]
     name = "dc1"
 
@@ -42,6 +47,8 @@ import socket
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from tidebank.common.tls import TlsFiles
 
 SECRET_ENV = "TIDEBANK_CLUSTER_SECRET"
 DEFAULT_SLOT_COUNT = 4096
@@ -98,6 +105,15 @@ class ShardSpec:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Where a node finds its TLS files; `{node}` in a path is the node's name."""
+
+    ca: pathlib.Path
+    node_cert: str
+    node_key: str
+
+
+@dataclass(frozen=True)
 class Topology:
     cluster_name: str
     secret: str
@@ -109,6 +125,14 @@ class Topology:
     shards: tuple[ShardSpec, ...]
     # [clearing] cycle_s: every ledger's open clearing window closes this often (cluster time); 0: only by command
     clearing_cycle_s: float = 0.0
+    tls: TlsConfig | None = None  # None: `[tls] plaintext = true`, every caller trusted
+
+    def node_tls(self, node_name: str) -> TlsFiles | None:
+        """The CA, certificate and key node `node_name` serves and calls with; None under plaintext."""
+        if self.tls is None:
+            return None
+        return TlsFiles(self.tls.ca, pathlib.Path(self.tls.node_cert.replace("{node}", node_name)),
+                        pathlib.Path(self.tls.node_key.replace("{node}", node_name)))
 
     # ---- I/O -------------------------------------------------------------------
 
@@ -176,6 +200,7 @@ class Topology:
         cycle_s = clearing.get("cycle_s", 0)
         if isinstance(cycle_s, bool) or not isinstance(cycle_s, (int, float)) or not 0 <= cycle_s <= 366 * 86_400:
             raise TopologyError(f"[clearing] cycle_s must be a number of seconds in 0..{366 * 86_400}")
+        tls = _tls_of(doc, base_dir)
         topo = cls(
             cluster_name=_get(cl, "cluster", "name", str),
             secret=secret,
@@ -186,6 +211,7 @@ class Topology:
             nodes=nodes,
             shards=tuple(shards),
             clearing_cycle_s=float(cycle_s),
+            tls=tls,
         )
         topo.validate()
         return topo
@@ -206,6 +232,15 @@ class Topology:
         out.append(f"data_dir = {_toml_str(str(data_dir))}")
         if self.clearing_cycle_s:
             out += ["", "[clearing]", f"cycle_s = {self.clearing_cycle_s:g}"]
+        if self.tls is None:
+            out += ["", "[tls]", "plaintext = true  # no TLS: anyone who reaches a port is trusted"]
+        else:
+            def rel(path: str) -> str:
+                p = pathlib.Path(path)
+                return str(p.relative_to(base_dir)) if base_dir is not None and p.is_relative_to(base_dir) else path
+            out += ["", "[tls]", f"ca = {_toml_str(rel(str(self.tls.ca)))}",
+                    f"node_cert = {_toml_str(rel(self.tls.node_cert))}",
+                    f"node_key = {_toml_str(rel(self.tls.node_key))}"]
         for dc in self.dcs:
             out += ["", "[[dc]]", f"name = {_toml_str(dc)}"]
         for n in self.nodes:
@@ -386,10 +421,12 @@ def generate_local(
     host: str = "127.0.0.1",
     slot_count: int = DEFAULT_SLOT_COUNT,
     cluster_name: str = "local",
+    plaintext: bool = False,
 ) -> Topology:
     """A topology for one machine: free ports on `host`, a random secret, data under
-    dir/data. Shard s's replica in each DC lives on node (s % nodes_per_dc) of that
-    DC, and its preferred leader is in DC (s % dcs), so leaders spread over DCs."""
+    dir/data, TLS files under dir/tls (made by tidebank.common.tls, not here). Shard s's
+    replica in each DC lives on node (s % nodes_per_dc) of that DC, and its preferred
+    leader is in DC (s % dcs), so leaders spread over DCs."""
     if dcs not in ALLOWED_DC_COUNTS:
         raise TopologyError(f"dcs must be 3 or 5, not {dcs}")
     if nodes_per_dc < 1:
@@ -427,6 +464,10 @@ def generate_local(
         dcs=dc_names,
         nodes=tuple(nodes),
         shards=tuple(shard_specs),
+        tls=None if plaintext else TlsConfig(
+            ca=pathlib.Path(dir).absolute() / "tls" / "ca.pem",
+            node_cert=str(pathlib.Path(dir).absolute() / "tls" / "nodes" / "{node}.pem"),
+            node_key=str(pathlib.Path(dir).absolute() / "tls" / "nodes" / "{node}.key")),
     )
     topo.validate()
     return topo
@@ -517,6 +558,22 @@ def _unique(what: str, values: Iterable) -> None:
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _tls_of(doc: dict, base_dir: pathlib.Path | None) -> TlsConfig | None:
+    """[tls]: the three paths, or `plaintext = true`; there is no silent default."""
+    t = doc.get("tls")
+    if not isinstance(t, dict):
+        raise TopologyError("no [tls] table: give ca, node_cert and node_key, or plaintext = true")
+    if t.get("plaintext") is True:
+        if any(k in t for k in ("ca", "node_cert", "node_key")):
+            raise TopologyError("[tls]: plaintext = true with certificate paths; choose one")
+        return None
+    def path(key: str) -> str:
+        value = _get(t, "tls", key, str)
+        p = pathlib.Path(value)
+        return str(base_dir / p) if not p.is_absolute() and base_dir is not None else value
+    return TlsConfig(ca=pathlib.Path(path("ca")), node_cert=path("node_cert"), node_key=path("node_key"))
 
 
 def _table(doc: dict, key: str) -> dict:

@@ -594,10 +594,14 @@ class LinkInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 
 def intercepted_channel(address: str, target_dc: str | None, our_dc: str, faults: LinkFaults,
-                        options: Sequence[tuple[str, Any]] | None = None) -> grpc.Channel:
-    """An insecure channel to a node in ``target_dc`` whose unary calls pass the link faults.
-    A node in our own DC (or of unknown DC) gets a plain channel: no link in between."""
-    channel = grpc.insecure_channel(address, options=list(options or ()))
+                        options: Sequence[tuple[str, Any]] | None = None,
+                        credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel to a node in ``target_dc`` (mutual TLS with `credentials`, else plaintext) whose unary calls
+    pass the link faults. A node in our own DC (or of unknown DC) gets a plain channel: no link in between."""
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=list(options or ()))
+    else:
+        channel = grpc.secure_channel(address, credentials, options=list(options or ()))
     if target_dc is None or target_dc == our_dc:
         return channel
     return grpc.intercept_channel(channel, LinkInterceptor(our_dc, target_dc, faults))

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tidebank.common.tls import TlsError, TlsFiles, channel_credentials, server_credentials
 from tidebank.common.topology import NodeSpec, Topology
 from tidebank.node import metrics
 from tidebank.node.api.admin_service import AdminService
@@ -65,9 +66,10 @@ def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
 class Node(NodeView):
     """The shards hosted here plus what is needed to reach the other nodes."""
 
-    def __init__(self, topology: Topology, node_name: str):
+    def __init__(self, topology: Topology, node_name: str, tls: TlsFiles | None = None):
         self.topology = topology
         self.spec: NodeSpec = topology.node(node_name)
+        self.tls = tls  # this node's certificate: it serves with it and calls other nodes with it (mutual TLS)
         self.shard_map = ShardMap(topology.shard_map_version, topology.slot_count,
                                   {s.shard_id: s.slots for s in topology.shards})
         self.link_faults = LinkFaults()  # simulated inter-DC faults (links.py); in memory: none after a restart
@@ -147,8 +149,9 @@ class Node(NodeView):
         with self._channels_lock:
             channel = self._channels.get(address)
             if channel is None:
+                credentials = channel_credentials(self.tls) if self.tls is not None else None
                 channel = intercepted_channel(address, self._dc_by_address.get(address), self.spec.dc,
-                                              self.link_faults, GRPC_OPTIONS[1:])
+                                              self.link_faults, GRPC_OPTIONS[1:], credentials)
                 self._channels[address] = channel
             return channel
 
@@ -229,8 +232,21 @@ class Node(NodeView):
                 channel.close()
 
 
-def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
-    node = Node(topology, node_name)
+def serve(topology: Topology, node_name: str, stop: threading.Event, tls: TlsFiles | None = None) -> None:
+    tls = tls or topology.node_tls(node_name)
+    credentials = None
+    if tls is not None:
+        try:
+            credentials = server_credentials(tls)  # read before anything starts: a bad file is a clear exit
+        except TlsError as e:
+            raise SystemExit(f"node {node_name}: {e}") from None
+    else:
+        log.warning("!" * 72)
+        log.warning("node %s serves PLAINTEXT ([tls] plaintext = true): anyone who can reach %s can read "
+                    "and move every account's money; never run a real ledger like this", node_name,
+                    topology.node(node_name).grpc_address)
+        log.warning("!" * 72)
+    node = Node(topology, node_name, tls)
     server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                          options=GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_CONCURRENT_RPCS_MAX)
     ledger = metrics.instrument(LedgerService(node, node.executor, node.coordinator, node.coordinator_pool))
@@ -249,7 +265,9 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
     reflection.enable_server_reflection(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
-    if server.add_insecure_port(node.spec.grpc_address) == 0:
+    bound = (server.add_secure_port(node.spec.grpc_address, credentials) if credentials is not None
+             else server.add_insecure_port(node.spec.grpc_address))
+    if bound == 0:
         node.close()
         raise SystemExit(f"cannot listen on {node.spec.grpc_address}")
     server.start()
@@ -273,7 +291,7 @@ def serve(topology: Topology, node_name: str, stop: threading.Event) -> None:
         node.close()
 
 
-def main(config_path: str, node_name: str) -> int:
+def main(config_path: str, node_name: str, tls: TlsFiles | None = None) -> int:
     # A thread woken by the Raft loop (a commit, a read confirmed) waits for the GIL up to the switch interval
     # (5 ms by default) while another thread runs Python: that alone was most of a single write's latency.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -284,6 +302,6 @@ def main(config_path: str, node_name: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
-    serve(topology, node_name, stop)
+    serve(topology, node_name, stop, tls)
     log.info("node %s stopped after %.1f s", node_name, time.monotonic() - started)
     return 0

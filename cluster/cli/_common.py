@@ -22,8 +22,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tidebank.cluster.launcher import ChannelPool, ClusterError, LocalCluster, NoReachableNode, fetch_shard_map
+from tidebank.cluster.launcher import (
+    ADMIN_PRINCIPAL,
+    ChannelPool,
+    ClusterError,
+    LocalCluster,
+    NoReachableNode,
+    default_tls,
+    fetch_shard_map,
+    set_default_tls,
+)
 from tidebank.common.keys import U128_MAX
+from tidebank.common.tls import TlsError, client_tls_from_env
 from tidebank.common.topology import TopologyError, split_address
 
 if TYPE_CHECKING:
@@ -64,6 +74,7 @@ def one_line_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        set_default_tls(None)  # each command chooses its credentials afresh (from --dir or the environment)
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
@@ -86,7 +97,7 @@ def describe(e: BaseException) -> str:
         return f"{e.code().name}: {e.details()}"
     if isinstance(e, KeyError) and e.args:
         return str(e.args[0])
-    if isinstance(e, TopologyError | ClusterError | TimeoutError | FileExistsError):
+    if isinstance(e, TopologyError | ClusterError | TimeoutError | FileExistsError | TlsError):
         return str(e)
     if isinstance(e, OSError) and e.strerror:
         return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
@@ -122,6 +133,18 @@ def require_target(dir: pathlib.Path | None, endpoints: str | None) -> None:
         raise typer.BadParameter(
             "give exactly one of --dir DIR or --endpoints HOST:PORT,...", param_hint="'--dir' / '--endpoints'"
         )
+    if dir is not None:
+        use_cluster_principal(dir)
+
+
+PRINCIPAL_ENV = "TIDEBANK_PRINCIPAL"  # which principal of a --dir cluster the CLI acts as (default: admin)
+
+
+def use_cluster_principal(dir: pathlib.Path) -> None:
+    """Call the cluster in DIR with one of its principals' certificates (unless TIDEBANK_CA/CERT/KEY say
+    otherwise): every channel the command opens, the client's too, presents it."""
+    if client_tls_from_env() is None:
+        set_default_tls(LocalCluster.open(dir).client_tls(os.environ.get(PRINCIPAL_ENV) or ADMIN_PRINCIPAL))
 
 
 def resolve_endpoints(dir: pathlib.Path | None, endpoints: str | None) -> list[str]:
@@ -152,7 +175,7 @@ def open_client(endpoints: list[str], timeout_s: float) -> Client:
     """The ledger client (tests replace this to run commands without a cluster)."""
     from tidebank.client import Client  # imported late: commands without a client start faster
 
-    return Client(endpoints, timeout_s=timeout_s)
+    return Client(endpoints, timeout_s=timeout_s, tls=default_tls())
 
 
 # ---- ids and flags -----------------------------------------------------------------

@@ -25,6 +25,9 @@ def cluster_up(
     ] = None,
     shards: Annotated[int | None, typer.Option(help="Shards (new clusters only). [default: 4]", min=1)] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for leaders.", min=1)] = 60.0,
+    plaintext: Annotated[bool, typer.Option(
+        "--plaintext", help="No TLS and no principals (new clusters only): anyone who reaches a port is trusted.")
+    ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a local cluster in DIR (or reuse DIR/cluster.toml), start it, wait until
@@ -36,7 +39,11 @@ def cluster_up(
         cluster = LocalCluster.open(dir)
         _note_ignored_sizes(cluster, config, dcs=dcs, nodes_per_dc=nodes_per_dc, shards=shards)
     else:
-        cluster = LocalCluster.create(dir, dcs=dcs or 3, nodes_per_dc=nodes_per_dc or 1, shards=shards or 4)
+        if plaintext:
+            err.print("[bold red]warning:[/] --plaintext: no TLS, no principals; anyone who can reach a port "
+                      "can read and move every account's money")
+        cluster = LocalCluster.create(dir, dcs=dcs or 3, nodes_per_dc=nodes_per_dc or 1, shards=shards or 4,
+                                      plaintext=plaintext)
     topo = cluster.topology
     try:
         to_start = [n for n in topo.node_names if not cluster.is_running(n)]

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from tidebank.cluster.cli._common import ClientTimeoutOpt, DirOpt, EndpointsOpt, one_line_errors, out, resolve_endpoints
+from tidebank.cluster.launcher import default_tls
 
 
 @one_line_errors
@@ -35,6 +36,7 @@ def demo(
         seed=seed,
         timeout_s=timeout_s,
         console=out,
+        tls=default_tls(),
     )
     if not report.ok:
         raise typer.Exit(1)

@@ -31,13 +31,25 @@ def node_start(
         pathlib.Path, typer.Option("--config", "-c", help="Topology file (cluster.toml).", exists=True, dir_okay=False)
     ],
     node: NodeOpt,
+    tls_ca: Annotated[pathlib.Path | None, typer.Option("--tls-ca", help="Cluster CA (PEM).", exists=True,
+                                                        dir_okay=False)] = None,
+    tls_cert: Annotated[pathlib.Path | None, typer.Option("--tls-cert", help="This node's certificate (PEM).",
+                                                          exists=True, dir_okay=False)] = None,
+    tls_key: Annotated[pathlib.Path | None, typer.Option("--tls-key", help="This node's key (PEM, mode 0600).",
+                                                         exists=True, dir_okay=False)] = None,
 ) -> None:
-    """Run one storage node in the foreground until SIGTERM or Ctrl-C."""
+    """Run one storage node in the foreground until SIGTERM or Ctrl-C.
+
+    Its TLS files come from [tls] of the topology, or from --tls-ca/--tls-cert/--tls-key (all three)."""
     topo = Topology.load(config)
     topo.node(node)  # a clear error before the node process starts up
+    given = [tls_ca, tls_cert, tls_key]
+    if any(given) and not all(given):
+        raise typer.BadParameter("give all of --tls-ca, --tls-cert and --tls-key, or none", param_hint="'--tls-*'")
+    from tidebank.common.tls import TlsFiles
     from tidebank.node.server import main as node_main
 
-    raise typer.Exit(node_main(str(config), node) or 0)
+    raise typer.Exit(node_main(str(config), node, TlsFiles(*given) if all(given) else None) or 0)
 
 
 def _node_name(argument: str | None, option: str | None) -> str:

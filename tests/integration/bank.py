@@ -109,7 +109,7 @@ class Bank:
         self.seed = seed
         self.rng = random.Random(seed)
         self.history = History()
-        self.client = Client(cluster.endpoints, timeout_s=20.0)
+        self.client = Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=20.0)
         shard_map = self.client.shard_map()
         owner = {slot: s.shard_id for s in shard_map.shards for a, b in s.slots for slot in range(a, b)}
         self._next_id = (seed << 96) | (1 << 80)
@@ -381,7 +381,7 @@ def set_link_faults(cluster: LocalCluster, isolated_dcs: list[str]) -> None:
     for spec in cluster.topology.nodes:
         if not cluster.is_running(spec.name):
             continue
-        with grpc.insecure_channel(spec.grpc_address) as channel:
+        with cluster.channel(spec.grpc_address) as channel:
             try:
                 admin_pb2_grpc.AdminStub(channel).SetLinkFaults(
                     faults, timeout=5, metadata=signed(cluster.topology.secret, "SetLinkFaults", faults))
@@ -393,7 +393,7 @@ def set_link_faults(cluster: LocalCluster, isolated_dcs: list[str]) -> None:
 def prepared_transactions(cluster: LocalCluster) -> int:
     total, seen = 0, set()
     for spec in cluster.topology.nodes:
-        with grpc.insecure_channel(spec.grpc_address) as channel:
+        with cluster.channel(spec.grpc_address) as channel:
             try:
                 totals = admin_pb2_grpc.AdminStub(channel).GetLedgerTotals(admin_pb2.GetLedgerTotalsRequest(),
                                                                            timeout=10)

@@ -97,7 +97,7 @@ class ClearingWorkload:
         self.client = client
         self.new_id = new_id
         self.history = ClearingHistory()
-        self._channels = [grpc.insecure_channel(a) for a in cluster.endpoints]
+        self._channels = [cluster.channel(a) for a in cluster.endpoints]
         self._stubs = [clearing_pb2_grpc.ClearingStub(c) for c in self._channels]
         self.ids: list[int] = []
 

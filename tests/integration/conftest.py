@@ -46,7 +46,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(cluster):
-    with Client(cluster.endpoints, timeout_s=30.0) as c:
+    with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as c:
         yield c
 
 
@@ -96,8 +96,8 @@ def leader_of(cluster: LocalCluster, shard_id: int) -> str:
     raise AssertionError(f"shard {shard_id} has no agreed leader")
 
 
-def ledger_stub(address: str) -> tuple[grpc.Channel, ledger_pb2_grpc.LedgerStub]:
-    channel = grpc.insecure_channel(address)
+def ledger_stub(cluster: LocalCluster, address: str) -> tuple[grpc.Channel, ledger_pb2_grpc.LedgerStub]:
+    channel = cluster.channel(address)
     return channel, ledger_pb2_grpc.LedgerStub(channel)
 
 

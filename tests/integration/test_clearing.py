@@ -33,7 +33,7 @@ def from_u128(m: types_pb2.U128) -> int:
 
 @pytest.fixture(scope="module")
 def clearing(cluster):
-    channel = grpc.insecure_channel(cluster.endpoints[0])
+    channel = cluster.channel()
     yield clearing_pb2_grpc.ClearingStub(channel)
     channel.close()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 from typer.testing import CliRunner
 
@@ -66,13 +65,13 @@ def replica_of(cluster, node: str, shard_id: int) -> admin_pb2.ReplicaStatus | N
     return next((r for r in status.replicas if r.shard_id == shard_id), None)
 
 
-def link_faults(address: str) -> admin_pb2.LinkFaults:
-    with grpc.insecure_channel(address) as channel:
+def link_faults(cluster, address: str) -> admin_pb2.LinkFaults:
+    with cluster.channel(address) as channel:
         return admin_pb2_grpc.AdminStub(channel).GetLinkFaults(admin_pb2.GetLinkFaultsRequest(), timeout=5)
 
 
-def stale_balances(address: str, accounts: list[int]) -> list[tuple[int, int, int, int]]:
-    channel, stub = ledger_stub(address)
+def stale_balances(cluster, address: str, accounts: list[int]) -> list[tuple[int, int, int, int]]:
+    channel, stub = ledger_stub(cluster, address)
     try:
         request = ledger_pb2.LookupAccountsRequest(consistency=ledger_pb2.READ_CONSISTENCY_STALE)
         for a in accounts:
@@ -117,7 +116,7 @@ def test_latency_between_two_dcs_is_on_every_node_and_the_cluster_still_commits(
     r = cli("dc", "latency", "dc1", "dc2", "50", "--dir", str(cluster.dir))
     assert r.exit_code == 0, r.output
     for node in cluster.topology.nodes:
-        faults = link_faults(node.grpc_address)
+        faults = link_faults(cluster, node.grpc_address)
         assert not faults.isolated_dcs
         assert sorted((d.from_dc, d.to_dc, d.delay_ms) for d in faults.delays) == [
             ("dc1", "dc2", 50), ("dc2", "dc1", 50)], node.name
@@ -131,7 +130,7 @@ def test_latency_between_two_dcs_is_on_every_node_and_the_cluster_still_commits(
         assert balances(client, [a, b]) == [(0, 3, 0, 0), (0, 0, 0, 3)]
     r = cli("dc", "heal", "--dir", str(cluster.dir))
     assert r.exit_code == 0
-    assert all(not link_faults(n.grpc_address).delays for n in cluster.topology.nodes)
+    assert all(not link_faults(cluster, n.grpc_address).delays for n in cluster.topology.nodes)
 
 
 # ---------------------------------------------------------------------- partition and heal
@@ -150,7 +149,7 @@ def test_partitioning_the_leaders_dc_fails_over_and_heal_catches_up(cluster, cli
 
     r = cli("dc", "partition", isolated_dc, "--dir", str(cluster.dir))
     assert r.exit_code == 0, r.output
-    assert all(list(link_faults(n.grpc_address).isolated_dcs) == [isolated_dc] for n in cluster.topology.nodes)
+    assert all(list(link_faults(cluster, n.grpc_address).isolated_dcs) == [isolated_dc] for n in cluster.topology.nodes)
 
     def leader_outside(shard: int):
         for name in others:
@@ -178,7 +177,7 @@ def test_partitioning_the_leaders_dc_fails_over_and_heal_catches_up(cluster, cli
     for (n, s), applied in frozen.items():
         assert replica_of(cluster, n, s).applied_index == applied, (n, s)  # nothing reaches it
         assert commit[s] > applied
-        assert stale_balances(cluster.topology.node(n).grpc_address, pairs[s]) != expected
+        assert stale_balances(cluster, cluster.topology.node(n).grpc_address, pairs[s]) != expected
 
     r = cli("dc", "heal", "--dir", str(cluster.dir))
     assert r.exit_code == 0, r.output
@@ -186,7 +185,8 @@ def test_partitioning_the_leaders_dc_fails_over_and_heal_catches_up(cluster, cli
         wait_until(lambda n=n, s=s: replica_of(cluster, n, s).applied_index >= commit[s], CATCH_UP_TIMEOUT_S,
                    f"{n} to catch up on shard {s}")
         address = cluster.topology.node(n).grpc_address
-        wait_until(lambda address=address, s=s: stale_balances(address, pairs[s]) == balances(client, pairs[s]),
+        wait_until(lambda address=address, s=s:
+                   stale_balances(cluster, address, pairs[s]) == balances(client, pairs[s]),
                    CATCH_UP_TIMEOUT_S, f"stale reads of shard {s} on {n} to equal the leader's")
     r = cli("dc", "status", "--dir", str(cluster.dir), "-o", "json")
     assert r.exit_code == 0

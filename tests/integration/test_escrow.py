@@ -238,7 +238,7 @@ def test_a_batch_of_steps_on_one_trade_runs_them_in_order(client, ids):
 
 def test_timers_due_while_the_leader_is_killed_or_the_cluster_restarts_each_fire_once(tmp_path):
     with running_cluster(tmp_path) as cluster:
-        with Client(cluster.endpoints, timeout_s=30.0) as client:
+        with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
             ids = IdSource(cluster.shard_map(), start=time.time_ns() << 20)
             buyer, seller = open_parties(client, ids, buyer_shard=0, seller_shard=1)
             trade_shard = 2

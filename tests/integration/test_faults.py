@@ -121,9 +121,9 @@ def assert_ledger_matches_replay(client: Client, accounts: list[int], acknowledg
         assert len(history.items) == touching[account_id], "a transfer was applied more than once"
 
 
-def replica_balances(address: str, accounts: list[int]) -> list[tuple[int, int]]:
+def replica_balances(cluster, address: str, accounts: list[int]) -> list[tuple[int, int]]:
     """Balances as the replica on `address` holds them (a stale read: no leader involved)."""
-    channel, stub = ledger_stub(address)
+    channel, stub = ledger_stub(cluster, address)
     with channel:
         request = ledger_pb2.LookupAccountsRequest(consistency=ledger_pb2.READ_CONSISTENCY_STALE)
         for account_id in accounts:
@@ -134,18 +134,19 @@ def replica_balances(address: str, accounts: list[int]) -> list[tuple[int, int]]
 
 def wait_replica_caught_up(cluster, node: str, accounts: list[int], expected: list[tuple[int, int]]) -> None:
     address = cluster.topology.node(node).grpc_address
-    wait_until(lambda: _answers(address, accounts) == expected, 60, f"{node} to catch up")
+    wait_until(lambda: _answers(cluster, address, accounts) == expected, 60, f"{node} to catch up")
 
 
-def _answers(address: str, accounts: list[int]):
+def _answers(cluster, address: str, accounts: list[int]):
     try:
-        return replica_balances(address, accounts)
+        return replica_balances(cluster, address, accounts)
     except Exception:
         return None
 
 
 def test_shard_leader_killed_under_a_stream_of_transfers_loses_no_acknowledged_transfer(tmp_path):
-    with running_cluster(tmp_path) as cluster, Client(cluster.endpoints, timeout_s=30.0) as client:
+    with running_cluster(tmp_path) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(),
+                                                      timeout_s=30.0) as client:
         ids = IdSource(cluster.shard_map(), start=1 << 64)
         accounts = open_accounts(client, ids)
         workload = Workload(client, ids, accounts, seed=7)
@@ -167,7 +168,8 @@ def test_shard_leader_killed_under_a_stream_of_transfers_loses_no_acknowledged_t
 
 
 def test_restarted_node_catches_up_from_the_log(tmp_path):
-    with running_cluster(tmp_path) as cluster, Client(cluster.endpoints, timeout_s=30.0) as client:
+    with running_cluster(tmp_path) as cluster, Client(cluster.endpoints, tls=cluster.client_tls(),
+                                                      timeout_s=30.0) as client:
         ids = IdSource(cluster.shard_map(), start=1 << 64)
         accounts = open_accounts(client, ids)
         follower = next(n.name for n in cluster.topology.nodes if n.name != leader_of(cluster, SHARD))
@@ -187,7 +189,7 @@ COMPACTION_ENV = {"TIDEBANK_RAFT_LOG_COMPACTION_MIN_ENTRIES": "50", "TIDEBANK_RA
 
 def test_node_restarted_after_log_compaction_catches_up_from_a_snapshot(tmp_path):
     with running_cluster(tmp_path, env=COMPACTION_ENV) as cluster, \
-            Client(cluster.endpoints, timeout_s=30.0) as client:
+            Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
         ids = IdSource(cluster.shard_map(), start=1 << 64)
         accounts = open_accounts(client, ids)
         leader = leader_of(cluster, SHARD)
@@ -221,7 +223,7 @@ def _first_log_index_beyond(cluster, node: str, index: int) -> bool:
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_whole_cluster_stop_and_start_keeps_every_acknowledged_transfer(tmp_path, how):
     with running_cluster(tmp_path) as cluster:
-        with Client(cluster.endpoints, timeout_s=30.0) as client:
+        with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
             ids = IdSource(cluster.shard_map(), start=1 << 64)
             accounts = open_accounts(client, ids)
             workload = Workload(client, ids, accounts, seed=17)
@@ -236,5 +238,5 @@ def test_whole_cluster_stop_and_start_keeps_every_acknowledged_transfer(tmp_path
         time.sleep(0.5)
         cluster.start()
         cluster.wait_ready(timeout_s=90)
-        with Client(cluster.endpoints, timeout_s=30.0) as client:
+        with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
             assert_ledger_matches_replay(client, accounts, workload.acknowledged)

@@ -60,7 +60,7 @@ def one(client, t: Transfer) -> CreateTransferResult:
 def test_every_node_serves_the_same_shard_map_with_a_leader_per_shard(cluster):
     maps = []
     for address in cluster.endpoints:
-        with grpc.insecure_channel(address) as channel:
+        with cluster.channel(address) as channel:
             maps.append(admin_pb2_grpc.AdminStub(channel).GetShardMap(admin_pb2.GetShardMapRequest(), timeout=5))
     for m in maps:  # leaders may move between the calls; placement and slots may not differ
         for shard in m.shards:
@@ -79,14 +79,14 @@ def test_every_node_serves_the_same_shard_map_with_a_leader_per_shard(cluster):
 
 def test_every_node_answers_grpc_health_checks_as_serving(cluster):
     for address in cluster.endpoints:
-        with grpc.insecure_channel(address) as channel:
+        with cluster.channel(address) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="tidebank.v1.Ledger"), timeout=5)
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_server_reflection_lists_the_ledger_and_admin_services(cluster):
-    with grpc.insecure_channel(cluster.endpoints[0]) as channel:
+    with cluster.channel() as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                               timeout=5)
@@ -227,7 +227,7 @@ def test_a_follower_forwards_writes_to_the_shard_leader(cluster, client, ids):
     debit, credit = open_accounts(client, ids, 2, 2)
     leader = leader_of(cluster, 2)
     follower = next(n for n in cluster.topology.nodes if n.name != leader)
-    channel, stub = ledger_stub(follower.grpc_address)
+    channel, stub = ledger_stub(cluster, follower.grpc_address)
     with channel:
         request = ledger_pb2.CreateTransfersRequest()
         _fill_transfer(request.transfers.add(), ids.any(), debit, credit, 5)
@@ -240,7 +240,7 @@ def test_a_read_on_any_node_sees_the_acknowledged_write(cluster, client, ids):
     debit, credit = open_accounts(client, ids, 3, 2)
     assert one(client, transfer(ids, debit, credit, 77)) == CreateTransferResult.created
     for address in cluster.endpoints:
-        channel, stub = ledger_stub(address)
+        channel, stub = ledger_stub(cluster, address)
         with channel:
             request = ledger_pb2.LookupAccountsRequest()
             _u128(request.ids.add(), credit)
@@ -301,7 +301,7 @@ def test_oversized_batch_is_refused_whole_with_a_field_violation(cluster, client
     request = ledger_pb2.CreateTransfersRequest()
     for _ in range(8190):
         _fill_transfer(request.transfers.add(), ids.any(), debit, credit, 1)
-    channel, stub = ledger_stub(cluster.endpoints[0])
+    channel, stub = ledger_stub(cluster, cluster.endpoints[0])
     with channel, pytest.raises(grpc.RpcError) as raised:
         stub.CreateTransfers(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -321,7 +321,7 @@ def test_a_bad_packed_batch_is_refused_whole_with_a_field_violation(cluster, cli
     request = ledger_pb2.CreateTransfersRequest(transfers_packed=packed)
     if also_repeated:
         _fill_transfer(request.transfers.add(), ids.any(), debit, credit, 1)
-    channel, stub = ledger_stub(cluster.endpoints[0])
+    channel, stub = ledger_stub(cluster, cluster.endpoints[0])
     with channel, pytest.raises(grpc.RpcError) as raised:
         stub.CreateTransfers(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -330,7 +330,7 @@ def test_a_bad_packed_batch_is_refused_whole_with_a_field_violation(cluster, cli
 
 
 def test_malformed_message_is_invalid_argument(cluster):
-    with grpc.insecure_channel(cluster.endpoints[0]) as channel:
+    with cluster.channel() as channel:
         raw = channel.unary_unary("/tidebank.v1.Ledger/CreateTransfers")
         with pytest.raises(grpc.RpcError) as raised:
             raw(b"\xff\xff\xff\xff not protobuf", timeout=5)

@@ -38,7 +38,7 @@ def run(fc: FakeCluster, body: Callable[[AsyncClient], Awaitable[T]], **kw: Any)
     kw.setdefault("attempt_timeout_s", 0.5)
 
     async def main() -> T:
-        async with AsyncClient(fc.addresses, **kw) as c:
+        async with AsyncClient(fc.addresses, tls=fc.tls, **kw) as c:
             return await body(c)
 
     return asyncio.run(main())
@@ -198,7 +198,7 @@ def test_pagination(fc: FakeCluster) -> None:
 
 def test_close(fc: FakeCluster) -> None:
     async def main() -> None:
-        c = AsyncClient(fc.addresses, timeout_s=2.0)  # constructed outside any RPC: channels open lazily
+        c = AsyncClient(fc.addresses, tls=fc.tls, timeout_s=2.0)  # constructed outside any RPC: channels open lazily
         await c.create_accounts([Account(1, ledger=1, code=1)])
         await c.close()
         await c.close()

@@ -49,7 +49,7 @@ def fc() -> Iterator[FakeCluster]:
 def client(fc: FakeCluster, **kw: Any) -> Client:
     kw.setdefault("timeout_s", 2.0)
     kw.setdefault("attempt_timeout_s", 0.5)
-    return Client(fc.addresses, **kw)
+    return Client(fc.addresses, tls=fc.tls, **kw)
 
 
 def new_trade(tid: int, buyer: int = BUYER, seller: int = SELLER, amount: int = 100, **kw: Any) -> NewTrade:

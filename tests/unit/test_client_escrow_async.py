@@ -41,7 +41,7 @@ def run(fc: FakeCluster, body: Callable[[AsyncClient], Awaitable[T]], **kw: Any)
     kw.setdefault("attempt_timeout_s", 0.5)
 
     async def main() -> T:
-        async with AsyncClient(fc.addresses, **kw) as c:
+        async with AsyncClient(fc.addresses, tls=fc.tls, **kw) as c:
             return await body(c)
 
     return asyncio.run(main())

@@ -35,7 +35,7 @@ def fc() -> Iterator[FakeCluster]:
 def client(fc: FakeCluster, **kw: object) -> Client:
     kw.setdefault("timeout_s", 2.0)
     kw.setdefault("attempt_timeout_s", 0.5)
-    return Client(fc.addresses, **kw)  # type: ignore[arg-type]
+    return Client(fc.addresses, tls=fc.tls, **kw)  # type: ignore[arg-type]
 
 
 def transfer(tid: int, debit: int, credit: int = 999_999, flags: int = 0, **kw: int) -> Transfer:
@@ -72,7 +72,7 @@ def test_routes_by_shard_and_merges_in_request_order(fc: FakeCluster) -> None:
 
 
 def test_accepts_a_comma_separated_string_and_skips_a_dead_seed(fc: FakeCluster) -> None:
-    with Client("127.0.0.1:1, " + ",".join(fc.addresses), timeout_s=2.0) as c:
+    with Client("127.0.0.1:1, " + ",".join(fc.addresses), tls=fc.tls, timeout_s=2.0) as c:
         assert c.addresses[0] == "127.0.0.1:1"
         assert c.create_accounts([Account(7, ledger=1, code=1)])[0].ok
         smap = c.shard_map()

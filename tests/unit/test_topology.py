@@ -411,3 +411,38 @@ def test_validation_does_not_touch_the_input(topo):
     before = copy.deepcopy(doc)
     Topology.from_dict(doc)
     assert doc == before
+
+
+# ---- [tls] -------------------------------------------------------------------------
+
+
+def test_a_topology_without_a_tls_table_is_refused(topo):
+    doc = _doc(topo)
+    del doc["tls"]
+    with pytest.raises(TopologyError, match=r"no \[tls\] table"):
+        Topology.from_dict(doc)
+
+
+def test_plaintext_must_be_asked_for_and_means_no_node_certificates(tmp_path):
+    plain = generate_local(tmp_path, plaintext=True)
+    path = tmp_path / "cluster.toml"
+    plain.dump(path)
+    assert "plaintext = true" in path.read_text()
+    assert Topology.load(path).node_tls("dc1-n1") is None
+
+
+def test_plaintext_together_with_certificate_paths_is_refused(topo):
+    doc = _doc(topo)
+    doc["tls"]["plaintext"] = True
+    with pytest.raises(TopologyError, match="choose one"):
+        Topology.from_dict(doc)
+
+
+def test_node_certificate_paths_are_relative_to_the_file_and_name_the_node(tmp_path, topo):
+    path = tmp_path / "cluster.toml"
+    topo.dump(path)
+    assert 'node_cert = "tls/nodes/{node}.pem"' in path.read_text()
+    files = Topology.load(path).node_tls("dc2-n1")
+    assert files.cert == tmp_path.absolute() / "tls" / "nodes" / "dc2-n1.pem"
+    assert files.key == tmp_path.absolute() / "tls" / "nodes" / "dc2-n1.key"
+    assert files.ca == tmp_path.absolute() / "tls" / "ca.pem"
