@@ -502,7 +502,7 @@ def clearing_book(cluster: LocalCluster) -> dict[str, int] | None:
 
     expected = [s.shard_id for s in cluster.topology.shards]
     deadline = time.monotonic() + QUIESCENCE_BOUND_S
-    with ChannelPool() as pool:
+    with ChannelPool(cluster.client_tls()) as pool:
         while True:
             report = audit(collect_totals(cluster.endpoints, 10.0, pool)[0], expected_shards=expected)
             if report.settled or time.monotonic() > deadline:

@@ -258,7 +258,7 @@ def test_audit_finds_the_clearing_book_balanced_after_a_settled_cycle(client, cl
     banks.submit(*[banks.item("a", "b", 40) for _ in range(10)], banks.item("b", "c", 90), banks.item("c", "a", 5))
     assert banks.settle(banks.close().window.number).result == R.WINDOW_RESULT_OK
     expected = [s.shard_id for s in cluster.shard_map().shards]
-    with ChannelPool() as pool:
+    with ChannelPool(cluster.client_tls()) as pool:
         def settled_report():  # an allowance move may still be between TAKE and ACK: it counts as in flight
             report = audit(collect_totals(cluster.endpoints, 10.0, pool)[0], expected_shards=expected)
             return report if report.settled else None
