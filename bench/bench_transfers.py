@@ -152,7 +152,8 @@ def cluster_for(args):
     if args.no_fsync:
         os.environ["TIDEBANK_RAFT_FSYNC"] = "0"
     with tempfile.TemporaryDirectory(prefix="tidebank-bench-") as directory:
-        cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=args.shards)
+        cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=args.shards,
+                                      plaintext=getattr(args, "plaintext", False))
         try:
             cluster.start()
             cluster.wait_ready(timeout_s=120)
@@ -171,6 +172,8 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4, help="concurrent batch senders")
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--no-fsync", action="store_true", help="journal without fdatasync (own cluster only)")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="own cluster without TLS or principals (to measure what they cost)")
     parser.add_argument("--skip", default="", help="comma list of: batched,cross,single,latency")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))

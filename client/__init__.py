@@ -20,8 +20,9 @@ Clearing (net settlement between participants) is the same client too:
 ``suspend_participant``, ``resume_participant``), ``lookup_participants``,
 ``list_participants``, ``submit_items`` (any number, cut into batches, coalesced with
 concurrent callers), ``lookup_items``, the windows (``list_windows``, ``get_window``,
-``close_window``, ``settle_window``, ``unwind_participant``) and ``export_statement``,
-which streams a participant's items and then its Statement::
+``close_window``, ``settle_window``, ``unwind_participant``, ``abort_window``) and
+``export_statement``, which streams a participant's items and then its Statement (a
+stream that breaks is resumed after the last item handed out)::
 
     with client.export_statement(ledger, window, participant_id) as export:
         for item in export:          # ClearingItem, by id; one chunk in memory at a time
@@ -40,6 +41,7 @@ from ._errors import (
     FieldViolation,
     InvalidRequestError,
     OutcomeUnknownError,
+    PermissionDeniedError,
     TidebankError,
     UnavailableError,
 )
@@ -95,6 +97,7 @@ from ._sync import Client, StatementExport
 
 __all__ = [
     "Plaintext",
+    "PermissionDeniedError",
     "TlsFiles",
     "Account",
     "AccountFlags",

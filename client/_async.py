@@ -322,10 +322,10 @@ class AsyncClient(BaseClient):
     # ------------------------------------------------------------------ writes
 
     async def create_accounts(
-        self, accounts: Iterable[Account], *, timeout_s: float | None = None
+        self, accounts: Iterable[Account], *, owner: str | None = None, timeout_s: float | None = None
     ) -> list[AccountResult]:
         """Create accounts; one AccountResult per item, in request order (see Client)."""
-        return await self._run(self._core.create_accounts(accounts, timeout_s))
+        return await self._run(self._core.create_accounts(accounts, timeout_s, owner))
 
     async def create_transfers(
         self, transfers: Iterable[Transfer], *, timeout_s: float | None = None
@@ -439,9 +439,12 @@ class AsyncClient(BaseClient):
         """The participants found among ``ids``, in request order, with their current position."""
         return await self._run(self._core.lookup_participants(ids, timeout_s))
 
-    async def list_participants(self, ledger: int = 0, *, timeout_s: float | None = None) -> list[Participant]:
-        """Every participant of ``ledger`` (0: of every ledger), by id."""
-        return await self._run(self._core.list_participants(ledger, timeout_s))
+    async def list_participants(
+        self, ledger: int = 0, *, after: int = 0, limit: int = 0, timeout_s: float | None = None
+    ) -> list[Participant]:
+        """The participants of ``ledger`` (0: of every ledger), by id, after the id ``after``: every one of them
+        (``limit`` 0, read page by page), or one page of at most ``limit`` (the next page: ``after`` its last id)."""
+        return await self._run(self._core.list_participants(ledger, after, limit, timeout_s))
 
     async def lookup_items(
         self,
@@ -478,6 +481,12 @@ class AsyncClient(BaseClient):
     ) -> WindowStep:
         """Exclude a participant's items from a closed window and re-net it."""
         return await self._run(self._core.unwind_participant(ledger, number, participant_id, timeout_s))
+
+    async def abort_window(self, ledger: int, number: int, *, timeout_s: float | None = None) -> WindowStep:
+        """Abort a closed window that has not settled: its items are excluded on every shard, the positions they
+        raised given back, and it is never settled. ``window_already_aborted`` after a retry means it is aborted
+        (maybe by this very call); a window in another state raises TidebankError (FAILED_PRECONDITION)."""
+        return await self._run(self._core.abort_window(ledger, number, timeout_s))
 
     def export_statement(
         self,

@@ -28,6 +28,9 @@ The core decides:
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import functools
+import hashlib
 import itertools
 import logging
 import random
@@ -45,7 +48,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tidebank.common.keys import U64_MAX, U128_MAX
-from tidebank.common.limits import BATCH_ITEMS_MAX, PARTICIPANTS_PER_REQUEST_MAX
+from tidebank.common.limits import BATCH_ITEMS_MAX, PAGE_SIZE_MAX, PARTICIPANTS_PER_REQUEST_MAX
 from tidebank.common.tls import CA_ENV, CERT_ENV, KEY_ENV, ClientTls, Plaintext, TlsFiles, client_tls_from_env
 from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, ledger_pb2, types_pb2
 
@@ -54,6 +57,7 @@ from ._errors import (
     FieldViolation,
     InvalidRequestError,
     OutcomeUnknownError,
+    PermissionDeniedError,
     TidebankError,
     UnavailableError,
 )
@@ -72,6 +76,7 @@ from ._model import (
     AccountResult,
     ClearingItem,
     ClearingItemResult,
+    ClearingItemStatus,
     DisputeResolution,
     Extension,
     NewTrade,
@@ -291,6 +296,13 @@ class WriteOp:
     # one queue (ANY_SHARD) coalesces every caller's items.
     any_node: bool = False
     max_items: int = 0  # the server's limit per request when below max_batch_items (0: none of its own)
+    # Request fields after the items, the same for every caller of this op (CreateAccounts' owner): callers with
+    # different suffixes never share a request, so each suffix has its own queues.
+    body_suffix: bytes = b""
+
+    @property
+    def queue_key(self) -> str | tuple[str, bytes]:
+        return (self.method, self.body_suffix) if self.body_suffix else self.method
 
     def batch_limit(self, max_batch_items: int) -> int:
         """Items per request: the client's max_batch_items, or this operation's own lower limit."""
@@ -315,6 +327,15 @@ ACCOUNTS = WriteOp(
     pack=account_to_record,
     packed_tag=b"\x12",  # CreateAccountsRequest.accounts_packed (field 2, bytes)
 )
+@functools.lru_cache(maxsize=256)
+def owned_accounts_op(owner: str) -> WriteOp:
+    """CreateAccounts whose accounts belong to `owner` (CreateAccountsRequest.owner, field 3)."""
+    raw = owner.encode("utf-8")
+    if not 0 < len(raw) <= 64:
+        raise InvalidRequestError("owner must be 1..64 bytes of utf-8 (a principal's name)", code=None)
+    return dataclasses.replace(ACCOUNTS, body_suffix=b"\x1a" + _varint(len(raw)) + raw)
+
+
 TRANSFERS = WriteOp(
     name="transfers",
     method="/tidebank.v1.Ledger/CreateTransfers",
@@ -427,6 +448,7 @@ GET_WINDOW_METHOD = _CLEARING + "GetWindow"
 CLOSE_WINDOW_METHOD = _CLEARING + "CloseWindow"
 SETTLE_WINDOW_METHOD = _CLEARING + "SettleWindow"
 UNWIND_PARTICIPANT_METHOD = _CLEARING + "UnwindParticipant"
+ABORT_WINDOW_METHOD = _CLEARING + "AbortWindow"
 EXPORT_STATEMENT_METHOD = _CLEARING + "ExportStatement"
 
 
@@ -820,7 +842,7 @@ def rich_details(exc: Any) -> tuple[error_details_pb2.ErrorInfo | None, list[Fie
 
 # Refused before anything applied (NOT_APPLIED: a cross-shard attempt aborted because a participant shard did not
 # answer; node/api/failures.py).
-_RETRY_REASONS = frozenset(("NOT_LEADER", "NO_LEADER", "NOT_APPLIED", "OVERLOADED"))
+_RETRY_REASONS = frozenset(("NOT_LEADER", "NO_LEADER", "NOT_APPLIED", "OVERLOADED", "QUOTA_EXCEEDED"))
 _FATAL_CODES = frozenset(
     (
         grpc.StatusCode.UNIMPLEMENTED,
@@ -858,7 +880,8 @@ def classify(exc: BaseException, *, write: bool, closed: bool = False) -> Failur
     if reason in _RETRY_REASONS:
         # Refused before applying anything (DESIGN: request-level errors change nothing).
         hinted = reason == "NOT_LEADER" and bool(metadata.get("leader_address"))
-        return Failure(Failure.RETRY, details, refresh=reason != "OVERLOADED" and not hinted, **common)
+        return Failure(Failure.RETRY, details, refresh=reason not in ("OVERLOADED", "QUOTA_EXCEEDED") and not hinted,
+                       **common)
     if closed:
         return Failure(Failure.FATAL, "client closed", ambiguous=write, closed=True, **common)
     if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
@@ -1115,9 +1138,9 @@ def batch_body(batch: list[Entry], op: WriteOp | None = None) -> bytes:
     """The request message of a coalesced batch: the callers' frames as they are, or, for an op sent packed,
     one bytes field holding every caller's records."""
     body = batch[0].payload if len(batch) == 1 else b"".join(e.payload for e in batch)
-    if op is not None and op.pack is not None:
-        return op.packed_tag + _varint(len(body)) + body
     suffix = getattr(op, "body_suffix", b"")
+    if op is not None and op.pack is not None:
+        return op.packed_tag + _varint(len(body)) + body + suffix
     return body + suffix if suffix else body
 
 
@@ -1393,6 +1416,8 @@ class WriteCall:
             )
         if f.closed:
             return ClientClosedError("client closed; the unresolved items were not sent", **kw)
+        if f.code == grpc.StatusCode.PERMISSION_DENIED:
+            return PermissionDeniedError(f"{self.op.what} refused: {f.describe()}", **kw)
         return TidebankError(f"{self.op.what} failed: {f.describe()}", **kw)
 
     def timeout_error(self) -> TidebankError:
@@ -1454,7 +1479,8 @@ class ReadCall:
     def error(self, f: Failure) -> TidebankError:
         if f.closed:
             return ClientClosedError("client closed")
-        return TidebankError(f"{self.what} failed: {f.describe()}", code=f.code, reason=f.reason, metadata=f.metadata)
+        kind = PermissionDeniedError if f.code == grpc.StatusCode.PERMISSION_DENIED else TidebankError
+        return kind(f"{self.what} failed: {f.describe()}", code=f.code, reason=f.reason, metadata=f.metadata)
 
     def timeout_error(self) -> UnavailableError:
         f = self.last
@@ -2081,8 +2107,9 @@ class Core:
     #
     # Client.x(...) is ``self._run(core.x(...))`` and AsyncClient.x(...) is ``await self._run(core.x(...))``.
 
-    def create_accounts(self, accounts: Iterable[Account], timeout_s: float | None) -> Program[list[AccountResult]]:
-        return self.write(ACCOUNTS, list(accounts), timeout_s)
+    def create_accounts(self, accounts: Iterable[Account], timeout_s: float | None,
+                        owner: str | None = None) -> Program[list[AccountResult]]:
+        return self.write(owned_accounts_op(owner) if owner else ACCOUNTS, list(accounts), timeout_s)
 
     def create_transfers(self, transfers: Iterable[Transfer], timeout_s: float | None) -> Program[list[TransferResult]]:
         return self.write(TRANSFERS, list(transfers), timeout_s)
@@ -2230,13 +2257,26 @@ class Core:
             clearing_pb2.LookupItemsResponse, "items", clearing_item_from_proto, timeout_s,
         )  # fmt: skip
 
-    def list_participants(self, ledger: int, timeout_s: float | None) -> Program[list[Participant]]:
-        req = clearing_request(clearing_pb2.ListParticipantsRequest, "list_participants", ledger=ledger)
-        resp = yield from self.unary(
-            "list_participants", LIST_PARTICIPANTS_METHOD, req, clearing_pb2.ParticipantsResponse, timeout_s,
-            write=False,
+    def list_participants(
+        self, ledger: int, after: int, limit: int, timeout_s: float | None
+    ) -> Program[list[Participant]]:
+        """One page of at most ``limit`` participants after the id ``after``; ``limit`` 0: every participant, page
+        after page of the largest size (sharing the call's deadline)."""
+        req = clearing_request(
+            clearing_pb2.ListParticipantsRequest, "list_participants", ledger=ledger, after=after,
+            limit=limit or PAGE_SIZE_MAX,
         )  # fmt: skip
-        return [participant_from_proto(m) for m in resp.participants]
+        left = self._deadline_split(timeout_s)
+        found: list[Participant] = []
+        while True:
+            resp = yield from self.unary(
+                "list_participants", LIST_PARTICIPANTS_METHOD, req, clearing_pb2.ParticipantsResponse, left(),
+                write=False,
+            )  # fmt: skip
+            found.extend(participant_from_proto(m) for m in resp.participants)
+            if limit or len(resp.participants) < req.limit:
+                return found
+            req.after.CopyFrom(resp.participants[-1].id)
 
     def list_windows(self, ledger: int, after: int, limit: int, timeout_s: float | None) -> Program[list[Window]]:
         req = clearing_request(clearing_pb2.ListWindowsRequest, "list_windows", ledger=ledger, after=after,
@@ -2301,12 +2341,21 @@ class Core:
         self._closed_window_number("unwind_participant", number)
         return self._window_step("unwind_participant", UNWIND_PARTICIPANT_METHOD, req, timeout_s)
 
+    def abort_window(self, ledger: int, number: int, timeout_s: float | None) -> Program[WindowStep]:
+        """AbortWindow of a closed window: ``ok`` or (aborted before, e.g. by this call's lost first attempt)
+        ``window_already_aborted``; a window in any other state raises (FAILED_PRECONDITION, nothing changed)."""
+        req = clearing_request(clearing_pb2.WindowRequest, "abort_window", ledger=ledger, number=number)
+        self._closed_window_number("abort_window", number)
+        return self._window_step("abort_window", ABORT_WINDOW_METHOD, req, timeout_s)
+
     def export_statement(
         self, ledger: int, number: int, participant_id: int, include_unwound: bool, timeout_s: float | None
     ) -> Program[Statement]:
         """The stream of a participant's items of a window (emitted chunk by chunk, ClearingItem values), then its
-        Statement (the program's value). Retried like a read until the first item reaches the consumer; after
-        that a broken stream raises, for the request has no cursor to resume from (export again)."""
+        Statement (the program's value). Retried like a read; a stream that breaks after items reached the consumer
+        is resumed after the last of them (ExportStatementRequest.after_item_id), so nothing is handed out twice.
+        The statement always covers the whole window: after a resume the client checks its digest against the
+        items it handed out, and raises if they differ (the window changed in between: export again)."""
         self.check_open()
         req = clearing_request(
             clearing_pb2.ExportStatementRequest, "export_statement", ledger=ledger, number=number,
@@ -2320,6 +2369,8 @@ class Core:
         call = ReadCall("export_statement", self.cfg, timeout_s, self.clock())
         serializer, deserializer = type(req).SerializeToString, clearing_pb2.StatementChunk.FromString
         emitted = 0
+        resumed = False
+        digest = hashlib.sha256()  # over the accepted items handed out, as the statement's (checked after a resume)
         while True:
             generation = self.topology.generation
             now = self.clock()
@@ -2334,20 +2385,26 @@ class Core:
                     problem = chunk
                 else:
                     if chunk.items:
-                        emitted += len(chunk.items)
-                        yield Emit([clearing_item_from_proto(m) for m in chunk.items])
+                        items = [clearing_item_from_proto(m) for m in chunk.items]
+                        for i in items:
+                            if i.status == ClearingItemStatus.ACCEPTED:
+                                digest.update(f"{i.id},{i.payer_id},{i.payee_id},{i.amount}\n".encode())
+                        emitted += len(items)
+                        req.after_item_id.CopyFrom(chunk.items[-1].id)  # a retry resumes after it
+                        yield Emit(items)
                     if chunk.HasField("statement"):
-                        return statement_from_proto(chunk.statement)
+                        statement = statement_from_proto(chunk.statement)
+                        if resumed and statement.sha256 != digest.hexdigest():
+                            raise TidebankError(
+                                f"export_statement: the window changed while the export was resumed after {emitted} "
+                                "items (the statement's digest is not that of the items handed out): export again"
+                            )  # fmt: skip
+                        return statement
             if isinstance(problem, ClientClosedError):
                 raise call.error(closed_failure())
             f = classify(problem, write=False, closed=self.closed)
             self.topology.note(ANY_SHARD, rpc.address, f, self.clock())
-            if emitted:
-                raise TidebankError(
-                    f"export_statement: the stream broke after {emitted} items ({f.describe()}); "
-                    "it cannot be resumed: export again",
-                    code=f.code, reason=f.reason, metadata=f.metadata,
-                )  # fmt: skip
+            resumed = resumed or emitted > 0
             yield from self._pause(call.failed([f], self.clock()), generation, call)
 
 

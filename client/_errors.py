@@ -94,5 +94,10 @@ class OutcomeUnknownError(TidebankError):
     them up. Never assume either outcome."""
 
 
+class PermissionDeniedError(TidebankError):
+    """The principal this client presents lacks the permission the call needs (PERMISSION_DENIED);
+    ``metadata["permission"]`` names it. Nothing was applied."""
+
+
 class ClientClosedError(TidebankError):
     """The client was closed (before or while the call ran)."""

@@ -141,6 +141,7 @@ class ClearingItemStatus(enum.IntEnum):
 
     ACCEPTED = 0
     UNWOUND = 1  # excluded from its window by an unwind of its payer or payee
+    ABORTED = 2  # excluded with its whole window (abort_window)
 
 
 class WindowState(enum.IntEnum):
@@ -151,6 +152,7 @@ class WindowState(enum.IntEnum):
     CLOSED = 2  # netted; may be settled (or unwound and re-netted)
     SETTLING = 3
     SETTLED = 4  # the net positions moved by ledger transfers (terminal)
+    ABORTED = 5  # aborted after closing: nothing settled, its items excluded (terminal)
 
 
 def _proto_members(descriptor: Any, prefix: str) -> dict[str, int]:
@@ -567,6 +569,7 @@ class Window:
     bilateral: list[BilateralPosition] = field(default_factory=list)
     settlement_transfer_ids: list[int] = field(default_factory=list)
     hub_account_id: int = 0
+    aborted_at: int = 0
 
 
 @dataclass(slots=True)
@@ -598,7 +601,7 @@ class Statement:
     """A participant's statement of one window, sent after its items by export_statement.
 
     ``sha256`` (hex) is over ``"id,payer_id,payee_id,amount\\n"`` of each accepted item, by id;
-    ``items`` counts them.
+    ``items`` counts them. Both, and the sums, cover the whole window even when the export was resumed.
     """
 
     participant_id: int = 0
@@ -724,6 +727,22 @@ def _set_u128(sub: Any, value: int) -> None:
 
 def _u128(m: Any) -> int:
     return (m.hi << 64) | m.lo
+
+
+def _i128(m: Any) -> int:
+    """A tidebank.v1.I128 (two's complement) as an int."""
+    raw = (m.hi << 64) | m.lo
+    return raw - (1 << 128) if m.hi >> 63 else raw
+
+
+def _put_i128(sub: Any, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an int, got {type(value).__name__}")
+    if not -(1 << 127) <= value < 1 << 127:
+        raise ValueError(f"{value} is not a signed 128-bit integer")
+    raw = value & U128_MAX
+    sub.hi = raw >> 64
+    sub.lo = raw & U64_MAX
 
 
 def u128_to_proto(value: int) -> types_pb2.U128:
@@ -996,13 +1015,9 @@ def trade_result(index: int, trade_id: int, m: escrow_pb2.TradeResult) -> TradeR
 _PARTICIPANT_FIELDS = ("id", "ledger", "code", "name", "settlement_account_id", "net_debit_cap")
 _PARTICIPANT_UPDATE_FIELDS = ("id", "net_debit_cap", "suspended")
 _CLEARING_ITEM_FIELDS = ("id", "payer_id", "payee_id", "amount", "ledger", "user_data_128", "user_data_64")
-_WINDOW_SCALARS = ("ledger", "number", "opened_at", "closed_at", "settled_at", "round", "failure")
-_NET_SCALARS = ("sent", "received", "count_sent", "count_received", "net")
+_WINDOW_SCALARS = ("ledger", "number", "opened_at", "closed_at", "settled_at", "round", "failure", "aborted_at")
 _SHORTFALL_SCALARS = ("net_debit", "available", "shortfall")
-_STATEMENT_SCALARS = (
-    "ledger", "window", "sent", "received", "count_sent", "count_received", "net", "settlement_amount", "sha256",
-    "items",
-)  # fmt: skip
+_STATEMENT_SCALARS = ("ledger", "window", "count_sent", "count_received", "settlement_amount", "sha256", "items")
 
 
 def participant_to_proto(p: Participant) -> clearing_pb2.Participant:
@@ -1016,7 +1031,9 @@ def participant_to_proto(p: Participant) -> clearing_pb2.Participant:
 def participant_record_to_proto(p: Participant) -> clearing_pb2.Participant:
     """Every field, read-only ones included: what a server (or a fake) answers with."""
     m = participant_to_proto(p)
-    m.suspended, m.version, m.position = p.suspended, p.version, p.position
+    m.suspended, m.version = p.suspended, p.version
+    if p.position:
+        _put_i128(m.position, p.position)
     return m
 
 
@@ -1030,7 +1047,7 @@ def participant_from_proto(m: clearing_pb2.Participant) -> Participant:
         net_debit_cap=m.net_debit_cap,
         suspended=m.suspended,
         version=m.version,
-        position=m.position,
+        position=_i128(m.position),
     )
 
 
@@ -1087,23 +1104,29 @@ def clearing_item_from_proto(m: clearing_pb2.ClearingItem) -> ClearingItem:
 
 
 def net_position_from_proto(m: clearing_pb2.NetPosition) -> NetPosition:
-    return NetPosition(_u128(m.participant_id), *(getattr(m, n) for n in _NET_SCALARS))
+    """Sums beyond 64 bits come whole (U128 / I128)."""
+    return NetPosition(_u128(m.participant_id), _u128(m.sent), _u128(m.received), m.count_sent, m.count_received,
+                       _i128(m.net))
 
 
 def net_position_to_proto(n: NetPosition) -> clearing_pb2.NetPosition:
-    m = clearing_pb2.NetPosition(**{k: getattr(n, k) for k in _NET_SCALARS})
+    m = clearing_pb2.NetPosition(count_sent=n.count_sent, count_received=n.count_received)
     _put_u128(m.participant_id, n.participant_id)
+    _put_u128(m.sent, n.sent)
+    _put_u128(m.received, n.received)
+    _put_i128(m.net, n.net)
     return m
 
 
 def bilateral_from_proto(m: clearing_pb2.BilateralPosition) -> BilateralPosition:
-    return BilateralPosition(_u128(m.payer_id), _u128(m.payee_id), m.amount, m.count)
+    return BilateralPosition(_u128(m.payer_id), _u128(m.payee_id), _u128(m.amount), m.count)
 
 
 def bilateral_to_proto(b: BilateralPosition) -> clearing_pb2.BilateralPosition:
-    m = clearing_pb2.BilateralPosition(amount=b.amount, count=b.count)
+    m = clearing_pb2.BilateralPosition(count=b.count)
     _put_u128(m.payer_id, b.payer_id)
     _put_u128(m.payee_id, b.payee_id)
+    _put_u128(m.amount, b.amount)
     return m
 
 
@@ -1160,6 +1183,7 @@ def statement_from_proto(m: clearing_pb2.Statement) -> Statement:
     s = Statement(_u128(m.participant_id))
     for name in _STATEMENT_SCALARS:
         setattr(s, name, getattr(m, name))
+    s.sent, s.received, s.net = _u128(m.sent), _u128(m.received), _i128(m.net)
     s.settlement_transfer_id = _u128(m.settlement_transfer_id)
     return s
 
@@ -1168,6 +1192,9 @@ def statement_to_proto(s: Statement) -> clearing_pb2.Statement:
     m = clearing_pb2.Statement(**{k: getattr(s, k) for k in _STATEMENT_SCALARS})
     _put_u128(m.participant_id, s.participant_id)
     _put_u128(m.settlement_transfer_id, s.settlement_transfer_id)
+    _put_u128(m.sent, s.sent)
+    _put_u128(m.received, s.received)
+    _put_i128(m.net, s.net)
     return m
 
 

@@ -305,14 +305,17 @@ class Client(BaseClient):
 
     # ------------------------------------------------------------------ writes
 
-    def create_accounts(self, accounts: Iterable[Account], *, timeout_s: float | None = None) -> list[AccountResult]:
+    def create_accounts(self, accounts: Iterable[Account], *, owner: str | None = None,
+                        timeout_s: float | None = None) -> list[AccountResult]:
         """Create accounts; one AccountResult per item, in request order.
 
-        Idempotent by id: re-submitting an account answers ``exists`` (or
-        ``exists_with_different_*``). Raises InvalidRequestError, UnavailableError
-        (nothing unresolved was applied) or OutcomeUnknownError (re-submit the ids).
+        ``owner``: the principal (an account holder) that alone may debit and read them; an account holder's
+        own accounts are its own without it. Idempotent by id: re-submitting an account answers ``exists``
+        (or ``exists_with_different_*``, ``exists_with_different_owner``). Raises InvalidRequestError,
+        PermissionDeniedError, UnavailableError (nothing unresolved was applied) or OutcomeUnknownError
+        (re-submit the ids).
         """
-        return self._run(self._core.create_accounts(accounts, timeout_s))
+        return self._run(self._core.create_accounts(accounts, timeout_s, owner))
 
     def create_transfers(
         self, transfers: Iterable[Transfer], *, timeout_s: float | None = None
@@ -438,9 +441,12 @@ class Client(BaseClient):
         """The participants found among ``ids``, in request order, with their current position."""
         return self._run(self._core.lookup_participants(ids, timeout_s))
 
-    def list_participants(self, ledger: int = 0, *, timeout_s: float | None = None) -> list[Participant]:
-        """Every participant of ``ledger`` (0: of every ledger), by id."""
-        return self._run(self._core.list_participants(ledger, timeout_s))
+    def list_participants(
+        self, ledger: int = 0, *, after: int = 0, limit: int = 0, timeout_s: float | None = None
+    ) -> list[Participant]:
+        """The participants of ``ledger`` (0: of every ledger), by id, after the id ``after``: every one of them
+        (``limit`` 0, read page by page), or one page of at most ``limit`` (the next page: ``after`` its last id)."""
+        return self._run(self._core.list_participants(ledger, after, limit, timeout_s))
 
     def lookup_items(
         self,
@@ -480,6 +486,12 @@ class Client(BaseClient):
     ) -> WindowStep:
         """Exclude a participant's items from a closed window and re-net it."""
         return self._run(self._core.unwind_participant(ledger, number, participant_id, timeout_s))
+
+    def abort_window(self, ledger: int, number: int, *, timeout_s: float | None = None) -> WindowStep:
+        """Abort a closed window that has not settled: its items are excluded on every shard, the positions they
+        raised given back, and it is never settled. ``window_already_aborted`` after a retry means it is aborted
+        (maybe by this very call); a window in another state raises TidebankError (FAILED_PRECONDITION)."""
+        return self._run(self._core.abort_window(ledger, number, timeout_s))
 
     def export_statement(
         self,

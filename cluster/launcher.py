@@ -33,7 +33,7 @@ import grpc
 
 from tidebank.common import tls as tls_files
 from tidebank.common.tls import ClientTls, Plaintext, TlsError, TlsFiles
-from tidebank.common.topology import Topology, TopologyError, generate_local
+from tidebank.common.topology import QuotaConfig, Topology, TopologyError, generate_local
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 CONFIG_NAME = "cluster.toml"
@@ -448,7 +448,7 @@ class LocalCluster:
     @classmethod
     def create(
         cls, dir: str | os.PathLike[str], *, dcs: int = 3, nodes_per_dc: int = 1, shards: int = 4,
-        plaintext: bool = False,
+        plaintext: bool = False, quotas: QuotaConfig | None = None,
     ) -> LocalCluster:
         """A new cluster in DIR (created if needed): free loopback ports, a random secret, a cluster CA
         with a certificate for every node and one for the `admin` principal (unless plaintext).
@@ -457,7 +457,8 @@ class LocalCluster:
         config = dir / CONFIG_NAME
         if config.exists():
             raise FileExistsError(f"{config} already exists: open it, or remove the folder first")
-        topology = generate_local(dir, dcs=dcs, nodes_per_dc=nodes_per_dc, shards=shards, plaintext=plaintext)
+        topology = generate_local(dir, dcs=dcs, nodes_per_dc=nodes_per_dc, shards=shards, plaintext=plaintext,
+                                  quotas=quotas)
         if topology.tls is not None:
             root = tls_files.tls_dir(dir)
             tls_files.create_ca(root, topology.cluster_name)

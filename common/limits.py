@@ -18,3 +18,8 @@ PAGE_SIZE_DEFAULT = 100
 
 #: Participants per RegisterParticipants / UpdateParticipants request.
 PARTICIPANTS_PER_REQUEST_MAX = 1024
+
+#: Clearing participants per ledger (counted on the ledger's home shard): beyond it RegisterParticipants answers
+#: participants_limit_reached. It bounds a window's netting and its settlement chain (one transfer per
+#: participant, at most BATCH_ITEMS_MAX per chain).
+PARTICIPANTS_PER_LEDGER_MAX = 4096

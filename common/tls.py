@@ -52,6 +52,10 @@ class TlsFiles:
     cert: pathlib.Path
     key: pathlib.Path
 
+    def __post_init__(self) -> None:  # TlsFiles("ca.pem", "me.pem", "me.key") works too
+        for name in ("ca", "cert", "key"):
+            object.__setattr__(self, name, pathlib.Path(getattr(self, name)))
+
     def read(self) -> tuple[bytes, bytes, bytes]:
         """(ca, cert chain, key) as PEM bytes; TlsError naming the file that cannot be read."""
         out = []
@@ -131,7 +135,8 @@ def issue_principal(tls_root: pathlib.Path, name: str, roles: Iterable[str],
 
 def check_principal_name(name: str) -> None:
     if not name or len(name) > PRINCIPAL_NAME_MAX or not all(c.isalnum() or c in "-_." for c in name):
-        raise TlsError(f"bad principal name {name!r}: 1-{PRINCIPAL_NAME_MAX} letters, digits, '-', '_' or '.'")
+        shown = name if len(name) <= PRINCIPAL_NAME_MAX else name[:PRINCIPAL_NAME_MAX] + "..."
+        raise TlsError(f"bad principal name {shown!r}: 1-{PRINCIPAL_NAME_MAX} letters, digits, '-', '_' or '.'")
 
 
 def _issue(tls_root: pathlib.Path, files: TlsFiles, *, common_name: str, hosts: Iterable[str], uris: list[str],

@@ -105,6 +105,17 @@ class ShardSpec:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """[quotas]: what one principal may ask of one node (node/api/quotas.py). The defaults let one principal
+    use a whole node (about 20k transfers/s) but not fill a shard's queue (100k items) or hold more than a
+    quarter of the node's 64 handler threads."""
+
+    items_per_s: int = 40_000
+    burst_items: int = 80_000
+    calls_in_flight: int = 16
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """Where a node finds its TLS files; `{node}` in a path is the node's name."""
 
@@ -126,6 +137,7 @@ class Topology:
     # [clearing] cycle_s: every ledger's open clearing window closes this often (cluster time); 0: only by command
     clearing_cycle_s: float = 0.0
     tls: TlsConfig | None = None  # None: `[tls] plaintext = true`, every caller trusted
+    quotas: QuotaConfig = QuotaConfig()
 
     def node_tls(self, node_name: str) -> TlsFiles | None:
         """The CA, certificate and key node `node_name` serves and calls with; None under plaintext."""
@@ -201,6 +213,7 @@ class Topology:
         if isinstance(cycle_s, bool) or not isinstance(cycle_s, (int, float)) or not 0 <= cycle_s <= 366 * 86_400:
             raise TopologyError(f"[clearing] cycle_s must be a number of seconds in 0..{366 * 86_400}")
         tls = _tls_of(doc, base_dir)
+        quotas = _quotas_of(doc)
         topo = cls(
             cluster_name=_get(cl, "cluster", "name", str),
             secret=secret,
@@ -212,6 +225,7 @@ class Topology:
             shards=tuple(shards),
             clearing_cycle_s=float(cycle_s),
             tls=tls,
+            quotas=quotas,
         )
         topo.validate()
         return topo
@@ -232,6 +246,9 @@ class Topology:
         out.append(f"data_dir = {_toml_str(str(data_dir))}")
         if self.clearing_cycle_s:
             out += ["", "[clearing]", f"cycle_s = {self.clearing_cycle_s:g}"]
+        if self.quotas != QuotaConfig():
+            out += ["", "[quotas]", f"items_per_s = {self.quotas.items_per_s}",
+                    f"burst_items = {self.quotas.burst_items}", f"calls_in_flight = {self.quotas.calls_in_flight}"]
         if self.tls is None:
             out += ["", "[tls]", "plaintext = true  # no TLS: anyone who reaches a port is trusted"]
         else:
@@ -422,6 +439,7 @@ def generate_local(
     slot_count: int = DEFAULT_SLOT_COUNT,
     cluster_name: str = "local",
     plaintext: bool = False,
+    quotas: QuotaConfig | None = None,
 ) -> Topology:
     """A topology for one machine: free ports on `host`, a random secret, data under
     dir/data, TLS files under dir/tls (made by tidebank.common.tls, not here). Shard s's
@@ -464,6 +482,7 @@ def generate_local(
         dcs=dc_names,
         nodes=tuple(nodes),
         shards=tuple(shard_specs),
+        quotas=quotas or QuotaConfig(),
         tls=None if plaintext else TlsConfig(
             ca=pathlib.Path(dir).absolute() / "tls" / "ca.pem",
             node_cert=str(pathlib.Path(dir).absolute() / "tls" / "nodes" / "{node}.pem"),
@@ -558,6 +577,23 @@ def _unique(what: str, values: Iterable) -> None:
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _quotas_of(doc: dict) -> QuotaConfig:
+    t = doc.get("quotas", {})
+    if not isinstance(t, dict):
+        raise TopologyError("[quotas] must be a table")
+    unknown = set(t) - {"items_per_s", "burst_items", "calls_in_flight"}
+    if unknown:
+        raise TopologyError(f"[quotas]: unknown keys {sorted(unknown)}")
+    default = QuotaConfig()
+    values = {}
+    for key in ("items_per_s", "burst_items", "calls_in_flight"):
+        value = t.get(key, getattr(default, key))
+        if not _is_int(value) or not 1 <= value <= 10_000_000:
+            raise TopologyError(f"[quotas] {key} must be an integer in 1..10000000")
+        values[key] = value
+    return QuotaConfig(**values)
 
 
 def _tls_of(doc: dict, base_dir: pathlib.Path | None) -> TlsConfig | None:

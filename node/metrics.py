@@ -41,6 +41,10 @@ APPLY_ITEMS = Counter("tidebank_apply_items_total", "items applied through the s
 RAFT_SYNC_SECONDS = Histogram("tidebank_raft_journal_sync_seconds",
                               "fdatasync of the journals written in one Raft loop turn (in parallel)",
                               buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
+PERMISSION_DENIED = Counter("tidebank_permission_denied_total",
+                            "calls refused for a missing permission, by permission", ["permission"])
+QUOTA_REFUSED = Counter("tidebank_quota_refused_total", "calls refused for a principal's quota, by limit",
+                        ["limit"])
 APPLY_STOPPED = Gauge("tidebank_replica_apply_stopped",
                       "1 if this replica stopped applying on a storage error (it will not campaign or lead)",
                       ["shard"])
@@ -59,7 +63,7 @@ ESCROW_BATCH_FIELDS = {"CreateTrades": "trades", "ShipTrades": "trades", "Confir
 CLEARING_BATCH_FIELDS = {"RegisterParticipants": "participants", "UpdateParticipants": "updates",
                          "LookupParticipants": "ids", "ListParticipants": None, "SubmitItems": "items",
                          "LookupItems": "ids", "ListWindows": None, "GetWindow": None, "CloseWindow": None,
-                         "SettleWindow": None, "UnwindParticipant": None}
+                         "SettleWindow": None, "UnwindParticipant": None, "AbortWindow": None}
 _PACKED_SIZES = {"transfers": 128, "accounts": 96}
 
 

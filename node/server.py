@@ -20,12 +20,16 @@ from grpc_reflection.v1alpha import reflection
 from tidebank.common.tls import TlsError, TlsFiles, channel_credentials, server_credentials
 from tidebank.common.topology import NodeSpec, Topology
 from tidebank.node import metrics
+from tidebank.node.api.admin_log import AdminLog
 from tidebank.node.api.admin_service import AdminService
 from tidebank.node.api.clearing_service import ClearingService
 from tidebank.node.api.escrow_service import EscrowService
+from tidebank.node.api.gate import Gate
 from tidebank.node.api.handlers import generic_handlers
 from tidebank.node.api.internal_service import InternalService
 from tidebank.node.api.ledger_service import LedgerService
+from tidebank.node.api.ownership import Owners
+from tidebank.node.api.quotas import Quotas
 from tidebank.node.api.routing import ShardMap
 from tidebank.node.executor import NodeView, ShardExecutor
 from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
@@ -69,6 +73,7 @@ class Node(NodeView):
     def __init__(self, topology: Topology, node_name: str, tls: TlsFiles | None = None):
         self.topology = topology
         self.spec: NodeSpec = topology.node(node_name)
+        self.admin_log: AdminLog | None = None  # set by serve()
         self.tls = tls  # this node's certificate: it serves with it and calls other nodes with it (mutual TLS)
         self.shard_map = ShardMap(topology.shard_map_version, topology.slot_count,
                                   {s.shard_id: s.slots for s in topology.shards})
@@ -207,6 +212,11 @@ class Node(NodeView):
         """Pending transfers expire inside apply, on cluster time; a leader with nothing to write
         proposes an empty entry when a timeout is due so expiry does not wait for traffic."""
         while not self._stopping.wait(PULSE_PERIOD_S):
+            if self.admin_log is not None:
+                try:
+                    self.admin_log.sync()  # refusals are fsync'ed here, not one by one
+                except OSError:
+                    log.exception("admin log: fsync failed")
             for host in list(self.shards.values()):
                 try:
                     if host.is_leader() and host.expiry_due():
@@ -249,15 +259,22 @@ def serve(topology: Topology, node_name: str, stop: threading.Event, tls: TlsFil
     node = Node(topology, node_name, tls)
     server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                          options=GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_CONCURRENT_RPCS_MAX)
-    ledger = metrics.instrument(LedgerService(node, node.executor, node.coordinator, node.coordinator_pool))
-    escrow = metrics.instrument(EscrowService(node, node.executor, node.escrow, node.coordinator_pool),
+    owners = Owners(node, node.executor)  # one cache of whose accounts are whose, for both servicers
+    ledger = metrics.instrument(LedgerService(node, node.executor, node.coordinator, node.coordinator_pool, owners))
+    escrow = metrics.instrument(EscrowService(node, node.executor, node.escrow, node.coordinator_pool, owners),
                                 metrics.ESCROW_BATCH_FIELDS)
+    admin_log = AdminLog(topology.node_data_dir(node_name), node_name)
+    node.admin_log = admin_log
     admin = AdminService(node.node_status, node.shard_map_message, node=node, link_faults=node.link_faults,
-                         dcs=topology.dcs)
+                         dcs=topology.dcs, admin_log=admin_log)
+    quotas = Quotas(items_per_s=topology.quotas.items_per_s, burst_items=topology.quotas.burst_items,
+                    calls_in_flight=topology.quotas.calls_in_flight,
+                    on_refused=lambda _principal, limit: metrics.QUOTA_REFUSED.labels(limit).inc())
+    gate = Gate(admin_log, quotas, on_denied=lambda permission: metrics.PERMISSION_DENIED.labels(permission).inc())
     internal = InternalService(node, node.coordinator, topology.secret)
     clearing = metrics.instrument(ClearingService(node, node.clearing), metrics.CLEARING_BATCH_FIELDS)
     for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret, escrow=escrow,
-                                    clearing=clearing):
+                                    clearing=clearing, gate=gate):
         server.add_generic_rpc_handlers((handler,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -289,6 +306,7 @@ def serve(topology: Topology, node_name: str, stop: threading.Event, tls: TlsFil
         health_servicer.enter_graceful_shutdown()
         server.stop(grace=2).wait(5)
         node.close()
+        admin_log.close()
 
 
 def main(config_path: str, node_name: str, tls: TlsFiles | None = None) -> int:

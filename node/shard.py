@@ -154,6 +154,11 @@ class ShardHost:
         with self.replica.read_txn() as txn:
             return getattr(self.ledger.clearing, name)(txn, *args)
 
+    def account_owners(self, ids: Sequence[int]) -> list[str | None]:
+        """Each account's owner on this replica (callers run a barrier first when they need it linearizable)."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.account_owners(txn, ids)
+
     # --- escrow reads (local replica; callers run a barrier first when they need them linearizable)
     def lookup_trades(self, ids: Sequence[int]) -> list[Trade]:
         with self.replica.read_txn() as txn:
@@ -189,6 +194,11 @@ class ShardHost:
         with self.replica.read_txn() as txn:
             due = self.ledger.next_expiry_ns(txn)
         return due is not None and due <= (now_ns if now_ns is not None else time.time_ns())
+
+    def cluster_time_ns(self) -> int:
+        """The latest cluster time this replica has applied (0 before the first entry)."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.cluster_time_ns(txn)
 
     def is_leader(self) -> bool:
         return self.replica.is_leader()

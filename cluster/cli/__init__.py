@@ -7,7 +7,7 @@ reached; for `audit`: a mismatch), 2 bad arguments or (for `status`/`shard-map`/
 `audit`) no node reachable, 3 (`audit`) transactions still in flight.
 
 One module per noun (`tidebank NOUN VERB`): cluster, node, status (also shard-map), dc,
-account, transfer, trade (also trade dispute), audit, demo; what they share is in _common.
+account, transfer, trade (also trade dispute), clearing, principal, admin, audit, demo; what they share is in _common.
 This module only builds the root command and hangs the nouns on it.
 """
 
@@ -18,7 +18,19 @@ from typing import Annotated
 import typer
 
 from tidebank import __version__
-from tidebank.cluster.cli import account, audit, clearing, cluster, dc, demo, node, status, trade, transfer
+from tidebank.cluster.cli import (
+    account,
+    audit,
+    clearing,
+    cluster,
+    dc,
+    demo,
+    node,
+    principal,
+    status,
+    trade,
+    transfer,
+)
 
 app = typer.Typer(
     name="tidebank",
@@ -40,6 +52,8 @@ app.add_typer(transfer.app, name="transfer")
 app.add_typer(trade.app, name="trade")
 app.add_typer(clearing.app, name="clearing")
 app.add_typer(dc.app, name="dc")
+app.add_typer(principal.app, name="principal")
+app.add_typer(principal.admin_app, name="admin")
 
 
 def _version_callback(value: bool) -> None:

@@ -1,9 +1,9 @@
 """`tidebank clearing ...`: clearing and net settlement between participants.
 
 Participants (`clearing participant add|list|get|cap|suspend|resume`), items (`clearing submit`, one or a
-CSV file), windows (`clearing window list|show|close`), `clearing settle` and `clearing unwind`, a
-participant's statement of a window (`clearing statement`, streamed) and `clearing reconcile`, which compares
-a participant's own file with the window.
+CSV file), windows (`clearing window list|show|close|abort`), `clearing settle` and `clearing unwind`, a
+participant's statement of a window (`clearing statement`, streamed; a broken stream is resumed after the
+last item written) and `clearing reconcile`, which compares a participant's own file with the window.
 
 Every write is idempotent: by participant id, item id or window number. When the operator gives no id for a
 new participant or item, one is printed on stderr before the call, so the very same step can be retried.
@@ -54,7 +54,7 @@ app = typer.Typer(
 )
 participant_app = typer.Typer(help="Register participants, change their caps, suspend or resume them, look them up.",
                               no_args_is_help=True)
-window_app = typer.Typer(help="List, show or close clearing windows.", no_args_is_help=True)
+window_app = typer.Typer(help="List, show, close or abort clearing windows.", no_args_is_help=True)
 app.add_typer(participant_app, name="participant")
 app.add_typer(window_app, name="window")
 
@@ -67,6 +67,7 @@ ITEM_FILE_OPTIONAL = ("user_data_128",)
 STATEMENT_COLUMNS = ("id", "payer_id", "payee_id", "amount", "ledger", "user_data_128", "status")
 _OK_ITEM_RESULTS = ("ok", "exists")
 _SETTLED_RESULTS = ("ok", "window_already_settled")  # a settled window is what `settle` asks for
+_ABORTED_RESULTS = ("ok", "window_already_aborted")  # an aborted window is what `window abort` asks for
 
 LedgerOpt = Annotated[int, typer.Option("--ledger", help="Ledger.", min=1, max=U32_MAX)]
 WindowArg = Annotated[int, typer.Argument(help="Window number.", metavar="NUMBER", min=1, max=U64_MAX)]
@@ -137,6 +138,7 @@ def _window_dict(w: Any) -> dict:
         "opened_at": w.opened_at,
         "closed_at": w.closed_at,
         "settled_at": w.settled_at,
+        "aborted_at": w.aborted_at,
         "round": w.round,
         "unwound": [str(u) for u in w.unwound],
         "failure": w.failure,
@@ -159,8 +161,9 @@ def _print_windows(rows: list[dict]) -> None:
     for col in ("NUMBER", "STATE", "OPENED", "CLOSED", "SETTLED", "ROUND", "UNWOUND", "FAILURE"):
         table.add_column(col, justify="right" if col in ("NUMBER", "ROUND", "UNWOUND") else "left")
     for r in rows:
+        ended = r["settled_at"] or r.get("aborted_at", 0)  # SETTLED: when it settled, or when it was aborted
         table.add_row(str(r["number"]), r["state"], _time_text(r["opened_at"]), _time_text(r["closed_at"]),
-                      _time_text(r["settled_at"]), str(r["round"]), str(len(r["unwound"])), r["failure"] or "-")
+                      _time_text(ended), str(r["round"]), str(len(r["unwound"])), r["failure"] or "-")
     print_table(table)
 
 
@@ -298,21 +301,28 @@ def participant_add(
 def participant_list(
     ledger: Annotated[int, typer.Option("--ledger", help="Only this ledger (default: every ledger).", min=0,
                                         max=U32_MAX)] = 0,
+    after: Annotated[str, typer.Option("--after", help="Start after this participant id.", metavar="ID")] = "0",
+    limit: Annotated[int, typer.Option("--limit", help="One page of at most this many (0: every participant).",
+                                       min=0, max=PAGE_SIZE_MAX)] = 0,
     dir: DirOpt = None,
     endpoints: EndpointsOpt = None,
     output: OutputOpt = Output.table,
     timeout_s: TimeoutSOpt = 10.0,
 ) -> None:
-    """Every participant (of one ledger), by id, with its cap and position."""
+    """The participants (of one ledger), by id, with their caps: all of them, or a page (--limit; the next page:
+    --after the last id)."""
+    after_id = parse_id(after, "participant id") if after != "0" else 0
     targets = resolve_endpoints(dir, endpoints)
     with open_client(targets, timeout_s) as c:
-        participants = c.list_participants(ledger)
+        participants = c.list_participants(ledger, after=after_id, limit=limit)
     rows = [_participant_dict(p) for p in participants]
     if output == Output.json:
         print_json(rows)
         return
     _print_participants(rows)
     out.print(f"{len(rows)} participant(s)", markup=False)
+    if limit and len(rows) >= limit:  # a full page: there may be more
+        out.print(f"next page: --after {rows[-1]['id']}", markup=False)
 
 
 @participant_app.command("get")
@@ -616,6 +626,25 @@ def window_close(
     with open_client(targets, timeout_s) as c:
         step = c.close_window(ledger, number)
     _step(step, output)
+
+
+@window_app.command("abort")
+@one_line_errors
+def window_abort(
+    number: WindowArg,
+    ledger: LedgerOpt,
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    output: OutputOpt = Output.table,
+    timeout_s: TimeoutSOpt = 10.0,
+) -> None:
+    """Abort a closed window that has not settled: its items are excluded on every shard, the positions they
+    raised given back, and it is never settled. Exit code 0 when the window is aborted (now or before); a window
+    that is open, settling, settled or being unwound is refused (exit code 1, nothing changed)."""
+    targets = resolve_endpoints(dir, endpoints)
+    with open_client(targets, timeout_s) as c:
+        step = c.abort_window(ledger, number)
+    _step(step, output, _ABORTED_RESULTS)
 
 
 @app.command("settle")

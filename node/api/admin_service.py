@@ -1,12 +1,15 @@
-"""The Admin servicer: shard map, node status, simulated link faults, per-ledger totals for `tidebank audit`."""
+"""The Admin servicer: shard map, node status, simulated link faults, per-ledger totals for `tidebank audit`,
+the admin log."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
 
 from tidebank.node.api import convert, errors
+from tidebank.node.api.admin_log import ADMIN_LOG_PAGE_MAX, AdminLog
 from tidebank.node.api.calls import wait_of
 from tidebank.node.executor import NodeView
 from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
@@ -15,6 +18,8 @@ from tidebank.v1 import admin_pb2
 
 log = logging.getLogger(__name__)
 
+SHARD_IDS_MAX = 4096  # a cluster has far fewer shards; more ids is a malformed request
+
 
 class AdminService:
     """The Admin service (registered through the same raw-bytes handlers): shard map, node status,
@@ -22,7 +27,8 @@ class AdminService:
 
     def __init__(self, node_status: Callable[[], admin_pb2.NodeStatus],
                  shard_map: Callable[[], admin_pb2.ShardMap], *, node: NodeView | None = None,
-                 link_faults: LinkFaults | None = None, dcs: Sequence[str] = ()):
+                 link_faults: LinkFaults | None = None, dcs: Sequence[str] = (), admin_log: AdminLog | None = None):
+        self._admin_log = admin_log
         self._node_status = node_status
         self._shard_map = shard_map
         self._node = node
@@ -47,6 +53,15 @@ class AdminService:
     def GetLinkFaults(self, request: admin_pb2.GetLinkFaultsRequest, context) -> admin_pb2.LinkFaults:
         return self._link_faults.to_proto()
 
+    def GetAdminLog(self, request: admin_pb2.GetAdminLogRequest, context) -> admin_pb2.AdminLog:
+        if request.limit > ADMIN_LOG_PAGE_MAX:
+            raise errors.invalid_argument([("limit", f"at most {ADMIN_LOG_PAGE_MAX}, got {request.limit}")])
+        if self._admin_log is None:
+            return admin_pb2.AdminLog()
+        records, next_seq = self._admin_log.page(request.after_seq, request.limit)
+        return admin_pb2.AdminLog(records=[admin_pb2.AdminLogRecord(**asdict(r)) for r in records],
+                                  next_seq=next_seq)
+
     # --- audit ---------------------------------------------------------------------------------------------
     def GetLedgerTotals(self, request: admin_pb2.GetLedgerTotalsRequest, context) -> admin_pb2.LedgerTotals:
         """Totals of the requested shards (each must be led here) or of every shard led here, each
@@ -55,6 +70,8 @@ class AdminService:
         node = self._node
         if node is None:
             raise errors.internal("this node serves no shards")
+        if len(request.shard_ids) > SHARD_IDS_MAX:
+            raise errors.invalid_argument([("shard_ids", f"at most {SHARD_IDS_MAX}, got {len(request.shard_ids)}")])
         explicit = bool(request.shard_ids)
         shard_ids = list(dict.fromkeys(request.shard_ids)) if explicit else list(node.shard_map.shard_ids)
         unknown = [s for s in shard_ids if s not in node.shard_map.shard_ids]

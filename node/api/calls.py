@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from tidebank.common.limits import BATCH_ITEMS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
-from tidebank.node.api import convert, errors
+from tidebank.node.api import access, convert, errors
 from tidebank.node.api.failures import Failures
 from tidebank.node.executor import ShardExecutor, all_results
 from tidebank.node.outcomes import NotAppliedError
@@ -39,6 +39,7 @@ class Call:
     hops: int
     wait_s: float
     only_shard: int | None  # a forwarded call serves one shard, never scatters again
+    forwarded_for: tuple[tuple[str, str], ...] = ()  # who the caller is, for the node a part is forwarded to
 
 
 def call_of(context: grpc.ServicerContext) -> Call:
@@ -51,7 +52,7 @@ def call_of(context: grpc.ServicerContext) -> Call:
                 only_shard = int(value)
         except ValueError:
             raise errors.invalid_argument([(key, f"not an integer: {value!r}")]) from None
-    return Call(context, hops, wait_of(context), only_shard)
+    return Call(context, hops, wait_of(context), only_shard, access.forwarding_metadata())
 
 
 def wait_of(context: grpc.ServicerContext) -> float:
@@ -68,7 +69,8 @@ def forward(executor: ShardExecutor, call: Call, shard_id: int, stub_of: Callabl
         if call.hops >= HOPS_MAX:
             raise NotAppliedError(f"shard {shard_id}: already forwarded {call.hops} times")
         rpc = getattr(stub_of(address), method).future(
-            request, timeout=call.wait_s, metadata=((HOPS_HEADER, str(call.hops + 1)), (SHARD_HEADER, str(shard_id))))
+            request, timeout=call.wait_s,
+            metadata=((HOPS_HEADER, str(call.hops + 1)), (SHARD_HEADER, str(shard_id)), *call.forwarded_for))
         return _grpc_future(rpc)
 
     return executor.on_leader(shard_id, local, remote)

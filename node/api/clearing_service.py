@@ -17,14 +17,15 @@ from typing import Any
 
 import grpc
 
-from tidebank.common.keys import U64_MAX, U128_MAX, clearing_hub_account_id
+from tidebank.common.keys import U128_MAX, clearing_hub_account_id
 from tidebank.common.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, PARTICIPANTS_PER_REQUEST_MAX
-from tidebank.node.api import convert, errors
+from tidebank.node.api import access, convert, errors
 from tidebank.node.api.calls import check_batch_size, wait_of
 from tidebank.node.ledger.clearing import (
     WINDOW_CLOSED,
     WINDOW_OPEN,
     WINDOW_SETTLED,
+    WINDOW_STATES,
     settlement_transfer_id,
 )
 from tidebank.node.ledger.clearing_records import (
@@ -33,7 +34,7 @@ from tidebank.node.ledger.clearing_records import (
     ClearingItem,
     Participant,
 )
-from tidebank.node.ledger.results import ParticipantResult
+from tidebank.node.ledger.results import ParticipantResult, WindowResult
 from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.txn.clearing_coordinator import ClearingCoordinator, ClearingStepError
 from tidebank.v1 import clearing_pb2, ledger_pb2
@@ -60,7 +61,7 @@ class ClearingService:
             if len(name.encode()) > PARTICIPANT_NAME_BYTES_MAX:
                 raise errors.invalid_argument([(f"participants[{n}].name",
                                                 f"at most {PARTICIPANT_NAME_BYTES_MAX} bytes of UTF-8")])
-            if m.suspended or m.version or m.position:
+            if m.suspended or m.version or m.HasField("position"):
                 raise errors.invalid_argument([(f"participants[{n}]", "suspended, version and position are "
                                                 "read-only (register, then UpdateParticipants)")])
             participants.append(Participant(convert.u128_from_pb(m.id), m.ledger, m.code, name,
@@ -108,6 +109,7 @@ class ClearingService:
                            context) -> clearing_pb2.ParticipantsResponse:
         check_batch_size("ids", len(request.ids))
         ids = [convert.u128_from_pb(i) for i in request.ids]
+        access.require_participants(access.current(), ids, "the record")
         deadline = time.monotonic() + wait_of(context)
 
         def read() -> list[Participant]:
@@ -128,18 +130,15 @@ class ClearingService:
 
     def ListParticipants(self, request: clearing_pb2.ListParticipantsRequest,
                          context) -> clearing_pb2.ParticipantsResponse:
+        """One page, by id, after `after`: each participant's record from its home shard (without positions)."""
+        limit = _page_limit(request.limit)
+        after = convert.u128_from_pb(request.after)
         deadline = time.monotonic() + wait_of(context)
-
-        def read() -> list[Participant]:
-            found: dict[int, Participant] = {}
-            for rows in self.coordinator.query_everywhere("participants", [request.ledger], deadline).values():
-                for fields in rows:
-                    p = Participant(*fields)
-                    if p.id not in found or found[p.id].version < p.version:
-                        found[p.id] = p
-            return [found[i] for i in sorted(found)][:PAGE_SIZE_MAX]
-
-        participants = self._guard(read, write=False)
+        participants = self._guard(
+            lambda: self.coordinator.list_participants(request.ledger, after, limit, deadline), write=False)
+        grant = access.current()
+        if not grant.everything:  # a bank sees itself in the list, not the others
+            participants = [p for p in participants if p.id in grant.principal.participants]
         return clearing_pb2.ParticipantsResponse(participants=[_participant_pb(p, 0) for p in participants])
 
     # ------------------------------------------------------------------ items
@@ -154,6 +153,7 @@ class ClearingService:
             items.append(ClearingItem(convert.u128_from_pb(m.id), convert.u128_from_pb(m.payer_id),
                                       convert.u128_from_pb(m.payee_id), m.amount, m.ledger,
                                       convert.u128_from_pb(m.user_data_128), m.user_data_64))
+        access.require_participants(access.current(), [i.payer_id for i in items], "items as payer")
         if not items:
             return clearing_pb2.SubmitItemsResponse()
         deadline = time.monotonic() + wait_of(context)
@@ -166,15 +166,18 @@ class ClearingService:
         linearizable = request.consistency != ledger_pb2.READ_CONSISTENCY_STALE
         deadline = time.monotonic() + wait_of(context)
         items = self._guard(lambda: self.coordinator.lookup_items(ids, linearizable, deadline), write=False)
+        grant = access.current()
+        for item in items if not grant.everything else ():
+            if not {item.payer_id, item.payee_id} & grant.principal.participants:
+                raise access.denied(grant.principal, grant.permission,
+                                    f"item {item.id} is neither paid nor received by this principal")
         return clearing_pb2.LookupItemsResponse(items=[_item_pb(i) for i in items])
 
     # ------------------------------------------------------------------ windows
 
     def ListWindows(self, request: clearing_pb2.ListWindowsRequest, context) -> clearing_pb2.ListWindowsResponse:
         _check_ledger(request.ledger)
-        limit = request.limit or PAGE_SIZE_DEFAULT
-        if limit > PAGE_SIZE_MAX:
-            raise errors.invalid_argument([("limit", f"at most {PAGE_SIZE_MAX}, got {limit}")])
+        limit = _page_limit(request.limit)
         deadline = time.monotonic() + wait_of(context)
         rows = self._guard(lambda: self.coordinator.query(self.coordinator.home_of(request.ledger), "windows",
                                                           [request.ledger, request.after, limit], deadline),
@@ -194,6 +197,11 @@ class ClearingService:
             nets = self._guard(lambda: self.coordinator.nets(request.ledger, number, deadline), write=False)
         bilateral = self._guard(lambda: self.coordinator.bilateral(request.ledger, number, deadline),
                                 write=False) if request.bilateral else []
+        grant = access.current()
+        if not grant.everything:  # a bank sees its own position and its own pairs, not the others'
+            own = grant.principal.participants
+            nets = [n for n in nets if n[0] in own]
+            bilateral = [b for b in bilateral if b[0] in own or b[1] in own]
         return _window_pb(request.ledger, number, record, nets, bilateral)
 
     def CloseWindow(self, request: clearing_pb2.WindowRequest, context) -> clearing_pb2.WindowStepResponse:
@@ -226,6 +234,24 @@ class ClearingService:
         code = self._guard(lambda: self.coordinator.unwind(request.ledger, request.number, pid, deadline))
         return self._step_response(request.ledger, request.number, code, deadline)
 
+    def AbortWindow(self, request: clearing_pb2.WindowRequest, context) -> clearing_pb2.WindowStepResponse:
+        """ok or window_already_aborted in the response; every refusal (the window's state) is FAILED_PRECONDITION
+        with a PreconditionFailure naming the window, and changes nothing."""
+        _check_ledger(request.ledger)
+        if request.number == 0:
+            raise errors.invalid_argument([("number", "name the closed window to abort")])
+        deadline = time.monotonic() + wait_of(context)
+        code, committed = self._guard(lambda: self.coordinator.abort(request.ledger, request.number, deadline))
+        if code == WindowResult.window_not_found:
+            raise errors.not_found(f"ledger {request.ledger} has no window {request.number}")
+        if code not in (WindowResult.ok, WindowResult.window_already_aborted):
+            _, record = self._guard(lambda: self.coordinator.window(request.ledger, request.number, deadline),
+                                    write=False)
+            why = _abort_refusal(code, record or {}, committed)
+            raise errors.failed_precondition(f"window {request.number} of ledger {request.ledger} cannot be aborted: "
+                                             f"{why}", [("WINDOW_STATE", f"{request.ledger}/{request.number}", why)])
+        return self._step_response(request.ledger, request.number, code, deadline)
+
     def _step_response(self, ledger: int, number: int, code: int, deadline: float) -> clearing_pb2.WindowStepResponse:
         response = clearing_pb2.WindowStepResponse(result=int(code))
         if number:
@@ -240,17 +266,23 @@ class ClearingService:
 
     def ExportStatement(self, request: clearing_pb2.ExportStatementRequest,
                         context) -> Iterator[clearing_pb2.StatementChunk]:
-        """Streams the participant's items of a closed window by id, then the statement; never all in memory."""
+        """Streams the participant's items of a closed window by id, then the statement; never all in memory.
+        Resumed (after_item_id), the items up to the cursor are read for the statement's totals and digest (which
+        always cover the whole window) but not sent."""
         _check_ledger(request.ledger)
         pid = convert.u128_from_pb(request.participant_id)
+        access.require_participants(access.current(), [pid], "the statement")
+        after = convert.u128_from_pb(request.after_item_id)
         deadline = time.monotonic() + wait_of(context)
         number, record = self._guard(lambda: self.coordinator.window(request.ledger, request.number, deadline),
                                      write=False)
         if record is None:
             raise errors.not_found(f"ledger {request.ledger} has no window {request.number}")
         if record["state"] < WINDOW_CLOSED:
-            raise errors.failed_precondition(f"window {number} is {('open', 'closing')[record['state']]}: "
-                                             "statements are of closed windows")
+            raise errors.failed_precondition(f"window {number} is {WINDOW_STATES[record['state']]}: "
+                                             "statements are of closed windows",
+                                             [("WINDOW_STATE", f"{request.ledger}/{number}",
+                                               WINDOW_STATES[record["state"]])])
         digest = hashlib.sha256()
         sums = [0, 0, 0, 0]
         chunk = clearing_pb2.StatementChunk()
@@ -270,6 +302,8 @@ class ClearingService:
                     sums[3] += 1
             elif not request.include_unwound:
                 continue
+            if item.id <= after:
+                continue  # sent before the stream broke: counted above, not sent again
             _item_pb(item, chunk.items.add())
             if len(chunk.items) >= STATEMENT_CHUNK_ITEMS:
                 yield chunk
@@ -277,14 +311,16 @@ class ClearingService:
         s = chunk.statement
         convert.u128_to_pb(s.participant_id, pid)
         s.ledger, s.window = request.ledger, number
-        s.sent, s.received, s.count_sent, s.count_received = sums
-        s.net = sums[0] - sums[1]
+        convert.u128_to_pb(s.sent, sums[0])
+        convert.u128_to_pb(s.received, sums[1])
+        convert.i128_to_pb(s.net, sums[0] - sums[1])
+        s.count_sent, s.count_received = sums[2], sums[3]
         s.items = sums[2] + sums[3]
         s.sha256 = digest.hexdigest()
-        if record["state"] == WINDOW_SETTLED and s.net:
+        if record["state"] == WINDOW_SETTLED and sums[0] != sums[1]:
             convert.u128_to_pb(s.settlement_transfer_id,
                                settlement_transfer_id(request.ledger, number, record.get("attempt", 0), pid))
-            s.settlement_amount = abs(s.net)
+            s.settlement_amount = abs(sums[0] - sums[1])
         yield chunk
 
     # ------------------------------------------------------------------ plumbing
@@ -322,12 +358,38 @@ def _check_ledger(ledger: int) -> None:
         raise errors.invalid_argument([("ledger", "must not be 0")])
 
 
+def _page_limit(limit: int) -> int:
+    if limit > PAGE_SIZE_MAX:
+        raise errors.invalid_argument([("limit", f"at most {PAGE_SIZE_MAX}, got {limit}")])
+    return limit or PAGE_SIZE_DEFAULT
+
+
+def _abort_refusal(code: int, record: dict, committed: int) -> str:
+    """Why AbortWindow refused the window, in words (the rules' code and the window as it is now)."""
+    if committed:
+        return f"the settlement transfers of its attempt {committed} committed (settle it to finish the bookkeeping)"
+    if code == WindowResult.window_already_settled:
+        return "it is settled"
+    if code == WindowResult.settlement_in_progress:
+        return ("a settlement attempt holds it: wait until it settles or fails back to closed (at most "
+                "its lease)")
+    state = record.get("state", WINDOW_OPEN)
+    if state == WINDOW_CLOSED and record.get("unwinding") is not None:
+        return f"participant {record['unwinding']} is being unwound from it: abort after the unwind"
+    if state == WINDOW_OPEN:
+        return "it is open: only a closed window can be aborted (close it first)"
+    if state < WINDOW_CLOSED:
+        return f"it is {WINDOW_STATES[state]}: abort it once it is closed"
+    return f"{WindowResult(code).name} (it is {WINDOW_STATES[state]})"
+
+
 def _participant_pb(p: Participant, position: int) -> clearing_pb2.Participant:
     m = clearing_pb2.Participant(ledger=p.ledger, code=p.code, name=p.name, net_debit_cap=p.net_debit_cap,
-                                 suspended=p.suspended, version=p.version,
-                                 position=max(-(1 << 63), min(position, (1 << 63) - 1)))
+                                 suspended=p.suspended, version=p.version)
     convert.u128_to_pb(m.id, p.id)
     convert.u128_to_pb(m.settlement_account_id, p.settlement_account_id)
+    if position:
+        convert.i128_to_pb(m.position, position)
     return m
 
 
@@ -346,7 +408,7 @@ def _window_pb(ledger: int, number: int, record: dict, nets=(), bilateral=()) ->
     m = clearing_pb2.Window(ledger=ledger, number=number, state=record["state"],
                             opened_at=record.get("opened_at", 0), closed_at=record.get("closed_at", 0),
                             settled_at=record.get("settled_at", 0), round=record.get("round", 0),
-                            failure=record.get("failure", ""))
+                            failure=record.get("failure", ""), aborted_at=record.get("aborted_at", 0))
     for pid in record.get("unwound", ()):
         convert.u128_to_pb(m.unwound.add(), pid)
     for tid in record.get("transfers", ()):
@@ -355,12 +417,15 @@ def _window_pb(ledger: int, number: int, record: dict, nets=(), bilateral=()) ->
     for pid, sent, received, n_sent, n_received in nets:
         n = m.nets.add()
         convert.u128_to_pb(n.participant_id, pid)
-        n.sent, n.received = min(sent, U64_MAX), min(received, U64_MAX)
-        n.count_sent, n.count_received, n.net = n_sent, n_received, sent - received
+        convert.u128_to_pb(n.sent, sent)
+        convert.u128_to_pb(n.received, received)
+        convert.i128_to_pb(n.net, sent - received)
+        n.count_sent, n.count_received = n_sent, n_received
     for payer, payee, amount, count in bilateral:
         b = m.bilateral.add()
         convert.u128_to_pb(b.payer_id, payer)
         convert.u128_to_pb(b.payee_id, payee)
-        b.amount, b.count = min(amount, U64_MAX), count
+        convert.u128_to_pb(b.amount, amount)
+        b.count = count
     return m
 

@@ -23,6 +23,20 @@ def u128_to_pb(target: types_pb2.U128, value: int) -> None:
     target.lo = value & _U64
 
 
+def i128_from_pb(value: types_pb2.I128) -> int:
+    raw = (value.hi << 64) | value.lo
+    return raw - (1 << 128) if value.hi >> 63 else raw
+
+
+def i128_to_pb(target: types_pb2.I128, value: int) -> None:
+    """A signed 128-bit value, two's complement (ValueError beyond 128 bits)."""
+    if not -(1 << 127) <= value < 1 << 127:
+        raise ValueError(f"{value} does not fit in 128 signed bits")
+    raw = value & ((1 << 128) - 1)
+    target.hi = raw >> 64
+    target.lo = raw & _U64
+
+
 def account_from_pb(m: types_pb2.Account) -> Account:
     return Account(
         id=(m.id.hi << 64) | m.id.lo,

@@ -35,8 +35,20 @@ def _status(code: int, message: str, *details) -> status_pb2.Status:
     return status
 
 
+VIOLATIONS_MAX = 10  # per error: its status rides in the trailers, which gRPC caps at 16 KiB
+TEXT_CHARS_MAX = 200  # of any one field path or description (they may echo what the caller sent)
+
+
+def clip(text: str, limit: int = TEXT_CHARS_MAX) -> str:
+    """`text` cut to `limit` characters, marked as cut: an answer never echoes an unbounded input."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
 def invalid_argument(violations: Iterable[tuple[str, str]]) -> RequestError:
-    violations = list(violations)
+    violations = [(clip(f), clip(d)) for f, d in violations]
+    if len(violations) > VIOLATIONS_MAX:
+        more = len(violations) - VIOLATIONS_MAX
+        violations = violations[:VIOLATIONS_MAX] + [("...", f"and {more} more like these")]
     bad_request = error_details_pb2.BadRequest(
         field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
                           for f, d in violations])
@@ -73,8 +85,20 @@ def not_found(message: str) -> RequestError:
     return RequestError(_status(code_pb2.NOT_FOUND, message))
 
 
-def failed_precondition(message: str) -> RequestError:
-    return RequestError(_status(code_pb2.FAILED_PRECONDITION, message))
+def failed_precondition(message: str, violations: Iterable[tuple[str, str, str]] = ()) -> RequestError:
+    """FAILED_PRECONDITION; each violation (type, subject, description) as a google.rpc.PreconditionFailure."""
+    violations = list(violations)
+    details = [error_details_pb2.PreconditionFailure(violations=[
+        error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d) for t, s, d in violations
+    ])] if violations else []
+    return RequestError(_status(code_pb2.FAILED_PRECONDITION, message, *details))
+
+
+def permission_denied(message: str, **metadata: object) -> RequestError:
+    """PERMISSION_DENIED with an ErrorInfo (reason PERMISSION_DENIED) whose metadata names what was missing."""
+    info = error_details_pb2.ErrorInfo(reason="PERMISSION_DENIED", domain=DOMAIN,
+                                       metadata={k: str(v) for k, v in metadata.items() if v is not None})
+    return RequestError(_status(code_pb2.PERMISSION_DENIED, message, info))
 
 
 def internal(message: str) -> RequestError:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from tidebank.node.api import convert, errors
+from tidebank.node.api import access, convert, errors
 from tidebank.node.api.calls import (
     call_of,
     check_batch_size,
@@ -26,9 +26,11 @@ from tidebank.node.api.calls import (
     page_limit,
     read_part,
     u128,
+    wait_of,
     wait_reads,
 )
 from tidebank.node.api.failures import Failures
+from tidebank.node.api.ownership import Owners
 from tidebank.node.executor import NodeView, ShardExecutor, all_results
 from tidebank.node.ledger.trades import (
     CMD_CONFIRM,
@@ -48,12 +50,16 @@ _SHIP = convert.trade_action_from_pb(CMD_SHIP)
 _CONFIRM = convert.trade_action_from_pb(CMD_CONFIRM)
 _OPEN = convert.trade_action_from_pb(CMD_OPEN_DISPUTE)
 _WITHDRAW = convert.trade_action_from_pb(CMD_WITHDRAW_DISPUTE)
+# Which party's account an account holder must own for each step (CreateTrades: the buyer's, from the request).
+_SIDE_OF_STEP = {"ConfirmTrades": "buyer", "OpenDisputes": "buyer", "WithdrawDisputes": "buyer",
+                 "ExtendTrades": "buyer", "ShipTrades": "seller", "RefundTrades": "seller"}
 
 
 class EscrowService(escrow_pb2_grpc.EscrowServicer):
-    def __init__(self, node: NodeView, executor: ShardExecutor, escrow=None, pool=None):
+    def __init__(self, node: NodeView, executor: ShardExecutor, escrow=None, pool=None, owners: Owners | None = None):
         self.node = node
         self.executor = executor
+        self.owners = owners or Owners(node, executor)  # whose accounts are whose, for account holders' calls
         self.escrow = escrow  # runs escrow steps on the trade shards this node leads (EscrowCoordinator)
         self.pool = pool
 
@@ -88,6 +94,7 @@ class EscrowService(escrow_pb2_grpc.EscrowServicer):
         check_batch_size(field, len(items))
         commands = [to_command(m) for m in items]
         call = call_of(context)
+        self._require_party(access.current(), method, commands, call)
         by_shard: dict[int, list[int]] = {}
         for position, c in enumerate(commands):
             by_shard.setdefault(self.node.shard_map.shard_of(c.trade_id), []).append(position)
@@ -125,35 +132,68 @@ class EscrowService(escrow_pb2_grpc.EscrowServicer):
             response.results.add(code=outcome.code, transfer_result=outcome.transfer_code)
         return response
 
+    def _require_party(self, grant: access.Grant, method: str, commands: list[TradeCommand], call) -> None:
+        """An account holder acts on a trade only in its own part: as the buyer (the account it pays from) to
+        create, confirm, extend and dispute, as the seller to ship and refund."""
+        if grant.everything:
+            return
+        if method == "CreateTrades":
+            self.owners.require_owned(grant, [c.buyer_account_id for c in commands], "buyer account", call.wait_s)
+            return
+        side = _SIDE_OF_STEP.get(method)
+        if side is None:
+            access.require_everything(grant, method)
+            return
+        ids = [c.trade_id for c in commands]
+        trades = self._lookup(call, ids, LINEARIZABLE)
+        for trade_id in ids:
+            if trade_id not in trades:
+                raise access.denied(grant.principal, grant.permission, f"trade {trade_id} is not found")
+        accounts = [convert.u128_from_pb(getattr(trades[t], f"{side}_account_id")) for t in ids]
+        self.owners.require_owned(grant, accounts, f"{side} account", call.wait_s)
+
     # --- reads ------------------------------------------------------------------------------------------
     def LookupTrades(self, request, context) -> escrow_pb2.LookupTradesResponse:
         check_batch_size("ids", len(request.ids))
         ids = [convert.u128_from_pb(m) for m in request.ids]
-        call = call_of(context)
-        by_shard: dict[int, list[int]] = {}
-        for key in ids:
-            by_shard.setdefault(self.node.shard_map.shard_of(key), []).append(key)
-        reads = {shard_id: self._read(call, shard_id, request.consistency, "LookupTrades",
-                                      lambda host, part=part: self._to_pb(host.lookup_trades(part)),
-                                      escrow_pb2.LookupTradesRequest(ids=[u128(k) for k in part],
-                                                                     consistency=request.consistency),
-                                      lambda response: list(response.trades))
-                 for shard_id, part in by_shard.items()}
-        found = {}
-        for trades in wait_reads(self.node, call, reads).values():
-            for message in trades:
-                found[convert.u128_from_pb(message.id)] = message
+        found = self._lookup(call_of(context), ids, request.consistency)
+        grant = access.current()
+        if not grant.everything:  # a holder reads the trades it is buyer or seller of
+            sides = {k: (convert.u128_from_pb(m.buyer_account_id), convert.u128_from_pb(m.seller_account_id))
+                     for k, m in found.items()}
+            owners = self.owners.owners(sorted({a for pair in sides.values() for a in pair}), wait_of(context))
+            for key, pair in sides.items():
+                if grant.principal.name not in (owners.get(pair[0]), owners.get(pair[1])):
+                    raise access.denied(grant.principal, grant.permission,
+                                        f"trade {key} is not one of this principal's")
         response = escrow_pb2.LookupTradesResponse()
         for key in ids:
             if key in found:
                 response.trades.add().CopyFrom(found[key])
         return response
 
+    def _lookup(self, call, ids: list[int], consistency: int) -> dict[int, escrow_pb2.Trade]:
+        by_shard: dict[int, list[int]] = {}
+        for key in ids:
+            by_shard.setdefault(self.node.shard_map.shard_of(key), []).append(key)
+        reads = {shard_id: self._read(call, shard_id, consistency, "LookupTrades",
+                                      lambda host, part=part: self._to_pb(host.lookup_trades(part)),
+                                      escrow_pb2.LookupTradesRequest(ids=[u128(k) for k in part],
+                                                                     consistency=consistency),
+                                      lambda response: list(response.trades))
+                 for shard_id, part in by_shard.items()}
+        found = {}
+        for trades in wait_reads(self.node, call, reads).values():
+            for message in trades:
+                found[convert.u128_from_pb(message.id)] = message
+        return found
+
     def ListTrades(self, request, context) -> escrow_pb2.ListTradesResponse:
         limit = page_limit(request.limit)
         if request.role not in (escrow_pb2.TRADE_ROLE_BUYER, escrow_pb2.TRADE_ROLE_SELLER):
             raise errors.invalid_argument([("role", f"not a TradeRole: {request.role}")])
         account_id = convert.u128_from_pb(request.account_id)
+        self.owners.require_owned(access.current(), [account_id], "account", wait_of(context))
         seller = request.role == escrow_pb2.TRADE_ROLE_SELLER
         after = _decode_list_token(request.page_token, account_id, request.role) if request.page_token else None
         call = call_of(context)

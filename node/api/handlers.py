@@ -1,5 +1,6 @@
-"""Registration of the servicers: requests are parsed here, so a malformed message is INVALID_ARGUMENT
-(with the parser's reason), never INTERNAL, and every RequestError a servicer raises becomes its status."""
+"""Registration of the servicers: each call passes the gate (who may call it, node/api/gate.py) before its
+request is parsed here, so a malformed message is INVALID_ARGUMENT (with the parser's reason), never INTERNAL,
+and every RequestError a servicer raises becomes its status."""
 
 from __future__ import annotations
 
@@ -10,59 +11,87 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from tidebank.node.api import errors
+from tidebank.node.api.gate import Gate
 from tidebank.node.api.internal_service import require_signature
 from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, internal_pb2, ledger_pb2
 
 
-def _raw_handler(method: Callable, request_cls, response_cls,
+def _raw_handler(method: Callable, request_cls, response_cls, name: str, gate: Gate,
                  authenticate: Callable | None = None) -> grpc.RpcMethodHandler:
-    name = method.__name__
+    short = method.__name__
 
     def handle(raw: bytes, context: grpc.ServicerContext):
-        if authenticate is not None:
-            authenticate(name, raw, context)
-        request = request_cls()
+        ticket = None
         try:
-            request.ParseFromString(raw)
-        except DecodeError as exc:
-            errors.abort(context, errors.invalid_argument(
-                [("request", f"not a valid {request_cls.DESCRIPTOR.full_name} message: {exc}")]))
-        try:
-            return method(request, context)
+            grant = gate.admit(name, context)
+            if authenticate is not None:
+                authenticate(short, raw, context)
+            request = _parse(request_cls, raw, context)
+            ticket = gate.charge(grant, request)
         except errors.RequestError as exc:
             errors.abort(context, exc)
+        try:
+            try:
+                response = method(request, context)
+            except errors.RequestError as exc:
+                gate.finish(grant, name, exc)
+                errors.abort(context, exc)
+            gate.finish(grant, name, None)
+            return response
+        finally:
+            if ticket is not None:
+                ticket.release()
 
     return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
                                                response_serializer=response_cls.SerializeToString)
 
 
-def _raw_stream_handler(method: Callable, request_cls, response_cls) -> grpc.RpcMethodHandler:
+def _raw_stream_handler(method: Callable, request_cls, response_cls, name: str, gate: Gate) -> grpc.RpcMethodHandler:
     """The same for a server-streaming method: a RequestError before or between messages ends the stream with
     its status."""
 
     def handle(raw: bytes, context: grpc.ServicerContext):
-        request = request_cls()
+        ticket = None
         try:
-            request.ParseFromString(raw)
-        except DecodeError as exc:
-            errors.abort(context, errors.invalid_argument(
-                [("request", f"not a valid {request_cls.DESCRIPTOR.full_name} message: {exc}")]))
-        try:
-            yield from method(request, context)
+            grant = gate.admit(name, context)
+            request = _parse(request_cls, raw, context)
+            ticket = gate.charge(grant, request)
         except errors.RequestError as exc:
             errors.abort(context, exc)
+        try:
+            try:
+                yield from method(request, context)
+            except errors.RequestError as exc:
+                gate.finish(grant, name, exc)
+                errors.abort(context, exc)
+            gate.finish(grant, name, None)
+        finally:
+            if ticket is not None:
+                ticket.release()
 
     return grpc.unary_stream_rpc_method_handler(handle, request_deserializer=None,
                                                 response_serializer=response_cls.SerializeToString)
 
 
+def _parse(request_cls, raw: bytes, context: grpc.ServicerContext):
+    request = request_cls()
+    try:
+        request.ParseFromString(raw)
+    except DecodeError as exc:
+        errors.abort(context, errors.invalid_argument(
+            [("request", f"not a valid {request_cls.DESCRIPTOR.full_name} message: {exc}")]))
+    return request
+
+
 SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults"})  # fault injection: only holders of the cluster secret
 
 
-def generic_handlers(ledger, admin, internal=None,
-                     admin_secret: str | None = None, escrow=None, clearing=None) -> list[grpc.GenericRpcHandler]:
+def generic_handlers(ledger, admin, internal=None, admin_secret: str | None = None, escrow=None, clearing=None,
+                     gate: Gate | None = None) -> list[grpc.GenericRpcHandler]:
     """Handlers for the public Ledger and Admin services and, when given, the Escrow service and the signed
-    Internal service. With `admin_secret`, the fault-injection Admin methods require the cluster's signature."""
+    Internal service. Every call passes the gate (access, quota, admin log; a bare Gate() checks access only).
+    With `admin_secret`, the fault-injection Admin methods also require the cluster's signature."""
+    gate = gate or Gate()
     def admin_auth(method, raw, context):
         require_signature(admin_secret, method, raw, context)
 
@@ -83,12 +112,13 @@ def generic_handlers(ledger, admin, internal=None,
             method_auth = authenticate
             if pb2 is admin_pb2 and admin_secret is not None and method.name in SIGNED_ADMIN_METHODS:
                 method_auth = admin_auth
+            name = f"{service.name}/{method.name}"
             if method.server_streaming:
                 methods[method.name] = _raw_stream_handler(getattr(servicer, method.name), request_cls,
-                                                           response_cls)
+                                                           response_cls, name, gate)
                 continue
-            methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls,
-                                                method_auth)
+            methods[method.name] = _raw_handler(getattr(servicer, method.name), request_cls, response_cls, name,
+                                                gate, method_auth)
         handlers.append(grpc.method_handlers_generic_handler(service_name, methods))
     return handlers
 

@@ -23,6 +23,7 @@ from tidebank.node.shard import CLEARING_READS
 from tidebank.node.txn.coordinator import STEP_TIMEOUT_S, Coordinator
 from tidebank.v1 import internal_pb2
 
+OWNERS_READ = "account_owners"  # Query name of the ownership read (node/api/ownership.py)
 
 def require_signature(secret: bytes | str, method: str, raw: bytes, context: grpc.ServicerContext) -> None:
     """Abort with PERMISSION_DENIED unless the call carries the cluster's signature of these exact bytes."""
@@ -78,8 +79,8 @@ class InternalService:
 
     def Query(self, request: internal_pb2.QueryRequest, context) -> internal_pb2.QueryResponse:
         """A clearing read of one shard here: on its leader (after a ReadIndex round) when linearizable."""
-        if request.name not in CLEARING_READS:
-            raise errors.invalid_argument([("name", f"not a clearing read: {request.name!r}")])
+        if request.name not in CLEARING_READS and request.name != OWNERS_READ:
+            raise errors.invalid_argument([("name", f"not a read this node serves: {request.name!r}")])
         try:
             args = unpack_value(request.args) if request.args else []
         except Exception as exc:  # msgpack raises several kinds for garbage
@@ -97,8 +98,13 @@ class InternalService:
             except Exception as exc:
                 raise errors.not_leader(shard_id, self.node.leader_address(shard_id)) from exc
         try:
-            value = host.clearing_read(request.name, args)
-        except TypeError as exc:
+            if request.name == OWNERS_READ:
+                if len(args) != 1 or not isinstance(args[0], list) or len(args[0]) > SUBMIT_ITEMS_MAX:
+                    raise errors.invalid_argument([("args", f"[ids] with at most {SUBMIT_ITEMS_MAX} ids")])
+                value = host.account_owners(args[0])
+            else:
+                value = host.clearing_read(request.name, args)
+        except (TypeError, ValueError, OverflowError) as exc:  # arguments the read cannot take
             raise errors.invalid_argument([("args", str(exc))]) from exc
         return internal_pb2.QueryResponse(value=pack_value(plain(value)))
 

@@ -14,8 +14,9 @@ import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from tidebank.common.records import ACCOUNT_SIZE, TRANSFER_SIZE
-from tidebank.node.api import convert, errors
+from tidebank.common.records import ACCOUNT_SIZE, TRANSFER_DEBIT_ACCOUNT_ID, TRANSFER_SIZE, u128_of
+from tidebank.common.tls import TlsError, check_principal_name
+from tidebank.node.api import access, convert, errors
 from tidebank.node.api.calls import (
     Call,
     call_of,
@@ -27,9 +28,11 @@ from tidebank.node.api.calls import (
     page_limit,
     read_part,
     u128,
+    wait_of,
     wait_reads,
 )
 from tidebank.node.api.failures import Failures
+from tidebank.node.api.ownership import Owners
 from tidebank.node.api.routing import (
     CrossShardGroup,
     route_accounts,
@@ -39,7 +42,13 @@ from tidebank.node.api.routing import (
     split_records,
 )
 from tidebank.node.executor import NodeView, ShardExecutor, all_results
-from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
+from tidebank.node.ledger.operations import (
+    OP_CREATE_ACCOUNTS,
+    OP_CREATE_OWNED_ACCOUNTS,
+    OP_CREATE_TRANSFERS,
+    Operation,
+)
+from tidebank.node.ledger.records import OwnedAccount, unpack_account
 from tidebank.node.txn.coordinator import Group
 from tidebank.v1 import ledger_pb2, ledger_pb2_grpc
 
@@ -49,32 +58,43 @@ LINEARIZABLE = ledger_pb2.READ_CONSISTENCY_LINEARIZABLE
 
 
 class LedgerService(ledger_pb2_grpc.LedgerServicer):
-    def __init__(self, node: NodeView, executor: ShardExecutor, coordinator=None, coordinator_pool=None):
+    def __init__(self, node: NodeView, executor: ShardExecutor, coordinator=None, coordinator_pool=None,
+                 owners: Owners | None = None):
         self.node = node
         self.executor = executor
+        self.owners = owners or Owners(node, executor)  # whose accounts are whose, for account holders' calls
         self.coordinator = coordinator  # runs cross-shard groups whose coordinator shard this node leads
         self.coordinator_pool = coordinator_pool
 
     # --- writes -----------------------------------------------------------------------------------------
     def CreateAccounts(self, request: ledger_pb2.CreateAccountsRequest, context) -> ledger_pb2.CreateAccountsResponse:
+        owner = _owner_of(access.current(), request.owner)
         if request.accounts_packed:
-            routed = route_packed_accounts(_records(request, "accounts", ACCOUNT_SIZE), self.node.shard_map)
+            records = _records(request, "accounts", ACCOUNT_SIZE)
+            routed = (route_packed_accounts(records, self.node.shard_map) if owner is None else
+                      route_accounts([unpack_account(r) for r in records], self.node.shard_map))
         else:
             check_batch_size("accounts", len(request.accounts))
             routed = route_accounts([convert.account_from_pb(m) for m in request.accounts], self.node.shard_map)
         call = call_of(context)
-        parts = {shard_id: self._submit(shard_id, Operation(OP_CREATE_ACCOUNTS, sub.items), call)
+        parts = {shard_id: self._submit(shard_id, _accounts_operation(sub.items, owner), call)
                  for shard_id, sub in routed.sub_batches.items()}
         return ledger_pb2.CreateAccountsResponse(results=routed.merge(self._wait(call, parts)))
 
     def CreateTransfers(self, request: ledger_pb2.CreateTransfersRequest,
                         context) -> ledger_pb2.CreateTransfersResponse:
+        grant = access.current()
         if request.transfers_packed:
             records = _records(request, "transfers", TRANSFER_SIZE)
+            if not grant.everything:
+                self._require_debits_owned(grant, [u128_of(r[TRANSFER_DEBIT_ACCOUNT_ID]) for r in records], context)
             routed = route_packed_transfers(records, self.node.shard_map)
         else:
             check_batch_size("transfers", len(request.transfers))
-            routed = route_transfers([convert.transfer_from_pb(m) for m in request.transfers], self.node.shard_map)
+            transfers = [convert.transfer_from_pb(m) for m in request.transfers]
+            if not grant.everything:
+                self._require_debits_owned(grant, [t.debit_account_id for t in transfers], context)
+            routed = route_transfers(transfers, self.node.shard_map)
         call = call_of(context)
         parts = {shard_id: self._submit(shard_id, Operation(OP_CREATE_TRANSFERS, sub.items), call)
                  for shard_id, sub in routed.sub_batches.items()}
@@ -84,6 +104,14 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         group_codes = self._wait_groups(call, routed.groups, groups, failures)
         failures.raise_if_any()  # only after every part has been awaited
         return ledger_pb2.CreateTransfersResponse(results=routed.merge(shard_codes, group_codes))
+
+    def _require_debits_owned(self, grant: access.Grant, debit_account_ids: list[int], context) -> None:
+        """An account holder moves money only out of its own accounts (a post or void names its pending
+        transfer's debit account, which the rules check against the pending transfer)."""
+        if any(a == 0 for a in debit_account_ids):
+            raise access.denied(grant.principal, grant.permission,
+                                "an account holder names the debit account of every transfer (also to post or void)")
+        self.owners.require_owned(grant, debit_account_ids, "debit account", wait_of(context))
 
     def _submit(self, shard_id: int, operation: Operation, call: Call) -> Future:
         try:
@@ -159,6 +187,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
     def LookupAccounts(self, request: ledger_pb2.LookupAccountsRequest, context) -> ledger_pb2.LookupAccountsResponse:
         check_batch_size("ids", len(request.ids))
         ids = [convert.u128_from_pb(m) for m in request.ids]
+        self.owners.require_owned(access.current(), ids, "account", wait_of(context))
         found = self._lookup(call_of(context), ids, request.consistency, "LookupAccounts",
                              lambda host, part: host.lookup_accounts(part),
                              lambda response: [convert.account_from_pb(m) for m in response.accounts],
@@ -178,6 +207,14 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
                              lambda host, part: host.lookup_transfers(part),
                              lambda response: [convert.transfer_from_pb(m) for m in response.transfers],
                              ledger_pb2.LookupTransfersRequest, every_shard=True)
+        grant = access.current()
+        if not grant.everything:  # a holder reads the transfers that touch one of its accounts
+            sides = {key: (t.debit_account_id, t.credit_account_id) for key, t in found.items()}
+            owners = self.owners.owners(sorted({a for pair in sides.values() for a in pair}), wait_of(context))
+            for key, pair in sides.items():
+                if grant.principal.name not in (owners.get(pair[0]), owners.get(pair[1])):
+                    raise access.denied(grant.principal, grant.permission,
+                                        f"transfer {key} touches no account of this principal")
         response = ledger_pb2.LookupTransfersResponse()
         for key in ids:
             if key in found:
@@ -218,6 +255,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         if request.timestamp_max and request.timestamp_min > request.timestamp_max:
             raise errors.invalid_argument([("timestamp_min", "must not exceed timestamp_max")])
         account_id = convert.u128_from_pb(request.account_id)
+        self.owners.require_owned(access.current(), [account_id], "account", wait_of(context))
         debits, credits = (request.debits, request.credits) if (request.debits or request.credits) else (True, True)
         timestamp_min, timestamp_max = request.timestamp_min, request.timestamp_max
         if request.page_token:
@@ -248,6 +286,28 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             response.next_page_token = _encode_page_token(account_id, debits, credits, request.reversed,
                                                           next_bound)
         return response
+
+
+def _owner_of(grant: access.Grant, named: str) -> str | None:
+    """Who the new accounts belong to: an account holder's are its own, the platform's whoever it names."""
+    if not grant.everything:
+        if named and named != grant.principal.name:
+            raise access.denied(grant.principal, grant.permission,
+                                f"an account holder creates accounts for itself, not for {errors.clip(named, 64)!r}")
+        return grant.principal.name
+    if named:
+        try:
+            check_principal_name(named)
+        except TlsError as exc:
+            raise errors.invalid_argument([("owner", str(exc))]) from None
+        return named
+    return None
+
+
+def _accounts_operation(items: list, owner: str | None) -> Operation:
+    if owner is None:
+        return Operation(OP_CREATE_ACCOUNTS, items)
+    return Operation(OP_CREATE_OWNED_ACCOUNTS, [OwnedAccount(owner, a) for a in items])
 
 
 def _records(request, field: str, size: int) -> list[bytes]:

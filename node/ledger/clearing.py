@@ -23,6 +23,13 @@ entry's cluster timestamp; no I/O but the txn). Where things live:
   in exactly one window). Each shard keeps running sums per (window, participant)
   and per (window, payer, payee), so netting a window costs O(participants x
   shards), not O(items).
+* A ledger has at most PARTICIPANTS_PER_LEDGER_MAX participants: each is *admitted*
+  on the ledger's home shard (counted, idempotent by id) before it is registered on
+  its own home, so the count is exact however registrations spread over shards.
+* A closed window that has not settled may be **aborted**: every shard excludes its
+  items (status aborted, sums and positions taken back, like an unwind of everyone)
+  and the window is never settled. A shard that gave the window's cap back (settled
+  it here) refuses to abort it, and one that began aborting it refuses to settle it.
 
 LMDB layout (keys big-endian):
 
@@ -45,6 +52,11 @@ clearing_bilateral      ledger (4) window (8) payer (16) payee (16)  amount (u12
 clearing_cursor         b"c" ledger (4)                              this shard's current window (8)
                         b"s" ledger (4) window (8)                   this shard gave the window's cap back
                         b"u" ledger window participant               last item unwound (16)
+                        b"x" ledger (4) window (8)                   this shard began aborting the window
+                        b"a" ledger (4) window (8)                   last index key an abort went through (44)
+                        b"h" ledger (4)                              the ledger's open window (its home) (8)
+                        b"n" ledger (4)                              participants admitted (ledger's home) (8)
+                        b"m" ledger (4) participant (16)             b"": admitted toward the ledger's limit
 clearing_windows        ledger (4) window (8)                        msgpack window record (ledger's home)
 clearing_nets           ledger (4) window (8) participant (16)       msgpack [sent, received, n_sent, n_received]
 ======================  ===========================================  ===============================================
@@ -60,8 +72,14 @@ from typing import Any
 import lmdb
 
 from tidebank.common.keys import U64_MAX, U128_MAX
+from tidebank.common.limits import PARTICIPANTS_PER_LEDGER_MAX
 from tidebank.node.ledger.clearing_records import (
+    CMD_ABORT_CANCELLED,
+    CMD_ABORT_HERE,
+    CMD_ABORTED,
     CMD_ACK,
+    CMD_ADMIT,
+    CMD_BEGIN_ABORT,
     CMD_BEGIN_CLOSE,
     CMD_BEGIN_SETTLE,
     CMD_BEGIN_UNWIND,
@@ -71,6 +89,7 @@ from tidebank.node.ledger.clearing_records import (
     CMD_GIVE,
     CMD_PROPAGATED,
     CMD_REGISTER,
+    CMD_RELEASE,
     CMD_SETTLE_FAILED,
     CMD_SETTLE_HERE,
     CMD_SETTLED,
@@ -78,6 +97,7 @@ from tidebank.node.ledger.clearing_records import (
     CMD_UNWIND_HERE,
     CMD_UNWOUND,
     CMD_UPDATE,
+    ITEM_ABORTED,
     ITEM_ACCEPTED,
     ITEM_UNWOUND,
     PARTICIPANT_NAME_BYTES_MAX,
@@ -92,7 +112,13 @@ from tidebank.node.ledger.clearing_records import (
     unpack_value,
 )
 from tidebank.node.ledger.records import Transfer, TransferFlags
-from tidebank.node.ledger.results import ITEM_ALLOWANCE_LOW, ClearingItemResult, ParticipantResult, WindowResult
+from tidebank.node.ledger.results import (
+    ITEM_ALLOWANCE_LOW,
+    WINDOW_NOT_DUE,
+    ClearingItemResult,
+    ParticipantResult,
+    WindowResult,
+)
 
 _IR = ClearingItemResult
 _PR = ParticipantResult
@@ -103,10 +129,11 @@ WINDOW_CLOSING = 1
 WINDOW_CLOSED = 2
 WINDOW_SETTLING = 3
 WINDOW_SETTLED = 4
-WINDOW_STATES = ("open", "closing", "closed", "settling", "settled")
+WINDOW_ABORTED = 5
+WINDOW_STATES = ("open", "closing", "closed", "settling", "settled", "aborted")
 
 SETTLE_LEASE_S = 60  # a settlement attempt nobody finished for this long (cluster time) may be taken over
-UNWIND_ITEMS_PER_ENTRY_MAX = 4096  # items one UNWIND_HERE command excludes (a bounded Raft entry's work)
+UNWIND_ITEMS_PER_ENTRY_MAX = 4096  # items one UNWIND_HERE / ABORT_HERE command excludes (a bounded entry's work)
 MOVES_KEPT_S = 3600  # a GIVE or TAKE retried later than this after the first would apply twice (deadlines <= 30 s)
 
 _I128 = struct.Struct("<16s16s16s")
@@ -398,6 +425,33 @@ class ClearingRules:
             return 1
         return 0
 
+    def _admit(self, txn, ts, ledger: int, pid: int) -> int:
+        """On the ledger's home: count `pid` toward the ledger's PARTICIPANTS_PER_LEDGER_MAX (once per id).
+        -> ParticipantResult ok (admitted, now or before) or participants_limit_reached (nothing changed)."""
+        member = b"m" + ledger.to_bytes(4, "big") + _k(pid)
+        if txn.get(member, db=self._cursor) is not None:
+            return _PR.ok
+        count = self.admitted(txn, ledger)
+        if count >= PARTICIPANTS_PER_LEDGER_MAX:
+            return _PR.participants_limit_reached
+        txn.put(member, b"", db=self._cursor)
+        txn.put(b"n" + ledger.to_bytes(4, "big"), _U64.pack(count + 1), db=self._cursor)
+        return _PR.ok
+
+    def _release(self, txn, ts, ledger: int, pid: int) -> int:
+        """On the ledger's home: uncount `pid` (its registration was refused). -> 1 if it was counted."""
+        member = b"m" + ledger.to_bytes(4, "big") + _k(pid)
+        if txn.get(member, db=self._cursor) is None:
+            return 0
+        txn.delete(member, db=self._cursor)
+        txn.put(b"n" + ledger.to_bytes(4, "big"), _U64.pack(self.admitted(txn, ledger) - 1), db=self._cursor)
+        return 1
+
+    def admitted(self, txn, ledger: int) -> int:
+        """Participants admitted toward the ledger's limit (on its home shard)."""
+        raw = txn.get(b"n" + ledger.to_bytes(4, "big"), db=self._cursor)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
     # allowance moves ------------------------------------------------------------------------------------
 
     def _take(self, txn, ts, move_id: int, pid: int, wanted: int, dest: int, from_pool: bool, to_pool: bool) -> int:
@@ -480,13 +534,18 @@ class ClearingRules:
     def _put_window(self, txn, ledger: int, window: int, record: dict) -> None:
         txn.put(_ledger_window(ledger, window), pack_value(record), db=self._windows)
 
-    def _begin_close(self, txn, ts, ledger: int, window: int) -> int:
+    def _begin_close(self, txn, ts, ledger: int, window: int, cycle_ns: int = 0) -> int:
+        """open -> closing, and the next window opens. With `cycle_ns` (a close on the schedule) only once the
+        window has been open that long in cluster time (this entry's timestamp): WINDOW_NOT_DUE before, changing
+        nothing, so every replica and every leader decides alike whatever its own clock says."""
         open_w = self.open_window(txn, ledger)
         record = self.window(txn, ledger, window)
         if record is None:
             return _WR.window_not_found
         if record["state"] != WINDOW_OPEN:
             return _WR.window_not_open  # closing or beyond (the coordinator finishes a close left closing)
+        if cycle_ns > 0 and ts - record.get("opened_at", 0) < cycle_ns:
+            return WINDOW_NOT_DUE
         if window != open_w:
             raise ClearingInvariantViolation(f"ledger {ledger}: window {window} open but {open_w} is the open one")
         previous = self.window(txn, ledger, window - 1) if window > 1 else None
@@ -538,10 +597,12 @@ class ClearingRules:
         state = record["state"]
         if state == WINDOW_SETTLED:
             return [_WR.window_already_settled, record.get("attempt", 0)]
+        if state == WINDOW_ABORTED:
+            return [_WR.window_already_aborted, record.get("attempt", 0)]
         if state in (WINDOW_OPEN, WINDOW_CLOSING):
             return [_WR.window_not_closed, 0]
-        if state == WINDOW_CLOSED and record.get("unwinding"):
-            return [_WR.window_not_closed, 0]  # an unwind is re-netting it: settle after it
+        if state == WINDOW_CLOSED and (record.get("unwinding") or record.get("aborting")):
+            return [_WR.window_not_closed, 0]  # an unwind is re-netting it (settle after it), or it is aborting
         if state == WINDOW_SETTLING and ts - record.get("settling_since", 0) < SETTLE_LEASE_S * 1_000_000_000:
             return [_WR.settlement_in_progress, record["attempt"]]
         if state == WINDOW_CLOSED:
@@ -565,10 +626,13 @@ class ClearingRules:
         return _WR.ok
 
     def _settle_here(self, txn, ts, ledger: int, window: int) -> int:
-        """Give back the cap the window's accepted items took on this shard (once per window)."""
+        """Give back the cap the window's accepted items took on this shard (once per window). -> 0 now, 1 before,
+        -1 refused (the window is being aborted here)."""
         mark = b"s" + _ledger_window(ledger, window)
         if txn.get(mark, db=self._cursor) is not None:
             return 1
+        if txn.get(b"x" + _ledger_window(ledger, window), db=self._cursor) is not None:
+            return -1  # this shard began aborting the window: its positions go back item by item, never twice
         for pid, sent, received, _ns, _nr in self.window_sums(txn, ledger, window):
             allowance, net, pool = self._position(txn, pid)
             self._put_position(txn, pid, allowance, net - (sent - received), pool)
@@ -593,9 +657,10 @@ class ClearingRules:
 
     def _unwind_here(self, txn, ts, ledger: int, window: int, pid: int, limit: int) -> int:
         """Exclude up to `limit` of the participant's accepted items of the window on this shard: their sums and
-        positions are taken back. -> how many (0: none left). Refused (-1) once the window gave its cap back."""
+        positions are taken back. -> how many (0: none left). Refused (-1) once the window gave its cap back here
+        or began aborting here."""
         lw = _ledger_window(ledger, window)
-        if txn.get(b"s" + lw, db=self._cursor) is not None:
+        if txn.get(b"s" + lw, db=self._cursor) is not None or txn.get(b"x" + lw, db=self._cursor) is not None:
             return -1
         limit = max(1, min(limit, UNWIND_ITEMS_PER_ENTRY_MAX))
         prefix = lw + _k(pid)
@@ -613,25 +678,30 @@ class ClearingRules:
                 break
         for item_key in todo:
             last_id = item_key
-            item = unpack_item(txn.get(item_key, db=self._items))
-            if item.status != ITEM_ACCEPTED:
-                continue
-            item.status = ITEM_UNWOUND
-            txn.put(item_key, pack_item(item), db=self._items)
-            self._add_sums(txn, lw + _k(item.payer_id), -item.amount, 0, -1, 0)
-            self._add_sums(txn, lw + _k(item.payee_id), 0, -item.amount, 0, -1)
-            bkey = lw + _k(item.payer_id) + _k(item.payee_id)
-            amount, count = _BILATERAL.unpack(txn.get(bkey, db=self._bilateral))
-            txn.put(bkey, _BILATERAL.pack((int.from_bytes(amount, "little") - item.amount).to_bytes(16, "little"),
-                                          count - 1), db=self._bilateral)
-            a, n, p = self._position(txn, item.payer_id)
-            self._put_position(txn, item.payer_id, a, n - item.amount, p)
-            a, n, p = self._position(txn, item.payee_id)
-            self._put_position(txn, item.payee_id, a, n + item.amount, p)
-            done += 1
+            done += self._exclude(txn, lw, item_key, ITEM_UNWOUND)
         if last_id is not None:
             txn.put(cursor_key, last_id, db=self._cursor)
         return done if todo else 0
+
+    def _exclude(self, txn, lw: bytes, item_key: bytes, status: int) -> int:
+        """Mark an accepted item of the window `lw` excluded (`status`): its sums, bilateral cell and both
+        positions are taken back on this shard. -> 1, or 0 if it was not accepted (excluded before)."""
+        item = unpack_item(txn.get(item_key, db=self._items))
+        if item.status != ITEM_ACCEPTED:
+            return 0
+        item.status = status
+        txn.put(item_key, pack_item(item), db=self._items)
+        self._add_sums(txn, lw + _k(item.payer_id), -item.amount, 0, -1, 0)
+        self._add_sums(txn, lw + _k(item.payee_id), 0, -item.amount, 0, -1)
+        bkey = lw + _k(item.payer_id) + _k(item.payee_id)
+        amount, count = _BILATERAL.unpack(txn.get(bkey, db=self._bilateral))
+        txn.put(bkey, _BILATERAL.pack((int.from_bytes(amount, "little") - item.amount).to_bytes(16, "little"),
+                                      count - 1), db=self._bilateral)
+        a, n, p = self._position(txn, item.payer_id)
+        self._put_position(txn, item.payer_id, a, n - item.amount, p)
+        a, n, p = self._position(txn, item.payee_id)
+        self._put_position(txn, item.payee_id, a, n + item.amount, p)
+        return 1
 
     def _add_sums(self, txn, key: bytes, sent: int, received: int, n_sent: int, n_received: int) -> None:
         raw = txn.get(key, db=self._sums)
@@ -649,7 +719,9 @@ class ClearingRules:
             return _WR.window_not_found
         if record["state"] == WINDOW_SETTLED:
             return _WR.window_already_settled
-        if record["state"] != WINDOW_CLOSED:
+        if record["state"] == WINDOW_ABORTED:
+            return _WR.window_already_aborted
+        if record["state"] != WINDOW_CLOSED or record.get("aborting"):
             return _WR.window_not_closed
         if pid in record.get("unwound", ()):
             return _WR.ok
@@ -668,6 +740,8 @@ class ClearingRules:
             return _WR.window_not_found
         if record["state"] == WINDOW_SETTLED:
             return _WR.window_already_settled
+        if record["state"] == WINDOW_ABORTED:
+            return _WR.window_already_aborted
         if record["state"] != WINDOW_CLOSED:
             return _WR.window_not_closed
         if pid in record.get("unwound", ()):
@@ -681,6 +755,82 @@ class ClearingRules:
             record["round"] = record.get("round", 0) + 1
         self._store_nets(txn, ledger, window, nets)
         self._put_window(txn, ledger, window, record)
+        return _WR.ok
+
+    # aborts ---------------------------------------------------------------------------------------------
+
+    def _begin_abort(self, txn, ts, ledger: int, window: int) -> int:
+        """closed -> closed and aborting (settling, unwinding and new settlement attempts wait for it). Refused for
+        any other state: window_not_closed (open, closing, or an unwind is re-netting it), settlement_in_progress
+        (an attempt holds it: it settles or fails back to closed), window_already_settled, and
+        window_already_aborted (aborted before: nothing to do)."""
+        record = self.window(txn, ledger, window)
+        if record is None:
+            return _WR.window_not_found
+        state = record["state"]
+        if state == WINDOW_ABORTED:
+            return _WR.window_already_aborted
+        if state == WINDOW_SETTLED:
+            return _WR.window_already_settled
+        if state == WINDOW_SETTLING:
+            return _WR.settlement_in_progress
+        if state != WINDOW_CLOSED or record.get("unwinding") is not None:
+            return _WR.window_not_closed
+        if not record.get("aborting"):
+            record["aborting"] = True
+            self._put_window(txn, ledger, window, record)
+        return _WR.ok
+
+    def _abort_here(self, txn, ts, ledger: int, window: int, limit: int) -> int:
+        """Exclude up to `limit` of the window's items on this shard (status aborted; sums, bilateral cells and
+        positions taken back). -> index entries gone through (0: none left). Refused (-1) once this shard gave the
+        window's cap back (it settled here)."""
+        lw = _ledger_window(ledger, window)
+        if txn.get(b"s" + lw, db=self._cursor) is not None:
+            return -1
+        txn.put(b"x" + lw, b"", db=self._cursor)
+        limit = max(1, min(limit, UNWIND_ITEMS_PER_ENTRY_MAX))
+        cursor_key = b"a" + lw
+        last = txn.get(cursor_key, db=self._cursor)
+        seen: list[bytes] = []
+        for key, _role in _scan(txn, self._index, lw, last):
+            if key == last:
+                continue
+            seen.append(key)
+            if len(seen) >= limit:
+                break
+        for key in seen:  # each item is indexed under its payer and its payee: the second visit finds it aborted
+            self._exclude(txn, lw, key[28:], ITEM_ABORTED)
+        if seen:
+            txn.put(cursor_key, seen[-1], db=self._cursor)
+        return len(seen)
+
+    def _aborted(self, txn, ts, ledger: int, window: int, nets: tuple) -> int:
+        """aborting -> aborted, with the netting left (every sum zero once each shard excluded its items)."""
+        record = self.window(txn, ledger, window)
+        if record is None:
+            return _WR.window_not_found
+        if record["state"] == WINDOW_ABORTED:
+            return _WR.ok
+        if record["state"] != WINDOW_CLOSED or not record.get("aborting"):
+            raise ClearingInvariantViolation(f"ledger {ledger} window {window}: ABORTED but the window is "
+                                             f"{WINDOW_STATES[record['state']]} and not aborting")
+        if any(n[1] or n[2] or n[3] or n[4] for n in nets):
+            raise ClearingInvariantViolation(f"ledger {ledger} window {window}: aborted with items left in it")
+        self._store_nets(txn, ledger, window, nets)
+        del record["aborting"]
+        record["state"] = WINDOW_ABORTED
+        record["aborted_at"] = ts
+        self._put_window(txn, ledger, window, record)
+        return _WR.ok
+
+    def _abort_cancelled(self, txn, ts, ledger: int, window: int) -> int:
+        """aborting -> closed, before any shard excluded anything (the window's settlement had committed)."""
+        record = self.window(txn, ledger, window)
+        if record is None:
+            return _WR.window_not_found
+        if record["state"] == WINDOW_CLOSED and record.pop("aborting", None):
+            self._put_window(txn, ledger, window, record)
         return _WR.ok
 
     # ------------------------------------------------------------------ reads
@@ -701,16 +851,21 @@ class ClearingRules:
                 out.append(unpack_participant(raw))
         return out
 
-    def participants(self, txn, ledger: int = 0, *, home_only: bool = False) -> list[Participant]:
-        """Every participant this shard knows (of one ledger, or all), by id."""
-        out = []
-        with txn.cursor(db=self._participants) as cursor:
-            for key, raw in cursor:
-                if home_only and txn.get(key, db=self._home) is None:
-                    continue
-                p = unpack_participant(raw)
-                if not ledger or p.ledger == ledger:
-                    out.append(p)
+    def participants(self, txn, ledger: int = 0, after: int = 0, limit: int = 0,
+                     home_only: bool = False) -> list[Participant]:
+        """The participants this shard knows (of one ledger, or all; only those homed here with `home_only`), by
+        id, after the id `after`; at most `limit` (0: all)."""
+        out: list[Participant] = []
+        if after >= U128_MAX:
+            return out
+        for key, raw in _scan(txn, self._participants, b"", _k(after + 1) if after else b""):
+            if limit and len(out) >= limit:
+                break
+            if home_only and txn.get(key, db=self._home) is None:
+                continue
+            p = unpack_participant(raw)
+            if not ledger or p.ledger == ledger:
+                out.append(p)
         return out
 
     def positions(self, txn, ids: Sequence[int]) -> list[tuple[int, int, int, int]]:
@@ -748,6 +903,8 @@ class ClearingRules:
     def windows(self, txn, ledger: int, after: int, limit: int) -> list[tuple[int, dict]]:
         """(window, record) of the ledger recorded here (its home), after `after`, oldest first."""
         out: list[tuple[int, dict]] = []
+        if after >= U64_MAX:
+            return out  # no window comes after the last number
         for key, raw in _scan(txn, self._windows, ledger.to_bytes(4, "big"), _ledger_window(ledger, after + 1)):
             if len(out) >= limit:
                 break
@@ -849,6 +1006,12 @@ _HANDLERS = {
     CMD_UNWIND_HERE: ClearingRules._unwind_here,
     CMD_UNWOUND: ClearingRules._unwound,
     CMD_BEGIN_UNWIND: ClearingRules._begin_unwind,
+    CMD_BEGIN_ABORT: ClearingRules._begin_abort,
+    CMD_ABORT_HERE: ClearingRules._abort_here,
+    CMD_ABORTED: ClearingRules._aborted,
+    CMD_ABORT_CANCELLED: ClearingRules._abort_cancelled,
+    CMD_ADMIT: ClearingRules._admit,
+    CMD_RELEASE: ClearingRules._release,
 }
 
 

@@ -23,6 +23,7 @@ _M64 = U64_MAX
 
 ITEM_ACCEPTED = 0
 ITEM_UNWOUND = 1  # excluded from its window by an unwind: moves nothing, counts for nothing
+ITEM_ABORTED = 2  # excluded with its whole window (an abort): moves nothing, counts for nothing
 
 # id, payer, payee (u128 as lo, hi), amount, ledger, user_data_128, user_data_64, window, timestamp, status
 _ITEM = struct.Struct("<QQQQQQQIQQQQQB")
@@ -112,8 +113,14 @@ CMD_SETTLED = 14  # ledger's home: settling -> settled
 CMD_UNWIND_HERE = 15  # every shard: exclude a participant's items of a closed window (a bounded number per entry)
 CMD_UNWOUND = 16  # ledger's home: the window re-netted without that participant
 CMD_BEGIN_UNWIND = 17  # ledger's home: a closed window is being unwound (it cannot start settling meanwhile)
+CMD_BEGIN_ABORT = 18  # ledger's home: a closed window is being aborted (it can neither settle nor unwind now)
+CMD_ABORT_HERE = 19  # every shard: exclude the window's items (a bounded number per entry), give their positions back
+CMD_ABORTED = 20  # ledger's home: aborting -> aborted (terminal)
+CMD_ABORT_CANCELLED = 21  # ledger's home: aborting -> closed (its settlement turned out to have committed)
+CMD_ADMIT = 22  # ledger's home: count a participant toward the ledger's limit before it is registered
+CMD_RELEASE = 23  # ledger's home: uncount it (its registration was refused: it belongs to another ledger)
 
-COMMAND_TAGS = frozenset(range(CMD_REGISTER, CMD_BEGIN_UNWIND + 1))
+COMMAND_TAGS = frozenset(range(CMD_REGISTER, CMD_RELEASE + 1))
 
 
 @dataclass(frozen=True, slots=True)

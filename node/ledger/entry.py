@@ -22,6 +22,7 @@ from tidebank.node.ledger.operations import (
     OP_CLEARING_ITEMS,
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
+    OP_CREATE_OWNED_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     OP_DECIDE,
     OP_FINISH,
@@ -33,8 +34,10 @@ from tidebank.node.ledger.records import (
     Account,
     Transfer,
     pack_account,
+    pack_owned_account,
     pack_transfer,
     unpack_account,
+    unpack_owned_account,
     unpack_transfer,
 )
 from tidebank.node.ledger.txn_records import (
@@ -57,9 +60,11 @@ _PACKERS = {OP_CREATE_ACCOUNTS: pack_account, OP_CREATE_TRANSFERS: pack_transfer
 _UNPACKERS = {OP_CREATE_ACCOUNTS: unpack_account, OP_CREATE_TRANSFERS: unpack_transfer,
               OP_CLEARING_ITEMS: unpack_clearing_item}
 _VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide,
-                     OP_COMMIT_LOCAL: pack_prepare, OP_CLEARING: pack_command}
+                     OP_COMMIT_LOCAL: pack_prepare, OP_CLEARING: pack_command,
+                     OP_CREATE_OWNED_ACCOUNTS: pack_owned_account}
 _VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
-                       OP_COMMIT_LOCAL: unpack_prepare, OP_CLEARING: unpack_command}
+                       OP_COMMIT_LOCAL: unpack_prepare, OP_CLEARING: unpack_command,
+                       OP_CREATE_OWNED_ACCOUNTS: unpack_owned_account}
 _SAMPLES = {OP_CREATE_ACCOUNTS: Account(id=1), OP_CREATE_TRANSFERS: Transfer(id=1),
             OP_CLEARING_ITEMS: ClearingItem(id=1)}
 

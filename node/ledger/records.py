@@ -121,6 +121,36 @@ def unpack_account(b: bytes) -> Account:
     return Account(v[0] | v[1] << 64, v[2], v[3], v[4], v[5], v[6] | v[7] << 64, v[8], v[9], v[10], v[11], v[12], v[13])
 
 
+OWNER_BYTES_MAX = 64  # a principal's name (tidebank.common.tls.PRINCIPAL_NAME_MAX), utf-8
+
+
+@dataclass(slots=True)
+class OwnedAccount:
+    """An account to create for its owner: the principal (an account holder) that alone may debit and read it.
+    The owner is kept beside the account, never changes, and is replicated with it."""
+
+    owner: str
+    account: Account
+
+    @property
+    def flags(self) -> int:  # linked chains look at the account's flags
+        return self.account.flags
+
+
+def pack_owned_account(item: OwnedAccount) -> bytes:
+    owner = item.owner.encode("utf-8")
+    if not 0 < len(owner) <= OWNER_BYTES_MAX:
+        raise ValueError(f"owner of {len(owner)} bytes: 1..{OWNER_BYTES_MAX}")
+    return bytes((len(owner),)) + owner + pack_account(item.account)
+
+
+def unpack_owned_account(raw: bytes) -> OwnedAccount:
+    n = raw[0]
+    if not 0 < n <= OWNER_BYTES_MAX or len(raw) != 1 + n + ACCOUNT_SIZE:
+        raise ValueError(f"an owned account of {len(raw)} bytes with a {n}-byte owner")
+    return OwnedAccount(raw[1:1 + n].decode("utf-8"), unpack_account(raw[1 + n:]))
+
+
 def pack_transfer(t: Transfer) -> bytes:
     """The 128-byte form of a transfer; raises struct.error on out-of-range fields."""
     i = t.id

@@ -35,6 +35,7 @@ class CreateAccountResult(enum.IntEnum):
     internal_error = 21
     chain_spans_shards = 22
     id_reserved_for_escrow = 23
+    exists_with_different_owner = 24
 
 
 class CreateTransferResult(enum.IntEnum):
@@ -179,6 +180,10 @@ class ClearingItemResult(enum.IntEnum):
 #: client. The node moves allowance to that shard and retries the item; exceeds_net_debit_cap if it cannot.
 ITEM_ALLOWANCE_LOW = 255
 
+#: A scheduled close (BEGIN_CLOSE with a cycle) of a window not yet open for a whole cycle in cluster time: never
+#: an answer to a client. Nothing changed; the clearing pass tries again later.
+WINDOW_NOT_DUE = 255
+
 
 class ParticipantResult(enum.IntEnum):
     """Per-item result codes of participant registration and changes (tidebank.v1.ParticipantResult)."""
@@ -197,6 +202,7 @@ class ParticipantResult(enum.IntEnum):
     participant_not_found = 11
     cap_below_position = 12
     internal_error = 13
+    participants_limit_reached = 14
 
 
 class WindowResult(enum.IntEnum):
@@ -213,3 +219,4 @@ class WindowResult(enum.IntEnum):
     settlement_failed = 8
     internal_error = 9
     settlement_in_progress = 10
+    window_already_aborted = 11

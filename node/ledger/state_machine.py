@@ -135,6 +135,7 @@ from tidebank.node.ledger.operations import (
     OP_CLEARING_ITEMS,
     OP_COMMIT_LOCAL,
     OP_CREATE_ACCOUNTS,
+    OP_CREATE_OWNED_ACCOUNTS,
     OP_CREATE_TRANSFERS,
     OP_DECIDE,
     OP_FINISH,
@@ -150,6 +151,7 @@ from tidebank.node.ledger.records import (
     U128_MAX,
     Account,
     AccountFlags,
+    OwnedAccount,
     Transfer,
     TransferFlags,
     pack_account,
@@ -430,6 +432,7 @@ class LedgerStateMachine:
         "ledger_xpending",
         "ledger_decisions",
         "ledger_xfund",
+        "ledger_owners",
         "escrow_trades",
         "escrow_locks",
         "escrow_timers",
@@ -465,6 +468,7 @@ class LedgerStateMachine:
         self._xpending = dbs["ledger_xpending"]
         self._decisions = dbs["ledger_decisions"]
         self._xfund = dbs["ledger_xfund"]
+        self._owners = dbs["ledger_owners"]  # account id -> its owner's principal name (accounts made for one)
         self._trades = dbs["escrow_trades"]
         self._trade_locks = dbs["escrow_locks"]
         self._timers = dbs["escrow_timers"]
@@ -522,6 +526,9 @@ class LedgerStateMachine:
                 error: Any = int(_TR.internal_error)
             elif kind == OP_CREATE_ACCOUNTS:
                 fn = functools.partial(self._create_accounts, items=op.items, ctx=ctx)
+                error = int(_AR.internal_error)
+            elif kind == OP_CREATE_OWNED_ACCOUNTS:
+                fn = functools.partial(self._create_owned_accounts, items=op.items, ctx=ctx)
                 error = int(_AR.internal_error)
             elif kind == OP_CLEARING_ITEMS:
                 fn = functools.partial(self.clearing.submit_items, items=op.items, timestamp_ns=ctx.base)
@@ -647,6 +654,23 @@ class LedgerStateMachine:
             int(_AR.linked_event_chain_open),
             None,
         )
+
+    def _create_owned_accounts(self, txn: lmdb.Transaction, items: Sequence[OwnedAccount],
+                               ctx: _Context) -> list[int]:
+        return self._run_chains(txn, items, ctx, self._create_owned_account, int(_AR.linked_event_failed),
+                                int(_AR.linked_event_chain_open), None)
+
+    def _create_owned_account(self, txn: lmdb.Transaction, item: OwnedAccount, ctx: _Context) -> int:
+        """An account and its owner, written together (a linked chain's rollback takes both back). Creating it
+        again is `exists` only for the same owner: nobody learns to rely on an account someone else owns."""
+        owner = item.owner.encode("utf-8")
+        code = self._create_account(txn, item.account, ctx)
+        key = _key(item.account.id)
+        if code == A_OK:
+            txn.put(key, owner, db=self._owners)
+        elif code == _AR.exists and txn.get(key, db=self._owners) != owner:
+            return _AR.exists_with_different_owner
+        return code
 
     def _create_account(self, txn: lmdb.Transaction, a: Account, ctx: _Context) -> int:
         if a.timestamp:
@@ -1666,6 +1690,16 @@ class LedgerStateMachine:
                     out.append(account)
         return out
 
+    def account_owners(self, txn: lmdb.Transaction, ids: Sequence[int]) -> list[str | None]:
+        """Each account's owner (a principal's name), None for an account without one or no such account."""
+        if len(ids) > BATCH_ITEMS_MAX:
+            raise ValueError(f"at most {BATCH_ITEMS_MAX} ids")
+        out = []
+        for aid in ids:
+            raw = txn.get(_key(aid), db=self._owners)
+            out.append(None if raw is None else bytes(raw).decode("utf-8"))
+        return out
+
     def lookup_transfers(self, txn: lmdb.Transaction, ids: Sequence[int]) -> list[Transfer]:
         """The transfers stored here (on the shards of their accounts), in request order; missing ids, and ids
         this shard is only the home of, are left out."""
@@ -2250,7 +2284,8 @@ def _all_internal_error(operations: Sequence[Operation]) -> list[list[Any]]:
             if kind in _TXN_STEPS:
                 code: Any = _TXN_STEPS[kind][1]
             else:
-                code = int(_AR.internal_error if kind == OP_CREATE_ACCOUNTS else _TR.internal_error)
+                code = int(_AR.internal_error if kind in (OP_CREATE_ACCOUNTS, OP_CREATE_OWNED_ACCOUNTS)
+                           else _TR.internal_error)
             try:
                 n = len(op.items)
             except Exception:

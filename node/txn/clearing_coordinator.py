@@ -9,9 +9,14 @@ windows on one shard; this module only sequences commands over shards:
 * **items** go to the shard of their own id; an item refused there only because that
   shard's allowance is used up (ITEM_ALLOWANCE_LOW) makes this node move allowance
   to that shard (from the pool, then from other shards' headroom) and submit it
-  again; if there is not enough anywhere it is `exceeds_net_debit_cap`. A move is
-  TAKE on the source (remembered there), GIVE on the destination (once per move
-  id), ACK on the source; the periodic pass re-delivers moves left unacknowledged;
+  again; if there is not enough anywhere it is `exceeds_net_debit_cap`, but only once
+  the payer's position summed over every shard shows no room for it under its cap
+  (while what is left of the cap is in another request's move, or concurrent requests
+  keep taking it from each other, the item is tried again, a bounded number of
+  times). A move is TAKE on the source (remembered there), GIVE on the destination
+  (once per move id), ACK on the source; the periodic pass re-delivers moves left
+  unacknowledged. A refill asks the pool for a spare beyond the need, sized from the
+  participant's cap (read from a replica when this node has not seen it);
 * **closing** a window: BEGIN_CLOSE on the ledger's home (the next window opens),
   CLOSE_HERE on every shard (the cut), a linearizable read of every shard's sums,
   CLOSED with the netting on the home;
@@ -20,11 +25,20 @@ windows on one shard; this module only sequences commands over shards:
   (ids derived from the window and the settlement attempt: resuming answers `exists`),
   SETTLE_HERE on every shard (the cap comes back), SETTLED;
 * **unwinding** a participant from a closed window: BEGIN_UNWIND, UNWIND_HERE on
-  every shard until none of its items is left, UNWOUND with the new netting.
+  every shard until none of its items is left, UNWOUND with the new netting;
+* **aborting** a closed window: BEGIN_ABORT (no settlement attempt may start), a check
+  that no earlier attempt's settlement chain committed (ABORT_CANCELLED if one did),
+  ABORT_HERE on every shard until none of its items is left, ABORTED;
+* **registration** first admits each participant on its ledger's home (CMD_ADMIT,
+  the ledger's participant limit), then registers it on its own home.
 
 A step cut short by a crash or a timeout leaves its window in `closing`,
-`settling` or `unwinding`; the periodic pass on the ledger home's leader resumes
-it (every step is idempotent), so nothing stays half-done.
+`settling`, `unwinding` or `aborting`; the periodic pass on the ledger home's leader
+resumes it (every step is idempotent), so nothing stays half-done. The schedule
+(`[clearing] cycle_s`) is decided on cluster time: the pass asks for a close only
+once the window has been open a cycle by the home shard's cluster time, and the
+close itself (BEGIN_CLOSE with the cycle) is refused inside apply, at the entry's
+cluster timestamp, if it is not due yet.
 """
 
 from __future__ import annotations
@@ -32,12 +46,13 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import random
 import time
 from collections.abc import Iterator, Sequence
 
 import grpc
 
-from tidebank.common.keys import CLEARING_HUB_CODE, clearing_hub_account_id
+from tidebank.common.keys import CLEARING_HUB_CODE, U128_MAX, clearing_hub_account_id
 from tidebank.node.api import convert
 from tidebank.node.executor import ShardExecutor, all_results, retry_delays
 from tidebank.node.ledger.clearing import (
@@ -47,10 +62,16 @@ from tidebank.node.ledger.clearing import (
     WINDOW_CLOSING,
     WINDOW_OPEN,
     WINDOW_SETTLING,
+    settlement_transfer_id,
     settlement_transfers,
 )
 from tidebank.node.ledger.clearing_records import (
+    CMD_ABORT_CANCELLED,
+    CMD_ABORT_HERE,
+    CMD_ABORTED,
     CMD_ACK,
+    CMD_ADMIT,
+    CMD_BEGIN_ABORT,
     CMD_BEGIN_CLOSE,
     CMD_BEGIN_SETTLE,
     CMD_BEGIN_UNWIND,
@@ -60,6 +81,7 @@ from tidebank.node.ledger.clearing_records import (
     CMD_GIVE,
     CMD_PROPAGATED,
     CMD_REGISTER,
+    CMD_RELEASE,
     CMD_SETTLE_FAILED,
     CMD_SETTLE_HERE,
     CMD_SETTLED,
@@ -77,7 +99,12 @@ from tidebank.node.ledger.clearing_records import (
 )
 from tidebank.node.ledger.operations import OP_CLEARING, OP_CLEARING_ITEMS, Operation
 from tidebank.node.ledger.records import Account, AccountFlags
-from tidebank.node.ledger.results import ITEM_ALLOWANCE_LOW, ClearingItemResult, ParticipantResult, WindowResult
+from tidebank.node.ledger.results import (
+    ITEM_ALLOWANCE_LOW,
+    ClearingItemResult,
+    ParticipantResult,
+    WindowResult,
+)
 from tidebank.node.outcomes import NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.txn.periodic import LedShardsLoop, RetryLater
 from tidebank.v1 import internal_pb2, ledger_pb2, types_pb2
@@ -89,6 +116,8 @@ MOVE_REDELIVER_AFTER_S = 2.0  # an unacknowledged allowance move older than this
 STATEMENT_PAGE_ITEMS = 1024  # items read from one shard per page of a statement
 REFILL_SHARE = 4  # a refill from the pool asks for need + cap / (shards * REFILL_SHARE)
 REFILL_ROUNDS_MAX = 8  # refill-and-resubmit rounds of one request (each moves allowance or ends the loop)
+ROOM_CHECKS_MAX = 3  # times one request finds its payers' caps still have room after the rounds, and tries again
+ROOM_WAIT_S = 0.05  # before trying again: what is left of the cap may be between another move's TAKE and GIVE
 SETTLEMENT_CHAIN_MAX = 8189  # transfers in one settlement chain (one CreateTransfers request)
 
 
@@ -102,7 +131,7 @@ class ClearingCoordinator:
     def __init__(self, node, executor: ShardExecutor) -> None:
         self.node = node
         self.executor = executor
-        self._caps: dict[int, int] = {}  # participant -> last cap seen (sizes refills only)
+        self._caps: dict[int, int] = {}  # participant -> last cap seen here (sizes refills only; read on a miss)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -178,25 +207,55 @@ class ClearingCoordinator:
     # ------------------------------------------------------------------ participants
 
     def register(self, participants: Sequence[Participant], deadline: float) -> list[int]:
-        """Register on each participant's home, then copy to every shard. Codes in request order."""
+        """Admit each participant on its ledger's home (participants_limit_reached changes nothing), register it on
+        its own home, then copy it to every shard. Codes in request order."""
+        codes = [0] * len(participants)
+        admitted = self._admit(participants, codes, deadline)
         by_home: dict[int, list[int]] = {}
-        for index, p in enumerate(participants):
-            by_home.setdefault(self.home_of(p.id), []).append(index)
+        for index in admitted:
+            by_home.setdefault(self.home_of(participants[index].id), []).append(index)
         commands = {home: [ClearingCommand(CMD_REGISTER, (p.id, p.ledger, p.code, p.name, p.settlement_account_id,
                                                            p.net_debit_cap))
                            for p in (participants[i] for i in indexes)]
                     for home, indexes in by_home.items()}
         answers = self.run_everywhere(commands, deadline)
-        codes = [0] * len(participants)
         for home, indexes in by_home.items():
             for index, (code, _version) in zip(indexes, answers[home], strict=True):
                 codes[index] = code
+        # Registered before on another ledger: it was admitted to this one for nothing.
+        others = [participants[i] for i in admitted if codes[i] == ParticipantResult.exists_with_different_ledger]
+        if others:
+            self.run_everywhere(self._by_ledger_home(others, CMD_RELEASE), deadline)
         kept = (ParticipantResult.ok, ParticipantResult.exists)
         done = [participants[i].id for i, c in enumerate(codes) if c in kept]
         self.propagate(done, deadline)
         new = [participants[i] for i, c in enumerate(codes) if c == ParticipantResult.ok]
         self._spread_allowance(new, deadline)
         return codes
+
+    def _admit(self, participants: Sequence[Participant], codes: list[int], deadline: float) -> list[int]:
+        """Count the participants toward their ledgers' limits (on each ledger's home, idempotent by id); the
+        indexes admitted. Those the rules refuse anyway (zero ids, ledger or account) are not counted but go on to
+        be refused by CMD_REGISTER with their own code."""
+        valid = [i for i, p in enumerate(participants)
+                 if p.id not in (0, U128_MAX) and p.ledger and p.settlement_account_id]
+        answers = self.run_everywhere(self._by_ledger_home([participants[i] for i in valid], CMD_ADMIT), deadline)
+        at: dict[int, int] = {}
+        refused: set[int] = set()
+        for index in valid:
+            home = self.home_of(participants[index].ledger)
+            code = answers[home][at.get(home, 0)]
+            at[home] = at.get(home, 0) + 1
+            if code != ParticipantResult.ok:
+                codes[index] = code
+                refused.add(index)
+        return [i for i in range(len(participants)) if i not in refused]
+
+    def _by_ledger_home(self, participants: Sequence[Participant], tag: int) -> dict[int, list[ClearingCommand]]:
+        commands: dict[int, list[ClearingCommand]] = {}
+        for p in participants:
+            commands.setdefault(self.home_of(p.ledger), []).append(ClearingCommand(tag, (p.ledger, p.id)))
+        return commands
 
     def _spread_allowance(self, participants: Sequence[Participant], deadline: float) -> None:
         """Give every shard a share of each new participant's cap at once (half of the cap, evenly), so its
@@ -234,6 +293,34 @@ class ClearingCoordinator:
     def _home_record(self, pid: int, deadline: float) -> Participant | None:
         found = self.query(self.home_of(pid), "lookup_participants", [[pid]], deadline)
         return Participant(*found[0]) if found else None
+
+    def home_records(self, pids: Sequence[int], deadline: float) -> dict[int, Participant]:
+        """The participants' authoritative records (on their homes, linearizable), by id; the missing ones absent."""
+        by_home: dict[int, list[int]] = {}
+        for pid in pids:
+            by_home.setdefault(self.home_of(pid), []).append(pid)
+        found: dict[int, Participant] = {}
+        for rows in gather({home: self.executor.pool.submit(self.query, home, "lookup_participants", [ids], deadline)
+                            for home, ids in by_home.items()}, deadline).values():
+            for fields in rows:
+                found[fields[0]] = Participant(*fields)
+        return found
+
+    def list_participants(self, ledger: int, after: int, limit: int, deadline: float) -> list[Participant]:
+        """One page of the participants of a ledger (0: of every ledger) by id, after `after`: each shard's home
+        records (the authoritative ones) merged, at most `limit`."""
+        pages = self.query_everywhere("participants", [ledger, after, limit, True], deadline)
+        rows = sorted((Participant(*fields) for page in pages.values() for fields in page), key=lambda p: p.id)
+        return rows[:limit]
+
+    def _cap_of(self, pid: int, deadline: float) -> int:
+        """The participant's cap as last seen here, read from any replica of its home when not seen yet (only to
+        size refills: a stale one costs an extra move, never a wrong answer)."""
+        cap = self._caps.get(pid)
+        if cap is None:
+            found = self.query(self.home_of(pid), "lookup_participants", [[pid]], deadline, linearizable=False)
+            cap = self._caps[pid] = Participant(*found[0]).net_debit_cap if found else 0
+        return cap
 
     def propagate(self, pids: Sequence[int], deadline: float) -> None:
         """Copy the home records of these participants to every shard, then mark them propagated."""
@@ -290,7 +377,7 @@ class ClearingCoordinator:
         first (with some to spare, so the next items do not need a move), then from other shards' headroom."""
         home = self.home_of(pid)
         shards = self.shard_map.shard_ids
-        spare = self._caps.get(pid, 0) // (len(shards) * REFILL_SHARE)
+        spare = self._cap_of(pid, deadline) // (len(shards) * REFILL_SHARE)
         got = self.move(pid, home, dest, need + spare, from_pool=True, to_pool=False, deadline=deadline)
         for source in shards:
             if got >= need:
@@ -316,34 +403,62 @@ class ClearingCoordinator:
 
     def submit_items(self, items: Sequence[ClearingItem], deadline: float) -> list[int]:
         """Each item on its own id's shard. Items short of allowance there are submitted again after allowance
-        moved to that shard, until they fit or no allowance is left anywhere: then exceeds_net_debit_cap."""
+        moved to that shard, until they fit or no allowance can be moved. Before such an item is answered
+        exceeds_net_debit_cap, its payer's position is read over every shard: while the cap still has room for it
+        (what is left sits in another request's move, or concurrent requests keep taking it from each other), it is
+        tried again, up to ROOM_CHECKS_MAX times. So the code means the cap had no room for it when last read, unless
+        the request's payers kept losing the race that long."""
         codes: list[int] = [ClearingItemResult.internal_error] * len(items)
-        by_shard: dict[int, list[int]] = {}
-        for index, item in enumerate(items):
-            by_shard.setdefault(self.home_of(item.id), []).append(index)
-        low = self._submit_round(items, by_shard, codes, deadline)
-        for _ in range(REFILL_ROUNDS_MAX):
-            if not low:
-                break
-            need: dict[tuple[int, int], int] = {}
-            for index in low:
-                key = (self.home_of(items[index].id), items[index].payer_id)
-                need[key] = need.get(key, 0) + items[index].amount
-            by_payer: dict[int, list[tuple[int, int]]] = {}
-            for (shard_id, payer), amount in need.items():
-                by_payer.setdefault(payer, []).append((shard_id, amount))
-            # payers in parallel; one payer's shards one after the other, so they never take from each other
-            moved = sum(gather({payer: self.executor.pool.submit(self._refill_all, payer, wants, deadline)
-                                for payer, wants in by_payer.items()}, deadline).values())
+        low = self._submit_round(items, self._by_item_shard(items, range(len(items))), codes, deadline)
+        rounds = checks = 0
+        while low:
+            moved = self._refill_for(items, low, deadline) if rounds < REFILL_ROUNDS_MAX else 0
+            rounds += 1
             if moved == 0:
-                break
-            retry: dict[int, list[int]] = {}
-            for index in low:
-                retry.setdefault(self.home_of(items[index].id), []).append(index)
-            low = self._submit_round(items, retry, codes, deadline)
+                if checks >= ROOM_CHECKS_MAX or deadline - time.monotonic() < 2 * ROOM_WAIT_S:
+                    break
+                checks += 1
+                fits = self._fit_under_caps(items, low, deadline)
+                for index in set(low) - set(fits):
+                    codes[index] = ClearingItemResult.exceeds_net_debit_cap
+                low = fits
+                if not low:
+                    break
+                rounds = 0
+                time.sleep(ROOM_WAIT_S * checks * random.uniform(0.5, 1.5))  # jittered: two requests taking the
+                # last of a cap from each other do not come back in step
+            low = self._submit_round(items, self._by_item_shard(items, low), codes, deadline)
         for index in low:
             codes[index] = ClearingItemResult.exceeds_net_debit_cap
         return codes
+
+    def _by_item_shard(self, items: Sequence[ClearingItem], indexes) -> dict[int, list[int]]:
+        by_shard: dict[int, list[int]] = {}
+        for index in indexes:
+            by_shard.setdefault(self.home_of(items[index].id), []).append(index)
+        return by_shard
+
+    def _refill_for(self, items: Sequence[ClearingItem], low: Sequence[int], deadline: float) -> int:
+        """Move allowance to each shard whose items ran short, for their payers; how much moved in all."""
+        need: dict[tuple[int, int], int] = {}
+        for index in low:
+            key = (self.home_of(items[index].id), items[index].payer_id)
+            need[key] = need.get(key, 0) + items[index].amount
+        by_payer: dict[int, list[tuple[int, int]]] = {}
+        for (shard_id, payer), amount in need.items():
+            by_payer.setdefault(payer, []).append((shard_id, amount))
+        # payers in parallel; one payer's shards one after the other, so they never take from each other
+        return sum(gather({payer: self.executor.pool.submit(self._refill_all, payer, wants, deadline)
+                           for payer, wants in by_payer.items()}, deadline).values())
+
+    def _fit_under_caps(self, items: Sequence[ClearingItem], low: Sequence[int], deadline: float) -> list[int]:
+        """The indexes of `low` whose item alone still fits under its payer's cap (position + amount <= cap, the
+        position summed over every shard): the others certainly exceed it."""
+        payers = sorted({items[i].payer_id for i in low})
+        positions = self.positions(payers, deadline)
+        records = self.home_records(payers, deadline)
+        room = {pid: (records[pid].net_debit_cap if pid in records else 0) - positions[pid] for pid in payers}
+        return [i for i in low if items[i].amount <= room[items[i].payer_id]]
 
     def _submit_round(self, items, by_shard: dict[int, list[int]], codes: list[int], deadline: float) -> list[int]:
         """Submit each shard's items once; fill in their codes; the indexes short of allowance."""
@@ -403,14 +518,16 @@ class ClearingCoordinator:
                 t[1] += count
         return [(payer, payee, *t) for (payer, payee), t in sorted(totals.items()) if t[1]]
 
-    def close(self, ledger: int, number: int, deadline: float) -> tuple[int, int]:
-        """(WindowResult, number): close the open window (number 0) or that one."""
+    def close(self, ledger: int, number: int, deadline: float, cycle_s: float = 0.0) -> tuple[int, int]:
+        """(WindowResult, number): close the open window (number 0) or that one. With `cycle_s` (the schedule) only
+        if it has been open that long in cluster time: WINDOW_NOT_DUE otherwise, and nothing changed."""
         home = self.home_of(ledger)
         if number == 0:
             number = self.query(home, "open_window", [ledger], deadline)
             if number == 0:
                 return WindowResult.window_not_found, 0
-        code = self.run_one(home, ClearingCommand(CMD_BEGIN_CLOSE, (ledger, number)), deadline)
+        args = (ledger, number, int(cycle_s * 1e9)) if cycle_s > 0 else (ledger, number)
+        code = self.run_one(home, ClearingCommand(CMD_BEGIN_CLOSE, args), deadline)
         if code == WindowResult.window_not_open:
             _, record = self.window(ledger, number, deadline)
             if record is not None and record["state"] == WINDOW_CLOSING:  # a close cut short (ours, retried)
@@ -470,8 +587,12 @@ class ClearingCoordinator:
                     shortfalls = self._shortfalls(chain, deadline)
                     code = WindowResult.insufficient_funds if shortfalls else WindowResult.settlement_failed
                     return code, shortfalls, failed
-        self.run_everywhere({s: [ClearingCommand(CMD_SETTLE_HERE, (ledger, number))]
-                             for s in self.shard_map.shard_ids}, deadline)
+        given = self.run_everywhere({s: [ClearingCommand(CMD_SETTLE_HERE, (ledger, number))]
+                                     for s in self.shard_map.shard_ids}, deadline)
+        aborting = [shard_id for shard_id, (result,) in given.items() if result < 0]
+        if aborting:
+            raise ClearingStepError(f"ledger {ledger} window {number}: settlement attempt {attempt} moved the money "
+                                    f"but shards {aborting} are aborting the window")
         code = self.run_one(home, ClearingCommand(CMD_SETTLED, (ledger, number, attempt, tuple(t.id for t in chain))),
                             deadline)
         return code, [], ""
@@ -568,6 +689,58 @@ class ClearingCoordinator:
         return self.run_one(self.home_of(ledger), ClearingCommand(CMD_UNWOUND, (ledger, number, pid, tuple(nets))),
                             deadline)
 
+    def abort(self, ledger: int, number: int, deadline: float) -> tuple[int, int]:
+        """Abort a closed window. (WindowResult, attempt): ok (aborted now, or an abort cut short finished), or the
+        refusal of BEGIN_ABORT (window_already_aborted: aborted before); or window_already_settled with the
+        settlement attempt whose chain turned out to have committed (the window is left closed, not aborted)."""
+        home = self.home_of(ledger)
+        code = self.run_one(home, ClearingCommand(CMD_BEGIN_ABORT, (ledger, number)), deadline)
+        if code != WindowResult.ok:
+            return code, 0
+        return self.finish_abort(ledger, number, deadline)
+
+    def finish_abort(self, ledger: int, number: int, deadline: float) -> tuple[int, int]:
+        _, record = self.window(ledger, number, deadline)
+        if record is None or not record.get("aborting"):
+            return WindowResult.ok, 0
+        committed = self.committed_attempt(ledger, number, record.get("attempt", 0), deadline)
+        if committed:
+            # BEGIN_ABORT stopped new attempts; an old one's chain moved the money: never abort that window.
+            self.run_one(self.home_of(ledger), ClearingCommand(CMD_ABORT_CANCELLED, (ledger, number)), deadline)
+            log.error("ledger %d window %d: not aborted: the settlement transfers of attempt %d committed", ledger,
+                      number, committed)
+            return WindowResult.window_already_settled, committed
+        for shard_id in self.shard_map.shard_ids:
+            while True:
+                done = self.run_one(shard_id, ClearingCommand(
+                    CMD_ABORT_HERE, (ledger, number, UNWIND_ITEMS_PER_ENTRY_MAX)), deadline)
+                if done < 0:
+                    raise ClearingStepError(f"ledger {ledger} window {number}: shard {shard_id} settled it")
+                if done == 0:
+                    break
+        nets = self.shard_sums(ledger, number, deadline)
+        return self.run_one(self.home_of(ledger), ClearingCommand(CMD_ABORTED, (ledger, number, tuple(nets))),
+                            deadline), 0
+
+    def committed_attempt(self, ledger: int, number: int, attempts: int, deadline: float) -> int:
+        """The settlement attempt (1..attempts) of the window whose chain exists in the ledger, or 0. Every attempt
+        builds its chain from the window's nets of that time, one transfer per participant with a non-zero net,
+        with ids derived from (window, attempt, participant); a chain is linked, so one transfer found means it
+        committed. Participants never leave a window's nets (an unwind zeroes their sums), so trying every
+        participant of the nets for every attempt covers each chain."""
+        if attempts <= 0:
+            return 0
+        pids = [n[0] for n in self.nets(ledger, number, deadline)]
+        ids = {settlement_transfer_id(ledger, number, a, pid): a for a in range(1, attempts + 1) for pid in pids}
+        request = ledger_pb2.LookupTransfersRequest()
+        for tid in ids:
+            convert.u128_to_pb(request.ids.add(), tid)
+        try:
+            found = self._ledger_stub().LookupTransfers(request, timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.RpcError as exc:
+            raise NotAppliedError(f"abort: settlement lookup failed: {exc.code().name}") from exc
+        return max((ids.get(convert.u128_from_pb(t.id), 0) for t in found.transfers), default=0)
+
     # ------------------------------------------------------------------ statements
 
     def statement_items(self, ledger: int, number: int, pid: int, deadline_of) -> Iterator[ClearingItem]:
@@ -611,16 +784,21 @@ class ClearingCoordinator:
                 self._resume(ledger, number, record, now_ns, cycle_s, deadline)
 
     def _resume(self, ledger: int, number: int, record: dict, now_ns: int, cycle_s: float, deadline: float) -> None:
+        """`now_ns` is the home shard's cluster time as of now (see ClearingTimers.cluster_now_ns): the schedule
+        compares it with opened_at, cluster time too; BEGIN_CLOSE checks the cycle again at its own timestamp."""
         state = record["state"]
         if state == WINDOW_OPEN and cycle_s > 0 and now_ns - record["opened_at"] >= cycle_s * 1e9:
-            log.info("ledger %d: window %d is due to close (cycle %.0f s)", ledger, number, cycle_s)
-            self.close(ledger, number, deadline)
+            code, _ = self.close(ledger, number, deadline, cycle_s)
+            if code == WindowResult.ok:
+                log.info("ledger %d: window %d closed on its schedule (cycle %.0f s)", ledger, number, cycle_s)
         elif state == WINDOW_CLOSING:
             self.finish_close(ledger, number, deadline)
         elif state == WINDOW_SETTLING:  # taken over only once its attempt's lease ran out (CMD_BEGIN_SETTLE)
             self.settle(ledger, number, deadline)
         elif state == WINDOW_CLOSED and record.get("unwinding") is not None:
             self.finish_unwind(ledger, number, record["unwinding"], deadline)
+        elif state == WINDOW_CLOSED and record.get("aborting"):
+            self.finish_abort(ledger, number, deadline)
 
 
 
@@ -639,11 +817,17 @@ class ClearingTimers:
         self.retry_later = RetryLater()
         self._loop = LedShardsLoop(node, "clearing-pass", CLEARING_PASS_PERIOD_S, self.pass_once) if start else None
 
+    def cluster_now_ns(self, host) -> int:
+        """The shard's cluster time as of now: the timestamp its next entry would get. The proposer stamps an entry
+        with its clock and apply makes it monotonic (max(stamp, last + 1)), so it is this node's clock, unless the
+        shard already applied a later time (a leader before this one had a clock ahead): then that time."""
+        return max(self.clock_ns(), host.cluster_time_ns())
+
     def pass_once(self, shard_id: int, host) -> None:
         if not self.retry_later.due(shard_id, time.monotonic()):
             return
         try:
-            self.coordinator.repair(shard_id, host, self.clock_ns(), self.cycle_s)
+            self.coordinator.repair(shard_id, host, self.cluster_now_ns(host), self.cycle_s)
         except Exception as exc:
             log.warning("shard %d: clearing pass cut short (%s); tried again later", shard_id, exc)
             self.retry_later.failed(shard_id, time.monotonic())

@@ -9,7 +9,9 @@ submitting the same items again, the last window is closed and everything settle
 * every acknowledged item is stored, accepted, in exactly one window, and counted in
   that window's netting (the nets equal the sums replayed from the items);
 * no refused item is stored anywhere;
-* every window's nets sum to zero, and no window is left unsettled (none stuck);
+* every window's nets sum to zero, and no window is left unsettled (none stuck) but
+  those aborted: an aborted window holds no sums, no settlement, and every item in it
+  is excluded (status aborted), never counted elsewhere;
 * each settlement account moved by exactly the sum of its participant's nets, through
   one settlement transfer per settled window it owed or was owed in (nothing twice);
 * nobody owes anything at the end, and the caps are whole again (allowances + pools ==
@@ -51,6 +53,11 @@ def u128(value: int) -> types_pb2.U128:
 
 def from_u128(m: types_pb2.U128) -> int:
     return m.hi << 64 | m.lo
+
+
+def from_i128(m: types_pb2.I128) -> int:
+    raw = m.hi << 64 | m.lo
+    return raw - (1 << 128) if m.hi >> 63 else raw
 
 
 @dataclass
@@ -195,7 +202,8 @@ class ClearingWorkload:
         deadline = time.monotonic() + SETTLE_BOUND_S
         while True:
             windows = self._retry(lambda s: s.ListWindows(R.ListWindowsRequest(ledger=CLEARING_LEDGER), timeout=20))
-            pending = [w for w in windows.windows if w.state not in (R.WINDOW_STATE_OPEN, R.WINDOW_STATE_SETTLED)]
+            pending = [w for w in windows.windows
+                       if w.state not in (R.WINDOW_STATE_OPEN, R.WINDOW_STATE_SETTLED, R.WINDOW_STATE_ABORTED)]
             if not pending:
                 return
             for w in pending:
@@ -224,7 +232,8 @@ class ClearingWorkload:
                 for a in accounts}
         found = self._retry(lambda s: s.LookupParticipants(R.LookupParticipantsRequest(
             ids=[u128(p) for p in self.ids]), timeout=20)).participants
-        return ClearingView(items, windows, balances, legs, {from_u128(p.id): p.position for p in found}, book)
+        positions = {from_u128(p.id): from_i128(p.position) for p in found}
+        return ClearingView(items, windows, balances, legs, positions, book)
 
     def close(self) -> None:
         for channel in self._channels:
@@ -235,13 +244,19 @@ def check_clearing(history: ClearingHistory, view: ClearingView) -> list[str]:
     """Every violation found, as sentences (see the module docstring)."""
     problems: list[str] = []
     acknowledged = history.acknowledged()
+    aborted = {w.number for w in view.windows if w.state == R.WINDOW_STATE_ABORTED}
     for item_id, (payer, payee, amount) in acknowledged.items():
         stored = view.items.get(item_id)
         if stored is None:
             problems.append(f"acknowledged item {item_id} is missing")
         elif (from_u128(stored.payer_id), from_u128(stored.payee_id), stored.amount) != (payer, payee, amount):
             problems.append(f"item {item_id} is stored with other fields")
-        elif stored.status != R.CLEARING_ITEM_STATUS_ACCEPTED or stored.window == 0:
+        elif stored.window == 0:
+            problems.append(f"acknowledged item {item_id} is not accepted in a window")
+        elif (stored.status == R.CLEARING_ITEM_STATUS_ABORTED) != (stored.window in aborted):
+            problems.append(f"acknowledged item {item_id} is {R.ClearingItemStatus.Name(stored.status)} in window "
+                            f"{stored.window}, which is {'' if stored.window in aborted else 'not '}aborted")
+        elif stored.status not in (R.CLEARING_ITEM_STATUS_ACCEPTED, R.CLEARING_ITEM_STATUS_ABORTED):
             problems.append(f"acknowledged item {item_id} is not accepted in a window")
     ghosts = sorted(history.refused() & view.items.keys())
     if ghosts:
@@ -249,8 +264,8 @@ def check_clearing(history: ClearingHistory, view: ClearingView) -> list[str]:
     replay: dict[tuple[int, int], list[int]] = {}
     for item_id, (payer, payee, amount) in acknowledged.items():
         stored = view.items.get(item_id)
-        if stored is None:
-            continue
+        if stored is None or stored.status != R.CLEARING_ITEM_STATUS_ACCEPTED:
+            continue  # an aborted window counts none of its items
         sent = replay.setdefault((stored.window, payer), [0, 0, 0, 0])
         sent[0] += amount
         sent[2] += 1
@@ -265,17 +280,21 @@ def check_clearing(history: ClearingHistory, view: ClearingView) -> list[str]:
     settled_with: Counter = Counter()
     transfer_ids: list[int] = []
     for w in view.windows:
-        nets = {from_u128(n.participant_id): [n.sent, n.received, n.count_sent, n.count_received]
+        nets = {from_u128(n.participant_id): [from_u128(n.sent), from_u128(n.received), n.count_sent,
+                                              n.count_received]
                 for n in w.nets if n.count_sent or n.count_received}
         expected = {pid: sums for (number, pid), sums in replay.items() if number == w.number}
         if nets != expected:
             problems.append(f"window {w.number}: nets {nets} != the items in it {expected}")
-        if sum(n.net for n in w.nets) != 0:
-            problems.append(f"window {w.number}: nets sum to {sum(n.net for n in w.nets)}, not 0")
-        if w.state == R.WINDOW_STATE_SETTLED:
+        if sum(from_i128(n.net) for n in w.nets) != 0:
+            problems.append(f"window {w.number}: nets sum to {sum(from_i128(n.net) for n in w.nets)}, not 0")
+        if w.state == R.WINDOW_STATE_ABORTED:
+            if w.settlement_transfer_ids:
+                problems.append(f"window {w.number} is aborted but names settlement transfers")
+        elif w.state == R.WINDOW_STATE_SETTLED:
             for n in w.nets:
-                owed[from_u128(n.participant_id)] += n.net
-                settled_with[from_u128(n.participant_id)] += bool(n.net)
+                owed[from_u128(n.participant_id)] += from_i128(n.net)
+                settled_with[from_u128(n.participant_id)] += bool(from_i128(n.net))
             transfer_ids += [from_u128(t) for t in w.settlement_transfer_ids]
         elif w is not view.windows[-1] or w.state != R.WINDOW_STATE_OPEN:
             problems.append(f"window {w.number} is stuck in state {R.WindowState.Name(w.state)}")

@@ -20,11 +20,13 @@ READY_TIMEOUT_S = 90.0
 
 
 @contextlib.contextmanager
-def running_cluster(directory, *, shards: int = 4, env: dict[str, str] | None = None, plaintext: bool = False):
+def running_cluster(directory, *, shards: int = 4, env: dict[str, str] | None = None, plaintext: bool = False,
+                    quotas=None):
     """Start a 3-DC cluster; stop every process on the way out, also when the test fails."""
     saved = {key: os.environ.get(key) for key in (env or {})}
     os.environ.update(env or {})
-    cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=shards, plaintext=plaintext)
+    cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=shards, plaintext=plaintext,
+                                  quotas=quotas)
     try:
         cluster.start()
         cluster.wait_ready(timeout_s=READY_TIMEOUT_S)

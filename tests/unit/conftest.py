@@ -13,3 +13,14 @@ def plaintext_fakes(request, monkeypatch):
     for env in (CA_ENV, CERT_ENV, KEY_ENV):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.setenv(PLAINTEXT_ENV, "1")
+
+
+@pytest.fixture(autouse=True)
+def servicers_called_directly_act_for_a_trusted_caller():
+    """Servicer unit tests call a servicer without the gRPC handler that decides access: they act for a
+    caller with every role, as on a plaintext cluster (test_access.py tests the decisions themselves)."""
+    from tidebank.node.api import access
+
+    access.enter(access.Grant(access.PLAINTEXT_PRINCIPAL, "test", access.Scope.ALL))
+    yield
+    access.enter(None)

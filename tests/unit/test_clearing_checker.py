@@ -17,6 +17,7 @@ from tests.integration.bank_clearing import (
     u128,
 )
 from tidebank.client import Transfer
+from tidebank.v1 import types_pb2
 
 A, B, C = 11, 12, 13
 ACCOUNTS = {A: 21, B: 22, C: 23}
@@ -38,9 +39,14 @@ def stored(item_id: int, payer: int, payee: int, amount: int, window: int) -> R.
                           window=window)
 
 
+def i128(value: int) -> types_pb2.I128:
+    raw = value & ((1 << 128) - 1)
+    return types_pb2.I128(hi=raw >> 64, lo=raw & ((1 << 64) - 1))
+
+
 def net(pid: int, sent: int, received: int, n_sent: int, n_received: int) -> R.NetPosition:
-    return R.NetPosition(participant_id=u128(pid), sent=sent, received=received, count_sent=n_sent,
-                         count_received=n_received, net=sent - received)
+    return R.NetPosition(participant_id=u128(pid), sent=u128(sent), received=u128(received), count_sent=n_sent,
+                         count_received=n_received, net=i128(sent - received))
 
 
 def view() -> ClearingView:
@@ -90,14 +96,14 @@ def test_an_item_counted_in_no_window_netting_is_reported():
 
 def test_an_item_counted_twice_is_reported():
     v = view()
-    v.windows[0].nets[0].sent = 200
+    v.windows[0].nets[0].sent.lo = 200
     v.windows[0].nets[0].count_sent = 2
     assert any("window 1: nets" in p for p in check_clearing(history(), v))
 
 
 def test_nets_that_do_not_sum_to_zero_are_reported():
     v = view()
-    v.windows[0].nets[0].net = 101
+    v.windows[0].nets[0].net.lo = 101
     assert any("nets sum to 1" in p for p in check_clearing(history(), v))
 
 
@@ -137,3 +143,37 @@ def test_a_clearing_book_out_of_balance_is_reported(field, value, words):
     v = view()
     v.book[field] = value
     assert any(words in p for p in check_clearing(history(), v))
+
+
+def aborted_view() -> ClearingView:
+    """The same history with window 2 aborted: its item excluded, nothing settled, its nets zero."""
+    v = view()
+    v.windows[1] = R.Window(number=2, state=R.WINDOW_STATE_ABORTED, nets=[net(A, 0, 0, 0, 0), net(C, 0, 0, 0, 0)])
+    v.items[3].status = R.CLEARING_ITEM_STATUS_ABORTED
+    v.balances = {ACCOUNTS[A]: FUNDS - 100, ACCOUNTS[B]: FUNDS + 70, ACCOUNTS[C]: FUNDS + 30}
+    v.settlement_legs = {ACCOUNTS[A]: [Transfer(id=901, code=9201)], ACCOUNTS[B]: [Transfer(id=902, code=9202)],
+                         ACCOUNTS[C]: [Transfer(id=903, code=9202)]}
+    return v
+
+
+def test_an_aborted_window_with_its_items_excluded_passes():
+    assert check_clearing(history(), aborted_view()) == []
+
+
+def test_an_item_left_accepted_in_an_aborted_window_is_reported():
+    v = aborted_view()
+    v.items[3].status = R.CLEARING_ITEM_STATUS_ACCEPTED
+    assert any("window 2" in p for p in check_clearing(history(), v))
+
+
+def test_an_item_aborted_in_a_window_not_aborted_is_reported():
+    v = view()
+    v.items[1].status = R.CLEARING_ITEM_STATUS_ABORTED
+    assert any("CLEARING_ITEM_STATUS_ABORTED in window 1, which is not aborted" in p
+               for p in check_clearing(history(), v))
+
+
+def test_an_aborted_window_that_settled_is_reported():
+    v = aborted_view()
+    v.windows[1].settlement_transfer_ids.append(u128(904))
+    assert any("window 2 is aborted but names settlement transfers" in p for p in check_clearing(history(), v))

@@ -16,9 +16,11 @@ class Recording(ClearingCoordinator):
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.cycles: list[float] = []  # the cycle each close was asked with (0: by command)
 
-    def close(self, ledger, number, deadline):
+    def close(self, ledger, number, deadline, cycle_s=0.0):
         self.calls.append(("close", ledger, number))
+        self.cycles.append(cycle_s)
         return 0, number
 
     def finish_close(self, ledger, number, deadline):
@@ -31,6 +33,10 @@ class Recording(ClearingCoordinator):
     def finish_unwind(self, ledger, number, pid, deadline):
         self.calls.append(("finish_unwind", ledger, number, pid))
 
+    def finish_abort(self, ledger, number, deadline):
+        self.calls.append(("finish_abort", ledger, number))
+        return 0, 0
+
 
 @pytest.fixture
 def coordinator():
@@ -40,6 +46,16 @@ def coordinator():
 def test_open_window_past_its_cycle_is_closed(coordinator):
     coordinator._resume(LEDGER, NUMBER, {"state": WINDOW_OPEN, "opened_at": 100 * S}, 161 * S, 60.0, 0)
     assert coordinator.calls == [("close", LEDGER, NUMBER)]
+
+
+def test_a_close_on_the_schedule_names_its_cycle_so_apply_checks_it_on_cluster_time(coordinator):
+    coordinator._resume(LEDGER, NUMBER, {"state": WINDOW_OPEN, "opened_at": 100 * S}, 161 * S, 60.0, 0)
+    assert coordinator.cycles == [60.0]
+
+
+def test_an_abort_cut_short_is_resumed(coordinator):
+    coordinator._resume(LEDGER, NUMBER, {"state": WINDOW_CLOSED, "aborting": True}, S, 0.0, 0)
+    assert coordinator.calls == [("finish_abort", LEDGER, NUMBER)]
 
 
 def test_open_window_within_its_cycle_stays_open(coordinator):

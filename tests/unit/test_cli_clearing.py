@@ -110,8 +110,8 @@ class FakeClient:
     def resume_participant(self, pid):
         return self._one("resume_participant", pid)
 
-    def list_participants(self, ledger=0):
-        return self._answer("list_participants", ledger, [])
+    def list_participants(self, ledger=0, *, after=0, limit=0):
+        return self._answer("list_participants", (ledger, after, limit), [])
 
     def lookup_participants(self, ids):
         return self._answer("lookup_participants", list(ids), [])
@@ -136,6 +136,9 @@ class FakeClient:
 
     def unwind_participant(self, ledger, number, pid):
         return self._step("unwind_participant", (ledger, number, pid))
+
+    def abort_window(self, ledger, number):
+        return self._step("abort_window", (ledger, number))
 
     def get_window(self, ledger, number=0, bilateral=False):
         from tidebank.client import Window
@@ -183,7 +186,7 @@ def test_root_help_lists_clearing():
     "command",
     [["participant", "add"], ["participant", "list"], ["participant", "get"], ["participant", "cap"],
      ["participant", "suspend"], ["participant", "resume"], ["submit"], ["window", "list"], ["window", "show"],
-     ["window", "close"], ["settle"], ["unwind"], ["statement"], ["reconcile"]],
+     ["window", "close"], ["window", "abort"], ["settle"], ["unwind"], ["statement"], ["reconcile"]],
 )
 def test_every_clearing_command_has_help(command):
     r = invoke("clearing", *command, "--help")
@@ -364,6 +367,67 @@ def test_settling_a_window_already_settled_exits_0(fake):
     fake.answers["settle_window"] = WindowStep(WindowResultCode.window_already_settled, Window(1, 2))
     r = invoke("clearing", "settle", *E, "--ledger", "1", "2")
     assert r.exit_code == 0 and "window_already_settled" in r.stdout
+
+
+def test_window_abort_sends_the_window_and_exits_0(fake):
+    from tidebank.client import Window, WindowResultCode, WindowState, WindowStep
+
+    fake.answers["abort_window"] = WindowStep(WindowResultCode.ok, Window(1, 2, state=WindowState.ABORTED))
+    r = invoke("clearing", "window", "abort", *E, "--ledger", "1", "2", "-o", "json")
+    assert r.exit_code == 0, r.output
+    assert fake.calls == [("abort_window", (1, 2))]
+    assert json.loads(r.stdout)["window"]["state"] == "aborted"
+
+
+def test_window_abort_of_a_window_aborted_before_exits_0(fake):
+    from tidebank.client import Window, WindowResultCode, WindowStep
+
+    fake.answers["abort_window"] = WindowStep(WindowResultCode.window_already_aborted, Window(1, 2))
+    r = invoke("clearing", "window", "abort", *E, "--ledger", "1", "2")
+    assert r.exit_code == 0 and "window_already_aborted" in r.stdout
+
+
+def test_window_abort_refused_by_the_windows_state_prints_why_and_exits_1(fake):
+    import grpc
+
+    from tidebank.client import TidebankError
+
+    fake.error = TidebankError("abort_window failed: FAILED_PRECONDITION: window 2 of ledger 1 cannot be aborted: "
+                               "it is settled", code=grpc.StatusCode.FAILED_PRECONDITION)
+    r = invoke("clearing", "window", "abort", *E, "--ledger", "1", "2")
+    assert r.exit_code == 1
+    assert "it is settled" in r.stderr
+
+
+def test_window_abort_needs_a_window_number(fake):
+    r = invoke("clearing", "window", "abort", *E, "--ledger", "1")
+    assert r.exit_code == 2
+    assert fake.calls == []
+
+
+def test_participant_list_reads_every_participant_by_default(fake):
+    r = invoke("clearing", "participant", "list", *E, "--ledger", "1")
+    assert r.exit_code == 0, r.output
+    assert fake.calls == [("list_participants", (1, 0, 0))]
+
+
+def test_participant_list_with_a_limit_reads_one_page_and_names_the_next(fake):
+    from tidebank.client import Participant
+
+    fake.answers["list_participants"] = [Participant(5, ledger=1), Participant(9, ledger=1)]
+    r = invoke("clearing", "participant", "list", *E, "--ledger", "1", "--after", "4", "--limit", "2")
+    assert r.exit_code == 0, r.output
+    assert fake.calls == [("list_participants", (1, 4, 2))]
+    assert "next page: --after 9" in r.stdout
+
+
+def test_window_show_prints_sums_beyond_64_bits_whole(fake):
+    from tidebank.client import NetPosition, Window, WindowState
+
+    big = 2**70
+    fake.answers["get_window"] = Window(1, 2, state=WindowState.CLOSED, nets=[NetPosition(11, big, 0, 9, 0, big)])
+    r = invoke("clearing", "window", "show", *E, "--ledger", "1", "2", "-o", "json")
+    assert json.loads(r.stdout)["nets"][0]["sent"] == big
 
 
 def test_unwind_refused_exits_1(fake):

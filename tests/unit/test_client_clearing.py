@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +37,7 @@ from tidebank.client import (
     WindowResultCode,
     WindowState,
     WindowStep,
+    _core,
     _model,
 )
 from tidebank.client.testing import rich_status
@@ -83,6 +85,7 @@ class FakeClearing:
         self.statement = clearing_pb2.Statement()
         self.chunk_size = 1000
         self.break_after_chunks: int | None = None
+        self.breaks = 1  # streams broken after break_after_chunks chunks (then they run to their end)
         self.between_chunks: Callable[[int, Any], None] | None = None
         self.delay_s = 0.0
         self.servers: dict[str, grpc.Server] = {}
@@ -194,8 +197,9 @@ class _Servicer(clearing_pb2_grpc.ClearingServicer):
     @_unary
     def ListParticipants(self, request: Any, context: Any) -> Any:  # noqa: N802
         with self.fc.lock:
-            rows = [p for pid, p in sorted(self.fc.participants.items()) if request.ledger in (0, p.ledger)]
-        return clearing_pb2.ParticipantsResponse(participants=rows)
+            rows = [p for pid, p in sorted(self.fc.participants.items())
+                    if request.ledger in (0, p.ledger) and pid > _u128(request.after)]
+        return clearing_pb2.ParticipantsResponse(participants=rows[: request.limit or 100])
 
     @_unary
     def SubmitItems(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -274,6 +278,10 @@ class _Servicer(clearing_pb2_grpc.ClearingServicer):
     def UnwindParticipant(self, request: Any, context: Any) -> Any:  # noqa: N802
         return self._step("UnwindParticipant", request)
 
+    @_unary
+    def AbortWindow(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._step("AbortWindow", request)
+
     def ExportStatement(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802
         fc = self.fc
         with fc.lock:
@@ -281,10 +289,12 @@ class _Servicer(clearing_pb2_grpc.ClearingServicer):
         fault = fc.take_fault("ExportStatement")
         if fault is not None:
             _abort(context, fault.code, f"injected {fault.reason or fault.code.name}", fault.reason)
-        items = fc.statement_items
+        after = _u128(request.after_item_id)
+        items = [i for i in fc.statement_items if _u128(i.id) > after]
         chunks = [items[k : k + fc.chunk_size] for k in range(0, len(items), fc.chunk_size)] or [[]]
         for n, chunk in enumerate(chunks):
-            if fc.break_after_chunks is not None and n == fc.break_after_chunks:
+            if fc.break_after_chunks is not None and n == fc.break_after_chunks and fc.breaks > 0:
+                fc.breaks -= 1
                 _abort(context, grpc.StatusCode.UNAVAILABLE, "injected: the stream broke")
             last = n == len(chunks) - 1
             yield clearing_pb2.StatementChunk(items=chunk, statement=fc.statement if last else None)
@@ -356,7 +366,7 @@ def test_participant_round_trips_through_its_wire_record() -> None:
 
 def test_register_sends_none_of_the_read_only_participant_fields() -> None:
     m = _model.participant_to_proto(participant(5, suspended=True, version=4, position=9))
-    assert (m.suspended, m.version, m.position) == (False, 0, 0)
+    assert (m.suspended, m.version, m.HasField("position")) == (False, 0, False)
     assert _u128(m.settlement_account_id) == BIG + 100 and m.name == "Bank Ä"
 
 
@@ -386,6 +396,37 @@ def test_window_step_round_trips_with_nets_bilateral_and_shortfalls() -> None:
     step = WindowStep(WindowResultCode.insufficient_funds, w, [Shortfall(PAYER, 3, 1, 2)])
     m = clearing_pb2.WindowStepResponse.FromString(_model.window_step_to_proto(step).SerializeToString())
     assert _model.window_step_from_proto(m) == step
+
+
+def test_sums_beyond_64_bits_decode_whole() -> None:
+    big = 2**70 + 5
+    m = clearing_pb2.NetPosition(sent=_model.u128_to_proto(big), received=_model.u128_to_proto(3), count_sent=1)
+    _model._put_i128(m.net, big - 3)
+    assert _model.net_position_from_proto(m) == NetPosition(0, big, 3, 1, 0, big - 3)
+
+
+def test_a_negative_net_beyond_64_bits_decodes_whole() -> None:
+    n = NetPosition(PAYER, 1, 2**66, 1, 9, 1 - 2**66)
+    m = clearing_pb2.NetPosition.FromString(_model.net_position_to_proto(n).SerializeToString())
+    assert _model.net_position_from_proto(m) == n
+
+
+def test_a_position_beyond_63_bits_decodes_whole() -> None:
+    p = participant(5, net_debit_cap=2**64 - 1, position=2**64 - 2)
+    m = clearing_pb2.Participant.FromString(_model.participant_record_to_proto(p).SerializeToString())
+    assert _model.participant_from_proto(m).position == 2**64 - 2
+
+
+def test_a_bilateral_amount_beyond_64_bits_decodes_whole() -> None:
+    b = BilateralPosition(PAYER, PAYEE, 2**80, 3)
+    m = clearing_pb2.BilateralPosition.FromString(_model.bilateral_to_proto(b).SerializeToString())
+    assert _model.bilateral_from_proto(m) == b
+
+
+def test_statement_sums_beyond_64_bits_decode_whole() -> None:
+    s = Statement(BIG, sent=2**90, received=2**65, net=2**90 - 2**65, count_sent=2, count_received=1)
+    m = clearing_pb2.Statement.FromString(_model.statement_to_proto(s).SerializeToString())
+    assert _model.statement_from_proto(m) == s
 
 
 def test_statement_round_trips() -> None:
@@ -457,6 +498,25 @@ def test_lookup_participants_returns_the_found_ones_in_request_order(fc: FakeCle
     with client(fc) as c:
         found = c.lookup_participants([PAYEE, 42, PAYER])
     assert [(p.id, p.position) for p in found] == [(PAYEE, 500), (PAYER, -500)]
+
+
+def test_list_participants_reads_every_page(fc: FakeClearing, monkeypatch: pytest.MonkeyPatch) -> None:
+    for pid in range(1, 8):
+        fc.participants[pid] = _model.participant_record_to_proto(participant(pid))
+    monkeypatch.setattr(_core, "PAGE_SIZE_MAX", 3)  # the largest page the node serves
+    with client(fc) as c:
+        found = c.list_participants(1)
+    assert [p.id for p in found] == list(range(1, 8))
+    assert [(_u128(r.after), r.limit) for r in fc.requests("ListParticipants")] == [(0, 3), (3, 3), (6, 3)]
+
+
+def test_list_participants_with_a_limit_reads_one_page_after_an_id(fc: FakeClearing) -> None:
+    for pid in range(1, 8):
+        fc.participants[pid] = _model.participant_record_to_proto(participant(pid))
+    with client(fc) as c:
+        found = c.list_participants(1, after=2, limit=2)
+    assert [p.id for p in found] == [3, 4]
+    assert len(fc.requests("ListParticipants")) == 1
 
 
 def test_list_participants_asks_for_the_ledger(fc: FakeClearing) -> None:
@@ -635,6 +695,45 @@ def test_settle_and_unwind_of_window_zero_are_refused_before_sending(fc: FakeCle
     assert fc.requests("SettleWindow") == fc.requests("UnwindParticipant") == []
 
 
+def test_abort_window_sends_the_window_and_answers_its_step(fc: FakeClearing) -> None:
+    fc.steps["AbortWindow"] = clearing_pb2.WindowStepResponse(
+        result=clearing_pb2.WINDOW_RESULT_OK,
+        window=clearing_pb2.Window(ledger=1, number=2, state=clearing_pb2.WINDOW_STATE_ABORTED, aborted_at=77))
+    with client(fc) as c:
+        step = c.abort_window(1, 2)
+    assert step.ok and step.window.state == WindowState.ABORTED and step.window.aborted_at == 77
+    [req] = fc.requests("AbortWindow")
+    assert (req.ledger, req.number) == (1, 2)
+
+
+def test_abort_window_again_answers_already_aborted(fc: FakeClearing) -> None:
+    fc.steps["AbortWindow"] = clearing_pb2.WindowStepResponse(result=clearing_pb2.WINDOW_RESULT_WINDOW_ALREADY_ABORTED)
+    with client(fc) as c:
+        assert c.abort_window(1, 2).result == WindowResultCode.window_already_aborted
+
+
+def test_abort_window_refused_by_its_state_raises_failed_precondition_at_once(fc: FakeClearing) -> None:
+    fc.fail("AbortWindow", code=grpc.StatusCode.FAILED_PRECONDITION, times=-1)
+    with client(fc) as c, pytest.raises(TidebankError) as caught:
+        c.abort_window(1, 2)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(fc.requests("AbortWindow")) == 1
+
+
+def test_abort_window_whose_answer_was_lost_is_retried(fc: FakeClearing) -> None:
+    fc.fail("AbortWindow", reason="OUTCOME_UNKNOWN", apply=True)
+    with client(fc) as c:
+        assert c.abort_window(1, 2).ok
+    assert len(fc.requests("AbortWindow")) == 2
+
+
+def test_abort_of_window_zero_is_refused_before_sending(fc: FakeClearing) -> None:
+    with client(fc) as c, pytest.raises(InvalidRequestError) as caught:
+        c.abort_window(1, 0)
+    assert [v.field for v in caught.value.field_violations] == ["number"]
+    assert fc.requests("AbortWindow") == []
+
+
 def test_unwind_participant_sends_the_participant(fc: FakeClearing) -> None:
     with client(fc) as c:
         c.unwind_participant(1, 2, BIG)
@@ -735,16 +834,58 @@ def test_export_statement_retries_a_failure_before_the_first_item(fc: FakeCleari
     assert len(fc.requests("ExportStatement")) == 2
 
 
-def test_an_export_broken_after_its_first_items_raises_and_is_not_resumed(fc: FakeClearing) -> None:
+def _digest(items: list[clearing_pb2.ClearingItem]) -> str:
+    """The statement's digest over the accepted items, as the node computes it."""
+    lines = "".join(f"{_u128(i.id)},{_u128(i.payer_id)},{_u128(i.payee_id)},{i.amount}\n" for i in items
+                    if i.status == clearing_pb2.CLEARING_ITEM_STATUS_ACCEPTED)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_an_export_broken_after_its_first_items_resumes_after_the_last_one(fc: FakeClearing) -> None:
     fc.statement_items = statement_items(30)
+    fc.statement = clearing_pb2.Statement(items=30, sha256=_digest(fc.statement_items))
     fc.chunk_size = 10
     fc.break_after_chunks = 1
-    got: list[int] = []
+    with client(fc) as c, c.export_statement(1, 1, PAYER) as export:
+        got = [i.id for i in export]
+        statement = export.statement
+    assert got == list(range(1, 31))
+    assert statement.items == 30
+    first, second = fc.requests("ExportStatement")
+    assert (_u128(first.after_item_id), _u128(second.after_item_id)) == (0, 10)
+
+
+def test_an_export_is_resumed_as_often_as_it_breaks_within_its_deadline(fc: FakeClearing) -> None:
+    fc.statement_items = statement_items(30)
+    fc.statement = clearing_pb2.Statement(items=30, sha256=_digest(fc.statement_items))
+    fc.chunk_size = 10
+    fc.break_after_chunks, fc.breaks = 1, 2
+    with client(fc) as c, c.export_statement(1, 1, PAYER) as export:
+        assert [i.id for i in export] == list(range(1, 31))
+    assert [_u128(r.after_item_id) for r in fc.requests("ExportStatement")] == [0, 10, 20]
+
+
+def test_a_resumed_export_whose_window_changed_meanwhile_raises(fc: FakeClearing) -> None:
+    fc.statement_items = statement_items(30)
+    changed = list(fc.statement_items)
+    changed[3] = _model.clearing_item_record_to_proto(item(4, window=1, status=ClearingItemStatus.UNWOUND))
+    fc.statement = clearing_pb2.Statement(items=29, sha256=_digest(changed))  # item 4 unwound after it was sent
+    fc.chunk_size = 10
+    fc.break_after_chunks = 1
     with client(fc) as c, c.export_statement(1, 1, PAYER) as export, pytest.raises(TidebankError) as caught:
+        list(export)
+    assert "the window changed" in str(caught.value)
+
+
+def test_an_export_that_keeps_breaking_gives_up_at_its_deadline_handing_out_nothing_twice(fc: FakeClearing) -> None:
+    fc.statement_items = statement_items(10_000)
+    fc.chunk_size = 1  # every stream hands out one item, then breaks
+    fc.break_after_chunks, fc.breaks = 1, 10**6
+    got: list[int] = []
+    with client(fc) as c, c.export_statement(1, 1, PAYER, timeout_s=1.0) as export, \
+            pytest.raises(UnavailableError):
         got.extend(i.id for i in export)
-    assert got == list(range(1, 11))
-    assert "cannot be resumed" in str(caught.value)
-    assert len(fc.requests("ExportStatement")) == 1
+    assert got == list(range(1, len(got) + 1))
 
 
 def test_export_statement_refuses_a_bad_participant_id_at_once(fc: FakeClearing) -> None:
@@ -818,10 +959,11 @@ def test_async_export_statement_streams_the_items_then_the_statement(fc: FakeCle
     assert ids == list(range(1, 26)) and statement.items == 25
 
 
-def test_async_export_broken_after_its_first_items_raises(fc: FakeClearing) -> None:
+def test_async_export_broken_after_its_first_items_resumes_after_the_last_one(fc: FakeClearing) -> None:
     fc.statement_items = statement_items(30)
     fc.chunk_size = 10
     fc.break_after_chunks = 2
+    fc.statement = clearing_pb2.Statement(items=30, sha256=_digest(fc.statement_items))
     got: list[int] = []
 
     async def body(c: AsyncClient) -> None:
@@ -829,6 +971,6 @@ def test_async_export_broken_after_its_first_items_raises(fc: FakeClearing) -> N
             async for i in export:
                 got.append(i.id)
 
-    with pytest.raises(TidebankError, match="cannot be resumed"):
-        run_async(fc, body)
-    assert got == list(range(1, 21))
+    run_async(fc, body)
+    assert got == list(range(1, 31))
+    assert [_u128(r.after_item_id) for r in fc.requests("ExportStatement")] == [0, 20]

@@ -216,3 +216,41 @@ class LedgerTotals(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     shards: _containers.RepeatedCompositeFieldContainer[ShardLedgerTotals]
     def __init__(self, shards: _Optional[_Iterable[_Union[ShardLedgerTotals, _Mapping]]] = ...) -> None: ...
+
+class GetAdminLogRequest(_message.Message):
+    __slots__ = ("after_seq", "limit")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    limit: int
+    def __init__(self, after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AdminLogRecord(_message.Message):
+    __slots__ = ("seq", "time_ns", "principal", "roles", "method", "permission", "result", "detail", "node")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time_ns: int
+    principal: str
+    roles: str
+    method: str
+    permission: str
+    result: str
+    detail: str
+    node: str
+    def __init__(self, seq: _Optional[int] = ..., time_ns: _Optional[int] = ..., principal: _Optional[str] = ..., roles: _Optional[str] = ..., method: _Optional[str] = ..., permission: _Optional[str] = ..., result: _Optional[str] = ..., detail: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class AdminLog(_message.Message):
+    __slots__ = ("records", "next_seq")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AdminLogRecord]
+    next_seq: int
+    def __init__(self, records: _Optional[_Iterable[_Union[AdminLogRecord, _Mapping]]] = ..., next_seq: _Optional[int] = ...) -> None: ...

@@ -60,6 +60,11 @@ class AdminStub:
                 request_serializer=tidebank_dot_v1_dot_admin__pb2.GetLedgerTotalsRequest.SerializeToString,
                 response_deserializer=tidebank_dot_v1_dot_admin__pb2.LedgerTotals.FromString,
                 _registered_method=True)
+        self.GetAdminLog = channel.unary_unary(
+                '/tidebank.v1.Admin/GetAdminLog',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.GetAdminLogRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.AdminLog.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -98,6 +103,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAdminLog(self, request, context):
+        """This node's durable log of privileged actions and refused calls, oldest first (`tidebank admin log`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +137,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetLedgerTotals,
                     request_deserializer=tidebank_dot_v1_dot_admin__pb2.GetLedgerTotalsRequest.FromString,
                     response_serializer=tidebank_dot_v1_dot_admin__pb2.LedgerTotals.SerializeToString,
+            ),
+            'GetAdminLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdminLog,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.GetAdminLogRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.AdminLog.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +280,33 @@ class Admin:
             '/tidebank.v1.Admin/GetLedgerTotals',
             tidebank_dot_v1_dot_admin__pb2.GetLedgerTotalsRequest.SerializeToString,
             tidebank_dot_v1_dot_admin__pb2.LedgerTotals.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdminLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/GetAdminLog',
+            tidebank_dot_v1_dot_admin__pb2.GetAdminLogRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.AdminLog.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,11 +25,13 @@ class ParticipantResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARTICIPANT_RESULT_PARTICIPANT_NOT_FOUND: _ClassVar[ParticipantResult]
     PARTICIPANT_RESULT_CAP_BELOW_POSITION: _ClassVar[ParticipantResult]
     PARTICIPANT_RESULT_INTERNAL_ERROR: _ClassVar[ParticipantResult]
+    PARTICIPANT_RESULT_PARTICIPANTS_LIMIT_REACHED: _ClassVar[ParticipantResult]
 
 class ClearingItemStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CLEARING_ITEM_STATUS_ACCEPTED: _ClassVar[ClearingItemStatus]
     CLEARING_ITEM_STATUS_UNWOUND: _ClassVar[ClearingItemStatus]
+    CLEARING_ITEM_STATUS_ABORTED: _ClassVar[ClearingItemStatus]
 
 class ClearingItemResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -59,6 +61,7 @@ class WindowState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WINDOW_STATE_CLOSED: _ClassVar[WindowState]
     WINDOW_STATE_SETTLING: _ClassVar[WindowState]
     WINDOW_STATE_SETTLED: _ClassVar[WindowState]
+    WINDOW_STATE_ABORTED: _ClassVar[WindowState]
 
 class WindowResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -73,6 +76,7 @@ class WindowResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WINDOW_RESULT_SETTLEMENT_FAILED: _ClassVar[WindowResult]
     WINDOW_RESULT_INTERNAL_ERROR: _ClassVar[WindowResult]
     WINDOW_RESULT_SETTLEMENT_IN_PROGRESS: _ClassVar[WindowResult]
+    WINDOW_RESULT_WINDOW_ALREADY_ABORTED: _ClassVar[WindowResult]
 PARTICIPANT_RESULT_OK: ParticipantResult
 PARTICIPANT_RESULT_EXISTS: ParticipantResult
 PARTICIPANT_RESULT_ID_MUST_NOT_BE_ZERO: ParticipantResult
@@ -87,8 +91,10 @@ PARTICIPANT_RESULT_EXISTS_WITH_DIFFERENT_SETTLEMENT_ACCOUNT: ParticipantResult
 PARTICIPANT_RESULT_PARTICIPANT_NOT_FOUND: ParticipantResult
 PARTICIPANT_RESULT_CAP_BELOW_POSITION: ParticipantResult
 PARTICIPANT_RESULT_INTERNAL_ERROR: ParticipantResult
+PARTICIPANT_RESULT_PARTICIPANTS_LIMIT_REACHED: ParticipantResult
 CLEARING_ITEM_STATUS_ACCEPTED: ClearingItemStatus
 CLEARING_ITEM_STATUS_UNWOUND: ClearingItemStatus
+CLEARING_ITEM_STATUS_ABORTED: ClearingItemStatus
 CLEARING_ITEM_RESULT_OK: ClearingItemResult
 CLEARING_ITEM_RESULT_EXISTS: ClearingItemResult
 CLEARING_ITEM_RESULT_ID_MUST_NOT_BE_ZERO: ClearingItemResult
@@ -112,6 +118,7 @@ WINDOW_STATE_CLOSING: WindowState
 WINDOW_STATE_CLOSED: WindowState
 WINDOW_STATE_SETTLING: WindowState
 WINDOW_STATE_SETTLED: WindowState
+WINDOW_STATE_ABORTED: WindowState
 WINDOW_RESULT_OK: WindowResult
 WINDOW_RESULT_WINDOW_NOT_FOUND: WindowResult
 WINDOW_RESULT_WINDOW_NOT_OPEN: WindowResult
@@ -123,6 +130,7 @@ WINDOW_RESULT_PARTICIPANT_NOT_IN_WINDOW: WindowResult
 WINDOW_RESULT_SETTLEMENT_FAILED: WindowResult
 WINDOW_RESULT_INTERNAL_ERROR: WindowResult
 WINDOW_RESULT_SETTLEMENT_IN_PROGRESS: WindowResult
+WINDOW_RESULT_WINDOW_ALREADY_ABORTED: WindowResult
 
 class Participant(_message.Message):
     __slots__ = ("id", "ledger", "code", "name", "settlement_account_id", "net_debit_cap", "suspended", "version", "position")
@@ -143,8 +151,8 @@ class Participant(_message.Message):
     net_debit_cap: int
     suspended: bool
     version: int
-    position: int
-    def __init__(self, id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., ledger: _Optional[int] = ..., code: _Optional[int] = ..., name: _Optional[str] = ..., settlement_account_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., net_debit_cap: _Optional[int] = ..., suspended: _Optional[bool] = ..., version: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...
+    position: _types_pb2.I128
+    def __init__(self, id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., ledger: _Optional[int] = ..., code: _Optional[int] = ..., name: _Optional[str] = ..., settlement_account_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., net_debit_cap: _Optional[int] = ..., suspended: _Optional[bool] = ..., version: _Optional[int] = ..., position: _Optional[_Union[_types_pb2.I128, _Mapping]] = ...) -> None: ...
 
 class RegisterParticipantsRequest(_message.Message):
     __slots__ = ("participants",)
@@ -181,10 +189,14 @@ class LookupParticipantsRequest(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[_Union[_types_pb2.U128, _Mapping]]] = ...) -> None: ...
 
 class ListParticipantsRequest(_message.Message):
-    __slots__ = ("ledger",)
+    __slots__ = ("ledger", "after", "limit")
     LEDGER_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     ledger: int
-    def __init__(self, ledger: _Optional[int] = ...) -> None: ...
+    after: _types_pb2.U128
+    limit: int
+    def __init__(self, ledger: _Optional[int] = ..., after: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ParticipantsResponse(_message.Message):
     __slots__ = ("participants",)
@@ -243,35 +255,35 @@ class LookupItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ClearingItem, _Mapping]]] = ...) -> None: ...
 
 class NetPosition(_message.Message):
-    __slots__ = ("participant_id", "sent", "received", "count_sent", "count_received", "net")
+    __slots__ = ("participant_id", "count_sent", "count_received", "sent", "received", "net")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
-    SENT_FIELD_NUMBER: _ClassVar[int]
-    RECEIVED_FIELD_NUMBER: _ClassVar[int]
     COUNT_SENT_FIELD_NUMBER: _ClassVar[int]
     COUNT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
     NET_FIELD_NUMBER: _ClassVar[int]
     participant_id: _types_pb2.U128
-    sent: int
-    received: int
     count_sent: int
     count_received: int
-    net: int
-    def __init__(self, participant_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., count_sent: _Optional[int] = ..., count_received: _Optional[int] = ..., net: _Optional[int] = ...) -> None: ...
+    sent: _types_pb2.U128
+    received: _types_pb2.U128
+    net: _types_pb2.I128
+    def __init__(self, participant_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., count_sent: _Optional[int] = ..., count_received: _Optional[int] = ..., sent: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., received: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., net: _Optional[_Union[_types_pb2.I128, _Mapping]] = ...) -> None: ...
 
 class BilateralPosition(_message.Message):
-    __slots__ = ("payer_id", "payee_id", "amount", "count")
+    __slots__ = ("payer_id", "payee_id", "count", "amount")
     PAYER_ID_FIELD_NUMBER: _ClassVar[int]
     PAYEE_ID_FIELD_NUMBER: _ClassVar[int]
-    AMOUNT_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
     payer_id: _types_pb2.U128
     payee_id: _types_pb2.U128
-    amount: int
     count: int
-    def __init__(self, payer_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., payee_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., amount: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    amount: _types_pb2.U128
+    def __init__(self, payer_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., payee_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., count: _Optional[int] = ..., amount: _Optional[_Union[_types_pb2.U128, _Mapping]] = ...) -> None: ...
 
 class Window(_message.Message):
-    __slots__ = ("ledger", "number", "state", "opened_at", "closed_at", "settled_at", "round", "unwound", "failure", "nets", "bilateral", "settlement_transfer_ids", "hub_account_id")
+    __slots__ = ("ledger", "number", "state", "opened_at", "closed_at", "settled_at", "round", "unwound", "failure", "nets", "bilateral", "settlement_transfer_ids", "hub_account_id", "aborted_at")
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +297,7 @@ class Window(_message.Message):
     BILATERAL_FIELD_NUMBER: _ClassVar[int]
     SETTLEMENT_TRANSFER_IDS_FIELD_NUMBER: _ClassVar[int]
     HUB_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_AT_FIELD_NUMBER: _ClassVar[int]
     ledger: int
     number: int
     state: WindowState
@@ -298,7 +311,8 @@ class Window(_message.Message):
     bilateral: _containers.RepeatedCompositeFieldContainer[BilateralPosition]
     settlement_transfer_ids: _containers.RepeatedCompositeFieldContainer[_types_pb2.U128]
     hub_account_id: _types_pb2.U128
-    def __init__(self, ledger: _Optional[int] = ..., number: _Optional[int] = ..., state: _Optional[_Union[WindowState, str]] = ..., opened_at: _Optional[int] = ..., closed_at: _Optional[int] = ..., settled_at: _Optional[int] = ..., round: _Optional[int] = ..., unwound: _Optional[_Iterable[_Union[_types_pb2.U128, _Mapping]]] = ..., failure: _Optional[str] = ..., nets: _Optional[_Iterable[_Union[NetPosition, _Mapping]]] = ..., bilateral: _Optional[_Iterable[_Union[BilateralPosition, _Mapping]]] = ..., settlement_transfer_ids: _Optional[_Iterable[_Union[_types_pb2.U128, _Mapping]]] = ..., hub_account_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ...) -> None: ...
+    aborted_at: int
+    def __init__(self, ledger: _Optional[int] = ..., number: _Optional[int] = ..., state: _Optional[_Union[WindowState, str]] = ..., opened_at: _Optional[int] = ..., closed_at: _Optional[int] = ..., settled_at: _Optional[int] = ..., round: _Optional[int] = ..., unwound: _Optional[_Iterable[_Union[_types_pb2.U128, _Mapping]]] = ..., failure: _Optional[str] = ..., nets: _Optional[_Iterable[_Union[NetPosition, _Mapping]]] = ..., bilateral: _Optional[_Iterable[_Union[BilateralPosition, _Mapping]]] = ..., settlement_transfer_ids: _Optional[_Iterable[_Union[_types_pb2.U128, _Mapping]]] = ..., hub_account_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., aborted_at: _Optional[int] = ...) -> None: ...
 
 class ListWindowsRequest(_message.Message):
     __slots__ = ("ledger", "after", "limit")
@@ -367,44 +381,46 @@ class WindowStepResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[WindowResult, str]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., shortfalls: _Optional[_Iterable[_Union[Shortfall, _Mapping]]] = ...) -> None: ...
 
 class ExportStatementRequest(_message.Message):
-    __slots__ = ("ledger", "number", "participant_id", "include_unwound")
+    __slots__ = ("ledger", "number", "participant_id", "include_unwound", "after_item_id")
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_UNWOUND_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ledger: int
     number: int
     participant_id: _types_pb2.U128
     include_unwound: bool
-    def __init__(self, ledger: _Optional[int] = ..., number: _Optional[int] = ..., participant_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., include_unwound: _Optional[bool] = ...) -> None: ...
+    after_item_id: _types_pb2.U128
+    def __init__(self, ledger: _Optional[int] = ..., number: _Optional[int] = ..., participant_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., include_unwound: _Optional[bool] = ..., after_item_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ...) -> None: ...
 
 class Statement(_message.Message):
-    __slots__ = ("participant_id", "ledger", "window", "sent", "received", "count_sent", "count_received", "net", "settlement_transfer_id", "settlement_amount", "sha256", "items")
+    __slots__ = ("participant_id", "ledger", "window", "count_sent", "count_received", "settlement_transfer_id", "settlement_amount", "sha256", "items", "sent", "received", "net")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
-    SENT_FIELD_NUMBER: _ClassVar[int]
-    RECEIVED_FIELD_NUMBER: _ClassVar[int]
     COUNT_SENT_FIELD_NUMBER: _ClassVar[int]
     COUNT_RECEIVED_FIELD_NUMBER: _ClassVar[int]
-    NET_FIELD_NUMBER: _ClassVar[int]
     SETTLEMENT_TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     SETTLEMENT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    NET_FIELD_NUMBER: _ClassVar[int]
     participant_id: _types_pb2.U128
     ledger: int
     window: int
-    sent: int
-    received: int
     count_sent: int
     count_received: int
-    net: int
     settlement_transfer_id: _types_pb2.U128
     settlement_amount: int
     sha256: str
     items: int
-    def __init__(self, participant_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., ledger: _Optional[int] = ..., window: _Optional[int] = ..., sent: _Optional[int] = ..., received: _Optional[int] = ..., count_sent: _Optional[int] = ..., count_received: _Optional[int] = ..., net: _Optional[int] = ..., settlement_transfer_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., settlement_amount: _Optional[int] = ..., sha256: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+    sent: _types_pb2.U128
+    received: _types_pb2.U128
+    net: _types_pb2.I128
+    def __init__(self, participant_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., ledger: _Optional[int] = ..., window: _Optional[int] = ..., count_sent: _Optional[int] = ..., count_received: _Optional[int] = ..., settlement_transfer_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., settlement_amount: _Optional[int] = ..., sha256: _Optional[str] = ..., items: _Optional[int] = ..., sent: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., received: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., net: _Optional[_Union[_types_pb2.I128, _Mapping]] = ...) -> None: ...
 
 class StatementChunk(_message.Message):
     __slots__ = ("items", "statement")

@@ -41,6 +41,13 @@ class ClearingStub:
     Batches answer one result code per item, in order; request-level problems
     are gRPC status errors with google.rpc details and change nothing. Every
     write is idempotent: by item id, by participant id, by window number.
+
+    A window's life: open -> closing -> closed -> settling -> settled, or
+    closed -> aborted (AbortWindow: nothing is settled, its items are excluded).
+
+    Sums (gross amounts sent and received, nets, positions) may exceed 64 bits:
+    they are U128 (unsigned) or I128 (signed). A single transfer or item amount
+    is a uint64 like every amount of the ledger.
     """
 
     def __init__(self, channel):
@@ -104,6 +111,11 @@ class ClearingStub:
                 request_serializer=tidebank_dot_v1_dot_clearing__pb2.UnwindParticipantRequest.SerializeToString,
                 response_deserializer=tidebank_dot_v1_dot_clearing__pb2.WindowStepResponse.FromString,
                 _registered_method=True)
+        self.AbortWindow = channel.unary_unary(
+                '/tidebank.v1.Clearing/AbortWindow',
+                request_serializer=tidebank_dot_v1_dot_clearing__pb2.WindowRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_clearing__pb2.WindowStepResponse.FromString,
+                _registered_method=True)
         self.ExportStatement = channel.unary_stream(
                 '/tidebank.v1.Clearing/ExportStatement',
                 request_serializer=tidebank_dot_v1_dot_clearing__pb2.ExportStatementRequest.SerializeToString,
@@ -127,6 +139,13 @@ class ClearingServicer:
     Batches answer one result code per item, in order; request-level problems
     are gRPC status errors with google.rpc details and change nothing. Every
     write is idempotent: by item id, by participant id, by window number.
+
+    A window's life: open -> closing -> closed -> settling -> settled, or
+    closed -> aborted (AbortWindow: nothing is settled, its items are excluded).
+
+    Sums (gross amounts sent and received, nets, positions) may exceed 64 bits:
+    they are U128 (unsigned) or I128 (signed). A single transfer or item amount
+    is a uint64 like every amount of the ledger.
     """
 
     def RegisterParticipants(self, request, context):
@@ -151,7 +170,7 @@ class ClearingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListParticipants(self, request, context):
-        """Every participant of a ledger (or of all ledgers), by id.
+        """The participants of a ledger (or of all ledgers), by id, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,8 +225,22 @@ class ClearingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbortWindow(self, request, context):
+        """Aborts a closed window that has not settled: every item of it is excluded (status ABORTED) on every
+        shard, the positions its items raised are given back, nothing is settled, and it is never settled
+        afterwards. Answers OK, or WINDOW_ALREADY_ABORTED for a window aborted before (a retry is safe).
+        NOT_FOUND for an unknown window; FAILED_PRECONDITION (google.rpc.PreconditionFailure, type
+        "WINDOW_STATE", subject "ledger/window") for a window that is open or closing, settling (wait for the
+        attempt: it settles or fails back to closed), settled, being unwound, or whose settlement transfers
+        committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportStatement(self, request, context):
-        """A participant's items of a window, by id, then its statement (with a SHA-256 digest).
+        """A participant's items of a window, by id, then its statement (with a SHA-256 digest); resumable after
+        an item id (ExportStatementRequest.after_item_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +304,11 @@ def add_ClearingServicer_to_server(servicer, server):
                     request_deserializer=tidebank_dot_v1_dot_clearing__pb2.UnwindParticipantRequest.FromString,
                     response_serializer=tidebank_dot_v1_dot_clearing__pb2.WindowStepResponse.SerializeToString,
             ),
+            'AbortWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortWindow,
+                    request_deserializer=tidebank_dot_v1_dot_clearing__pb2.WindowRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_clearing__pb2.WindowStepResponse.SerializeToString,
+            ),
             'ExportStatement': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportStatement,
                     request_deserializer=tidebank_dot_v1_dot_clearing__pb2.ExportStatementRequest.FromString,
@@ -300,6 +338,13 @@ class Clearing:
     Batches answer one result code per item, in order; request-level problems
     are gRPC status errors with google.rpc details and change nothing. Every
     write is idempotent: by item id, by participant id, by window number.
+
+    A window's life: open -> closing -> closed -> settling -> settled, or
+    closed -> aborted (AbortWindow: nothing is settled, its items are excluded).
+
+    Sums (gross amounts sent and received, nets, positions) may exceed 64 bits:
+    they are U128 (unsigned) or I128 (signed). A single transfer or item amount
+    is a uint64 like every amount of the ledger.
     """
 
     @staticmethod
@@ -588,6 +633,33 @@ class Clearing:
             target,
             '/tidebank.v1.Clearing/UnwindParticipant',
             tidebank_dot_v1_dot_clearing__pb2.UnwindParticipantRequest.SerializeToString,
+            tidebank_dot_v1_dot_clearing__pb2.WindowStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Clearing/AbortWindow',
+            tidebank_dot_v1_dot_clearing__pb2.WindowRequest.SerializeToString,
             tidebank_dot_v1_dot_clearing__pb2.WindowStepResponse.FromString,
             options,
             channel_credentials,

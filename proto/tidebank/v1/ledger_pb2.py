@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from tidebank.v1 import types_pb2 as tidebank_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tidebank/v1/ledger.proto\x12\x0btidebank.v1\x1a\x17tidebank/v1/types.proto\"X\n\x15\x43reateAccountsRequest\x12&\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x14.tidebank.v1.Account\x12\x17\n\x0f\x61\x63\x63ounts_packed\x18\x02 \x01(\x0c\"K\n\x16\x43reateAccountsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0e\x32 .tidebank.v1.CreateAccountResult\"\\\n\x16\x43reateTransfersRequest\x12(\n\ttransfers\x18\x01 \x03(\x0b\x32\x15.tidebank.v1.Transfer\x12\x18\n\x10transfers_packed\x18\x02 \x01(\x0c\"M\n\x17\x43reateTransfersResponse\x12\x32\n\x07results\x18\x01 \x03(\x0e\x32!.tidebank.v1.CreateTransferResult\"j\n\x15LookupAccountsRequest\x12\x1e\n\x03ids\x18\x01 \x03(\x0b\x32\x11.tidebank.v1.U128\x12\x31\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x1c.tidebank.v1.ReadConsistency\"@\n\x16LookupAccountsResponse\x12&\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x14.tidebank.v1.Account\"k\n\x16LookupTransfersRequest\x12\x1e\n\x03ids\x18\x01 \x03(\x0b\x32\x11.tidebank.v1.U128\x12\x31\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x1c.tidebank.v1.ReadConsistency\"C\n\x17LookupTransfersResponse\x12(\n\ttransfers\x18\x01 \x03(\x0b\x32\x15.tidebank.v1.Transfer\"\xfa\x01\n\x1aGetAccountTransfersRequest\x12%\n\naccount_id\x18\x01 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x15\n\rtimestamp_min\x18\x02 \x01(\x04\x12\x15\n\rtimestamp_max\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65\x62its\x18\x05 \x01(\x08\x12\x0f\n\x07\x63redits\x18\x06 \x01(\x08\x12\x10\n\x08reversed\x18\x07 \x01(\x08\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x31\n\x0b\x63onsistency\x18\t \x01(\x0e\x32\x1c.tidebank.v1.ReadConsistency\"`\n\x1bGetAccountTransfersResponse\x12(\n\ttransfers\x18\x01 \x03(\x0b\x32\x15.tidebank.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*P\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_STALE\x10\x01\x32\xe4\x03\n\x06Ledger\x12Y\n\x0e\x43reateAccounts\x12\".tidebank.v1.CreateAccountsRequest\x1a#.tidebank.v1.CreateAccountsResponse\x12\\\n\x0f\x43reateTransfers\x12#.tidebank.v1.CreateTransfersRequest\x1a$.tidebank.v1.CreateTransfersResponse\x12Y\n\x0eLookupAccounts\x12\".tidebank.v1.LookupAccountsRequest\x1a#.tidebank.v1.LookupAccountsResponse\x12\\\n\x0fLookupTransfers\x12#.tidebank.v1.LookupTransfersRequest\x1a$.tidebank.v1.LookupTransfersResponse\x12h\n\x13GetAccountTransfers\x12\'.tidebank.v1.GetAccountTransfersRequest\x1a(.tidebank.v1.GetAccountTransfersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tidebank/v1/ledger.proto\x12\x0btidebank.v1\x1a\x17tidebank/v1/types.proto\"g\n\x15\x43reateAccountsRequest\x12&\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x14.tidebank.v1.Account\x12\x17\n\x0f\x61\x63\x63ounts_packed\x18\x02 \x01(\x0c\x12\r\n\x05owner\x18\x03 \x01(\t\"K\n\x16\x43reateAccountsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0e\x32 .tidebank.v1.CreateAccountResult\"\\\n\x16\x43reateTransfersRequest\x12(\n\ttransfers\x18\x01 \x03(\x0b\x32\x15.tidebank.v1.Transfer\x12\x18\n\x10transfers_packed\x18\x02 \x01(\x0c\"M\n\x17\x43reateTransfersResponse\x12\x32\n\x07results\x18\x01 \x03(\x0e\x32!.tidebank.v1.CreateTransferResult\"j\n\x15LookupAccountsRequest\x12\x1e\n\x03ids\x18\x01 \x03(\x0b\x32\x11.tidebank.v1.U128\x12\x31\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x1c.tidebank.v1.ReadConsistency\"@\n\x16LookupAccountsResponse\x12&\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x14.tidebank.v1.Account\"k\n\x16LookupTransfersRequest\x12\x1e\n\x03ids\x18\x01 \x03(\x0b\x32\x11.tidebank.v1.U128\x12\x31\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x1c.tidebank.v1.ReadConsistency\"C\n\x17LookupTransfersResponse\x12(\n\ttransfers\x18\x01 \x03(\x0b\x32\x15.tidebank.v1.Transfer\"\xfa\x01\n\x1aGetAccountTransfersRequest\x12%\n\naccount_id\x18\x01 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x15\n\rtimestamp_min\x18\x02 \x01(\x04\x12\x15\n\rtimestamp_max\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x0e\n\x06\x64\x65\x62its\x18\x05 \x01(\x08\x12\x0f\n\x07\x63redits\x18\x06 \x01(\x08\x12\x10\n\x08reversed\x18\x07 \x01(\x08\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x31\n\x0b\x63onsistency\x18\t \x01(\x0e\x32\x1c.tidebank.v1.ReadConsistency\"`\n\x1bGetAccountTransfersResponse\x12(\n\ttransfers\x18\x01 \x03(\x0b\x32\x15.tidebank.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*P\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_STALE\x10\x01\x32\xe4\x03\n\x06Ledger\x12Y\n\x0e\x43reateAccounts\x12\".tidebank.v1.CreateAccountsRequest\x1a#.tidebank.v1.CreateAccountsResponse\x12\\\n\x0f\x43reateTransfers\x12#.tidebank.v1.CreateTransfersRequest\x1a$.tidebank.v1.CreateTransfersResponse\x12Y\n\x0eLookupAccounts\x12\".tidebank.v1.LookupAccountsRequest\x1a#.tidebank.v1.LookupAccountsResponse\x12\\\n\x0fLookupTransfers\x12#.tidebank.v1.LookupTransfersRequest\x1a$.tidebank.v1.LookupTransfersResponse\x12h\n\x13GetAccountTransfers\x12\'.tidebank.v1.GetAccountTransfersRequest\x1a(.tidebank.v1.GetAccountTransfersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tidebank.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READCONSISTENCY']._serialized_start=1109
-  _globals['_READCONSISTENCY']._serialized_end=1189
+  _globals['_READCONSISTENCY']._serialized_start=1124
+  _globals['_READCONSISTENCY']._serialized_end=1204
   _globals['_CREATEACCOUNTSREQUEST']._serialized_start=66
-  _globals['_CREATEACCOUNTSREQUEST']._serialized_end=154
-  _globals['_CREATEACCOUNTSRESPONSE']._serialized_start=156
-  _globals['_CREATEACCOUNTSRESPONSE']._serialized_end=231
-  _globals['_CREATETRANSFERSREQUEST']._serialized_start=233
-  _globals['_CREATETRANSFERSREQUEST']._serialized_end=325
-  _globals['_CREATETRANSFERSRESPONSE']._serialized_start=327
-  _globals['_CREATETRANSFERSRESPONSE']._serialized_end=404
-  _globals['_LOOKUPACCOUNTSREQUEST']._serialized_start=406
-  _globals['_LOOKUPACCOUNTSREQUEST']._serialized_end=512
-  _globals['_LOOKUPACCOUNTSRESPONSE']._serialized_start=514
-  _globals['_LOOKUPACCOUNTSRESPONSE']._serialized_end=578
-  _globals['_LOOKUPTRANSFERSREQUEST']._serialized_start=580
-  _globals['_LOOKUPTRANSFERSREQUEST']._serialized_end=687
-  _globals['_LOOKUPTRANSFERSRESPONSE']._serialized_start=689
-  _globals['_LOOKUPTRANSFERSRESPONSE']._serialized_end=756
-  _globals['_GETACCOUNTTRANSFERSREQUEST']._serialized_start=759
-  _globals['_GETACCOUNTTRANSFERSREQUEST']._serialized_end=1009
-  _globals['_GETACCOUNTTRANSFERSRESPONSE']._serialized_start=1011
-  _globals['_GETACCOUNTTRANSFERSRESPONSE']._serialized_end=1107
-  _globals['_LEDGER']._serialized_start=1192
-  _globals['_LEDGER']._serialized_end=1676
+  _globals['_CREATEACCOUNTSREQUEST']._serialized_end=169
+  _globals['_CREATEACCOUNTSRESPONSE']._serialized_start=171
+  _globals['_CREATEACCOUNTSRESPONSE']._serialized_end=246
+  _globals['_CREATETRANSFERSREQUEST']._serialized_start=248
+  _globals['_CREATETRANSFERSREQUEST']._serialized_end=340
+  _globals['_CREATETRANSFERSRESPONSE']._serialized_start=342
+  _globals['_CREATETRANSFERSRESPONSE']._serialized_end=419
+  _globals['_LOOKUPACCOUNTSREQUEST']._serialized_start=421
+  _globals['_LOOKUPACCOUNTSREQUEST']._serialized_end=527
+  _globals['_LOOKUPACCOUNTSRESPONSE']._serialized_start=529
+  _globals['_LOOKUPACCOUNTSRESPONSE']._serialized_end=593
+  _globals['_LOOKUPTRANSFERSREQUEST']._serialized_start=595
+  _globals['_LOOKUPTRANSFERSREQUEST']._serialized_end=702
+  _globals['_LOOKUPTRANSFERSRESPONSE']._serialized_start=704
+  _globals['_LOOKUPTRANSFERSRESPONSE']._serialized_end=771
+  _globals['_GETACCOUNTTRANSFERSREQUEST']._serialized_start=774
+  _globals['_GETACCOUNTTRANSFERSREQUEST']._serialized_end=1024
+  _globals['_GETACCOUNTTRANSFERSRESPONSE']._serialized_start=1026
+  _globals['_GETACCOUNTTRANSFERSRESPONSE']._serialized_end=1122
+  _globals['_LEDGER']._serialized_start=1207
+  _globals['_LEDGER']._serialized_end=1691
 # @@protoc_insertion_point(module_scope)

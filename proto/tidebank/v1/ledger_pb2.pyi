@@ -16,12 +16,14 @@ READ_CONSISTENCY_LINEARIZABLE: ReadConsistency
 READ_CONSISTENCY_STALE: ReadConsistency
 
 class CreateAccountsRequest(_message.Message):
-    __slots__ = ("accounts", "accounts_packed")
+    __slots__ = ("accounts", "accounts_packed", "owner")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_PACKED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Account]
     accounts_packed: bytes
-    def __init__(self, accounts: _Optional[_Iterable[_Union[_types_pb2.Account, _Mapping]]] = ..., accounts_packed: _Optional[bytes] = ...) -> None: ...
+    owner: str
+    def __init__(self, accounts: _Optional[_Iterable[_Union[_types_pb2.Account, _Mapping]]] = ..., accounts_packed: _Optional[bytes] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class CreateAccountsResponse(_message.Message):
     __slots__ = ("results",)

@@ -51,6 +51,7 @@ class CreateAccountResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_ID_RESERVED_FOR_ESCROW: _ClassVar[CreateAccountResult]
+    CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_OWNER: _ClassVar[CreateAccountResult]
 
 class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -154,6 +155,7 @@ CREATE_ACCOUNT_RESULT_EXISTS: CreateAccountResult
 CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: CreateAccountResult
 CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: CreateAccountResult
 CREATE_ACCOUNT_RESULT_ID_RESERVED_FOR_ESCROW: CreateAccountResult
+CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_OWNER: CreateAccountResult
 CREATE_TRANSFER_RESULT_CREATED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_FAILED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_CHAIN_OPEN: CreateTransferResult
@@ -219,6 +221,14 @@ CREATE_TRANSFER_RESULT_INTERNAL_ERROR: CreateTransferResult
 CREATE_TRANSFER_RESULT_ACCOUNT_RESERVED_FOR_ESCROW: CreateTransferResult
 
 class U128(_message.Message):
+    __slots__ = ("hi", "lo")
+    HI_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    hi: int
+    lo: int
+    def __init__(self, hi: _Optional[int] = ..., lo: _Optional[int] = ...) -> None: ...
+
+class I128(_message.Message):
     __slots__ = ("hi", "lo")
     HI_FIELD_NUMBER: _ClassVar[int]
     LO_FIELD_NUMBER: _ClassVar[int]
