@@ -107,6 +107,8 @@ class Node(NodeView):
                 slot_count=topology.slot_count,
                 on_apply_stopped=self._on_apply_stopped,
             )
+        for shard_id in self.shards:  # 0 from the start, so a dashboard tells "fine" from "not reported"
+            metrics.APPLY_STOPPED.labels(shard=str(shard_id)).set(1 if shard_id in self.apply_errors else 0)
         self.executor = ShardExecutor(self, topology.secret)
         self.coordinator = Coordinator(self, self.executor)
         self.coordinator_pool = ThreadPoolExecutor(max_workers=COORDINATOR_WORKERS, thread_name_prefix="coordinator")
