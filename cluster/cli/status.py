@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 
+import grpc
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -29,6 +30,7 @@ from tidebank.cluster.cli._common import (
     resolve_endpoints,
 )
 from tidebank.cluster.launcher import (
+    ChannelPool,
     LocalCluster,
     NoReachableNode,
     StatusReport,
@@ -37,6 +39,7 @@ from tidebank.cluster.launcher import (
     targets_from_shard_map,
     targets_from_topology,
 )
+from tidebank.v1 import admin_pb2
 
 _ROLE_STYLE = {"leader": "bold green", "follower": "", "candidate": "yellow", "down": "red", "absent": "red"}
 
@@ -44,9 +47,23 @@ _ROLE_STYLE = {"leader": "bold green", "follower": "", "candidate": "yellow", "d
 def _status_report(dir: pathlib.Path | None, endpoints: str | None, timeout_s: float) -> StatusReport:
     require_target(dir, endpoints)
     if dir is not None:
-        return collect_status(targets_from_topology(LocalCluster.open(dir).topology), timeout_s)
-    shard_map = fetch_shard_map(parse_endpoints(endpoints), timeout_s)
-    return collect_status(targets_from_shard_map(shard_map), timeout_s)
+        targets = targets_from_topology(LocalCluster.open(dir).topology)
+    else:
+        targets = targets_from_shard_map(fetch_shard_map(parse_endpoints(endpoints), timeout_s))
+    report = collect_status(targets, timeout_s)
+    if targets and report.nodes_reachable == 0:
+        _refuse_if_denied(targets[0].address, timeout_s)
+    return report
+
+
+def _refuse_if_denied(address: str, timeout_s: float) -> None:
+    """No node answered: say so plainly when it is because this principal may not ask (not that all are down)."""
+    with ChannelPool() as pool:
+        try:
+            pool.admin(address).GetNodeStatus(admin_pb2.GetNodeStatusRequest(), timeout=timeout_s)
+        except grpc.RpcError as e:
+            if hasattr(e, "code") and e.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise fail(f"{address}: {e.details()}", 2) from None
 
 
 def _num(v: int | None) -> str:

@@ -357,3 +357,13 @@ def test_a_bank_neither_closes_nor_settles_windows(banks):
 def test_an_account_holder_has_no_part_in_clearing(banks, clients):
     ids, _ = banks
     _denied(lambda: clients["alice"].submit_items([_item(ids["one"], ids["two"])]))
+
+
+def test_status_says_when_the_principal_may_not_ask(cluster, clients, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tidebank.cluster.cli import app
+
+    monkeypatch.setenv("TIDEBANK_PRINCIPAL", "alice")
+    result = CliRunner().invoke(app, ["status", "--dir", str(cluster.dir)])
+    assert result.exit_code == 2 and "lacks permission cluster.status" in result.output
