@@ -586,42 +586,71 @@ class ClearingRules:
         for pid, s, r, ns, nr in nets:
             txn.put(lw + _k(pid), pack_value([s, r, ns, nr]), db=self._nets)
 
-    def _begin_settle(self, txn, ts, ledger: int, window: int) -> list:
-        """-> [WindowResult, attempt]. Each closed -> settling is a new attempt: its settlement transfers get new
-        ids (a chain refused before, e.g. for want of funds, keeps its ids failed). An attempt holds the window for
-        SETTLE_LEASE_S: meanwhile another BEGIN_SETTLE answers settlement_in_progress (two runs of one attempt
-        could let one see the other's reservations as a shortfall); after it, the caller takes the attempt over."""
+    def _begin_settle(self, txn, ts, ledger: int, window: int, fenced: int | None = None) -> list:
+        """-> [WindowResult, attempt] (old form), or [WindowResult, attempt, lease token] when `fenced` is given.
+        Each closed -> settling is a new attempt: its settlement transfers get new ids (a chain refused before,
+        e.g. for want of funds, keeps its ids failed). An attempt holds the window for SETTLE_LEASE_S: meanwhile
+        another BEGIN_SETTLE answers settlement_in_progress (two runs of one attempt could let one see the other's
+        reservations as a shortfall); after it, the caller takes the attempt over. The lease token is the
+        settling_since written now: SETTLE_FAILED names it, so a runner that was taken over cannot fail the attempt.
+
+        Fence: a window that failed attempt n (closed, attempt n >= 1) begins attempt n + 1 only if `fenced` == n,
+        i.e. the caller made chain n unable to commit (or learnt it committed, and settled the window with it)
+        after reading attempt n: a runner of n taken over may still be about to submit chain n, and it would pay
+        a second time. Otherwise settlement_in_progress (another runner failed an attempt meanwhile: fence it and
+        begin again). The old form (no `fenced`, entries of nodes before the fence) decides as it always did."""
+        new_form = fenced is not None
+
+        def answer(code: int, attempt: int, token: int = 0) -> list:
+            return [code, attempt, token] if new_form else [code, attempt]
+
         record = self.window(txn, ledger, window)
         if record is None:
-            return [_WR.window_not_found, 0]
+            return answer(_WR.window_not_found, 0)
         state = record["state"]
         if state == WINDOW_SETTLED:
-            return [_WR.window_already_settled, record.get("attempt", 0)]
+            return answer(_WR.window_already_settled, record.get("attempt", 0))
         if state == WINDOW_ABORTED:
-            return [_WR.window_already_aborted, record.get("attempt", 0)]
+            return answer(_WR.window_already_aborted, record.get("attempt", 0))
         if state in (WINDOW_OPEN, WINDOW_CLOSING):
-            return [_WR.window_not_closed, 0]
+            return answer(_WR.window_not_closed, 0)
         if state == WINDOW_CLOSED and (record.get("unwinding") or record.get("aborting")):
-            return [_WR.window_not_closed, 0]  # an unwind is re-netting it (settle after it), or it is aborting
+            return answer(_WR.window_not_closed, 0)  # an unwind is re-netting it (settle after it), or it is aborting
         if state == WINDOW_SETTLING and ts - record.get("settling_since", 0) < SETTLE_LEASE_S * 1_000_000_000:
-            return [_WR.settlement_in_progress, record["attempt"]]
+            return answer(_WR.settlement_in_progress, record["attempt"])
         if state == WINDOW_CLOSED:
+            last = record.get("attempt", 0)
+            if new_form and last >= 1 and fenced != last:
+                return answer(_WR.settlement_in_progress, last)
             record["state"] = WINDOW_SETTLING
-            record["attempt"] = record.get("attempt", 0) + 1
+            record["attempt"] = last + 1
             record.pop("failure", None)
+            record.pop("fence", None)
         record["settling_since"] = ts
         self._put_window(txn, ledger, window, record)
-        return [_WR.ok, record["attempt"]]
+        return answer(_WR.ok, record["attempt"], ts)
 
-    def _settle_failed(self, txn, ts, ledger: int, window: int, attempt: int, reason: str) -> int:
-        """settling -> closed with why, for the attempt named (a stale one changes nothing)."""
+    def _settle_failed(self, txn, ts, ledger: int, window: int, attempt: int, reason: str, token: int | None = None,
+                       fence: int = 0) -> int:
+        """settling -> closed with why, for the attempt named and the lease token its runner got from BEGIN_SETTLE
+        (a stale attempt, or a runner whose lease was taken over since, changes nothing: settlement_in_progress
+        while the window is settling, else ok). `fence` is the id of the attempt's first settlement transfer (0: no
+        chain), fenced before the next attempt or an unwind. The old form (no token: entries of nodes before the
+        lease token) decides as it always did, and records no fence (the coordinator then fences every id the
+        attempt could have used)."""
         record = self.window(txn, ledger, window)
         if record is None:
             return _WR.window_not_found
         if record["state"] != WINDOW_SETTLING or record.get("attempt") != attempt:
             return _WR.settlement_in_progress if record["state"] == WINDOW_SETTLING else _WR.ok
+        if token is not None and record.get("settling_since") != token:
+            return _WR.settlement_in_progress  # taken over: the attempt's current holder decides
         record["state"] = WINDOW_CLOSED
         record["failure"] = reason
+        if token is not None:
+            record["fence"] = fence
+        else:
+            record.pop("fence", None)
         self._put_window(txn, ledger, window, record)
         return _WR.ok
 
@@ -645,13 +674,19 @@ class ClearingRules:
             return _WR.window_not_found
         if record["state"] == WINDOW_SETTLED:
             return _WR.ok
-        if record["state"] != WINDOW_SETTLING or record.get("attempt") != attempt:
+        # A window that failed its last attempt (closed) whose chain committed after all (a runner taken over
+        # submitted it): that attempt settled it. Never while an unwind re-nets it (unwinds fence the chain first).
+        failed_late = (record["state"] == WINDOW_CLOSED and record.get("attempt") == attempt and attempt >= 1
+                       and record.get("unwinding") is None)
+        if not failed_late and (record["state"] != WINDOW_SETTLING or record.get("attempt") != attempt):
             raise ClearingInvariantViolation(f"ledger {ledger} window {window}: attempt {attempt} moved the money "
                                              f"but the window is {WINDOW_STATES[record['state']]}, attempt "
                                              f"{record.get('attempt')}")
         record["state"] = WINDOW_SETTLED
         record["settled_at"] = ts
         record["transfers"] = list(transfers)
+        for stale in ("failure", "fence", "aborting"):  # an abort begun meanwhile never excluded anything: every
+            record.pop(stale, None)                     # shard gave the cap back (SETTLE_HERE) before this
         self._put_window(txn, ledger, window, record)
         return _WR.ok
 
@@ -712,8 +747,10 @@ class ClearingRules:
         txn.put(key, _SUMS.pack(s[0].to_bytes(16, "little"), s[1].to_bytes(16, "little"), s[2], s[3]),
                 db=self._sums)
 
-    def _begin_unwind(self, txn, ts, ledger: int, window: int, pid: int) -> int:
-        """closed -> closed and unwinding `pid` (one unwind at a time; settling waits for it)."""
+    def _begin_unwind(self, txn, ts, ledger: int, window: int, pid: int, fenced: int | None = None) -> int:
+        """closed -> closed and unwinding `pid` (one unwind at a time; settling waits for it). An unwind changes the
+        nets: after a failed attempt n it begins only if `fenced` == n (the caller made chain n unable to commit),
+        else settlement_in_progress. The old form (no `fenced`) decides as it always did."""
         record = self.window(txn, ledger, window)
         if record is None:
             return _WR.window_not_found
@@ -730,6 +767,8 @@ class ClearingRules:
         current = record.get("unwinding")
         if current is not None and current != pid:
             return _WR.window_not_closed
+        if current is None and fenced is not None and record.get("attempt", 0) >= 1 and fenced != record["attempt"]:
+            return _WR.settlement_in_progress
         record["unwinding"] = pid
         self._put_window(txn, ledger, window, record)
         return _WR.ok

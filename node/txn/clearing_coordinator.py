@@ -23,7 +23,13 @@ windows on one shard; this module only sequences commands over shards:
 * **settling**: BEGIN_SETTLE, a check that every debtor can pay (nothing moves if one
   cannot), one linked chain of ledger transfers through the ledger's hub account
   (ids derived from the window and the settlement attempt: resuming answers `exists`),
-  SETTLE_HERE on every shard (the cap comes back), SETTLED;
+  SETTLE_HERE on every shard (the cap comes back), SETTLED. An attempt's runner holds a
+  lease; SETTLE_FAILED names its lease token, so a runner taken over cannot fail the
+  attempt. Before a new attempt, an unwind or an abort of a window whose last attempt
+  failed, that attempt's chain is *fenced* (a transfer with its first id that must fail
+  burns the id, so the chain can never commit); if the chain committed after all (a
+  runner taken over submitted it), that attempt settled the window: SETTLE_HERE and
+  SETTLED with its ids, and no money moves again;
 * **unwinding** a participant from a closed window: BEGIN_UNWIND, UNWIND_HERE on
   every shard until none of its items is left, UNWOUND with the new netting;
 * **aborting** a closed window: BEGIN_ABORT (no settlement attempt may start), a check
@@ -52,7 +58,7 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 
-from tidebank.common.keys import CLEARING_HUB_CODE, U128_MAX, clearing_hub_account_id
+from tidebank.common.keys import CLEARING_HUB_CODE, U128_MAX, clearing_hub_account_id, id_near, is_system_account
 from tidebank.node.api import convert
 from tidebank.node.executor import ShardExecutor, all_results, retry_delays
 from tidebank.node.ledger.clearing import (
@@ -98,7 +104,7 @@ from tidebank.node.ledger.clearing_records import (
     unpack_value,
 )
 from tidebank.node.ledger.operations import OP_CLEARING, OP_CLEARING_ITEMS, Operation
-from tidebank.node.ledger.records import Account, AccountFlags
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer
 from tidebank.node.ledger.results import (
     ITEM_ALLOWANCE_LOW,
     ClearingItemResult,
@@ -119,6 +125,9 @@ REFILL_ROUNDS_MAX = 8  # refill-and-resubmit rounds of one request (each moves a
 ROOM_CHECKS_MAX = 3  # times one request finds its payers' caps still have room after the rounds, and tries again
 ROOM_WAIT_S = 0.05  # before trying again: what is left of the cap may be between another move's TAKE and GIVE
 SETTLEMENT_CHAIN_MAX = 8189  # transfers in one settlement chain (one CreateTransfers request)
+FENCE_ROUNDS_MAX = 4  # times one settle or unwind fences again because another runner failed an attempt meanwhile
+FENCE_CODE = 1  # the code of a fencing transfer (never applies: its debit account does not exist)
+_FENCE_BURNT = frozenset(("DEBIT_ACCOUNT_NOT_FOUND", "CREDIT_ACCOUNT_NOT_FOUND", "ID_ALREADY_FAILED"))
 
 
 class ClearingStepError(Exception):
@@ -551,25 +560,45 @@ class ClearingCoordinator:
             raise ClearingStepError(f"ledger {ledger} window {number}: CLOSED answered {WindowResult(code).name}")
 
     def settle(self, ledger: int, number: int, deadline: float) -> tuple[int, list[tuple[int, int, int]], str]:
-        """(WindowResult, shortfalls [(participant, net debit, available)], failure reason)."""
-        home = self.home_of(ledger)
-        code, attempt = self.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (ledger, number)), deadline)
-        if code != WindowResult.ok:
-            return code, [], ""
-        return self.finish_settle(ledger, number, attempt, deadline)
+        """(WindowResult, shortfalls [(participant, net debit, available)], failure reason).
 
-    def finish_settle(self, ledger: int, number: int, attempt: int, deadline: float):
+        A window that failed attempt n first has chain n fenced (see `fence`): BEGIN_SETTLE starts attempt n + 1
+        only for a caller that names the attempt it fenced; if chain n committed after all, that attempt settled
+        the window and only its bookkeeping is left (no new money moves)."""
+        home = self.home_of(ledger)
+        for _ in range(FENCE_ROUNDS_MAX):
+            _, record = self.window(ledger, number, deadline)
+            fenced = 0
+            if record is not None and needs_fence(record):
+                fenced = record["attempt"]
+                committed = self.fence(ledger, number, record, deadline)
+                if committed is not None:
+                    return self.settled_late(ledger, number, fenced, committed, deadline)
+            code, attempt, token = self.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (ledger, number, fenced)),
+                                                deadline)
+            if code == WindowResult.settlement_in_progress and record is not None \
+                    and record["state"] == WINDOW_CLOSED:
+                continue  # another runner began (or began and failed) an attempt since the read: look again
+            if code != WindowResult.ok:
+                return code, [], ""
+            return self.finish_settle(ledger, number, attempt, deadline, token)
+        return WindowResult.settlement_in_progress, [], ""
+
+    def finish_settle(self, ledger: int, number: int, attempt: int, deadline: float, token: int | None = None):
+        """Run settlement attempt `attempt`, held with the lease `token` BEGIN_SETTLE gave (None: the old form of
+        SETTLE_FAILED, which any runner of the attempt may apply)."""
         home = self.home_of(ledger)
         nets = self.nets(ledger, number, deadline)
-        pids = [n[0] for n in nets if n[1] != n[2]]
-        records = {fields[0]: Participant(*fields)
-                   for fields in self.query(home, "lookup_participants", [pids], deadline)} if pids else {}
-        chain = settlement_transfers(ledger, number, attempt, nets,
-                                     {pid: p.settlement_account_id for pid, p in records.items()},
-                                     clearing_hub_account_id(ledger))
+        chain = self._chain(ledger, number, attempt, nets, deadline)
+
+        def failed(reason: str) -> None:
+            args = (ledger, number, attempt, reason) if token is None else \
+                (ledger, number, attempt, reason, token, chain[0].id if chain else 0)
+            self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, args), deadline)
+
         if len(chain) > SETTLEMENT_CHAIN_MAX:
             reason = f"{len(chain)} participants to settle, at most {SETTLEMENT_CHAIN_MAX} per window"
-            self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, attempt, reason)), deadline)
+            failed(reason)
             return WindowResult.settlement_failed, [], reason
         if chain:
             done = self._settled_already(chain, deadline)
@@ -577,25 +606,130 @@ class ClearingCoordinator:
                 shortfalls = self._shortfalls(chain, deadline)
                 if shortfalls:
                     reason = "; ".join(f"participant {pid} short by {need - have}" for pid, need, have in shortfalls)
-                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, attempt, reason)),
-                                 deadline)
+                    failed(reason)
                     return WindowResult.insufficient_funds, shortfalls, reason
-                failed = self._move_money(ledger, chain, deadline)
-                if failed is not None:
-                    self.run_one(home, ClearingCommand(CMD_SETTLE_FAILED, (ledger, number, attempt, failed)),
-                                 deadline)
+                refused = self._move_money(ledger, chain, deadline)
+                if refused is not None:
+                    failed(refused)
                     shortfalls = self._shortfalls(chain, deadline)
                     code = WindowResult.insufficient_funds if shortfalls else WindowResult.settlement_failed
-                    return code, shortfalls, failed
+                    return code, shortfalls, refused
+        return self.settled_late(ledger, number, attempt, tuple(t.id for t in chain), deadline)
+
+    def settled_late(self, ledger: int, number: int, attempt: int, ids: Sequence[int], deadline: float):
+        """The bookkeeping of an attempt whose chain moved the money: the cap back on every shard, then SETTLED
+        (which also takes a window its attempt failed on another runner: that chain committed after all)."""
         given = self.run_everywhere({s: [ClearingCommand(CMD_SETTLE_HERE, (ledger, number))]
                                      for s in self.shard_map.shard_ids}, deadline)
         aborting = [shard_id for shard_id, (result,) in given.items() if result < 0]
         if aborting:
             raise ClearingStepError(f"ledger {ledger} window {number}: settlement attempt {attempt} moved the money "
                                     f"but shards {aborting} are aborting the window")
-        code = self.run_one(home, ClearingCommand(CMD_SETTLED, (ledger, number, attempt, tuple(t.id for t in chain))),
-                            deadline)
+        code = self.run_one(self.home_of(ledger),
+                            ClearingCommand(CMD_SETTLED, (ledger, number, attempt, tuple(ids))), deadline)
         return code, [], ""
+
+    def _chain(self, ledger: int, number: int, attempt: int, nets, deadline: float):
+        pids = [n[0] for n in nets if n[1] != n[2]]
+        records = {fields[0]: Participant(*fields)
+                   for fields in self.query(self.home_of(ledger), "lookup_participants", [pids], deadline)} \
+            if pids else {}
+        return settlement_transfers(ledger, number, attempt, nets,
+                                    {pid: p.settlement_account_id for pid, p in records.items()},
+                                    clearing_hub_account_id(ledger))
+
+    # ------------------------------------------------------------------ fencing a failed attempt's chain
+
+    def fence(self, ledger: int, number: int, record: dict, deadline: float) -> tuple[int, ...] | None:
+        """Make the chain of the window's last (failed) attempt unable ever to commit, or learn that it committed.
+        None: it never can now; else the ids of its transfers (it committed: that attempt settled the window).
+
+        A runner of the attempt that was taken over may still submit its chain (it checked the funds before it
+        stalled). Burning one id of a linked chain is enough: its transfer fails id_already_failed, so the whole
+        chain does. The window records the chain's first id (SETTLE_FAILED); a window failed by the old form
+        records none, and every id the attempt could have used is fenced (one per participant of the nets)."""
+        attempt = record["attempt"]
+        if "fence" in record:
+            if not record["fence"]:
+                return None  # the attempt had no chain
+            ids = [record["fence"]]
+        else:
+            ids = sorted({settlement_transfer_id(ledger, number, attempt, n[0])
+                          for n in self.nets(ledger, number, deadline)})
+        exists = self.fence_ids(ledger, ids, deadline)
+        committed = [i for i in ids if exists[i]]
+        if not committed:
+            return None
+        if "fence" not in record:
+            return tuple(committed)
+        # Chain n's nets are the window's nets now: every unwind since fenced it first (and found it committed).
+        chain = self._chain(ledger, number, attempt, self.nets(ledger, number, deadline), deadline)
+        if not chain or chain[0].id != record["fence"]:
+            raise ClearingStepError(f"ledger {ledger} window {number}: attempt {attempt}'s chain committed but the "
+                                    f"nets no longer give it")
+        log.warning("ledger %d window %d: settlement attempt %d failed on one runner but its chain committed (a "
+                    "runner taken over submitted it): the window is settled by it", ledger, number, attempt)
+        return tuple(t.id for t in chain)
+
+    def fence_ids(self, ledger: int, ids: Sequence[int], deadline: float) -> dict[int, bool]:
+        """Submit, for each id, a transfer with that id that cannot apply: debit account = the id itself (no such
+        account: settlement ids are hashes), credit account = another id of the same slot that is no account, so
+        the transfer is single-shard at the id's home. Its refusal (debit_account_not_found, a state failure) burns
+        the id there; id_already_failed means it was burnt before. -> id: True if a transfer with it exists (its
+        chain committed), False once it is burnt. A busy or unknown answer (the chain is PREPARED somewhere) is
+        tried again until the deadline, then OutcomeUnknownError (every fence is idempotent: call again)."""
+        credit = self._fence_credit_accounts(ids, deadline)
+        out: dict[int, bool] = {}
+        last = "no time left"
+        for delay in retry_delays():
+            todo = [i for i in ids if i not in out]
+            for start in range(0, len(todo), SETTLEMENT_CHAIN_MAX):
+                part = todo[start:start + SETTLEMENT_CHAIN_MAX]
+                request = ledger_pb2.CreateTransfersRequest()
+                for tid in part:
+                    convert.transfer_to_pb(Transfer(id=tid, debit_account_id=tid, credit_account_id=credit[tid],
+                                                    amount=1, ledger=ledger, code=FENCE_CODE),
+                                           request.transfers.add())
+                try:
+                    response = self._ledger_stub().CreateTransfers(
+                        request, timeout=max(0.1, deadline - time.monotonic()))
+                except grpc.RpcError as exc:
+                    last = f"{exc.code().name}: {exc.details()}"
+                    continue
+                for tid, result in zip(part, response.results, strict=True):
+                    name = types_pb2.CreateTransferResult.Name(result).removeprefix("CREATE_TRANSFER_RESULT_")
+                    if name in _FENCE_BURNT:
+                        out[tid] = False
+                    elif name == "EXISTS" or name.startswith("EXISTS_WITH_DIFFERENT_"):
+                        out[tid] = True
+                    else:
+                        last = f"transfer {tid:x}: {name.lower()}"
+            if len(out) == len(ids):
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(delay, remaining))
+        raise OutcomeUnknownError(f"settlement fence: {last} (a chain may still be prepared; tried again later)")
+
+    def _fence_credit_accounts(self, ids: Sequence[int], deadline: float) -> dict[int, int]:
+        """For each id, an id of its slot that is no account (and not the id itself)."""
+        out: dict[int, int] = {}
+        for salt in range(1, 9):
+            todo = [i for i in ids if i not in out]
+            if not todo:
+                return out
+            candidates = {i: id_near(i ^ (salt << 100) ^ (salt << 40), i, self.shard_map.slot_count) for i in todo}
+            try:
+                taken = self.lookup_accounts(list(candidates.values()), deadline)
+            except grpc.RpcError as exc:
+                raise NotAppliedError(f"settlement fence: lookup failed: {exc.code().name}") from exc
+            for i, c in candidates.items():
+                if c != i and c not in taken and not is_system_account(c) and c not in (0, U128_MAX):
+                    out[i] = c
+        if len(out) != len(ids):
+            raise ClearingStepError("settlement fence: no free account id found near a settlement id")
+        return out
 
     def _ledger_stub(self):
         return self.node.ledger_stub(self.node.address)
@@ -670,11 +804,26 @@ class ClearingCoordinator:
         return None
 
     def unwind(self, ledger: int, number: int, pid: int, deadline: float) -> int:
+        """Unwinding changes the nets: after a failed attempt its chain is fenced first (BEGIN_UNWIND names the
+        attempt fenced); if that chain committed after all, the window is settled by it and the unwind answers
+        window_already_settled."""
         home = self.home_of(ledger)
-        code = self.run_one(home, ClearingCommand(CMD_BEGIN_UNWIND, (ledger, number, pid)), deadline)
-        if code != WindowResult.ok:
-            return code
-        return self.finish_unwind(ledger, number, pid, deadline)
+        for _ in range(FENCE_ROUNDS_MAX):
+            _, record = self.window(ledger, number, deadline)
+            fenced = 0
+            if record is not None and needs_fence(record):
+                fenced = record["attempt"]
+                committed = self.fence(ledger, number, record, deadline)
+                if committed is not None:
+                    self.settled_late(ledger, number, fenced, committed, deadline)
+                    return WindowResult.window_already_settled
+            code = self.run_one(home, ClearingCommand(CMD_BEGIN_UNWIND, (ledger, number, pid, fenced)), deadline)
+            if code == WindowResult.settlement_in_progress:
+                continue  # an attempt began and failed since the read: fence it
+            if code != WindowResult.ok:
+                return code
+            return self.finish_unwind(ledger, number, pid, deadline)
+        return WindowResult.settlement_in_progress
 
     def finish_unwind(self, ledger: int, number: int, pid: int, deadline: float) -> int:
         for shard_id in self.shard_map.shard_ids:
@@ -703,7 +852,13 @@ class ClearingCoordinator:
         _, record = self.window(ledger, number, deadline)
         if record is None or not record.get("aborting"):
             return WindowResult.ok, 0
-        committed = self.committed_attempt(ledger, number, record.get("attempt", 0), deadline)
+        committed = 0
+        if record.get("attempt", 0) >= 1:  # no attempt begins while aborting: fence the last (failed) one's chain
+            if record["state"] != WINDOW_CLOSED:
+                raise ClearingStepError(f"ledger {ledger} window {number}: aborting but not closed")
+            if self.fence(ledger, number, record, deadline) is not None:
+                committed = record["attempt"]
+        committed = committed or self.committed_attempt(ledger, number, record.get("attempt", 0), deadline)
         if committed:
             # BEGIN_ABORT stopped new attempts; an old one's chain moved the money: never abort that window.
             self.run_one(self.home_of(ledger), ClearingCommand(CMD_ABORT_CANCELLED, (ledger, number)), deadline)
@@ -800,6 +955,12 @@ class ClearingCoordinator:
         elif state == WINDOW_CLOSED and record.get("aborting"):
             self.finish_abort(ledger, number, deadline)
 
+
+def needs_fence(record: dict) -> bool:
+    """Whether the window failed a settlement attempt whose chain must be fenced before the next attempt or an
+    unwind (closed, not being unwound or aborted: those refuse both anyway)."""
+    return (record["state"] == WINDOW_CLOSED and record.get("attempt", 0) >= 1
+            and record.get("unwinding") is None and not record.get("aborting"))
 
 
 CLEARING_PASS_PERIOD_S = 1.0

@@ -12,12 +12,15 @@ from types import SimpleNamespace
 import pytest
 
 from tests.unit.test_clearing_rules import Shard
+from tidebank.node.api import convert
 from tidebank.node.api.routing import ShardMap
 from tidebank.node.ledger import clearing as clearing_rules
 from tidebank.node.ledger.clearing import (
+    SETTLE_LEASE_S,
     WINDOW_ABORTED,
     WINDOW_CLOSED,
     WINDOW_OPEN,
+    WINDOW_SETTLED,
     settlement_transfer_id,
 )
 from tidebank.node.ledger.clearing_records import (
@@ -32,7 +35,10 @@ from tidebank.node.ledger.clearing_records import (
     Participant,
     plain,
 )
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, Operation
+from tidebank.node.ledger.records import Account, AccountFlags, Transfer
 from tidebank.node.ledger.results import ClearingItemResult, ParticipantResult, WindowResult
+from tidebank.node.outcomes import OutcomeUnknownError
 from tidebank.node.txn.clearing_coordinator import REFILL_SHARE, ClearingCoordinator, ClearingTimers
 from tidebank.v1 import ledger_pb2, types_pb2
 
@@ -59,27 +65,58 @@ class FakeExecutor:
 
 
 class FakeLedger:
-    """LookupTransfers of the settlement transfers that exist (the ledger itself is not part of this harness)."""
+    """This node's Ledger service over one real ledger state machine (all accounts and transfer ids on it: the
+    ledger's own sharding is not part of this harness). `existing` adds ids LookupTransfers finds regardless."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
         self.existing: set[int] = set()
+        self.lock = threading.Lock()
+
+    def CreateAccounts(self, request, timeout=None):  # noqa: N802
+        with self.lock:
+            codes = self.shard._apply(Operation(OP_CREATE_ACCOUNTS, [convert.account_from_pb(a)
+                                                                     for a in request.accounts]))
+        return ledger_pb2.CreateAccountsResponse(results=codes)
+
+    def CreateTransfers(self, request, timeout=None):  # noqa: N802
+        with self.lock:
+            codes = self.shard._apply(Operation(OP_CREATE_TRANSFERS, [convert.transfer_from_pb(t)
+                                                                      for t in request.transfers]))
+        return ledger_pb2.CreateTransfersResponse(results=codes)
+
+    def LookupAccounts(self, request, timeout=None):  # noqa: N802
+        with self.lock, self.shard.env.begin() as txn:
+            found = self.shard.sm.lookup_accounts(txn, [convert.u128_from_pb(i) for i in request.ids])
+        response = ledger_pb2.LookupAccountsResponse()
+        for a in found:
+            convert.account_to_pb(a, response.accounts.add())
+        return response
 
     def LookupTransfers(self, request, timeout=None):  # noqa: N802
-        found = [(i.hi << 64) | i.lo for i in request.ids]
+        ids = [convert.u128_from_pb(i) for i in request.ids]
+        with self.lock, self.shard.env.begin() as txn:
+            found = {t.id for t in self.shard.sm.lookup_transfers(txn, ids)}
         return ledger_pb2.LookupTransfersResponse(transfers=[
-            types_pb2.Transfer(id=types_pb2.U128(hi=t >> 64, lo=t & (2**64 - 1))) for t in found
-            if t in self.existing])
+            types_pb2.Transfer(id=types_pb2.U128(hi=t >> 64, lo=t & (2**64 - 1))) for t in ids
+            if t in found or t in self.existing])
+
+    def balance(self, account_id: int) -> int:
+        """credits - debits posted."""
+        with self.shard.env.begin() as txn:
+            (a,) = self.shard.sm.lookup_accounts(txn, [account_id])
+        return a.credits_posted - a.debits_posted
 
 
 class Harness(ClearingCoordinator):
     """A coordinator whose reads go straight to the shards' state machines; `on_query` sees each read first."""
 
-    def __init__(self, shards: dict[int, Shard]) -> None:
+    def __init__(self, shards: dict[int, Shard], ledger_shard: Shard) -> None:
         per = 4096 // len(shards)
         smap = ShardMap(1, 4096, {s: [(s * per, 4096 if s == len(shards) - 1 else (s + 1) * per)] for s in shards})
         super().__init__(SimpleNamespace(shard_map=smap), FakeExecutor(shards))
         self.shards = shards
-        self.ledger = FakeLedger()
+        self.ledger = FakeLedger(ledger_shard)
         self.on_query = None
 
     def query(self, shard_id, name, args, deadline, *, linearizable=True):
@@ -111,10 +148,11 @@ class Harness(ClearingCoordinator):
 @pytest.fixture
 def harness(tmp_path):
     shards = {s: Shard(tmp_path / f"s{s}") for s in range(SHARDS)}
-    h = Harness(shards)
+    ledger_shard = Shard(tmp_path / "ledger")
+    h = Harness(shards, ledger_shard)
     yield h
     h.executor.pool.shutdown(wait=True)
-    for shard in shards.values():
+    for shard in [*shards.values(), ledger_shard]:
         shard.env.close()
 
 
@@ -275,7 +313,7 @@ def test_list_participants_lists_each_participant_once(harness):
 
 def test_a_refill_from_a_node_that_never_saw_the_cap_still_moves_a_spare(harness):
     register(harness, BANK_A, cap=8_000)
-    fresh = Harness(harness.shards)  # another node: no cap cached
+    fresh = Harness(harness.shards, harness.ledger.shard)  # another node: no cap cached
     try:
         dest = 1 - fresh.home_of(BANK_A)
         before = fresh.position(BANK_A)[dest][0]
@@ -365,3 +403,122 @@ def test_a_scheduled_close_asked_for_early_is_refused_at_the_entrys_cluster_time
     banks.shards[banks.home_of(LEDGER)].ts = opened + 10 * S
     assert banks.close(LEDGER, 1, banks.deadline(), cycle_s=60.0)[0] != WR.ok
     assert banks.window(LEDGER, 1, banks.deadline())[1]["state"] == WINDOW_OPEN
+
+
+# ------------------------------------------------------------ a settlement attempt taken over: never settled twice
+
+FUNDING = 0x5EED  # an account with no balance rule: where the settlement accounts' money comes from
+SINK = 0x5177  # where a debtor's money goes for a moment (a payment out that is reversed)
+
+
+def _transfer(h: Harness, tid: int, debit: int, credit: int, amount: int) -> str:
+    request = ledger_pb2.CreateTransfersRequest()
+    convert.transfer_to_pb(Transfer(id=tid, debit_account_id=debit, credit_account_id=credit, amount=amount,
+                                    ledger=LEDGER, code=1), request.transfers.add())
+    return types_pb2.CreateTransferResult.Name(h.ledger.CreateTransfers(request).results[0])
+
+
+@pytest.fixture
+def funded(banks):
+    """A closed window whose nets are A +200 (pays), B -100, C -100 (paid); A's settlement account holds 1,000."""
+    request = ledger_pb2.CreateAccountsRequest()
+    for account_id, flags in [(FUNDING, 0), (SINK, 0)] + [
+            (p + 10**6, int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)) for p in (BANK_A, BANK_B, BANK_C)]:
+        convert.account_to_pb(Account(id=account_id, ledger=LEDGER, code=1, flags=flags), request.accounts.add())
+    banks.ledger.CreateAccounts(request)
+    assert _transfer(banks, 1, FUNDING, BANK_A + 10**6, 1_000) == "CREATE_TRANSFER_RESULT_CREATED"
+    items_on_every_shard(banks)
+    banks.number = closed_window(banks)
+    return banks
+
+
+def _balances(h: Harness) -> dict[int, int]:
+    return {p: h.ledger.balance(p + 10**6) for p in (BANK_A, BANK_B, BANK_C)}
+
+
+SETTLED_ONCE = {BANK_A: 1_000 - 200, BANK_B: 100, BANK_C: 100}
+
+
+def _runner_taken_over_after_another_failed_the_attempt(h: Harness):
+    """Runner A begins attempt 1 and computes its chain (A's funds are there); it stalls past the lease. Runner B
+    takes attempt 1 over while A's money is out for a moment, finds the shortfall and fails the attempt; the money
+    comes back. -> A's lease token and chain."""
+    home = h.home_of(LEDGER)
+    code, attempt, token_a = h.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (LEDGER, h.number, 0)), h.deadline())
+    assert (code, attempt) == (WR.ok, 1)
+    chain = h._chain(LEDGER, h.number, attempt, h.nets(LEDGER, h.number, h.deadline()), h.deadline())
+    assert h._shortfalls(chain, h.deadline()) == []
+    h.shards[home].ts += (SETTLE_LEASE_S + 1) * S
+    _transfer(h, 2, BANK_A + 10**6, SINK, 1_000)
+    assert h.settle(LEDGER, h.number, h.deadline())[0] == WR.insufficient_funds
+    _transfer(h, 3, SINK, BANK_A + 10**6, 1_000)
+    assert h.window(LEDGER, h.number, h.deadline())[1]["state"] == WINDOW_CLOSED
+    return token_a, chain
+
+
+def test_a_runner_taken_over_whose_chain_commits_after_the_attempt_failed_settles_the_window(funded):
+    token_a, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    assert funded.finish_settle(LEDGER, funded.number, 1, funded.deadline(), token_a)[0] == WR.ok
+    record = funded.window(LEDGER, funded.number, funded.deadline())[1]
+    assert (record["state"], record["attempt"], record["transfers"]) == (WINDOW_SETTLED, 1, [t.id for t in chain])
+    assert _balances(funded) == SETTLED_ONCE
+
+
+def test_settling_again_after_a_late_chain_committed_moves_no_money_and_records_that_chain(funded):
+    _, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    assert funded._move_money(LEDGER, chain, funded.deadline()) is None  # A's chain commits; A stops there
+    assert funded.settle(LEDGER, funded.number, funded.deadline())[0] == WR.ok
+    record = funded.window(LEDGER, funded.number, funded.deadline())[1]
+    assert (record["state"], record["attempt"], record["transfers"]) == (WINDOW_SETTLED, 1, [t.id for t in chain])
+    assert _balances(funded) == SETTLED_ONCE
+
+
+def test_settling_again_after_a_late_chain_committed_gives_the_cap_back_once(funded):
+    _, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    funded._move_money(LEDGER, chain, funded.deadline())
+    funded.settle(LEDGER, funded.number, funded.deadline())
+    assert all(net == 0 for p in (BANK_A, BANK_B, BANK_C) for _allowance, net, _pool in funded.position(p))
+
+
+def test_a_new_attempt_fences_the_failed_chain_so_its_late_submission_fails(funded):
+    token_a, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    assert funded.settle(LEDGER, funded.number, funded.deadline())[0] == WR.ok  # attempt 2, after the fence
+    code, _, reason = funded.finish_settle(LEDGER, funded.number, 1, funded.deadline(), token_a)  # A wakes up
+    assert (code, reason.split(": ")[-1]) == (WR.settlement_failed, "id_already_failed")
+    record = funded.window(LEDGER, funded.number, funded.deadline())[1]
+    assert (record["state"], record["attempt"]) == (WINDOW_SETTLED, 2)
+    assert _balances(funded) == SETTLED_ONCE
+
+
+def test_the_fence_burns_the_failed_chains_first_id_at_its_home(funded):
+    _, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    assert funded.fence_ids(LEDGER, [chain[0].id], funded.deadline()) == {chain[0].id: False}
+    assert _transfer(funded, chain[0].id, BANK_A + 10**6, SINK, 1) == "CREATE_TRANSFER_RESULT_ID_ALREADY_FAILED"
+
+
+def test_an_unwind_after_a_late_chain_committed_settles_the_window_instead(funded):
+    _, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    funded._move_money(LEDGER, chain, funded.deadline())
+    assert funded.unwind(LEDGER, funded.number, BANK_A, funded.deadline()) == WR.window_already_settled
+    assert funded.window(LEDGER, funded.number, funded.deadline())[1]["state"] == WINDOW_SETTLED
+    assert _balances(funded) == SETTLED_ONCE
+
+
+def test_a_fence_answered_busy_until_the_deadline_leaves_the_window_as_it_was(funded, monkeypatch):
+    _runner_taken_over_after_another_failed_the_attempt(funded)
+    busy = ledger_pb2.CreateTransfersResponse(results=[types_pb2.CreateTransferResult.Value(
+        "CREATE_TRANSFER_RESULT_INTERNAL_ERROR")])
+    monkeypatch.setattr(funded.ledger, "CreateTransfers", lambda request, timeout=None: busy)
+    with pytest.raises(OutcomeUnknownError):
+        funded.settle(LEDGER, funded.number, time.monotonic() + 0.3)
+    record = funded.window(LEDGER, funded.number, funded.deadline())[1]
+    assert (record["state"], record["attempt"]) == (WINDOW_CLOSED, 1)
+
+
+def test_an_abort_after_a_failed_attempt_fences_its_chain_so_its_late_submission_fails(funded):
+    _, chain = _runner_taken_over_after_another_failed_the_attempt(funded)
+    assert funded.abort(LEDGER, funded.number, funded.deadline()) == (WR.ok, 0)
+    refused = funded._move_money(LEDGER, chain, funded.deadline())  # A wakes up and submits the chain it computed
+    assert refused is not None and refused.endswith("id_already_failed")
+    assert funded.window(LEDGER, funded.number, funded.deadline())[1]["state"] == WINDOW_ABORTED
+    assert _balances(funded) == {BANK_A: 1_000, BANK_B: 0, BANK_C: 0}
