@@ -315,3 +315,77 @@ def principal_of_context(context) -> Principal | None:
 @functools.lru_cache(maxsize=4096)
 def _principal_cached(common_name: str, sans: tuple[str, ...]) -> Principal:
     return principal_of_sans(common_name, sans)
+
+
+# ---- revocation -----------------------------------------------------------------------
+
+REVOKED_NAME = "revoked.txt"  # beside ca.pem: one revoked certificate serial (hex) per line, "# ..." comments
+REVOCATION_RECHECK_S = 1.0  # how stale a node's view of the list may be
+
+
+def revoked_path(ca: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(ca).parent / REVOKED_NAME
+
+
+def revoke(tls_root: pathlib.Path, cert: pathlib.Path, why: str = "") -> int:
+    """Add the certificate's serial to the cluster's revocation list; its serial."""
+    serial = x509.load_pem_x509_certificate(pathlib.Path(cert).read_bytes()).serial_number
+    path = revoked_path(tls_root / "ca.pem")
+    lines = path.read_text().splitlines() if path.exists() else ["# revoked certificate serials (hex), one per line"]
+    if f"{serial:x}" not in {line.split("#")[0].strip() for line in lines}:
+        lines.append(f"{serial:x}  # {why or pathlib.Path(cert).stem} {_now():%Y-%m-%d}")
+    _write(path, ("\n".join(lines) + "\n").encode(), private=False)
+    return serial
+
+
+class RevocationList:
+    """The serials a node refuses, re-read when the file changes (looked at most once a REVOCATION_RECHECK_S)."""
+
+    def __init__(self, path: pathlib.Path, clock=None) -> None:
+        import threading
+        import time
+
+        self.path = pathlib.Path(path)
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._serials: frozenset[int] = frozenset()
+        self._mtime_ns: int | None = None
+        self._checked = float("-inf")
+
+    def is_revoked(self, serial: int) -> bool:
+        now = self._clock()
+        if now - self._checked >= REVOCATION_RECHECK_S:
+            with self._lock:
+                if now - self._checked >= REVOCATION_RECHECK_S:
+                    self._reload()
+                    self._checked = now
+        return serial in self._serials
+
+    def _reload(self) -> None:
+        try:
+            mtime_ns = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._serials, self._mtime_ns = frozenset(), None
+            return
+        if mtime_ns == self._mtime_ns:
+            return
+        serials = set()
+        for line in self.path.read_text(errors="replace").splitlines():
+            text = line.split("#")[0].strip()
+            if text:
+                try:
+                    serials.add(int(text, 16))
+                except ValueError:
+                    continue  # a malformed line revokes nothing (and hides nothing else)
+        self._serials, self._mtime_ns = frozenset(serials), mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def serial_of_pem(pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def peer_serial(context) -> int | None:
+    """The serial of the verified peer certificate of a gRPC call, None on plaintext."""
+    pems = context.auth_context().get("x509_pem_cert")
+    return serial_of_pem(pems[0]) if pems else None

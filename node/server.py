@@ -17,7 +17,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tidebank.common.tls import TlsError, TlsFiles, channel_credentials, server_credentials
+from tidebank.common.tls import (
+    RevocationList,
+    TlsError,
+    TlsFiles,
+    channel_credentials,
+    revoked_path,
+    server_credentials,
+)
 from tidebank.common.topology import NodeSpec, Topology
 from tidebank.node import metrics
 from tidebank.node.api.admin_log import AdminLog
@@ -272,7 +279,8 @@ def serve(topology: Topology, node_name: str, stop: threading.Event, tls: TlsFil
     quotas = Quotas(items_per_s=topology.quotas.items_per_s, burst_items=topology.quotas.burst_items,
                     calls_in_flight=topology.quotas.calls_in_flight,
                     on_refused=lambda _principal, limit: metrics.QUOTA_REFUSED.labels(limit).inc())
-    gate = Gate(admin_log, quotas, on_denied=lambda permission: metrics.PERMISSION_DENIED.labels(permission).inc())
+    gate = Gate(admin_log, quotas, on_denied=lambda permission: metrics.PERMISSION_DENIED.labels(permission).inc(),
+                revocations=RevocationList(revoked_path(tls.ca)) if tls is not None else None)
     internal = InternalService(node, node.coordinator, topology.secret)
     clearing = metrics.instrument(ClearingService(node, node.clearing), metrics.CLEARING_BATCH_FIELDS)
     for handler in generic_handlers(ledger, admin, internal, admin_secret=topology.secret, escrow=escrow,

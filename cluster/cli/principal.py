@@ -1,4 +1,4 @@
-"""`tidebank principal add|list` and `tidebank admin log`: who may call a cluster, and what the privileged did.
+"""`tidebank principal add|revoke|list` and `tidebank admin log`: who may call a cluster, and what the privileged did.
 
 A principal is a client certificate issued by the cluster CA (tidebank.common.tls):
 its roles are written into it, so issuing one needs the CA key in DIR/tls and
@@ -73,6 +73,21 @@ def principal_add(
         return
     out.print(f"principal {name} ({', '.join(role)}): {files.cert}")
     out.print(f"  use it:  TIDEBANK_CA={files.ca} TIDEBANK_CERT={files.cert} TIDEBANK_KEY={files.key}")
+
+
+@app.command("revoke")
+@one_line_errors
+def principal_revoke(
+    name: Annotated[str, typer.Argument(help="Principal name.")],
+    dir: LocalDirOpt,
+) -> None:
+    """Refuse the principal's current certificate from now on (within a second on every node that reads
+    DIR/tls/revoked.txt; copy that file beside ca.pem on other hosts). `principal add` issues a new one."""
+    files = tls.principal_files(tls.tls_dir(dir), name)
+    if not files.cert.exists():
+        raise fail(f"no principal {name!r} in {dir}")
+    serial = tls.revoke(tls.tls_dir(dir), files.cert, why=name)
+    out.print(f"principal {name}: certificate {serial:x} revoked ({tls.revoked_path(files.ca)})")
 
 
 @app.command("list")

@@ -101,6 +101,13 @@ def permission_denied(message: str, **metadata: object) -> RequestError:
     return RequestError(_status(code_pb2.PERMISSION_DENIED, message, info))
 
 
+def unauthenticated(message: str, **metadata: object) -> RequestError:
+    """UNAUTHENTICATED with an ErrorInfo (reason CERTIFICATE_REVOKED, ...): the caller's identity is not accepted."""
+    info = error_details_pb2.ErrorInfo(reason=str(metadata.pop("reason", "UNAUTHENTICATED")), domain=DOMAIN,
+                                       metadata={k: str(v) for k, v in metadata.items() if v is not None})
+    return RequestError(_status(code_pb2.UNAUTHENTICATED, message, info))
+
+
 def internal(message: str) -> RequestError:
     return RequestError(_status(code_pb2.INTERNAL, message))
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from tidebank.common.records import ACCOUNT_SIZE, TRANSFER_SIZE
+from tidebank.common.tls import RevocationList, peer_serial
 from tidebank.node.api import access, errors
 from tidebank.node.api.admin_log import PRIVILEGED_PERMISSIONS, AdminLog
 
@@ -19,14 +20,20 @@ _PACKED_RECORD_BYTES = {"accounts_packed": ACCOUNT_SIZE, "transfers_packed": TRA
 
 class Gate:
     def __init__(self, admin_log: AdminLog | None = None, quotas=None,
-                 on_denied: Callable[[str], None] | None = None) -> None:
+                 on_denied: Callable[[str], None] | None = None, revocations: RevocationList | None = None) -> None:
         self.admin_log = admin_log
         self.quotas = quotas
         self.on_denied = on_denied
+        self.revocations = revocations  # certificates the cluster no longer accepts (DIR/tls/revoked.txt)
 
     def admit(self, method: str, context: grpc.ServicerContext) -> access.Grant:
         """The call's grant; a refusal is recorded and raised."""
         try:
+            if self.revocations is not None:
+                serial = peer_serial(context)
+                if serial is not None and self.revocations.is_revoked(serial):
+                    raise errors.unauthenticated(f"certificate {serial:x} is revoked", reason="CERTIFICATE_REVOKED",
+                                                 serial=f"{serial:x}")
             grant = access.decide(method, context)
         except errors.RequestError as exc:
             self.finish(None, method, exc, principal=access.caller_of(context))
@@ -44,9 +51,9 @@ class Gate:
                principal=None) -> None:
         """Count and record a refusal; record every use of a privileged permission."""
         code = "OK" if error is None else errors.code_name(error.status.code)
-        denied = code == "PERMISSION_DENIED"
+        denied = code in ("PERMISSION_DENIED", "UNAUTHENTICATED")
         permission = grant.permission if grant is not None else access.PERMISSION_OF.get(method, "")
-        if denied and self.on_denied is not None:
+        if code == "PERMISSION_DENIED" and self.on_denied is not None:
             self.on_denied(permission or method)
         if not denied and permission not in PRIVILEGED_PERMISSIONS:
             return

@@ -367,3 +367,19 @@ def test_status_says_when_the_principal_may_not_ask(cluster, clients, monkeypatc
     monkeypatch.setenv("TIDEBANK_PRINCIPAL", "alice")
     result = CliRunner().invoke(app, ["status", "--dir", str(cluster.dir)])
     assert result.exit_code == 2 and "lacks permission cluster.status" in result.output
+
+
+def test_a_revoked_principal_is_refused_until_it_gets_a_new_certificate(cluster, accounts):
+    from tidebank.common import tls
+
+    cluster.add_principal("dave", ["auditor"])
+    with Client(cluster.endpoints, tls=cluster.client_tls("dave"), timeout_s=20.0) as dave:
+        assert dave.lookup_accounts([accounts["alice"]])
+        tls.revoke(tls.tls_dir(cluster.dir), cluster.client_tls("dave").cert)
+        time.sleep(tls.REVOCATION_RECHECK_S + 0.2)
+        with pytest.raises(Exception) as raised:
+            dave.lookup_accounts([accounts["alice"]])
+        assert raised.value.code == grpc.StatusCode.UNAUTHENTICATED and raised.value.reason == "CERTIFICATE_REVOKED"
+    cluster.add_principal("dave", ["auditor"])  # re-issued: a new serial
+    with Client(cluster.endpoints, tls=cluster.client_tls("dave"), timeout_s=20.0) as dave:
+        assert dave.lookup_accounts([accounts["alice"]])

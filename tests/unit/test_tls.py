@@ -98,3 +98,41 @@ def test_reissuing_a_principal_replaces_its_certificate(root):
     first = tls.issue_principal(root, "alice", ["auditor"]).cert.read_bytes()
     second = tls.issue_principal(root, "alice", ["auditor", "platform"]).cert.read_bytes()
     assert first != second
+
+
+def test_a_revoked_serial_is_refused_and_others_are_not(root):
+    alice = tls.issue_principal(root, "alice", ["auditor"])
+    bob = tls.issue_principal(root, "bob", ["auditor"])
+    revoked = tls.RevocationList(tls.revoked_path(root / "ca.pem"))
+    alice_serial = tls.serial_of_pem(alice.cert.read_bytes())
+    assert not revoked.is_revoked(alice_serial)
+    tls.revoke(root, alice.cert)
+    fresh = tls.RevocationList(tls.revoked_path(root / "ca.pem"))
+    assert fresh.is_revoked(alice_serial)
+    assert not fresh.is_revoked(tls.serial_of_pem(bob.cert.read_bytes()))
+
+
+def test_the_revocation_list_is_reread_when_it_changes(root):
+    now = [0.0]
+    revoked = tls.RevocationList(tls.revoked_path(root / "ca.pem"), clock=lambda: now[0])
+    alice = tls.issue_principal(root, "alice", ["auditor"])
+    serial = tls.serial_of_pem(alice.cert.read_bytes())
+    assert not revoked.is_revoked(serial)
+    tls.revoke(root, alice.cert)
+    assert not revoked.is_revoked(serial)  # within the recheck period: the old view
+    now[0] += tls.REVOCATION_RECHECK_S
+    assert revoked.is_revoked(serial)
+
+
+def test_a_reissued_certificate_is_not_revoked_with_the_old_one(root):
+    old = tls.issue_principal(root, "alice", ["auditor"])
+    tls.revoke(root, old.cert)
+    new = tls.issue_principal(root, "alice", ["auditor"])
+    revoked = tls.RevocationList(tls.revoked_path(root / "ca.pem"))
+    assert not revoked.is_revoked(tls.serial_of_pem(new.cert.read_bytes()))
+
+
+def test_a_malformed_line_revokes_nothing_else_away(root):
+    path = tls.revoked_path(root / "ca.pem")
+    path.write_text("zz-not-hex\n ab  # a comment\n")
+    assert tls.RevocationList(path).is_revoked(0xAB)
