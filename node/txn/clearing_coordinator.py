@@ -567,13 +567,9 @@ class ClearingCoordinator:
         the window and only its bookkeeping is left (no new money moves)."""
         home = self.home_of(ledger)
         for _ in range(FENCE_ROUNDS_MAX):
-            _, record = self.window(ledger, number, deadline)
-            fenced = 0
-            if record is not None and needs_fence(record):
-                fenced = record["attempt"]
-                committed = self.fence(ledger, number, record, deadline)
-                if committed is not None:
-                    return self.settled_late(ledger, number, fenced, committed, deadline)
+            record, fenced, late = self._fence_failed_attempt(ledger, number, deadline)
+            if late is not None:
+                return late
             code, attempt, token = self.run_one(home, ClearingCommand(CMD_BEGIN_SETTLE, (ledger, number, fenced)),
                                                 deadline)
             if code == WindowResult.settlement_in_progress and record is not None \
@@ -615,6 +611,19 @@ class ClearingCoordinator:
                     code = WindowResult.insufficient_funds if shortfalls else WindowResult.settlement_failed
                     return code, shortfalls, refused
         return self.settled_late(ledger, number, attempt, tuple(t.id for t in chain), deadline)
+
+    def _fence_failed_attempt(self, ledger: int, number: int, deadline: float):
+        """(the window's record, the failed attempt fenced now (0: none to fence), settled_late's answer when that
+        attempt's chain committed after all and settled the window, else None): what settle and unwind do before
+        naming the fenced attempt to BEGIN_SETTLE / BEGIN_UNWIND."""
+        _, record = self.window(ledger, number, deadline)
+        if record is None or not needs_fence(record):
+            return record, 0, None
+        fenced = record["attempt"]
+        committed = self.fence(ledger, number, record, deadline)
+        if committed is None:
+            return record, fenced, None
+        return record, fenced, self.settled_late(ledger, number, fenced, committed, deadline)
 
     def settled_late(self, ledger: int, number: int, attempt: int, ids: Sequence[int], deadline: float):
         """The bookkeeping of an attempt whose chain moved the money: the cap back on every shard, then SETTLED
@@ -809,14 +818,9 @@ class ClearingCoordinator:
         window_already_settled."""
         home = self.home_of(ledger)
         for _ in range(FENCE_ROUNDS_MAX):
-            _, record = self.window(ledger, number, deadline)
-            fenced = 0
-            if record is not None and needs_fence(record):
-                fenced = record["attempt"]
-                committed = self.fence(ledger, number, record, deadline)
-                if committed is not None:
-                    self.settled_late(ledger, number, fenced, committed, deadline)
-                    return WindowResult.window_already_settled
+            _, fenced, late = self._fence_failed_attempt(ledger, number, deadline)
+            if late is not None:
+                return WindowResult.window_already_settled
             code = self.run_one(home, ClearingCommand(CMD_BEGIN_UNWIND, (ledger, number, pid, fenced)), deadline)
             if code == WindowResult.settlement_in_progress:
                 continue  # an attempt began and failed since the read: fence it
