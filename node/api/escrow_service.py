@@ -157,15 +157,9 @@ class EscrowService(escrow_pb2_grpc.EscrowServicer):
         check_batch_size("ids", len(request.ids))
         ids = [convert.u128_from_pb(m) for m in request.ids]
         found = self._lookup(call_of(context), ids, request.consistency)
-        grant = access.current()
-        if not grant.everything:  # a holder reads the trades it is buyer or seller of
-            sides = {k: (convert.u128_from_pb(m.buyer_account_id), convert.u128_from_pb(m.seller_account_id))
-                     for k, m in found.items()}
-            owners = self.owners.owners(sorted({a for pair in sides.values() for a in pair}), wait_of(context))
-            for key, pair in sides.items():
-                if grant.principal.name not in (owners.get(pair[0]), owners.get(pair[1])):
-                    raise access.denied(grant.principal, grant.permission,
-                                        f"trade {key} is not one of this principal's")
+        self.owners.require_party(access.current(), {
+            k: (convert.u128_from_pb(m.buyer_account_id), convert.u128_from_pb(m.seller_account_id))
+            for k, m in found.items()}, "trade", wait_of(context))
         response = escrow_pb2.LookupTradesResponse()
         for key in ids:
             if key in found:

@@ -207,14 +207,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
                              lambda host, part: host.lookup_transfers(part),
                              lambda response: [convert.transfer_from_pb(m) for m in response.transfers],
                              ledger_pb2.LookupTransfersRequest, every_shard=True)
-        grant = access.current()
-        if not grant.everything:  # a holder reads the transfers that touch one of its accounts
-            sides = {key: (t.debit_account_id, t.credit_account_id) for key, t in found.items()}
-            owners = self.owners.owners(sorted({a for pair in sides.values() for a in pair}), wait_of(context))
-            for key, pair in sides.items():
-                if grant.principal.name not in (owners.get(pair[0]), owners.get(pair[1])):
-                    raise access.denied(grant.principal, grant.permission,
-                                        f"transfer {key} touches no account of this principal")
+        self.owners.require_party(access.current(), {k: (t.debit_account_id, t.credit_account_id)
+                                                     for k, t in found.items()}, "transfer", wait_of(context))
         response = ledger_pb2.LookupTransfersResponse()
         for key in ids:
             if key in found:

@@ -51,6 +51,18 @@ class Owners:
                 raise access.denied(grant.principal, grant.permission,
                                     f"{what} {account_id} is not an account of this principal")
 
+    def require_party(self, grant: access.Grant, parties: dict[int, tuple[int, int]], what: str,
+                      wait_s: float) -> None:
+        """For a grant to one's own only: every record (by id) must have one of its two accounts (a transfer's
+        debit and credit, a trade's buyer and seller) owned by the principal; else PERMISSION_DENIED naming it."""
+        if grant.everything or not parties:
+            return
+        owners = self.owners(sorted({a for pair in parties.values() for a in pair}), wait_s)
+        for key, pair in parties.items():
+            if grant.principal.name not in (owners.get(pair[0]), owners.get(pair[1])):
+                raise access.denied(grant.principal, grant.permission,
+                                    f"{what} {key} touches no account of this principal")
+
     def owners(self, account_ids: list[int], wait_s: float) -> dict[int, str | None]:
         """Each account's owner: this replica's answer where it shows one, else the leader's."""
         deadline = time.monotonic() + wait_s
