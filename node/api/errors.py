@@ -56,12 +56,17 @@ def invalid_argument(violations: Iterable[tuple[str, str]]) -> RequestError:
     return RequestError(_status(code_pb2.INVALID_ARGUMENT, message, bad_request))
 
 
-def retryable(reason: str, message: str, code: int = code_pb2.UNAVAILABLE, **metadata: object) -> RequestError:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN,
+def _error_info(reason: str, metadata: dict[str, object]) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN,
                                        metadata={k: str(v) for k, v in metadata.items() if v is not None})
+
+
+def retryable(reason: str, message: str, code: int = code_pb2.UNAVAILABLE, retry_after_ms: int = 50,
+              **metadata: object) -> RequestError:
+    """A refusal that changed nothing, with the ErrorInfo `reason` and a RetryInfo of `retry_after_ms`."""
     retry = error_details_pb2.RetryInfo()
-    retry.retry_delay.FromMilliseconds(50)
-    return RequestError(_status(code, message, info, retry))
+    retry.retry_delay.FromMilliseconds(retry_after_ms)
+    return RequestError(_status(code, message, _error_info(reason, metadata), retry))
 
 
 def not_leader(shard_id: int, leader_address: str | None) -> RequestError:
@@ -96,16 +101,12 @@ def failed_precondition(message: str, violations: Iterable[tuple[str, str, str]]
 
 def permission_denied(message: str, **metadata: object) -> RequestError:
     """PERMISSION_DENIED with an ErrorInfo (reason PERMISSION_DENIED) whose metadata names what was missing."""
-    info = error_details_pb2.ErrorInfo(reason="PERMISSION_DENIED", domain=DOMAIN,
-                                       metadata={k: str(v) for k, v in metadata.items() if v is not None})
-    return RequestError(_status(code_pb2.PERMISSION_DENIED, message, info))
+    return RequestError(_status(code_pb2.PERMISSION_DENIED, message, _error_info("PERMISSION_DENIED", metadata)))
 
 
-def unauthenticated(message: str, **metadata: object) -> RequestError:
-    """UNAUTHENTICATED with an ErrorInfo (reason CERTIFICATE_REVOKED, ...): the caller's identity is not accepted."""
-    info = error_details_pb2.ErrorInfo(reason=str(metadata.pop("reason", "UNAUTHENTICATED")), domain=DOMAIN,
-                                       metadata={k: str(v) for k, v in metadata.items() if v is not None})
-    return RequestError(_status(code_pb2.UNAUTHENTICATED, message, info))
+def unauthenticated(message: str, reason: str, **metadata: object) -> RequestError:
+    """UNAUTHENTICATED with an ErrorInfo (`reason`: CERTIFICATE_REVOKED, ...): the caller's identity is not accepted."""
+    return RequestError(_status(code_pb2.UNAUTHENTICATED, message, _error_info(reason, metadata)))
 
 
 def internal(message: str) -> RequestError:

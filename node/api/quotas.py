@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 
 from tidebank.node.api import errors
 
@@ -70,12 +70,9 @@ LIMIT_CALLS_IN_FLIGHT = "calls_in_flight"
 def quota_exceeded(principal: str, limit: str, limit_value: float, retry_after_s: float) -> errors.RequestError:
     """RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with a RetryInfo of `retry_after_s` (rounded up to the millisecond)."""
     retry_ms = max(1, math.ceil(retry_after_s * 1000 - 1e-6))  # 1e-6: float noise must not add a millisecond
-    info = error_details_pb2.ErrorInfo(reason=REASON, domain=errors.DOMAIN, metadata={
-        "principal": principal, "limit": limit, "limit_value": f"{limit_value:g}"})
-    retry = error_details_pb2.RetryInfo()
-    retry.retry_delay.FromMilliseconds(retry_ms)
     message = f"principal {principal!r} is over its quota ({limit} = {limit_value:g}); retry in {retry_ms} ms"
-    return errors.RequestError(errors._status(code_pb2.RESOURCE_EXHAUSTED, message, info, retry))
+    return errors.retryable(REASON, message, code=code_pb2.RESOURCE_EXHAUSTED, retry_after_ms=retry_ms,
+                            principal=principal, limit=limit, limit_value=f"{limit_value:g}")
 
 
 @dataclass(slots=True)
