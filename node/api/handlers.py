@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from tidebank.node.api import errors
+from tidebank.node.api import access, errors
 from tidebank.node.api.gate import Gate
 from tidebank.node.api.internal_service import require_signature
 from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, internal_pb2, ledger_pb2
@@ -39,6 +39,7 @@ def _raw_handler(method: Callable, request_cls, response_cls, name: str, gate: G
             gate.finish(grant, name, None)
             return response
         finally:
+            access.enter(None)  # the worker thread serves another caller next
             if ticket is not None:
                 ticket.release()
 
@@ -66,6 +67,7 @@ def _raw_stream_handler(method: Callable, request_cls, response_cls, name: str, 
                 errors.abort(context, exc)
             gate.finish(grant, name, None)
         finally:
+            access.enter(None)  # the worker thread serves another caller next
             if ticket is not None:
                 ticket.release()
 
