@@ -149,7 +149,7 @@ def cluster_for(args):
     if args.dir:
         yield LocalCluster.open(args.dir)
         return
-    if args.no_fsync:
+    if getattr(args, "no_fsync", False):
         os.environ["TIDEBANK_RAFT_FSYNC"] = "0"
     with tempfile.TemporaryDirectory(prefix="tidebank-bench-") as directory:
         cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=args.shards,

@@ -18,37 +18,22 @@ any violation.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import pathlib
 import random
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from bench_transfers import cluster_for  # noqa: E402 - one way for every bench to start (and stop) its cluster
 
 from tests.integration import fuzz_messages as fm  # noqa: E402
-from tidebank.cluster.launcher import LocalCluster  # noqa: E402
 
 HEALTH_PERIOD_S = 5.0
-
-
-@contextlib.contextmanager
-def cluster_for(args):
-    if args.dir:
-        yield LocalCluster.open(args.dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="tidebank-fuzz-") as directory:
-        cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=args.shards)
-        try:
-            cluster.start()
-            cluster.wait_ready(timeout_s=120)
-            yield cluster
-        finally:
-            cluster.stop()
 
 
 def fuzz(cluster, args) -> dict:
