@@ -41,6 +41,7 @@ from tidebank.node.api.routing import ShardMap
 from tidebank.node.executor import NodeView, ShardExecutor
 from tidebank.node.links import LinkFaults, LinkPolicy, intercepted_channel
 from tidebank.node.raft.loop import RaftHost
+from tidebank.node.raft.placement import PlacementTuning
 from tidebank.node.raft.replica import RaftTuning
 from tidebank.node.shard import ShardHost
 from tidebank.node.txn.clearing_coordinator import ClearingCoordinator, ClearingTimers
@@ -62,6 +63,11 @@ GRPC_OPTIONS = [
 PULSE_PERIOD_S = 0.5
 SWITCH_INTERVAL_S = 0.0005
 COORDINATOR_WORKERS = 256  # cross-shard groups coordinated at once; each waits on Raft, not CPU
+
+
+def placement_from_env() -> PlacementTuning | None:
+    """Leaders hand over to their shard's preferred replica unless TIDEBANK_LEADER_HANDOVER=0."""
+    return None if os.environ.get("TIDEBANK_LEADER_HANDOVER", "1") == "0" else PlacementTuning()
 
 
 def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
@@ -95,6 +101,7 @@ class Node(NodeView):
         self._channels_lock = threading.Lock()
         self.shards: dict[int, ShardHost] = {}
         tuning, fsync = raft_tuning_from_env()
+        placement = placement_from_env()
         if not fsync:
             log.warning("TIDEBANK_RAFT_FSYNC=0: acknowledged writes do not survive power loss")
         my_shards = topology.shards_on(node_name)
@@ -113,6 +120,8 @@ class Node(NodeView):
                 fsync=fsync,
                 slot_count=topology.slot_count,
                 on_apply_stopped=self._on_apply_stopped,
+                preferred_leader=shard.preferred_leader,
+                placement=placement,
             )
         for shard_id in self.shards:  # 0 from the start, so a dashboard tells "fine" from "not reported"
             metrics.APPLY_STOPPED.labels(shard=str(shard_id)).set(1 if shard_id in self.apply_errors else 0)

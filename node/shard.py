@@ -24,6 +24,7 @@ from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import Trade
 from tidebank.node.outcomes import NotAppliedError
 from tidebank.node.raft.loop import RaftHost
+from tidebank.node.raft.placement import PlacementTuning
 from tidebank.node.raft.replica import RaftTuning, ReadNotLeaderError, ShardReplica
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class ShardHost:
         fsync: bool = True,
         slot_count: int = DEFAULT_SLOT_COUNT,
         on_apply_stopped: Callable[[int, str], None] | None = None,
+        preferred_leader: str | None = None,
+        placement: PlacementTuning | None = PlacementTuning(),
     ):
         self.shard_id = shard_id
         self.slot_count = slot_count
@@ -63,10 +66,17 @@ class ShardHost:
             raft=raft or RaftTuning(),
             fsync=fsync,
             on_apply_stopped=on_apply_stopped,
+            preferred_leader=preferred_leader,
+            placement=placement,
         )
         self.batcher = ShardBatcher(shard_id, self.replica.propose, wake=lambda: host.wake(shard_id),
                                     is_leader=self.replica.is_leader)
-        self.replica.before_tick = self.batcher.propose
+        self.replica.before_tick = self._before_tick
+
+    def _before_tick(self) -> None:
+        """Loop thread: queued requests become entries, except while leadership is being handed over."""
+        if not self.replica.holding_proposals:
+            self.batcher.propose()
 
     def _open(self, env: lmdb.Environment) -> None:
         """Called by the replica whenever it (re)opens LMDB, e.g. after installing a snapshot."""

@@ -31,6 +31,7 @@ Private members used, and why:
 ``_SyncObj__raftNextIndex``               whether a partner has entries it has not been sent yet
 ``_SyncObj__connectedNodes``              same, only for connected partners
 ``_SyncObj__noopIDx``                     a new leader serves reads only once its no-op is committed
+``_SyncObj__raftMatchIndex``              whether the preferred leader is caught up (leader placement)
 ========================================  ===========================================================
 """
 
@@ -112,6 +113,15 @@ def has_unsent_entries(obj: SyncObj) -> bool:
     last = obj._SyncObj__raftLog[-1][1]
     next_index = obj._SyncObj__raftNextIndex
     return any(next_index.get(node, last + 1) <= last for node in obj._SyncObj__connectedNodes)
+
+
+def match_index(obj: SyncObj, node) -> int:
+    """Leader only: the last index known to be in `node`'s log (0 if unknown)."""
+    return obj._SyncObj__raftMatchIndex.get(node, 0)
+
+
+def connected_nodes(obj: SyncObj) -> set:
+    return obj._SyncObj__connectedNodes
 
 
 def send_append_entries(obj: SyncObj) -> None:

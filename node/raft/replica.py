@@ -47,6 +47,7 @@ from pysyncobj.config import FAIL_REASON
 from tidebank.node.raft import pysyncobj_patches as patches
 from tidebank.node.raft.journal import DurableJournal, create_journal, fsync_dir, open_journal
 from tidebank.node.raft.loop import RaftHost
+from tidebank.node.raft.placement import ABANDON, START, TRANSFER, HandoverState, LeaderView, PlacementTuning
 from tidebank.node.raft.snapshots import (
     SnapshotManager,
     open_meta_db,
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 LMDB_MAP_SIZE = 64 << 30  # sparse; LMDB only grows the file as pages are used
 LMDB_MAX_DBS = 64
 NEVER_CAMPAIGN_S = 3600.0
+FIRST_ELECTION_PREFERRED_S = 0.2  # below raft_min_timeout: the preferred replica of a new shard campaigns first
 
 
 @dataclass(frozen=True)
@@ -208,9 +210,13 @@ class ShardReplica(SyncObj):
         fsync: bool = True,
         on_apply_stopped: Callable[[int, str], None] | None = None,
         map_size: int | None = None,
+        preferred_leader: str | None = None,
+        placement: PlacementTuning | None = PlacementTuning(),
     ):
         """``members``: the node names of every replica of the shard, this node's included. ``map_size``: LMDB's
-        map size in bytes (default TIDEBANK_LMDB_MAP_SIZE, else 64 GiB, sparse)."""
+        map size in bytes (default TIDEBANK_LMDB_MAP_SIZE, else 64 GiB, sparse). ``preferred_leader``: the member
+        that should lead when it is healthy (placement.py); another leader hands over to it. ``placement=None``
+        turns hand-overs off."""
         if host.name not in members:
             raise ValueError(f"node {host.name} is not a member of shard {shard_id}: {members}")
         patches.install_journal(create_journal)
@@ -243,6 +249,11 @@ class ShardReplica(SyncObj):
         self._journal_path = str(self.data_dir / "raft.journal")
         self._dump_path = str(self.data_dir / "raft.dump")
         self._tick_stats = _TickStats(time.monotonic(), 0, 0, 0, 0, None, False, False)
+        if preferred_leader is not None and preferred_leader not in members:
+            raise ValueError(f"preferred leader {preferred_leader} is not a member of shard {shard_id}: {members}")
+        self.preferred_leader = preferred_leader
+        self._handover = HandoverState(placement) if placement is not None else None
+        self._leading_since = 0.0
         self._open_env()
         try:
             self._journal: DurableJournal = open_journal(self._journal_path, fsync_enabled=fsync)
@@ -276,6 +287,9 @@ class ShardReplica(SyncObj):
             partners = [PeerNode(m) for m in members if m != host.name]
             super().__init__(PeerNode(host.name), partners, conf=conf, transportClass=GroupTransport)
             self._transport: GroupTransport = patches.transport(self)
+            if preferred_leader == host.name and self.raftCurrentTerm == 0 and placement is not None:
+                # a new shard: its preferred replica campaigns first, so the first leaders need no handover
+                patches.hold_election(self, time.monotonic() + FIRST_ELECTION_PREFERRED_S)
             host.add(self)
             host.call(lambda: host.transport.announce_connections(self._transport))
         except BaseException:
@@ -439,6 +453,9 @@ class ShardReplica(SyncObj):
             # __onBecomeLeader appends the no-op right after this callback; if the election was won inside
             # _onTick (single-member group) it would be counted in the same tick, before the loop's sync.
             self._journal.sync_on_next_add()
+            self._leading_since = time.monotonic()
+        elif old_state == patches.LEADER and self._handover is not None:
+            self._handover.reset(time.monotonic())
         logger.info("shard %s %s: %s -> %s", self.shard_id, self.host.name,
                     patches.ROLE_NAMES.get(old_state, old_state), patches.ROLE_NAMES.get(new_state, new_state))
 
@@ -452,10 +469,46 @@ class ShardReplica(SyncObj):
         if self.before_tick is not None:
             self.before_tick()
         self._onTick(0.0)
-        if patches.raft_state(self) == patches.LEADER and patches.has_unsent_entries(self):
-            patches.send_append_entries(self)
+        if patches.raft_state(self) == patches.LEADER:
+            if patches.has_unsent_entries(self):
+                patches.send_append_entries(self)
+            self._place_leader()
         self._serve_reads()
         self._record_tick_stats()
+
+    # ------------------------------------------------------------------ leader placement (placement.py)
+
+    @property
+    def holding_proposals(self) -> bool:
+        """A handover to the preferred leader is under way: propose nothing new here (loop thread)."""
+        return self._handover is not None and self._handover.holding_proposals
+
+    def _place_leader(self) -> None:
+        """Leader, after each tick: hand leadership to the preferred replica when it is back and caught up."""
+        handover = self._handover
+        preferred = self.preferred_leader
+        if handover is None or preferred is None or preferred == self.host.name or self.apply_error is not None:
+            return
+        target = next((n for n in patches.other_nodes(self) if n.id == preferred), None)
+        if target is None:
+            return
+        now = time.monotonic()
+        answered_after = now - self.tuning.leader_fallback_timeout
+        responsive = (target in patches.connected_nodes(self)
+                      and patches.last_response_times(self).get(target, 0.0) > answered_after)
+        decision = handover.decide(LeaderView(
+            now=now, leading_since=self._leading_since, last_index=patches.last_log_index(self),
+            commit_index=self.raftCommitIndex, applied_index=self.raftLastApplied,
+            target_match_index=patches.match_index(self, target), target_responsive=responsive))
+        if decision == START:
+            logger.info("shard %s %s: handing leadership over to the preferred replica %s", self.shard_id,
+                        self.host.name, preferred)
+        elif decision == TRANSFER:
+            self.transferLeadership(target)
+        elif decision == ABANDON:
+            logger.info("shard %s %s: %s did not take over in time; leading on, retrying later", self.shard_id,
+                        self.host.name, preferred)
+            self.host.wake(self.shard_id)  # proposals held meanwhile go now
 
     # ------------------------------------------------------------------ reads without a log entry (ReadIndex)
 
@@ -585,6 +638,9 @@ class ShardReplica(SyncObj):
             "snapshots_written": self._snapshots.snapshots_written,
             "snapshots_installed": self._snapshots.snapshots_installed,
             "apply_failures": self.apply_failures,
+            "preferred_leader": self.preferred_leader or "",
+            "handovers_started": self._handover.handovers_started if self._handover else 0,
+            "handovers_abandoned": self._handover.handovers_abandoned if self._handover else 0,
             "apply_error": self.apply_error or "",
             "tick_age": time.monotonic() - stats.at,
             "closed": self._closed,

@@ -12,6 +12,7 @@ import pytest
 from pysyncobj.config import FAIL_REASON
 
 from tidebank.node.raft.loop import RaftHost
+from tidebank.node.raft.placement import PlacementTuning
 from tidebank.node.raft.replica import ApplyFailed, RaftTuning, ShardReplica
 from tidebank.node.raft.transport import NodeTransport, normalize_append_entries
 
@@ -68,8 +69,11 @@ class Cluster:
     shard 7. Stopping a replica closes its host too, as a node process exit would."""
 
     def __init__(self, root: pathlib.Path, tuning: RaftTuning = FAST, size: int = 3,
-                 map_sizes: dict[int, int] | None = None):
+                 map_sizes: dict[int, int] | None = None, preferred: str | None = None,
+                 placement: PlacementTuning | None = PlacementTuning()):
         self.root = root
+        self.preferred = preferred  # the shard's preferred leader (None: no leader placement)
+        self.placement = placement
         self.tuning = tuning
         self.names = [f"n{i}" for i in range(size)]
         self.endpoints = {name: ("127.0.0.1", port) for name, port in zip(self.names, _free_ports(size), strict=True)}
@@ -93,6 +97,8 @@ class Cluster:
             open_fn=kv.open_fn,
             raft=self.tuning,
             map_size=self.map_sizes.get(i),
+            preferred_leader=self.preferred,
+            placement=self.placement,
         )
         self.hosts[i], self.replicas[i], self.kvs[i] = host, r, kv
         return r
