@@ -129,7 +129,10 @@ log = logging.getLogger("tidebank.client")
 
 MAX_BATCH_ITEMS = BATCH_ITEMS_MAX  # the server's limit per request
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_MAX_IN_FLIGHT_PER_SHARD = 2
+# One RPC per shard at a time: callers arriving meanwhile ride in the next one. Under 64 single callers this
+# carried ~8 transfers per RPC instead of ~5 and gave 1.2-1.3x the throughput and a lower p99 than 2 in flight
+# (bench/RESULTS.md, 2026-12-03); a lone caller never waits for it.
+DEFAULT_MAX_IN_FLIGHT_PER_SHARD = 1
 DEFAULT_MAX_QUEUED_ITEMS_PER_SHARD = 100_000
 DEFAULT_BACKOFF_BASE_S = 0.01
 DEFAULT_BACKOFF_MAX_S = 0.5
