@@ -515,7 +515,8 @@ class LedgerStateMachine:
         base = max(timestamp_ns, last + 1)
         if base > U64_MAX:
             raise InvariantViolation(f"cluster time overflows u64: {base}")
-        self._run_guarded(txn, "expiry sweep", functools.partial(self._expire, ctx=_Context(base, base)))
+        if self._expiry_due(txn, base):  # most entries have nothing to expire: no nested txn for them
+            self._run_guarded(txn, "expiry sweep", functools.partial(self._expire, ctx=_Context(base, base)))
         next_ts = base
         results: list[list[Any]] = []
         for op in operations:
@@ -1533,6 +1534,11 @@ class LedgerStateMachine:
         return Decision(bool(item.commit), item.failed_index, item.failed_code, ts)
 
     # ----------------------------------------------------------------- expiry
+
+    def _expiry_due(self, txn: lmdb.Transaction, now_ns: int) -> bool:
+        """Whether the earliest pending timeout has passed (the sweep then runs; it skips what is locked)."""
+        with txn.cursor(db=self._expiry) as cursor:
+            return cursor.first() and int.from_bytes(cursor.key()[:8], "big") <= now_ns
 
     def _expire(self, txn: lmdb.Transaction, ctx: _Context) -> int:
         """Release pending transfers whose timeout passed, earliest first, at most EXPIRE_PER_APPLY_MAX.
