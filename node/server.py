@@ -66,8 +66,10 @@ COORDINATOR_WORKERS = 256  # cross-shard groups coordinated at once; each waits 
 
 
 def placement_from_env() -> PlacementTuning | None:
-    """Leaders hand over to their shard's preferred replica unless TIDEBANK_LEADER_HANDOVER=0."""
-    return None if os.environ.get("TIDEBANK_LEADER_HANDOVER", "1") == "0" else PlacementTuning()
+    """Leaders hand over to their shard's preferred replica only with TIDEBANK_LEADER_HANDOVER=1: on one box
+    (no DC locality to gain) spreading leaders cost 0.81-0.86x single-caller throughput in alternated runs
+    (bench/RESULTS.md), so it is opt-in until that is understood."""
+    return PlacementTuning() if os.environ.get("TIDEBANK_LEADER_HANDOVER", "0") == "1" else None
 
 
 def raft_tuning_from_env() -> tuple[RaftTuning, bool]:
