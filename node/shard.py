@@ -50,7 +50,7 @@ class ShardHost:
         slot_count: int = DEFAULT_SLOT_COUNT,
         on_apply_stopped: Callable[[int, str], None] | None = None,
         preferred_leader: str | None = None,
-        placement: PlacementTuning | None = PlacementTuning(),
+        placement: PlacementTuning | None = None,
     ):
         self.shard_id = shard_id
         self.slot_count = slot_count

@@ -12,6 +12,7 @@ are never lost: what the old leader proposed before the pause is committed on th
 target too, what was queued after it is refused as "not leader" and retried by the
 client at the new leader.
 
+Opt-in (TIDEBANK_LEADER_HANDOVER=1): on one box it cost single-caller throughput (bench/RESULTS.md).
 This module only decides; the replica (replica.py) carries the decisions out on the
 Raft loop thread.
 """

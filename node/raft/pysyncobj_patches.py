@@ -112,7 +112,7 @@ def has_unsent_entries(obj: SyncObj) -> bool:
     """Leader only: whether a connected partner has log entries it has not been sent."""
     last = obj._SyncObj__raftLog[-1][1]
     next_index = obj._SyncObj__raftNextIndex
-    return any(next_index.get(node, last + 1) <= last for node in obj._SyncObj__connectedNodes)
+    return any(next_index.get(node, last + 1) <= last for node in connected_nodes(obj))
 
 
 def match_index(obj: SyncObj, node) -> int:

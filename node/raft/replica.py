@@ -211,12 +211,12 @@ class ShardReplica(SyncObj):
         on_apply_stopped: Callable[[int, str], None] | None = None,
         map_size: int | None = None,
         preferred_leader: str | None = None,
-        placement: PlacementTuning | None = PlacementTuning(),
+        placement: PlacementTuning | None = None,
     ):
         """``members``: the node names of every replica of the shard, this node's included. ``map_size``: LMDB's
         map size in bytes (default TIDEBANK_LMDB_MAP_SIZE, else 64 GiB, sparse). ``preferred_leader``: the member
-        that should lead when it is healthy (placement.py); another leader hands over to it. ``placement=None``
-        turns hand-overs off."""
+        that should lead when it is healthy (placement.py); with ``placement`` set, another leader hands over to
+        it (None, the default, as on a node without TIDEBANK_LEADER_HANDOVER=1: no hand-overs)."""
         if host.name not in members:
             raise ValueError(f"node {host.name} is not a member of shard {shard_id}: {members}")
         patches.install_journal(create_journal)

@@ -274,6 +274,14 @@ def _sized_entries(n: int, start: int = 1, term: int = 1, size: int = 40):
     return [(b"%06d" % i + bytes([i % 251]) * (size - 6), i, term) for i in range(start, start + n)]
 
 
+def _filled(tmp_path, n: int, **sized) -> tuple[DurableJournal, list]:
+    """A journal with a TAIL-byte memory limit holding n synced entries (and the entries)."""
+    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
+    entries = _sized_entries(n, **sized)
+    _fill(j, entries)
+    return j, entries
+
+
 def _within_tail(j: DurableJournal, entries) -> bool:
     return j.memory_bytes() <= TAIL + max(len(e[0]) for e in entries)
 
@@ -308,9 +316,7 @@ def _flip_byte(path, offset: int) -> None:
 
 
 def test_old_entries_are_evicted_and_read_back_like_a_list(tmp_path):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(500)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 500)
     assert _within_tail(j, entries) and j.memory_bytes() < sum(len(e[0]) for e in entries) // 10
     assert len(j) == 500
     assert [j[i] for i in range(500)] == entries
@@ -327,9 +333,7 @@ def test_old_entries_are_evicted_and_read_back_like_a_list(tmp_path):
 
 
 def test_memory_bytes_is_what_reads_without_io_hold(tmp_path):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(300, size=50)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 300, size=50)
     assert j.memory_bytes() == _bytes_served_from_memory(j)
     assert TAIL - 50 < j.memory_bytes() <= TAIL  # evicts only what exceeds the limit
     j.deleteEntriesTo(290)  # the cut falls inside the cached tail
@@ -338,9 +342,7 @@ def test_memory_bytes_is_what_reads_without_io_hold(tmp_path):
 
 
 def test_first_and_last_entry_reads_never_touch_the_file(tmp_path, monkeypatch):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(200)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 200)
     sizes = _pread_sizes(monkeypatch)
     for _ in range(100):
         assert j[0] == entries[0] and j[-1] == entries[-1] and j[-2] == entries[-2]
@@ -350,9 +352,7 @@ def test_first_and_last_entry_reads_never_touch_the_file(tmp_path, monkeypatch):
 
 
 def test_run_of_evicted_entries_is_read_with_one_pread(tmp_path, monkeypatch):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(200)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 200)
     sizes = _pread_sizes(monkeypatch)
     assert j[10:20] == entries[10:20]
     assert sizes == [10 * (RECORD_HEADER_SIZE + 40)]
@@ -360,9 +360,7 @@ def test_run_of_evicted_entries_is_read_with_one_pread(tmp_path, monkeypatch):
 
 
 def test_long_slice_over_evicted_entries_is_read_in_bounded_chunks(tmp_path, monkeypatch):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(300)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 300)
     sizes = _pread_sizes(monkeypatch)
     view = j[5:]
     assert isinstance(view, JournalSlice) and sizes == []  # nothing read until used
@@ -374,9 +372,7 @@ def test_long_slice_over_evicted_entries_is_read_in_bounded_chunks(tmp_path, mon
 
 
 def test_slice_view_refuses_use_after_entries_are_deleted(tmp_path):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(300)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 300)
     view = j[0:]
     j.add(b"more", 301, 1)
     j.sync()
@@ -469,9 +465,7 @@ def test_delete_entries_from_into_evicted_entries(tmp_path):
 
 
 def test_delete_entries_from_down_to_an_evicted_first_entry(tmp_path):
-    j = _open(tmp_path / "j", memory_tail_bytes_max=TAIL)
-    entries = _sized_entries(300)
-    _fill(j, entries)
+    j, entries = _filled(tmp_path, 300)
     j.deleteEntriesFrom(1)
     assert list(j[:]) == entries[:1] and j[-1] == j[0] == entries[0]
     assert j.memory_bytes() == len(entries[0][0])

@@ -70,7 +70,7 @@ class Cluster:
 
     def __init__(self, root: pathlib.Path, tuning: RaftTuning = FAST, size: int = 3,
                  map_sizes: dict[int, int] | None = None, preferred: str | None = None,
-                 placement: PlacementTuning | None = PlacementTuning()):
+                 placement: PlacementTuning | None = None):
         self.root = root
         self.preferred = preferred  # the shard's preferred leader (None: no leader placement)
         self.placement = placement
