@@ -33,7 +33,15 @@ import grpc
 
 from tidebank.common import tls as tls_files
 from tidebank.common.tls import ClientTls, Plaintext, TlsError, TlsFiles
-from tidebank.common.topology import QuotaConfig, Topology, TopologyError, generate_local
+from tidebank.common.topology import (
+    NodeSpec,
+    PortPicker,
+    QuotaConfig,
+    Topology,
+    TopologyError,
+    generate_local,
+    join_address,
+)
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
 CONFIG_NAME = "cluster.toml"
@@ -467,6 +475,36 @@ class LocalCluster:
             tls_files.issue_principal(root, ADMIN_PRINCIPAL, ADMIN_ROLES)
         topology.dump(config)
         return cls(dir, topology)
+
+    # ---- membership (cluster/membership.py) ------------------------------------
+
+    def reload(self) -> Topology:
+        """Re-read DIR/cluster.toml (a membership change wrote a newer version)."""
+        self.topology = Topology.load(self.config_path)
+        return self.topology
+
+    def membership(self, **kwargs):
+        """A Membership driver for this cluster (its topology file, its admin principal); every version it
+        publishes becomes this object's topology too."""
+        from tidebank.cluster.membership import Membership
+
+        def keep(topology: Topology) -> None:
+            self.topology = topology
+
+        return Membership(self.config_path, self._pool, on_publish=keep, **kwargs)
+
+    def new_node_spec(self, name: str, dc: str) -> NodeSpec:
+        """A node for this machine: free loopback ports, and its TLS certificate under the cluster's CA."""
+        if dc not in self.topology.dcs:
+            raise TopologyError(f"unknown DC {dc!r} (DCs: {', '.join(self.topology.dcs)})")
+        host = self.topology.nodes[0].raft_host
+        ports = PortPicker(host)
+        ports.taken.update(p for n in self.topology.nodes for p in (n.grpc_port, n.raft_port, n.metrics_port))
+        spec = NodeSpec(name=name, dc=dc, grpc_address=join_address(host, ports.one()), raft_host=host,
+                        raft_port=ports.one(), metrics_port=ports.one())
+        if self.topology.tls is not None:
+            tls_files.issue_node(tls_files.tls_dir(self.dir), name, (spec.grpc_host, spec.raft_host, "localhost"))
+        return spec
 
     # ---- principals ------------------------------------------------------------
 

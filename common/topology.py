@@ -33,11 +33,17 @@ A topology file looks like this::
     id = 0
     slots = [[0, 1024]]         # [start, end) ranges
     replicas = ["dc1-n1", "dc2-n1", "dc3-n1"]   # one per DC, first = preferred leader
+    joining = ["dc1-n2"]        # only while a replica moves (cluster/membership.py): the new one, catching up
+    leaving = []                # ... and, once it has taken over, the old one, about to leave the Raft group
+
+`shard_map_version` grows with every change of slots, replicas or nodes: a node that is
+sent a topology (Admin/ApplyTopology) takes it only when it is newer than its own.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import os
 import pathlib
@@ -98,10 +104,20 @@ class ShardSpec:
     shard_id: int
     slots: tuple[tuple[int, int], ...]  # [start, end) ranges
     replicas: tuple[str, ...]  # node names, one per DC; the first is the preferred leader
+    # A replica move in progress (cluster/membership.py): the node whose new replica catches up and joins the
+    # Raft group, then, once it has replaced the old one in `replicas`, the node whose replica is leaving.
+    # Both host the shard meanwhile but never campaign. At most one of each.
+    joining: tuple[str, ...] = ()
+    leaving: tuple[str, ...] = ()
 
     @property
     def preferred_leader(self) -> str:
         return self.replicas[0]
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every node holding a replica of this shard: the steady ones, then a joining and a leaving one."""
+        return self.replicas + self.joining + self.leaving
 
 
 @dataclass(frozen=True)
@@ -196,14 +212,17 @@ class Topology:
             slots = _get(s, "shard", "slots", list)
             if not all(isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in slots):
                 raise TopologyError(f"shard {s.get('id')}: slots must be a list of [start, end] pairs")
-            replicas = _get(s, "shard", "replicas", list)
-            if not all(isinstance(r, str) for r in replicas):
-                raise TopologyError(f"shard {s.get('id')}: replicas must be a list of node names")
+            moving = {}
+            for key in ("replicas", "joining", "leaving"):
+                names = _get(s, "shard", key, list, required=key == "replicas") or []
+                if not all(isinstance(r, str) for r in names):
+                    raise TopologyError(f"shard {s.get('id')}: {key} must be a list of node names")
+                moving[key] = tuple(names)
             shards.append(
                 ShardSpec(
                     shard_id=_get(s, "shard", "id", int),
                     slots=tuple((a, b) for a, b in slots),
-                    replicas=tuple(replicas),
+                    **moving,
                 )
             )
         clearing = doc.get("clearing", {})
@@ -275,6 +294,9 @@ class Topology:
             slots = ", ".join(f"[{a}, {b}]" for a, b in s.slots)
             replicas = ", ".join(_toml_str(r) for r in s.replicas)
             out += ["", "[[shard]]", f"id = {s.shard_id}", f"slots = [{slots}]", f"replicas = [{replicas}]"]
+            for key in ("joining", "leaving"):
+                if getattr(s, key):
+                    out.append(f"{key} = [{', '.join(_toml_str(r) for r in getattr(s, key))}]")
         return "\n".join(out) + "\n"
 
     def dump(self, path: str | os.PathLike[str], *, include_secret: bool = True) -> None:
@@ -347,6 +369,15 @@ class Topology:
             if set(dcs) != set(self.dcs):
                 missing = sorted(set(self.dcs) - set(dcs))
                 raise TopologyError(f"shard {s.shard_id}: no replica in DC {', '.join(missing)}")
+            for key in ("joining", "leaving"):
+                moving = getattr(s, key)
+                if len(moving) > 1:
+                    raise TopologyError(f"shard {s.shard_id}: {key} names {len(moving)} nodes; one move at a time")
+                for r in moving:
+                    if r not in names:
+                        raise TopologyError(f"shard {s.shard_id}: unknown {key} node {r!r}")
+            if len(set(s.hosts)) != len(s.hosts):
+                raise TopologyError(f"shard {s.shard_id}: a node is named twice in replicas, joining and leaving")
         self._check_slots()
 
     def _check_ports(self) -> None:
@@ -408,7 +439,18 @@ class Topology:
         raise KeyError(f"no shard {shard_id} (shards 0..{len(self.shards) - 1})")
 
     def shards_on(self, node_name: str) -> list[ShardSpec]:
-        return [s for s in self.shards if node_name in s.replicas]
+        """The shards a node holds a replica of, joining and leaving ones included."""
+        return [s for s in self.shards if node_name in s.hosts]
+
+    def changed(self, **changes) -> Topology:
+        """A copy with some fields replaced and the next shard_map_version, validated."""
+        topo = dataclasses.replace(self, shard_map_version=self.shard_map_version + 1, **changes)
+        topo.validate()
+        return topo
+
+    def with_shard(self, shard: ShardSpec) -> Topology:
+        """The next version, with one shard's spec replaced."""
+        return self.changed(shards=tuple(shard if s.shard_id == shard.shard_id else s for s in self.shards))
 
     def node_data_dir(self, node_name: str) -> pathlib.Path:
         self.node(node_name)
@@ -452,7 +494,7 @@ def generate_local(
     if not 1 <= shards <= slot_count:
         raise TopologyError(f"shards must be between 1 and slot_count ({slot_count}), not {shards}")
     dc_names = tuple(f"dc{i + 1}" for i in range(dcs))
-    ports = _PortPicker(host)
+    ports = PortPicker(host)
     nodes = []
     for dc in dc_names:
         for i in range(nodes_per_dc):
@@ -492,7 +534,7 @@ def generate_local(
     return topo
 
 
-class _PortPicker:
+class PortPicker:
     """Free TCP ports on one host, none handed out twice.
 
     Ports come from below (or above) the kernel's ephemeral range when possible: a

@@ -57,6 +57,10 @@ class NodeView:
     def replica_addresses(self, shard_id: int) -> list[str]:
         raise NotImplementedError
 
+    def note_leader(self, shard_id: int, address: str | None) -> None:
+        """A node that hosts the shard named its leader (None: the named one did not answer). Only a node that
+        hosts no replica of the shard keeps such hints (a replica move leaves nodes without every shard)."""
+
     def reachable(self, address: str) -> bool:
         """Whether node-to-node traffic to `address` can pass (simulated DC faults)."""
         return True
@@ -101,6 +105,7 @@ class ShardExecutor:
         self.node = node
         self.secret = secret.encode()
         self.pool = ThreadPoolExecutor(max_workers=WORKERS_MAX, thread_name_prefix="shard-op")
+        self._rotation = 0  # which replica of a shard hosted elsewhere to ask next (_any_replica)
 
     # --- once ---------------------------------------------------------------------------------------------
     def submit(self, shard_id: int, operation: Operation, timeout_s: float) -> Future:
@@ -114,6 +119,8 @@ class ShardExecutor:
             except NotAppliedError:
                 pass  # lost leadership just now: the leader is elsewhere
         address = self.node.leader_address(shard_id)
+        if address is None and host is None:
+            address = self._any_replica(shard_id)
         if address is None or address == self.node.address:
             raise NotAppliedError(f"shard {shard_id} has no leader right now")
         if not self.node.reachable(address):
@@ -130,7 +137,10 @@ class ShardExecutor:
             try:
                 response = call.result()
             except grpc.RpcError as exc:
-                result.set_exception(_remote_failure(shard_id, address, exc))
+                failure = _remote_failure(shard_id, address, exc)
+                if host is None:
+                    self._learn_leader(shard_id, address, exc, failure)
+                result.set_exception(failure)
                 return
             if len(response.results) != count:
                 result.set_exception(OutcomeUnknownError(
@@ -188,7 +198,7 @@ class ShardExecutor:
                 pass  # lost leadership meanwhile, or its queue is full: let the leader's node answer
         address = self.node.leader_address(shard_id)
         if address is None and host is None:
-            address = next(iter(self.node.replica_addresses(shard_id)), None)
+            address = self._any_replica(shard_id)
         if address is None or address == self.node.address:
             raise NotAppliedError(f"shard {shard_id} has no leader right now")
         if not self.node.reachable(address):
@@ -223,6 +233,22 @@ class ShardExecutor:
         stub = self.node.internal_stub(address)
         return getattr(stub, method).future(request, timeout=max(0.05, timeout_s),
                                             metadata=((AUTH_HEADER, sign(self.secret, method, body)),))
+
+    def _any_replica(self, shard_id: int) -> str | None:
+        """For a shard hosted elsewhere whose leader this node does not know: one of its replicas, in turn (the
+        node there answers NOT_LEADER naming the leader, which note_leader then remembers)."""
+        addresses = self.node.replica_addresses(shard_id)
+        if not addresses:
+            return None
+        self._rotation += 1
+        return addresses[self._rotation % len(addresses)]
+
+    def _learn_leader(self, shard_id: int, address: str, exc: grpc.RpcError, failure: Exception) -> None:
+        if isinstance(failure, NotAppliedError):
+            reason, metadata = errors.info_of(errors.from_rpc_error(exc))
+            self.node.note_leader(shard_id, metadata.get("leader_address") if reason == "NOT_LEADER" else None)
+        elif isinstance(failure, OutcomeUnknownError):
+            self.node.note_leader(shard_id, None)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -25,8 +25,8 @@ from tidebank.common.tls import (
     revoked_path,
     server_credentials,
 )
-from tidebank.common.topology import NodeSpec, Topology
-from tidebank.node import metrics
+from tidebank.common.topology import NodeSpec, ShardSpec, Topology
+from tidebank.node import membership, metrics
 from tidebank.node.api.admin_log import AdminLog
 from tidebank.node.api.admin_service import AdminService
 from tidebank.node.api.clearing_service import ClearingService
@@ -93,38 +93,29 @@ class Node(NodeView):
         self.shard_map = ShardMap(topology.shard_map_version, topology.slot_count,
                                   {s.shard_id: s.slots for s in topology.shards})
         self.link_faults = LinkFaults()  # simulated inter-DC faults (links.py); in memory: none after a restart
+        # Looked up by name and address; updated in place when a newer topology arrives (apply_topology).
         self._dc_by_address = {n.grpc_address: n.dc for n in topology.nodes}
-        dc_by_name = {n.name: n.dc for n in topology.nodes}
-        links = LinkPolicy(self.spec.dc, dc_by_name.get, self.link_faults)
+        self._dc_by_name = {n.name: n.dc for n in topology.nodes}
+        links = LinkPolicy(self.spec.dc, self._dc_by_name.get, self.link_faults)
         self._node_by_address = {spec.grpc_address: spec for spec in topology.nodes}
         self._node_by_name = {spec.name: spec for spec in topology.nodes}
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, str], object] = {}
         self._channels_lock = threading.Lock()
-        self.shards: dict[int, ShardHost] = {}
-        tuning, fsync = raft_tuning_from_env()
-        placement = placement_from_env()
-        if not fsync:
+        self._topology_lock = threading.Lock()
+        self._leader_hints: dict[int, str] = {}  # shard hosted elsewhere -> its leader's address, as last told
+        self.shards: dict[int, ShardHost] = {}  # replaced, never mutated: other threads read it unlocked
+        self._tuning, self._fsync = raft_tuning_from_env()
+        self._placement = placement_from_env()
+        if not self._fsync:
             log.warning("TIDEBANK_RAFT_FSYNC=0: acknowledged writes do not survive power loss")
-        my_shards = topology.shards_on(node_name)
-        peers = {name: topology.node(name).raft_endpoint for shard in my_shards for name in shard.replicas}
-        self.raft = RaftHost(node_name, self.spec.raft_endpoint, peers, topology.secret, links=links,
-                             observer=metrics.RAFT_SYNC_SECONDS)
+        # Raft connections to every node of the cluster: a replica move may make any of them a partner.
+        self.raft = RaftHost(node_name, self.spec.raft_endpoint, membership.raft_peers(topology), topology.secret,
+                             links=links, observer=metrics.RAFT_SYNC_SECONDS)
         self.raft.start()
         self.apply_errors: dict[int, str] = {}
-        for shard in my_shards:
-            self.shards[shard.shard_id] = ShardHost(
-                shard_id=shard.shard_id,
-                host=self.raft,
-                members=list(shard.replicas),
-                data_dir=topology.node_data_dir(node_name) / f"shard-{shard.shard_id}",
-                raft=tuning,
-                fsync=fsync,
-                slot_count=topology.slot_count,
-                on_apply_stopped=self._on_apply_stopped,
-                preferred_leader=shard.preferred_leader,
-                placement=placement,
-            )
+        for shard in topology.shards_on(node_name):
+            self.shards = {**self.shards, shard.shard_id: self._open_shard(shard)}
         for shard_id in self.shards:  # 0 from the start, so a dashboard tells "fine" from "not reported"
             metrics.APPLY_STOPPED.labels(shard=str(shard_id)).set(1 if shard_id in self.apply_errors else 0)
         self.executor = ShardExecutor(self, topology.secret)
@@ -138,6 +129,59 @@ class Node(NodeView):
         self._stopping = threading.Event()
         self._pulse = threading.Thread(target=self._pulse_loop, name="expiry-pulse", daemon=True)
         self._pulse.start()
+
+    def _open_shard(self, shard: ShardSpec) -> ShardHost:
+        return ShardHost(
+            shard_id=shard.shard_id,
+            host=self.raft,
+            members=list(shard.hosts),
+            data_dir=membership.shard_dir(self.topology, self.spec.name, shard.shard_id),
+            raft=self._tuning,
+            fsync=self._fsync,
+            slot_count=self.topology.slot_count,
+            on_apply_stopped=self._on_apply_stopped,
+            preferred_leader=shard.preferred_leader,
+            placement=self._placement,
+            membership=membership.membership_of(shard, self.spec.name),
+        )
+
+    # --- membership (node/membership.py) -----------------------------------------------------------------
+    def apply_topology(self, topology: Topology) -> int:
+        """Take a newer topology (Admin/ApplyTopology): persist it, learn new nodes, open the replicas it gives
+        this node, set each one's membership, close (and retire the files of) those it no longer gives it.
+        An older or equal version changes nothing. Returns the version in force."""
+        with self._topology_lock:
+            current = self.topology
+            if topology.shard_map_version <= current.shard_map_version:
+                return current.shard_map_version
+            membership.check_successor(current, topology, self.spec.name)
+            membership.persist(topology, self.spec.name)
+            for spec in topology.nodes:
+                self._dc_by_address[spec.grpc_address] = spec.dc
+                self._dc_by_name[spec.name] = spec.dc
+                self._node_by_address[spec.grpc_address] = spec
+                self._node_by_name[spec.name] = spec
+            self.raft.set_peers(membership.raft_peers(topology))
+            self.topology = topology
+            self.shard_map = ShardMap(topology.shard_map_version, topology.slot_count,
+                                      {s.shard_id: s.slots for s in topology.shards})
+            wanted = {s.shard_id: s for s in topology.shards_on(self.spec.name)}
+            for shard_id, spec in wanted.items():
+                host = self.shards.get(shard_id)
+                if host is None:
+                    log.info("shard %d: opening a %s replica here (topology v%d)", shard_id,
+                             membership.membership_of(spec, self.spec.name), topology.shard_map_version)
+                    self.shards = {**self.shards, shard_id: self._open_shard(spec)}
+                else:
+                    host.set_membership(membership.membership_of(spec, self.spec.name))
+            for shard_id in [s for s in self.shards if s not in wanted]:
+                host = self.shards[shard_id]
+                self.shards = {k: v for k, v in self.shards.items() if k != shard_id}
+                host.close()
+                retired = membership.retire_shard_dir(current, self.spec.name, shard_id, topology.shard_map_version)
+                log.info("shard %d: replica here closed (topology v%d); its files are in %s", shard_id,
+                         topology.shard_map_version, retired)
+            return topology.shard_map_version
 
     def _on_apply_stopped(self, shard_id: int, reason: str) -> None:
         """A replica stopped applying on a storage error (loop thread): counted, shown in status and health."""
@@ -156,18 +200,30 @@ class Node(NodeView):
         return self.shards.get(shard_id)
 
     def leader_spec(self, shard_id: int) -> NodeSpec | None:
+        """The shard's leader as this node's replica sees it or, for a shard hosted elsewhere, as a node that
+        hosts it last said (note_leader)."""
         host = self.shards.get(shard_id)
         if host is None:
-            return None
+            address = self._leader_hints.get(shard_id)
+            return self._node_by_address.get(address) if address else None
         name = host.leader_node()
         return self._node_by_name.get(name) if name else None
+
+    def note_leader(self, shard_id: int, address: str | None) -> None:
+        if shard_id in self.shards:
+            return
+        if address is None or address not in self._node_by_address:
+            self._leader_hints.pop(shard_id, None)
+        else:
+            self._leader_hints[shard_id] = address
 
     def leader_address(self, shard_id: int) -> str | None:
         spec = self.leader_spec(shard_id)
         return spec.grpc_address if spec else None
 
     def replica_addresses(self, shard_id: int) -> list[str]:
-        return [self.topology.node(name).grpc_address for name in self.topology.shard(shard_id).replicas]
+        topology = self.topology
+        return [topology.node(name).grpc_address for name in topology.shard(shard_id).hosts]
 
     def _channel(self, address: str) -> grpc.Channel:
         """One channel per peer node, shared by every stub (node-to-node traffic: forwarding and 2PC)."""
@@ -212,18 +268,20 @@ class Node(NodeView):
             status.replicas.add(shard_id=shard_id, role=s["role"], term=s["term"], commit_index=s["commit_index"],
                                 applied_index=s["applied_index"], leader_node=leader.name if leader else "",
                                 has_quorum=bool(s.get("has_quorum")), log_size=s.get("log_size", 0),
-                                apply_error=s.get("apply_error", ""))
+                                apply_error=s.get("apply_error", ""), members=s.get("members", ()),
+                                membership=s.get("membership", ""))
         return status
 
     def shard_map_message(self) -> admin_pb2.ShardMap:
-        message = admin_pb2.ShardMap(version=self.shard_map.version, slot_count=self.shard_map.slot_count)
-        for shard in self.topology.shards:
+        topology = self.topology
+        message = admin_pb2.ShardMap(version=topology.shard_map_version, slot_count=topology.slot_count)
+        for shard in topology.shards:
             leader = self.leader_spec(shard.shard_id)
             entry = message.shards.add(shard_id=shard.shard_id, leader_node=leader.name if leader else "")
             for start, end in shard.slots:
                 entry.slots.add(start=start, end=end)
-            for name in shard.replicas:
-                spec = self.topology.node(name)
+            for name in shard.hosts:
+                spec = topology.node(name)
                 entry.replicas.add(node=spec.name, dc=spec.dc, address=spec.grpc_address)
         return message
 
@@ -336,7 +394,7 @@ def main(config_path: str, node_name: str, tls: TlsFiles | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
-    topology = Topology.load(config_path)
+    topology = membership.newest_topology(Topology.load(config_path), node_name)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

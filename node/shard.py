@@ -25,7 +25,7 @@ from tidebank.node.ledger.trades import Trade
 from tidebank.node.outcomes import NotAppliedError
 from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.placement import PlacementTuning
-from tidebank.node.raft.replica import RaftTuning, ReadNotLeaderError, ShardReplica
+from tidebank.node.raft.replica import VOTER, RaftTuning, ReadNotLeaderError, ShardReplica
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class ShardHost:
         on_apply_stopped: Callable[[int, str], None] | None = None,
         preferred_leader: str | None = None,
         placement: PlacementTuning | None = None,
+        membership: str = VOTER,
     ):
         self.shard_id = shard_id
         self.slot_count = slot_count
@@ -68,6 +69,7 @@ class ShardHost:
             on_apply_stopped=on_apply_stopped,
             preferred_leader=preferred_leader,
             placement=placement,
+            membership=membership,
         )
         self.batcher = ShardBatcher(shard_id, self.replica.propose, wake=lambda: host.wake(shard_id),
                                     is_leader=self.replica.is_leader)
@@ -224,6 +226,26 @@ class ShardHost:
 
     def status(self) -> dict:
         return self.replica.status()
+
+    # --- membership (cluster/membership.py) ---------------------------------------------------------------
+    @property
+    def membership(self) -> str:
+        return self.replica.membership
+
+    def set_membership(self, membership: str) -> None:
+        """VOTER, JOINING or LEAVING, as the newest topology says (a joining or leaving replica never
+        campaigns)."""
+        self.replica.membership = membership
+
+    def members(self) -> list[str]:
+        return self.replica.members()
+
+    def current_members(self) -> list[str]:
+        """The voting members now (read on the loop thread, so it includes a change committed a moment ago)."""
+        return list(self.replica.host.call(self.replica.members_now))
+
+    def change_membership(self, action: str, node: str) -> Future:
+        return self.replica.change_membership(action, node)
 
     def close(self) -> None:
         self.batcher.close()

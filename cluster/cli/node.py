@@ -1,5 +1,5 @@
-"""`tidebank node ...`: run one storage node, or disturb one node of a local cluster
-(stop, kill, pause, resume, restart) to see how the cluster copes."""
+"""`tidebank node ...`: run one storage node, add or drain and remove one in a local cluster, or disturb
+one (stop, kill, pause, resume, restart) to see how the cluster copes."""
 
 from __future__ import annotations
 
@@ -59,6 +59,55 @@ def _node_name(argument: str | None, option: str | None) -> str:
     if argument is not None and option is not None and argument != option:
         raise typer.BadParameter(f"two different nodes given: {argument} and --node {option}", param_hint="'NODE'")
     return argument if argument is not None else option  # type: ignore[return-value]
+
+
+@app.command("add")
+@one_line_errors
+def node_add(
+    name: Annotated[str, typer.Argument(help="The new node's name.", metavar="NAME")],
+    dc: Annotated[str, typer.Option("--dc", help="Its data centre (one of the topology's DCs).")],
+    dir: LocalDirOpt,
+    start: Annotated[bool, typer.Option(help="Start its process too.")] = True,
+) -> None:
+    """Add a node to a running local cluster: free loopback ports, a TLS certificate from the cluster's CA, a
+    new topology version sent to every node, then its process. It holds no replica until one is moved to it
+    (`tidebank shard move-replica`)."""
+    cluster = LocalCluster.open(dir)
+    try:
+        if name in cluster.topology.node_names:
+            raise typer.BadParameter(f"node {name} already exists", param_hint="'NAME'")
+        unreached = cluster.membership().add_node(cluster.new_node_spec(name, dc))
+        cluster.reload()
+        if start:
+            cluster.start([name])
+            cluster.wait_ready(timeout_s=60, nodes=[name])
+    finally:
+        cluster.close()
+    spec = cluster.topology.node(name)
+    out.print(f"added {name} in {dc} (gRPC {spec.grpc_address}, Raft {spec.raft_host}:{spec.raft_port})"
+              + ("; running" if start else "; start it with `tidebank node restart`"))
+    if unreached - {name}:
+        out.print(f"note: {', '.join(sorted(unreached - {name}))} did not answer; they read cluster.toml on start")
+
+
+@app.command("remove")
+@one_line_errors
+def node_remove(
+    name: Annotated[str, typer.Argument(help="The node to drain and remove.", metavar="NAME")],
+    dir: LocalDirOpt,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for each replica move.", min=1)] = 300.0,
+) -> None:
+    """Drain a node (move each of its replicas to the node of its DC holding fewest), stop it, and take it out
+    of the topology. Needs another node in its DC for each of its shards. Resumes when run again."""
+    cluster = LocalCluster.open(dir)
+    try:
+        reports = cluster.membership().remove_node(name, cluster.stop, timeout_s=timeout)
+        cluster.reload()
+    finally:
+        cluster.close()
+    for r in reports:
+        out.print(f"shard {r.shard_id}: moved from {r.source} to {r.target}")
+    out.print(f"removed {name}")
 
 
 @app.command("stop")

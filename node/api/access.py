@@ -47,6 +47,8 @@ PERMISSION_OF = {
     "Admin/SetLinkFaults": "cluster.faults",
     "Admin/GetLedgerTotals": "ledger.totals",
     "Admin/GetAdminLog": "admin.log",
+    "Admin/ApplyTopology": "cluster.membership",
+    "Admin/ChangeMembership": "cluster.membership",
     "Escrow/CreateTrades": "trades.create",
     "Escrow/ShipTrades": "trades.ship",
     "Escrow/ConfirmTrades": "trades.confirm",
@@ -79,7 +81,8 @@ _ALL, _OWN = Scope.ALL, Scope.OWN
 _READS = ("accounts.read", "transfers.read", "trades.read", "ledger.totals", "participants.read", "clearing.read",
           "clearing.statements")
 GRANTS: dict[str, dict[str, Scope]] = {
-    "admin": {"cluster.shard_map": _ALL, "cluster.status": _ALL, "cluster.faults": _ALL, "admin.log": _ALL},
+    "admin": {"cluster.shard_map": _ALL, "cluster.status": _ALL, "cluster.faults": _ALL, "admin.log": _ALL,
+              "cluster.membership": _ALL},
     "operator": {"cluster.shard_map": _ALL, "cluster.status": _ALL},
     "auditor": {"cluster.shard_map": _ALL, **{p: _ALL for p in _READS}},
     "platform": {"cluster.shard_map": _ALL, **{p: _ALL for p in _READS},

@@ -30,7 +30,8 @@ ADMIN_LOG_PAGE_MAX = 1024
 DETAIL_CHARS_MAX = 512
 
 # Permissions whose every use is recorded, allowed or not (node/api/access.py names them).
-PRIVILEGED_PERMISSIONS = frozenset({"cluster.faults", "participants.manage", "clearing.settle", "trades.resolve"})
+PRIVILEGED_PERMISSIONS = frozenset({"cluster.faults", "cluster.membership", "participants.manage", "clearing.settle",
+                                    "trades.resolve"})
 
 
 @dataclass(frozen=True)

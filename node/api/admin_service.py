@@ -8,17 +8,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
 
+from google.rpc import code_pb2
+
+from tidebank.common.topology import TopologyError
+from tidebank.node import membership
 from tidebank.node.api import convert, errors
 from tidebank.node.api.admin_log import ADMIN_LOG_PAGE_MAX, AdminLog
 from tidebank.node.api.calls import wait_of
 from tidebank.node.executor import NodeView
 from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
 from tidebank.node.outcomes import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
+from tidebank.node.raft.replica import MembershipBusyError, ReadNotLeaderError
 from tidebank.v1 import admin_pb2
 
 log = logging.getLogger(__name__)
 
 SHARD_IDS_MAX = 4096  # a cluster has far fewer shards; more ids is a malformed request
+TOPOLOGY_CHARS_MAX = 1 << 20  # a topology of thousands of nodes and shards is far smaller
 
 
 class AdminService:
@@ -61,6 +67,60 @@ class AdminService:
         records, next_seq = self._admin_log.page(request.after_seq, request.limit)
         return admin_pb2.AdminLog(records=[admin_pb2.AdminLogRecord(**asdict(r)) for r in records],
                                   next_seq=next_seq)
+
+    # --- membership (cluster/membership.py drives it; node/membership.py applies it) -------------------------
+    def ApplyTopology(self, request: admin_pb2.ApplyTopologyRequest, context) -> admin_pb2.ApplyTopologyResponse:
+        node = self._require_node()
+        if len(request.topology_toml) > TOPOLOGY_CHARS_MAX:
+            raise errors.invalid_argument([("topology_toml", f"at most {TOPOLOGY_CHARS_MAX} characters")])
+        try:
+            topology = membership.parse_pushed(request.topology_toml, node.topology.secret)
+            version = node.apply_topology(topology)
+        except TopologyError as exc:
+            raise errors.invalid_argument([("topology_toml", str(exc))]) from exc
+        return admin_pb2.ApplyTopologyResponse(shard_map_version=version)
+
+    def ChangeMembership(self, request: admin_pb2.ChangeMembershipRequest,
+                         context) -> admin_pb2.ChangeMembershipResponse:
+        """Only for a replica the topology this node runs has joining (ADD) or has left or leaving (REMOVE), so
+        that no call can make a voter of a node that holds no replica, or take away a steady one."""
+        node = self._require_node()
+        actions = {admin_pb2.ChangeMembershipRequest.ADD: "add", admin_pb2.ChangeMembershipRequest.REMOVE: "rem"}
+        action = actions.get(request.action)
+        if action is None:
+            raise errors.invalid_argument([("action", "ADD or REMOVE")])
+        try:
+            shard = node.topology.shard(request.shard_id)
+        except KeyError:
+            raise errors.invalid_argument([("shard_id", f"no shard {request.shard_id}")]) from None
+        if action == "add" and request.node not in shard.joining:
+            raise errors.failed_precondition(
+                f"shard {shard.shard_id}: {request.node!r} is not joining in topology "
+                f"v{node.topology.shard_map_version}",
+                [("MEMBERSHIP", request.node, "push the topology that makes it joining first")])
+        if action == "rem" and request.node in shard.replicas + shard.joining:
+            raise errors.failed_precondition(
+                f"shard {shard.shard_id}: {request.node!r} is still a steady or joining replica in topology "
+                f"v{node.topology.shard_map_version}",
+                [("MEMBERSHIP", request.node, "push the topology that makes it leaving first")])
+        host = node.local_shard(shard.shard_id)
+        if host is None or not host.is_leader():
+            raise errors.not_leader(shard.shard_id, node.leader_address(shard.shard_id))
+        try:
+            changed = host.change_membership(action, request.node).result(timeout=wait_of(context))
+        except ReadNotLeaderError as exc:
+            raise errors.not_leader(shard.shard_id, node.leader_address(shard.shard_id)) from exc
+        except MembershipBusyError as exc:
+            raise errors.retryable("MEMBERSHIP_BUSY", str(exc), code=code_pb2.ABORTED, retry_after_ms=200,
+                                   shard_id=shard.shard_id) from exc
+        except FutureTimeout as exc:
+            raise errors.outcome_unknown(shard.shard_id, "the membership change was not committed in time") from exc
+        return admin_pb2.ChangeMembershipResponse(members=host.current_members(), changed=changed)
+
+    def _require_node(self):
+        if self._node is None:
+            raise errors.internal("this node serves no shards")
+        return self._node
 
     # --- audit ---------------------------------------------------------------------------------------------
     def GetLedgerTotals(self, request: admin_pb2.GetLedgerTotalsRequest, context) -> admin_pb2.LedgerTotals:

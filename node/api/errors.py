@@ -123,12 +123,17 @@ def code_name(code: int) -> str:
 
 def reason_of(error: RequestError) -> str:
     """The ErrorInfo reason of a request error ("" if it has none)."""
+    return info_of(error)[0]
+
+
+def info_of(error: RequestError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata of a request error (("", {}) if it has none)."""
     for detail in error.status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
-    return ""
+            return info.reason, dict(info.metadata)
+    return "", {}
 
 
 def abort(context: grpc.ServicerContext, error: RequestError) -> None:

@@ -85,7 +85,8 @@ def _parse(request_cls, raw: bytes, context: grpc.ServicerContext):
     return request
 
 
-SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults"})  # fault injection: only holders of the cluster secret
+# fault injection and membership changes: only holders of the cluster secret
+SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults", "ApplyTopology", "ChangeMembership"})
 
 
 def generic_handlers(ledger, admin, internal=None, admin_secret: str | None = None, escrow=None, clearing=None,

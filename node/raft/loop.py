@@ -107,6 +107,10 @@ class RaftHost:
 
         self.call(attach)
 
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        """The Raft endpoints of the nodes this one talks with, after the topology changed (any thread)."""
+        self.call(lambda: self.transport.set_peers(peers))
+
     def remove(self, replica) -> None:
         def detach() -> None:
             self._replicas = {k: v for k, v in self._replicas.items() if v is not replica}

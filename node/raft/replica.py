@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 LMDB_MAP_SIZE = 64 << 30  # sparse; LMDB only grows the file as pages are used
 LMDB_MAX_DBS = 64
 NEVER_CAMPAIGN_S = 3600.0
+VOTER, JOINING, LEAVING = "voter", "joining", "leaving"
+MEMBERSHIPS = (VOTER, JOINING, LEAVING)
+LEAVING_TRANSFER_RETRY_S = 1.0  # a leaving leader asks a partner to take over at most this often
 FIRST_ELECTION_PREFERRED_S = 0.2  # below raft_min_timeout: the preferred replica of a new shard campaigns first
 
 
@@ -118,6 +121,11 @@ class ApplyFailed:
 
 class ReadNotLeaderError(Exception):
     """A read_index request on a replica that is not (or no longer) the leader: read elsewhere."""
+
+
+class MembershipBusyError(Exception):
+    """A membership change cannot start now (another one is not committed yet, or the leader would remove
+    itself); nothing changed, retry later."""
 
 
 class ApplyStoppedError(Exception):
@@ -192,6 +200,7 @@ class _TickStats:
     leader: str | None
     has_quorum: bool
     quorum_recent: bool
+    members: tuple[str, ...] = ()
 
 
 class ShardReplica(SyncObj):
@@ -212,11 +221,14 @@ class ShardReplica(SyncObj):
         map_size: int | None = None,
         preferred_leader: str | None = None,
         placement: PlacementTuning | None = None,
+        membership: str = VOTER,
     ):
         """``members``: the node names of every replica of the shard, this node's included. ``map_size``: LMDB's
         map size in bytes (default TIDEBANK_LMDB_MAP_SIZE, else 64 GiB, sparse). ``preferred_leader``: the member
         that should lead when it is healthy (placement.py); with ``placement`` set, another leader hands over to
-        it (None, the default, as on a node without TIDEBANK_LEADER_HANDOVER=1: no hand-overs)."""
+        it (None, the default, as on a node without TIDEBANK_LEADER_HANDOVER=1: no hand-overs). ``membership``:
+        VOTER, or JOINING / LEAVING while a replica move brings this replica in or takes it out (it then never
+        campaigns, and a LEAVING leader hands its leadership to a caught-up partner)."""
         if host.name not in members:
             raise ValueError(f"node {host.name} is not a member of shard {shard_id}: {members}")
         patches.install_journal(create_journal)
@@ -252,6 +264,9 @@ class ShardReplica(SyncObj):
         if preferred_leader is not None and preferred_leader not in members:
             raise ValueError(f"preferred leader {preferred_leader} is not a member of shard {shard_id}: {members}")
         self.preferred_leader = preferred_leader
+        # voter, or a replica move's JOINING (catching up) / LEAVING (replaced) replica: those never campaign
+        self.membership = membership
+        self._leaving_transfer_at = 0.0
         self._handover = HandoverState(placement) if placement is not None else None
         self._leading_since = 0.0
         self._open_env()
@@ -278,14 +293,15 @@ class ShardReplica(SyncObj):
                 appendEntriesBatchSizeBytes=raft.append_entries_batch_size_bytes,
                 journalFile=self._journal_path,
                 fullDumpFile=self._dump_path,
-                dynamicMembershipChange=False,
+                dynamicMembershipChange=True,  # replica moves (cluster/membership.py); one change at a time
                 useFork=False,
                 pollerType="select",
                 onStateChanged=self._on_state_changed,
                 **self._snapshots.conf_kwargs(),
             )
             partners = [PeerNode(m) for m in members if m != host.name]
-            super().__init__(PeerNode(host.name), partners, conf=conf, transportClass=GroupTransport)
+            super().__init__(PeerNode(host.name), partners, conf=conf, nodeClass=PeerNode,
+                             transportClass=GroupTransport)
             self._transport: GroupTransport = patches.transport(self)
             if preferred_leader == host.name and self.raftCurrentTerm == 0 and placement is not None:
                 # a new shard: its preferred replica campaigns first, so the first leaders need no handover
@@ -466,13 +482,18 @@ class ShardReplica(SyncObj):
         if self.apply_error is not None:
             patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
             patches.step_down(self)
+        elif self.membership != VOTER:
+            patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
         if self.before_tick is not None:
             self.before_tick()
         self._onTick(0.0)
         if patches.raft_state(self) == patches.LEADER:
             if patches.has_unsent_entries(self):
                 patches.send_append_entries(self)
-            self._place_leader()
+            if self.membership == LEAVING:
+                self._hand_over_before_leaving()
+            else:
+                self._place_leader()
         self._serve_reads()
         self._record_tick_stats()
 
@@ -509,6 +530,73 @@ class ShardReplica(SyncObj):
             logger.info("shard %s %s: %s did not take over in time; leading on, retrying later", self.shard_id,
                         self.host.name, preferred)
             self.host.wake(self.shard_id)  # proposals held meanwhile go now
+
+    # ------------------------------------------------------------------ membership (cluster/membership.py)
+
+    def _hand_over_before_leaving(self) -> None:
+        """A leaving leader asks its most caught-up connected partner to take over (TimeoutNow), retried each
+        second; it keeps leading until one does, so writes go on meanwhile."""
+        now = time.monotonic()
+        if now < self._leaving_transfer_at:
+            return
+        self._leaving_transfer_at = now + LEAVING_TRANSFER_RETRY_S
+        connected = patches.connected_nodes(self)
+        partners = sorted((n for n in patches.other_nodes(self) if n in connected),
+                          key=lambda n: (patches.match_index(self, n), n.id), reverse=True)
+        if partners:
+            logger.info("shard %s %s: leaving the group; asking %s to take over", self.shard_id, self.host.name,
+                        partners[0].id)
+            self.transferLeadership(partners[0])
+
+    def members(self) -> list[str]:
+        """The voting members of the group as this replica knows them (its log's latest configuration), as of
+        its last tick (the loop thread changes them)."""
+        return list(self._tick_stats.members)
+
+    def members_now(self) -> tuple[str, ...]:
+        """Loop thread only."""
+        return tuple(sorted([self.host.name, *(n.id for n in patches.other_nodes(self))]))
+
+    def change_membership(self, action: str, node: str) -> Future:
+        """Leader: add (action "add") or remove ("rem") one voting member. The future gives True once the
+        change is committed, False when it was already so; it fails with ReadNotLeaderError off the leader and
+        MembershipBusyError while an earlier change is not yet committed. Never from the loop thread."""
+        if action not in ("add", "rem"):
+            raise ValueError(f"unknown membership action {action!r}")
+        future: Future = Future()
+
+        def on_done(_result, error) -> None:
+            if error == FAIL_REASON.SUCCESS:
+                future.set_result(True)
+            elif error == FAIL_REASON.REQUEST_DENIED:
+                future.set_exception(MembershipBusyError(
+                    f"shard {self.shard_id}: another membership change is not committed yet"))
+            elif error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.LEADER_CHANGED):
+                future.set_exception(ReadNotLeaderError(f"shard {self.shard_id}: leadership changed ({error})"))
+            else:
+                future.set_exception(MembershipBusyError(f"shard {self.shard_id}: membership change failed "
+                                                         f"({error}); it may still commit: retry"))
+
+        def start() -> None:
+            if self._closed or patches.raft_state(self) != patches.LEADER:
+                future.set_exception(ReadNotLeaderError(f"shard {self.shard_id}: not the leader here"))
+                return
+            if node == self.host.name and action == "rem":
+                future.set_exception(MembershipBusyError(
+                    f"shard {self.shard_id}: the leader cannot remove itself; it hands over first"))
+                return
+            present = node in self.members_now()
+            if present == (action == "add"):
+                future.set_result(False)
+                return
+            target = PeerNode(node)
+            if action == "add":
+                self.addNodeToCluster(target, callback=on_done)
+            else:
+                self.removeNodeFromCluster(target, callback=on_done)
+
+        self.host.call(start)
+        return future
 
     # ------------------------------------------------------------------ reads without a log entry (ReadIndex)
 
@@ -595,6 +683,7 @@ class ShardReplica(SyncObj):
             leader=leader.id if leader is not None else None,
             has_quorum=self.hasQuorum,
             quorum_recent=quorum_recent,
+            members=self.members_now(),
         )
 
     # ------------------------------------------------------------------ status
@@ -642,6 +731,8 @@ class ShardReplica(SyncObj):
             "handovers_started": self._handover.handovers_started if self._handover else 0,
             "handovers_abandoned": self._handover.handovers_abandoned if self._handover else 0,
             "apply_error": self.apply_error or "",
+            "members": self.members(),
+            "membership": self.membership,
             "tick_age": time.monotonic() - stats.at,
             "closed": self._closed,
         }

@@ -55,6 +55,7 @@ import lmdb
 from pysyncobj.config import SERIALIZER_STATE
 
 from .journal import fsync_dir
+from .transport import PeerNode
 
 logger = logging.getLogger(__name__)
 
@@ -431,7 +432,8 @@ class SnapshotManager:
         else:
             logger.info("keeping local LMDB (applied index %d >= snapshot index %d)", local, info.last_index)
         self.host.align_journal(info.prev, info.last)
-        return (info.last, info.prev, set(info.cluster))
+        # PeerNodes, as pysyncobj compares them with its own node when it restores the membership from a dump
+        return (info.last, info.prev, {PeerNode(name) for name in info.cluster})
 
     # -- convenience for SyncObjConf -----------------------------------------------------
 

@@ -35,6 +35,7 @@ from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from tidebank.node.links import DelayLine, LinkPolicy
+from tidebank.node.raft import pysyncobj_patches as patches
 from tidebank.node.raft import wire
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,11 @@ class GroupTransport(Transport):
                 self._ack_override = None
                 self._answering_round = None
             return
-        if kind == "next_node_idx" and isinstance(message.get("rr"), int):
-            self._replica.note_read_round(node.id, message["rr"])
+        if kind == "next_node_idx":
+            if node not in patches.other_nodes(self._replica):
+                return  # from a replica removed a moment ago (a replica move): pysyncobj would fail on it
+            if isinstance(message.get("rr"), int):
+                self._replica.note_read_round(node.id, message["rr"])
         self._onMessageReceived(node, message)
 
     def _prepare_append_entries(self, node, message: dict) -> tuple[dict, int | None]:
@@ -301,6 +305,24 @@ class NodeTransport:
             if group.shard_id in self._groups:
                 raise ValueError(f"shard {group.shard_id} already has a replica on node {self.name}")
             self._groups = {**self._groups, group.shard_id: group}
+
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        """Loop thread: the nodes this one talks Raft with, after a membership change (cluster/membership.py).
+        New ones are connected to; gone ones are disconnected (their groups see a disconnect). The dict is
+        replaced, never mutated, as `register` reads it from other threads."""
+        peers = {name: tuple(endpoint) for name, endpoint in peers.items() if name != self.name}
+        current = dict(self._peers)
+        for name, conn in list(current.items()):
+            if peers.get(name) != conn.endpoint:
+                self._drop_outgoing(conn)
+                del current[name]
+        for name, endpoint in peers.items():
+            if name not in current:
+                current[name] = _Outgoing(name, endpoint)
+        self._peers = current
+        for conn in list(self._incoming.values()):
+            if conn.name is not None and conn.name not in current:
+                self._drop_incoming(conn)
 
     def announce_connections(self, group: GroupTransport) -> None:
         """Tell a new replica (loop thread, once its SyncObj is built) which peers are connected already."""

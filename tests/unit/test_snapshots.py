@@ -21,6 +21,7 @@ from tidebank.node.raft.snapshots import (
     read_dump_info,
     write_applied_index,
 )
+from tidebank.node.raft.transport import PeerNode
 
 LAST = (b"\x00last", 10, 2)
 PREV = (b"\x00prev", 9, 2)
@@ -124,7 +125,8 @@ def test_snapshot_round_trip_through_pysyncobj_serializer(tmp_path, host):
     assert info.last == LAST and info.prev == PREV and info.cluster == ("a:1",)
     assert info.lmdb_applied_min >= LAST[1]
     # local LMDB is as new as the dump: kept, not reinstalled
-    assert ser.deserialize() == (None, LAST, PREV, {"a:1"})
+    # members come back as PeerNodes: pysyncobj compares them with its own node when it restores membership
+    assert ser.deserialize() == (None, LAST, PREV, {PeerNode("a:1")})
     assert host.installs == 0 and host.aligned == [(PREV, LAST)]
 
 
@@ -180,7 +182,7 @@ def test_deserializer_installs_a_newer_dump(tmp_path, host):
         dump2 = str(tmp_path / "received.dump")
         os.link(mgr.dump_path, dump2)
         mgr2 = SnapshotManager(dump2, other)
-        assert mgr2.deserializer(dump2) == (LAST, PREV, {"a:1", "b:2"})
+        assert mgr2.deserializer(dump2) == (LAST, PREV, {PeerNode("a:1"), PeerNode("b:2")})
         assert other.installs == 1 and mgr2.snapshots_installed == 1
         assert other.contents() == items
         assert other.applied_index() >= 10

@@ -1,11 +1,50 @@
 from tidebank.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ApplyTopologyRequest(_message.Message):
+    __slots__ = ("topology_toml",)
+    TOPOLOGY_TOML_FIELD_NUMBER: _ClassVar[int]
+    topology_toml: str
+    def __init__(self, topology_toml: _Optional[str] = ...) -> None: ...
+
+class ApplyTopologyResponse(_message.Message):
+    __slots__ = ("shard_map_version",)
+    SHARD_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    shard_map_version: int
+    def __init__(self, shard_map_version: _Optional[int] = ...) -> None: ...
+
+class ChangeMembershipRequest(_message.Message):
+    __slots__ = ("shard_id", "action", "node")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[ChangeMembershipRequest.Action]
+        ADD: _ClassVar[ChangeMembershipRequest.Action]
+        REMOVE: _ClassVar[ChangeMembershipRequest.Action]
+    ACTION_UNSPECIFIED: ChangeMembershipRequest.Action
+    ADD: ChangeMembershipRequest.Action
+    REMOVE: ChangeMembershipRequest.Action
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    action: ChangeMembershipRequest.Action
+    node: str
+    def __init__(self, shard_id: _Optional[int] = ..., action: _Optional[_Union[ChangeMembershipRequest.Action, str]] = ..., node: _Optional[str] = ...) -> None: ...
+
+class ChangeMembershipResponse(_message.Message):
+    __slots__ = ("members", "changed")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedScalarFieldContainer[str]
+    changed: bool
+    def __init__(self, members: _Optional[_Iterable[str]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class GetShardMapRequest(_message.Message):
     __slots__ = ()
@@ -56,7 +95,7 @@ class GetNodeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size", "apply_error")
+    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size", "apply_error", "members", "membership")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +105,8 @@ class ReplicaStatus(_message.Message):
     HAS_QUORUM_FIELD_NUMBER: _ClassVar[int]
     LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
     APPLY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     role: str
     term: int
@@ -75,7 +116,9 @@ class ReplicaStatus(_message.Message):
     has_quorum: bool
     log_size: int
     apply_error: str
-    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ..., apply_error: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedScalarFieldContainer[str]
+    membership: str
+    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ..., apply_error: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., membership: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "dc", "address", "replicas", "shard_map_version")

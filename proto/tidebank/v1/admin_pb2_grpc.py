@@ -65,6 +65,16 @@ class AdminStub:
                 request_serializer=tidebank_dot_v1_dot_admin__pb2.GetAdminLogRequest.SerializeToString,
                 response_deserializer=tidebank_dot_v1_dot_admin__pb2.AdminLog.FromString,
                 _registered_method=True)
+        self.ApplyTopology = channel.unary_unary(
+                '/tidebank.v1.Admin/ApplyTopology',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.ApplyTopologyRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.ApplyTopologyResponse.FromString,
+                _registered_method=True)
+        self.ChangeMembership = channel.unary_unary(
+                '/tidebank.v1.Admin/ChangeMembership',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -110,6 +120,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyTopology(self, request, context):
+        """Membership (`tidebank node add|remove`, `tidebank shard move-replica`; signed with the cluster secret).
+        Take a newer topology: host the replicas it gives this node, close the ones it no longer gives it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeMembership(self, request, context):
+        """On the shard's leader: add or remove one voting member of its Raft group; answered once committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +167,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetAdminLog,
                     request_deserializer=tidebank_dot_v1_dot_admin__pb2.GetAdminLogRequest.FromString,
                     response_serializer=tidebank_dot_v1_dot_admin__pb2.AdminLog.SerializeToString,
+            ),
+            'ApplyTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyTopology,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.ApplyTopologyRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.ApplyTopologyResponse.SerializeToString,
+            ),
+            'ChangeMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeMembership,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +342,60 @@ class Admin:
             '/tidebank.v1.Admin/GetAdminLog',
             tidebank_dot_v1_dot_admin__pb2.GetAdminLogRequest.SerializeToString,
             tidebank_dot_v1_dot_admin__pb2.AdminLog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/ApplyTopology',
+            tidebank_dot_v1_dot_admin__pb2.ApplyTopologyRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.ApplyTopologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/ChangeMembership',
+            tidebank_dot_v1_dot_admin__pb2.ChangeMembershipRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.ChangeMembershipResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,50 @@
+"""`tidebank shard move-replica`: move one replica of a shard to another node of its DC, online.
+
+The steps and why each is safe are in tidebank.cluster.membership; this module only
+parses, drives and prints. An interrupted move resumes when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Annotated
+
+import typer
+
+from tidebank.cluster.cli._common import Output, OutputOpt, err, one_line_errors, out, print_json
+from tidebank.cluster.launcher import LocalCluster
+
+app = typer.Typer(help="Move shard replicas between nodes while the cluster runs.", no_args_is_help=True)
+
+LocalDirOpt = Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Local cluster folder.", file_okay=False)]
+
+
+@app.command("move-replica")
+@one_line_errors
+def move_replica(
+    shard: Annotated[int, typer.Argument(help="Shard id.", min=0)],
+    source: Annotated[str, typer.Option("--from", help="Node whose replica leaves.")],
+    target: Annotated[str, typer.Option("--to", help="Node (same DC) that gets the replica.")],
+    dir: LocalDirOpt,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for the whole move.", min=1)] = 300.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Move SHARD's replica from --from to --to: the new replica catches up, joins the Raft group, takes the
+    old one's place; the old one leaves and its files go to DATA/NODE/retired/."""
+    cluster = LocalCluster.open(dir)
+    try:
+        def progress(step: str, topology) -> None:
+            if output == Output.table:
+                err.print(f"  {step:<7} done (topology v{topology.shard_map_version})")
+
+        report = cluster.membership(on_step=progress).move_replica(shard, source, target, timeout_s=timeout)
+    finally:
+        cluster.close()
+    if output == Output.json:
+        print_json({"shard": shard, "from": source, "to": target, "steps": report.steps_done,
+                    "members": report.members, "unreached": sorted(report.unreached)})
+        return
+    done = "moved" if report.steps_done else "already moved"
+    out.print(f"shard {shard}: {done} from {source} to {target}; voting members: {', '.join(report.members)}")
+    if report.unreached:
+        err.print(f"note: {', '.join(sorted(report.unreached))} did not answer; they read cluster.toml on start")

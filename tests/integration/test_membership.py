@@ -1,0 +1,194 @@
+"""Growing and shrinking a running cluster: nodes join and leave, replicas move, nothing is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidebank.client import Account, Client, CreateAccountResult, CreateTransferResult, Transfer
+from tidebank.cluster.membership import STEPS, MembershipError
+
+from .conftest import running_cluster, shard_of
+
+pytestmark = pytest.mark.integration
+
+LEDGER = 3
+MOVE_TIMEOUT_S = 60.0
+
+
+def _add_nodes(cluster, names_and_dcs):
+    membership = cluster.membership()
+    for name, dc in names_and_dcs:
+        membership.add_node(cluster.new_node_spec(name, dc))
+    cluster.reload()
+    cluster.start([name for name, _ in names_and_dcs])
+    cluster.wait_ready(timeout_s=60)
+
+
+def _replica(cluster, node: str, shard_id: int):
+    status = cluster.node_status(node)
+    assert status is not None, f"{node} does not answer"
+    return next((r for r in status.replicas if r.shard_id == shard_id), None)
+
+
+def _leader(cluster, shard_id: int) -> str:
+    rows = [r for r in cluster.cluster_status() if r.shard == shard_id and r.role == "leader"]
+    assert rows, f"shard {shard_id} has no leader"
+    return rows[0].node
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    """A 3-DC cluster with a second node in dc1 and dc2, holding nothing yet."""
+    with running_cluster(tmp_path_factory.mktemp("grown"), shards=2) as cluster:
+        _add_nodes(cluster, [("dc1-n2", "dc1"), ("dc2-n2", "dc2")])
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def money(grown):
+    """Two funded accounts on shard 0 and a client; the tests move shard 0's replicas under them."""
+    with Client(grown.endpoints, tls=grown.client_tls(), timeout_s=30.0) as client:
+        shard_map = grown.shard_map()
+        ids = [i for i in range(1 << 70, (1 << 70) + 5000) if shard_of(shard_map, i) == 0][:3]
+        results = client.create_accounts([Account(id=i, ledger=LEDGER, code=1) for i in ids])
+        assert all(r.status == CreateAccountResult.created for r in results), results
+        yield client, ids
+
+
+def _pay(client, ids, first_id: int, count: int) -> list[int]:
+    """`count` transfers of 1 from ids[0] to ids[1]; their ids, all created (`exists`: a retry by the client
+    after a leader change found it created by its first attempt)."""
+    transfer_ids = list(range(first_id, first_id + count))
+    results = client.create_transfers([Transfer(id=t, debit_account_id=ids[0], credit_account_id=ids[1],
+                                                amount=1, ledger=LEDGER, code=1) for t in transfer_ids])
+    assert all(r.status in (CreateTransferResult.created, CreateTransferResult.exists) for r in results), results
+    return transfer_ids
+
+
+def _assert_all_there(client, ids, transfer_ids):
+    found = client.lookup_transfers(transfer_ids)
+    assert sorted(t.id for t in found) == sorted(transfer_ids)
+    debit, credit = client.lookup_accounts(ids[:2])
+    assert debit.debits_posted == credit.credits_posted >= len(transfer_ids)
+
+
+def test_a_moved_replica_holds_the_shard_and_the_old_one_is_gone(grown, money):
+    client, ids = money
+    before = _pay(client, ids, 1 << 90, 50)
+    report = grown.membership().move_replica(0, "dc1-n1", "dc1-n2", timeout_s=MOVE_TIMEOUT_S)
+    grown.reload()
+    assert report.finished and report.steps_done == list(STEPS)
+    assert report.members == ["dc1-n2", "dc2-n1", "dc3-n1"]
+    assert grown.topology.shard(0).replicas[0] == "dc1-n2"  # it takes the old replica's place and preference
+    assert _replica(grown, "dc1-n1", 0) is None
+    retired = list((grown.topology.node_data_dir("dc1-n1") / "retired").glob("shard-0.v*"))
+    assert len(retired) == 1, "the old replica's files are kept aside, not deleted"
+    after = _pay(client, ids, (1 << 90) + 100, 50)
+    _assert_all_there(client, ids, before + after)
+    moved = _replica(grown, "dc1-n2", 0)
+    assert moved.membership == "voter" and moved.applied_index > 0
+
+
+def test_a_move_run_again_after_it_is_done_changes_nothing(grown, money):
+    spec = grown.reload().shard(0)
+    membership = grown.membership()
+    source, target = ("dc1-n1", "dc1-n2") if "dc1-n2" in spec.replicas else ("dc1-n2", "dc1-n1")
+    report = membership.move_replica(0, target, source, timeout_s=MOVE_TIMEOUT_S)  # source holds it now
+    version = grown.reload().shard_map_version
+    again = grown.membership().move_replica(0, target, source, timeout_s=MOVE_TIMEOUT_S)
+    assert report.finished and again.finished and again.steps_done == []
+    assert grown.reload().shard_map_version == version
+
+
+@pytest.mark.parametrize("stop_after", STEPS[:-1])
+def test_a_move_whose_driver_stops_after_a_step_resumes_and_finishes(grown, money, stop_after):
+    client, ids = money
+    spec = grown.reload().shard(1)
+    source = next(r for r in spec.replicas if r.startswith("dc2"))
+    target = "dc2-n2" if source == "dc2-n1" else "dc2-n1"
+    first = grown.membership().move_replica(1, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
+    assert not first.finished and first.steps_done[-1] == stop_after
+    transfer_ids = _pay(client, ids, (2 << 90) + STEPS.index(stop_after) * 1000, 20)
+    second = grown.membership().move_replica(1, source, target, timeout_s=MOVE_TIMEOUT_S)
+    assert second.finished
+    assert first.steps_done + second.steps_done == list(STEPS), "no step was done twice or skipped"
+    assert sorted(second.members) == sorted({target, *(r for r in spec.replicas if r != source)})
+    _assert_all_there(client, ids, transfer_ids)
+
+
+def test_a_move_goes_on_when_the_shard_leader_is_killed_after_the_new_replica_joined(grown, money):
+    client, ids = money
+    spec = grown.reload().shard(0)
+    source = next(r for r in spec.replicas if r.startswith("dc1"))
+    target = "dc1-n2" if source == "dc1-n1" else "dc1-n1"
+    membership = grown.membership()
+    membership.move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after="add")
+    victim = _leader(grown, 0)
+    grown.kill(victim)
+    try:
+        transfer_ids = _pay(client, ids, 3 << 90, 20)  # three of four voters are up: the shard still commits
+        report = grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S) \
+            if victim != source else None
+    finally:
+        grown.start([victim])
+        grown.wait_ready(timeout_s=60)
+    if report is None:  # the leaving replica itself was killed: it is removed once it is back (or while down)
+        report = grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S)
+    assert report.finished and target in report.members and source not in report.members
+    _assert_all_there(client, ids, transfer_ids)
+
+
+def test_a_move_waits_for_a_killed_new_replica_to_come_back_and_catch_up(grown, money):
+    client, ids = money
+    spec = grown.reload().shard(0)
+    source = next(r for r in spec.replicas if r.startswith("dc1"))
+    target = "dc1-n2" if source == "dc1-n1" else "dc1-n1"
+    grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after="add")
+    grown.kill(target)
+    try:
+        transfer_ids = _pay(client, ids, 4 << 90, 20)
+        with pytest.raises(MembershipError, match="did not catch up"):
+            grown.membership().move_replica(0, source, target, timeout_s=3.0)
+    finally:
+        grown.start([target])
+        grown.wait_ready(timeout_s=60)
+    report = grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S)
+    assert report.finished and target in report.members
+    assert _replica(grown, target, 0).applied_index >= _replica(grown, _leader(grown, 0), 0).applied_index - 5
+    _assert_all_there(client, ids, transfer_ids)
+
+
+def test_a_move_to_another_dc_or_to_an_unknown_node_is_refused_and_changes_nothing(grown):
+    version = grown.reload().shard_map_version
+    membership = grown.membership()
+    with pytest.raises(MembershipError, match="within its DC"):
+        membership.move_replica(1, grown.topology.shard(1).replicas[0], "dc3-n1" if not grown.topology.shard(
+            1).replicas[0].startswith("dc3") else "dc1-n1")
+    with pytest.raises(MembershipError, match="no node"):
+        membership.move_replica(1, "dc1-n1", "dc1-n9")
+    assert grown.reload().shard_map_version == version
+
+
+def test_a_node_is_drained_then_removed_and_the_cluster_keeps_every_transfer(tmp_path):
+    with running_cluster(tmp_path, shards=2) as cluster:
+        _add_nodes(cluster, [("dc3-n2", "dc3")])
+        with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
+            ids = [(5 << 100) + i for i in range(4)]
+            assert all(r.status == CreateAccountResult.created for r in
+                       client.create_accounts([Account(id=i, ledger=LEDGER, code=1) for i in ids]))
+            transfer_ids = _pay(client, ids, 5 << 90, 30)
+            reports = cluster.membership().remove_node("dc3-n1", cluster.stop, timeout_s=MOVE_TIMEOUT_S)
+            cluster.reload()
+            assert sorted(r.shard_id for r in reports) == [0, 1]
+            assert "dc3-n1" not in cluster.topology.node_names
+            assert not cluster.is_running("dc3-n1")
+            assert all("dc3-n2" in s.replicas for s in cluster.topology.shards)
+            cluster.wait_ready(timeout_s=60)
+        with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
+            transfer_ids += _pay(client, ids, (5 << 90) + 100, 30)
+            _assert_all_there(client, ids, transfer_ids)
+
+
+def test_draining_the_only_node_of_a_dc_is_refused(grown):
+    with pytest.raises(MembershipError, match="no other node in dc3"):
+        grown.membership().drain_plan("dc3-n1")
