@@ -259,7 +259,7 @@ class StatusReport:
 def targets_from_topology(topology: Topology) -> list[ReplicaTarget]:
     out = []
     for shard in topology.shards:
-        for name in shard.replicas:
+        for name in shard.hosts:
             n = topology.node(name)
             out.append(ReplicaTarget(shard.shard_id, n.name, n.dc, n.grpc_address))
     return out

@@ -85,14 +85,16 @@ class Membership:
             self.on_publish(topology)
         return self.push()
 
-    def push(self) -> set[str]:
-        """Push the file's topology to every node in it; the nodes that did not answer with that version or a
-        newer one."""
+    def push(self, nodes: list[str] | None = None) -> set[str]:
+        """Push the file's topology to every node in it (or to `nodes`); the nodes that did not answer with that
+        version or a newer one."""
         topology = self.topology
         request = admin_pb2.ApplyTopologyRequest(topology_toml=topology.dumps(include_secret=False))
         metadata = signed(topology.secret, "ApplyTopology", request)
         missed = set()
         for node in topology.nodes:
+            if nodes is not None and node.name not in nodes:
+                continue
             try:
                 reply = self.pool.admin(node.grpc_address).ApplyTopology(request, timeout=self.rpc_timeout_s,
                                                                          metadata=metadata)
@@ -173,6 +175,9 @@ class Membership:
         if step == "stage":
             report.unreached |= self.publish(self.topology.with_shard(dataclasses.replace(spec, joining=(target,))))
         elif step == "add":
+            # its replica must be open before it votes: a voter that is not there counts against the quorum
+            self._wait(lambda: not self.push([target]), deadline,
+                       f"{target} did not take topology v{self.topology.shard_map_version}")
             self._change(shard_id, admin_pb2.ChangeMembershipRequest.ADD, target, deadline)
         elif step == "swap":
             self._wait_caught_up(shard_id, target, deadline)
@@ -223,6 +228,10 @@ class Membership:
                 time.sleep(POLL_S)
                 continue
             address = self.topology.node(leader[0]).grpc_address
+            if self.push([leader[0]]):  # the leader checks the change against its topology: it must have ours
+                last = f"{leader[0]} did not take topology v{self.topology.shard_map_version}"
+                time.sleep(POLL_S)
+                continue
             try:
                 self.pool.admin(address).ChangeMembership(request, timeout=self.rpc_timeout_s, metadata=metadata)
                 return

@@ -57,6 +57,12 @@ class NodeView:
     def replica_addresses(self, shard_id: int) -> list[str]:
         raise NotImplementedError
 
+    def forward_address(self, shard_id: int) -> str | None:
+        """Where to send work for a shard led elsewhere: its leader's address when known, else, for a shard this
+        node hosts no replica of, one of its replicas in turn (that node answers NOT_LEADER naming the leader,
+        and the caller's retry goes on to the next one)."""
+        return self.leader_address(shard_id)
+
     def note_leader(self, shard_id: int, address: str | None) -> None:
         """A node that hosts the shard named its leader (None: the named one did not answer). Only a node that
         hosts no replica of the shard keeps such hints (a replica move leaves nodes without every shard)."""
@@ -105,7 +111,6 @@ class ShardExecutor:
         self.node = node
         self.secret = secret.encode()
         self.pool = ThreadPoolExecutor(max_workers=WORKERS_MAX, thread_name_prefix="shard-op")
-        self._rotation = 0  # which replica of a shard hosted elsewhere to ask next (_any_replica)
 
     # --- once ---------------------------------------------------------------------------------------------
     def submit(self, shard_id: int, operation: Operation, timeout_s: float) -> Future:
@@ -118,9 +123,7 @@ class ShardExecutor:
                 return host.submit(operation)
             except NotAppliedError:
                 pass  # lost leadership just now: the leader is elsewhere
-        address = self.node.leader_address(shard_id)
-        if address is None and host is None:
-            address = self._any_replica(shard_id)
+        address = self.node.forward_address(shard_id)
         if address is None or address == self.node.address:
             raise NotAppliedError(f"shard {shard_id} has no leader right now")
         if not self.node.reachable(address):
@@ -196,9 +199,7 @@ class ShardExecutor:
                 return local(host)
             except (NotAppliedError, OverloadedError):
                 pass  # lost leadership meanwhile, or its queue is full: let the leader's node answer
-        address = self.node.leader_address(shard_id)
-        if address is None and host is None:
-            address = self._any_replica(shard_id)
+        address = self.node.forward_address(shard_id)
         if address is None or address == self.node.address:
             raise NotAppliedError(f"shard {shard_id} has no leader right now")
         if not self.node.reachable(address):
@@ -233,15 +234,6 @@ class ShardExecutor:
         stub = self.node.internal_stub(address)
         return getattr(stub, method).future(request, timeout=max(0.05, timeout_s),
                                             metadata=((AUTH_HEADER, sign(self.secret, method, body)),))
-
-    def _any_replica(self, shard_id: int) -> str | None:
-        """For a shard hosted elsewhere whose leader this node does not know: one of its replicas, in turn (the
-        node there answers NOT_LEADER naming the leader, which note_leader then remembers)."""
-        addresses = self.node.replica_addresses(shard_id)
-        if not addresses:
-            return None
-        self._rotation += 1
-        return addresses[self._rotation % len(addresses)]
 
     def _learn_leader(self, shard_id: int, address: str, exc: grpc.RpcError, failure: Exception) -> None:
         if isinstance(failure, NotAppliedError):

@@ -104,6 +104,7 @@ class Node(NodeView):
         self._channels_lock = threading.Lock()
         self._topology_lock = threading.Lock()
         self._leader_hints: dict[int, str] = {}  # shard hosted elsewhere -> its leader's address, as last told
+        self._rotation = 0  # which replica of a shard hosted elsewhere forward_address names next
         self.shards: dict[int, ShardHost] = {}  # replaced, never mutated: other threads read it unlocked
         self._tuning, self._fsync = raft_tuning_from_env()
         self._placement = placement_from_env()
@@ -208,6 +209,16 @@ class Node(NodeView):
             return self._node_by_address.get(address) if address else None
         name = host.leader_node()
         return self._node_by_name.get(name) if name else None
+
+    def forward_address(self, shard_id: int) -> str | None:
+        address = self.leader_address(shard_id)
+        if address is not None or shard_id in self.shards:
+            return address
+        addresses = self.replica_addresses(shard_id)
+        if not addresses:
+            return None
+        self._rotation += 1
+        return addresses[self._rotation % len(addresses)]
 
     def note_leader(self, shard_id: int, address: str | None) -> None:
         if shard_id in self.shards:

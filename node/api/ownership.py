@@ -100,7 +100,7 @@ class Owners:
             if host is not None and host.is_leader():
                 host.read_barrier().result(timeout=remaining)
                 return host.account_owners(ids)
-            address = self.node.leader_address(shard_id)
+            address = self.node.forward_address(shard_id)
             if address is None or address == self.node.address:
                 raise NotAppliedError(f"shard {shard_id} has no leader right now")
             request = internal_pb2.QueryRequest(shard_id=shard_id, name=OWNERS_READ, args=pack_value([ids]),

@@ -266,6 +266,9 @@ class ShardReplica(SyncObj):
         self.preferred_leader = preferred_leader
         # voter, or a replica move's JOINING (catching up) / LEAVING (replaced) replica: those never campaign
         self.membership = membership
+        # Whether this replica is a voting member by its own log (membership entries, the dump's list); None
+        # until it has seen either: then the topology's `membership` decides (a joining replica waits).
+        self._self_member: bool | None = None
         self._leaving_transfer_at = 0.0
         self._handover = HandoverState(placement) if placement is not None else None
         self._leading_since = 0.0
@@ -482,7 +485,7 @@ class ShardReplica(SyncObj):
         if self.apply_error is not None:
             patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
             patches.step_down(self)
-        elif self.membership != VOTER:
+        elif not self._may_campaign():
             patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
         if self.before_tick is not None:
             self.before_tick()
@@ -532,6 +535,28 @@ class ShardReplica(SyncObj):
             self.host.wake(self.shard_id)  # proposals held meanwhile go now
 
     # ------------------------------------------------------------------ membership (cluster/membership.py)
+
+    def _may_campaign(self) -> bool:
+        """Never when this replica's own log says it is not a voting member (a joining replica not yet added, a
+        leaving one already removed): it would only disrupt the group. Otherwise yes, also while leaving (it then
+        hands over as soon as it leads): a member that holds back can leave the group without any electable
+        replica when it has entries the others lack."""
+        if self._self_member is not None:
+            return self._self_member
+        return self.membership != JOINING
+
+    def _SyncObj__doChangeCluster(self, request, reverse=False):  # noqa: N802 - overrides pysyncobj's private
+        """pysyncobj applies a membership entry (appended, rolled back, or replayed from the journal): note
+        whether it adds or removes this replica itself, which pysyncobj does not track."""
+        changed = SyncObj._SyncObj__doChangeCluster(self, request, reverse)
+        kind, node_id = request[0], request[1]
+        if node_id == self.host.name and kind in ("add", "rem"):
+            self._self_member = (kind == "add") != reverse
+        return changed
+
+    def note_dump_members(self, members: set) -> None:
+        """A dump was loaded: its membership is the starting point (a later log entry may change it)."""
+        self._self_member = PeerNode(self.host.name) in members
 
     def _hand_over_before_leaving(self) -> None:
         """A leaving leader asks its most caught-up connected partner to take over (TimeoutNow), retried each

@@ -263,6 +263,9 @@ class SnapshotHost(Protocol):
     def align_journal(self, prev, last) -> None:
         """Drop journal entries before ``prev`` if it holds (prev, last) (tick thread)."""
 
+    def note_dump_members(self, members: set) -> None:
+        """The voting members the loaded dump records (the replica tells from them whether it is one)."""
+
 
 @dataclass
 class _Job:
@@ -433,7 +436,9 @@ class SnapshotManager:
             logger.info("keeping local LMDB (applied index %d >= snapshot index %d)", local, info.last_index)
         self.host.align_journal(info.prev, info.last)
         # PeerNodes, as pysyncobj compares them with its own node when it restores the membership from a dump
-        return (info.last, info.prev, {PeerNode(name) for name in info.cluster})
+        members = {PeerNode(name) for name in info.cluster}
+        self.host.note_dump_members(members)
+        return (info.last, info.prev, members)
 
     # -- convenience for SyncObjConf -----------------------------------------------------
 

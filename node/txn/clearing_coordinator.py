@@ -196,7 +196,7 @@ class ClearingCoordinator:
                 except Exception as exc:
                     raise NotAppliedError(f"shard {shard_id}: read barrier: {exc}") from exc
             return plain(host.clearing_read(name, args))
-        address = self.node.leader_address(shard_id)
+        address = self.node.forward_address(shard_id)
         if address is None or address == self.node.address:
             raise NotAppliedError(f"shard {shard_id} has no leader right now")
         if not self.node.reachable(address):

@@ -349,7 +349,7 @@ class Coordinator:
         if host is not None and host.is_leader():
             (decision,) = self.executor.run(coordinator_shard, Operation(OP_DECIDE, [presumed_abort(key)]), deadline)
             return decision
-        address = self.node.leader_address(coordinator_shard) or next(
+        address = self.node.forward_address(coordinator_shard) or next(
             iter(self.node.replica_addresses(coordinator_shard)))
         request = internal_pb2.ResolveRequest(coordinator_shard=coordinator_shard)
         convert.u128_to_pb(request.txid, key)

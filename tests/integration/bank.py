@@ -315,9 +315,13 @@ class Bank:
         self.cluster.wait_ready(timeout_s=60)
 
     # --- run --------------------------------------------------------------------------------------------
-    def run(self, duration_s: float, workers: int = 4) -> None:
+    def run(self, duration_s: float, workers: int = 4, mover=None) -> None:
+        """The workload, reader, clearing operator and nemesis for `duration_s`; with `mover` (a
+        bank_moves.ReplicaMover) also nodes joining and replicas moving meanwhile."""
         started = time.monotonic()
         threads = [threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(workers)]
+        if mover is not None:
+            threads.append(threading.Thread(target=mover.run, args=(started,), daemon=True))
         threads.append(threading.Thread(target=self.reader, daemon=True))
         threads.append(threading.Thread(target=self.clearing.operator,
                                         args=(self.stop, duration_s / CLEARING_WINDOWS), daemon=True))

@@ -14,7 +14,7 @@ import lmdb
 import pytest
 
 from tidebank.node.api.routing import ShardMap
-from tidebank.node.executor import ShardExecutor
+from tidebank.node.executor import NodeView, ShardExecutor
 from tidebank.node.ledger import escrow
 from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, Operation
 from tidebank.node.ledger.records import Account, AccountFlags, Transfer
@@ -71,7 +71,7 @@ class LocalShard:
         return account
 
 
-class LocalNode:
+class LocalNode(NodeView):
     address = "local"
 
     def __init__(self, path):

@@ -19,6 +19,7 @@ from tidebank.node.api.escrow_service import EscrowService
 from tidebank.node.api.failures import Failures, part_failure
 from tidebank.node.api.ledger_service import LedgerService
 from tidebank.node.api.routing import ShardMap
+from tidebank.node.executor import NodeView
 from tidebank.node.outcomes import (
     ApplyFailedError,
     NotAppliedError,
@@ -105,7 +106,7 @@ def test_a_forwarded_write_that_lost_its_connection_may_have_applied():
 # --- the rule in the servicers: every part awaited first ------------------------------------------------------
 
 
-class _Node:
+class _Node(NodeView):
     address = "self:1"
     shard_map = SHARD_MAP
 

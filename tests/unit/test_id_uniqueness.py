@@ -18,7 +18,7 @@ import pytest
 
 from tidebank.node.api.ledger_service import LedgerService
 from tidebank.node.api.routing import ShardMap
-from tidebank.node.executor import ShardExecutor
+from tidebank.node.executor import NodeView, ShardExecutor
 from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, Operation
 from tidebank.node.ledger.records import Account, AccountFlags, TransferFlags
 from tidebank.node.ledger.results import CreateTransferResult as R
@@ -72,7 +72,7 @@ class LocalShard:
             return self.ledger.lookup_accounts(txn, ids)
 
 
-class LocalNode:
+class LocalNode(NodeView):
     address = "local:1"
 
     def __init__(self, path):

@@ -74,6 +74,9 @@ class FakeHost:
     def align_journal(self, prev, last):
         self.aligned.append((prev, last))
 
+    def note_dump_members(self, members):
+        self.members = members
+
     def close(self):
         self.env.close()
 
