@@ -1,9 +1,12 @@
 """Soak: the bank test over many seeds, one summary line per seed (not part of the default suite).
 
     .venv/bin/python bench/soak_bank.py --seeds 10 --duration-s 60
+    .venv/bin/python bench/soak_bank.py --seeds 10 --duration-s 60 --replica-moves
 
 Each seed gets a fresh local 3-DC cluster, the seeded workload and nemesis of
-tests/integration/bank.py, and the full checker. Exit code 1 if any seed fails.
+tests/integration/bank.py, and the full checker. With --replica-moves, two spare nodes join and
+replicas move between the nodes of a DC throughout (tests/integration/bank_moves.py). Exit code 1 if
+any seed fails.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import tempfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from tests.integration.bank import Bank, check, summary  # noqa: E402
+from tests.integration.bank_moves import ReplicaMover  # noqa: E402
 from tests.integration.conftest import running_cluster  # noqa: E402
 
 
@@ -24,20 +28,28 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--replica-moves", action="store_true", help="nodes join and replicas move meanwhile")
     args = parser.parse_args()
     failures = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         with tempfile.TemporaryDirectory(prefix=f"tidebank-soak-{seed}-") as directory, \
                 running_cluster(pathlib.Path(directory)) as cluster:
             bank = Bank(cluster, seed)
+            mover = ReplicaMover(cluster, seed, bank.stop) if args.replica_moves else None
             try:
                 bank.open()
-                bank.run(args.duration_s)
+                bank.run(args.duration_s, mover=mover)
                 bank.heal_everything()
+                if mover is not None:
+                    mover.finish()
                 unknown = bank.resolve_unknowns()
                 quiescent_s = bank.wait_quiescent()
                 problems = check(bank)
+                if mover is not None and mover.error is not None:
+                    problems.append(f"replica mover stopped: {mover.error!r}")
                 line = summary(bank, unknown, quiescent_s, problems)
+                if mover is not None:
+                    line += f" replica_moves={mover.moves_done}/{mover.attempts}_attempts"
             except Exception as exc:  # a crashed run is a failed seed, reported and counted
                 problems, line = [repr(exc)], f"seed={seed} FAIL (error: {exc!r})"
             finally:

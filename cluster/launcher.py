@@ -747,6 +747,15 @@ class LocalCluster:
                 raise TimeoutError(f"cluster not ready after {timeout_s:g} s: " + "; ".join(missing))
             time.sleep(POLL_INTERVAL_S)
 
+    def wait_answering(self, node: str, timeout_s: float = 60.0) -> None:
+        """Wait until a node answers its status (a node holding no replica yet has no leader to wait for)."""
+        deadline = time.monotonic() + timeout_s
+        while self.node_status(node) is None:
+            self.check_processes([node])
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{node} does not answer after {timeout_s:g} s")
+            time.sleep(POLL_INTERVAL_S)
+
     def _readiness_gaps(self, names: list[str]) -> list[str]:
         # Ask every node: the leader a replica names may lie outside `names`.
         statuses = poll_nodes(self.endpoints, 1.0, self._pool)

@@ -293,7 +293,8 @@ class Node(NodeView):
                 entry.slots.add(start=start, end=end)
             for name in shard.hosts:
                 spec = topology.node(name)
-                entry.replicas.add(node=spec.name, dc=spec.dc, address=spec.grpc_address)
+                entry.replicas.add(node=spec.name, dc=spec.dc, address=spec.grpc_address,
+                                   membership=membership.membership_of(shard, name))
         return message
 
     # --- expiry pulse -----------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def node_add(
         cluster.reload()
         if start:
             cluster.start([name])
-            cluster.wait_ready(timeout_s=60, nodes=[name])
+            cluster.wait_answering(name, timeout_s=60)
     finally:
         cluster.close()
     spec = cluster.topology.node(name)

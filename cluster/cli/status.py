@@ -155,7 +155,8 @@ def shard_map(
                         "shard_id": s.shard_id,
                         "slots": [[r.start, r.end] for r in s.slots],
                         "leader_node": s.leader_node,
-                        "replicas": [{"node": r.node, "dc": r.dc, "address": r.address} for r in s.replicas],
+                        "replicas": [{"node": r.node, "dc": r.dc, "address": r.address,
+                                      "membership": r.membership or "voter"} for r in s.replicas],
                     }
                     for s in shards
                 ],
@@ -167,7 +168,8 @@ def shard_map(
     for col in ("SHARD", "SLOTS", "LEADER", "REPLICAS (preferred leader first)"):
         table.add_column(col, justify="right" if col == "SHARD" else "left")
     for s in shards:
-        replicas = ", ".join(f"{r.node}@{r.dc}" for r in s.replicas)
+        replicas = ", ".join(f"{r.node}@{r.dc}" + (f" ({r.membership})" if r.membership not in ("", "voter") else "")
+                             for r in s.replicas)
         slots = ", ".join(f"{r.start}-{r.end - 1}" for r in s.slots)
         table.add_row(str(s.shard_id), slots, s.leader_node or "[red]none[/]", replicas)
     print_table(table)

@@ -192,3 +192,35 @@ def test_a_node_is_drained_then_removed_and_the_cluster_keeps_every_transfer(tmp
 def test_draining_the_only_node_of_a_dc_is_refused(grown):
     with pytest.raises(MembershipError, match="no other node in dc3"):
         grown.membership().drain_plan("dc3-n1")
+
+
+def test_the_cli_adds_a_node_moves_a_replica_to_it_and_shows_it_in_the_shard_map(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tidebank.cluster.cli import app
+    from tidebank.cluster.launcher import LocalCluster
+
+    monkeypatch.delenv("TIDEBANK_DEBUG", raising=False)
+    runner = CliRunner()
+    directory = str(tmp_path / "cli")
+    try:
+        up = runner.invoke(app, ["cluster", "up", "--dir", directory, "--shards", "2"])
+        assert up.exit_code == 0, up.output
+        added = runner.invoke(app, ["node", "add", "dc2-n2", "--dc", "dc2", "--dir", directory])
+        assert added.exit_code == 0 and "added dc2-n2 in dc2" in added.output, added.output
+        moved = runner.invoke(app, ["shard", "move-replica", "1", "--from", "dc2-n1", "--to", "dc2-n2",
+                                    "--dir", directory, "-o", "json"])
+        assert moved.exit_code == 0, moved.output
+        report = json.loads(moved.output)
+        assert report["steps"] == list(STEPS) and "dc2-n2" in report["members"]
+        shard_map = json.loads(runner.invoke(app, ["shard-map", "--dir", directory, "-o", "json"]).output)
+        shard = next(s for s in shard_map["shards"] if s["shard_id"] == 1)
+        assert [r["node"] for r in shard["replicas"] if r["dc"] == "dc2"] == ["dc2-n2"]
+        assert all(r["membership"] == "voter" for r in shard["replicas"])
+        refused = runner.invoke(app, ["shard", "move-replica", "1", "--from", "dc2-n2", "--to", "dc1-n1",
+                                      "--dir", directory])
+        assert refused.exit_code == 1 and "within its DC" in refused.output, refused.output
+    finally:
+        LocalCluster.open(directory).stop()

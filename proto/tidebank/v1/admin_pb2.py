@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tidebank.v1 import types_pb2 as tidebank_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tidebank/v1/admin.proto\x12\x0btidebank.v1\x1a\x17tidebank/v1/types.proto\"-\n\x14\x41pplyTopologyRequest\x12\x15\n\rtopology_toml\x18\x01 \x01(\t\"2\n\x15\x41pplyTopologyResponse\x12\x19\n\x11shard_map_version\x18\x01 \x01(\x04\"\xad\x01\n\x17\x43hangeMembershipRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12;\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32+.tidebank.v1.ChangeMembershipRequest.Action\x12\x0c\n\x04node\x18\x03 \x01(\t\"5\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x44\x44\x10\x01\x12\n\n\x06REMOVE\x10\x02\"<\n\x18\x43hangeMembershipResponse\x12\x0f\n\x07members\x18\x01 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"\x14\n\x12GetShardMapRequest\"\'\n\tSlotRange\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"4\n\x07Replica\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\n\n\x02\x64\x63\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"}\n\x05Shard\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12%\n\x05slots\x18\x02 \x03(\x0b\x32\x16.tidebank.v1.SlotRange\x12&\n\x08replicas\x18\x03 \x03(\x0b\x32\x14.tidebank.v1.Replica\x12\x13\n\x0bleader_node\x18\x04 \x01(\t\"S\n\x08ShardMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nslot_count\x18\x02 \x01(\r\x12\"\n\x06shards\x18\x03 \x03(\x0b\x32\x12.tidebank.v1.Shard\"\x16\n\x14GetNodeStatusRequest\"\xdf\x01\n\rReplicaStatus\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x13\n\x0bleader_node\x18\x06 \x01(\t\x12\x12\n\nhas_quorum\x18\x07 \x01(\x08\x12\x10\n\x08log_size\x18\x08 \x01(\x04\x12\x13\n\x0b\x61pply_error\x18\t \x01(\t\x12\x0f\n\x07members\x18\n \x03(\t\x12\x12\n\nmembership\x18\x0b \x01(\t\"\x80\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\n\n\x02\x64\x63\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12,\n\x08replicas\x18\x04 \x03(\x0b\x32\x1a.tidebank.v1.ReplicaStatus\x12\x19\n\x11shard_map_version\x18\x05 \x01(\x04\"J\n\nLinkFaults\x12\x14\n\x0cisolated_dcs\x18\x01 \x03(\t\x12&\n\x06\x64\x65lays\x18\x02 \x03(\x0b\x32\x16.tidebank.v1.LinkDelay\"=\n\tLinkDelay\x12\x0f\n\x07\x66rom_dc\x18\x01 \x01(\t\x12\r\n\x05to_dc\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\"\x16\n\x14GetLinkFaultsRequest\"+\n\x16GetLedgerTotalsRequest\x12\x11\n\tshard_ids\x18\x01 \x03(\r\"\xea\x03\n\x0bLedgerTotal\x12\x0e\n\x06ledger\x18\x01 \x01(\r\x12)\n\x0e\x64\x65\x62its_pending\x18\x02 \x01(\x0b\x32\x11.tidebank.v1.U128\x12(\n\rdebits_posted\x18\x03 \x01(\x0b\x32\x11.tidebank.v1.U128\x12*\n\x0f\x63redits_pending\x18\x04 \x01(\x0b\x32\x11.tidebank.v1.U128\x12)\n\x0e\x63redits_posted\x18\x05 \x01(\x0b\x32\x11.tidebank.v1.U128\x12*\n\x0freserved_debits\x18\x06 \x01(\x0b\x32\x11.tidebank.v1.U128\x12+\n\x10reserved_credits\x18\x07 \x01(\x0b\x32\x11.tidebank.v1.U128\x12/\n\x14remote_debits_posted\x18\x08 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x30\n\x15remote_credits_posted\x18\t \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x30\n\x15remote_debits_pending\x18\n \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x31\n\x16remote_credits_pending\x18\x0b \x01(\x0b\x32\x11.tidebank.v1.U128\"\xd6\x01\n\x11ShardLedgerTotals\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12)\n\x07ledgers\x18\x02 \x03(\x0b\x32\x18.tidebank.v1.LedgerTotal\x12\x15\n\rprepared_txns\x18\x03 \x01(\r\x12\x15\n\rapplied_index\x18\x04 \x01(\x04\x12(\n\x06\x65scrow\x18\x05 \x03(\x0b\x32\x18.tidebank.v1.EscrowTotal\x12,\n\x08\x63learing\x18\x06 \x03(\x0b\x32\x1a.tidebank.v1.ClearingTotal\"\x94\x01\n\rClearingTotal\x12\x0e\n\x06ledger\x18\x01 \x01(\r\x12\x0b\n\x03net\x18\x02 \x01(\t\x12\x11\n\tallowance\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x0e\n\x06moving\x18\x05 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x06 \x01(\t\x12\x13\n\x0bhub_balance\x18\x07 \x01(\t\x12\x13\n\x0bhub_pending\x18\x08 \x01(\t\"\x8a\x03\n\x0b\x45scrowTotal\x12\x0e\n\x06ledger\x18\x01 \x01(\r\x12\x1f\n\x04held\x18\x02 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x1f\n\x04\x66\x65\x65s\x18\x03 \x01(\x0b\x32\x11.tidebank.v1.U128\x12#\n\x08released\x18\x04 \x01(\x0b\x32\x11.tidebank.v1.U128\x12#\n\x08refunded\x18\x05 \x01(\x0b\x32\x11.tidebank.v1.U128\x12)\n\x0e\x65scrow_balance\x18\x06 \x01(\x0b\x32\x11.tidebank.v1.U128\x12&\n\x0b\x66\x65\x65_balance\x18\x07 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x13\n\x0btrades_paid\x18\x08 \x01(\x04\x12\x16\n\x0etrades_shipped\x18\t \x01(\x04\x12\x17\n\x0ftrades_disputed\x18\n \x01(\x04\x12\x16\n\x0etrades_settled\x18\x0b \x01(\x04\x12\x17\n\x0ftrades_refunded\x18\x0c \x01(\x04\x12\x15\n\rtrades_closed\x18\r \x01(\x04\">\n\x0cLedgerTotals\x12.\n\x06shards\x18\x01 \x03(\x0b\x32\x1e.tidebank.v1.ShardLedgerTotals\"6\n\x12GetAdminLogRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xa2\x01\n\x0e\x41\x64minLogRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07time_ns\x18\x02 \x01(\x04\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x12\n\npermission\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04node\x18\t \x01(\t\"J\n\x08\x41\x64minLog\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.tidebank.v1.AdminLogRecord\x12\x10\n\x08next_seq\x18\x02 \x01(\x04\x32\xfe\x04\n\x05\x41\x64min\x12\x45\n\x0bGetShardMap\x12\x1f.tidebank.v1.GetShardMapRequest\x1a\x15.tidebank.v1.ShardMap\x12K\n\rGetNodeStatus\x12!.tidebank.v1.GetNodeStatusRequest\x1a\x17.tidebank.v1.NodeStatus\x12\x41\n\rSetLinkFaults\x12\x17.tidebank.v1.LinkFaults\x1a\x17.tidebank.v1.LinkFaults\x12K\n\rGetLinkFaults\x12!.tidebank.v1.GetLinkFaultsRequest\x1a\x17.tidebank.v1.LinkFaults\x12Q\n\x0fGetLedgerTotals\x12#.tidebank.v1.GetLedgerTotalsRequest\x1a\x19.tidebank.v1.LedgerTotals\x12\x45\n\x0bGetAdminLog\x12\x1f.tidebank.v1.GetAdminLogRequest\x1a\x15.tidebank.v1.AdminLog\x12V\n\rApplyTopology\x12!.tidebank.v1.ApplyTopologyRequest\x1a\".tidebank.v1.ApplyTopologyResponse\x12_\n\x10\x43hangeMembership\x12$.tidebank.v1.ChangeMembershipRequest\x1a%.tidebank.v1.ChangeMembershipResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tidebank/v1/admin.proto\x12\x0btidebank.v1\x1a\x17tidebank/v1/types.proto\"-\n\x14\x41pplyTopologyRequest\x12\x15\n\rtopology_toml\x18\x01 \x01(\t\"2\n\x15\x41pplyTopologyResponse\x12\x19\n\x11shard_map_version\x18\x01 \x01(\x04\"\xad\x01\n\x17\x43hangeMembershipRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12;\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32+.tidebank.v1.ChangeMembershipRequest.Action\x12\x0c\n\x04node\x18\x03 \x01(\t\"5\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x44\x44\x10\x01\x12\n\n\x06REMOVE\x10\x02\"<\n\x18\x43hangeMembershipResponse\x12\x0f\n\x07members\x18\x01 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"\x14\n\x12GetShardMapRequest\"\'\n\tSlotRange\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"H\n\x07Replica\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\n\n\x02\x64\x63\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x12\n\nmembership\x18\x04 \x01(\t\"}\n\x05Shard\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12%\n\x05slots\x18\x02 \x03(\x0b\x32\x16.tidebank.v1.SlotRange\x12&\n\x08replicas\x18\x03 \x03(\x0b\x32\x14.tidebank.v1.Replica\x12\x13\n\x0bleader_node\x18\x04 \x01(\t\"S\n\x08ShardMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nslot_count\x18\x02 \x01(\r\x12\"\n\x06shards\x18\x03 \x03(\x0b\x32\x12.tidebank.v1.Shard\"\x16\n\x14GetNodeStatusRequest\"\xdf\x01\n\rReplicaStatus\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x13\n\x0bleader_node\x18\x06 \x01(\t\x12\x12\n\nhas_quorum\x18\x07 \x01(\x08\x12\x10\n\x08log_size\x18\x08 \x01(\x04\x12\x13\n\x0b\x61pply_error\x18\t \x01(\t\x12\x0f\n\x07members\x18\n \x03(\t\x12\x12\n\nmembership\x18\x0b \x01(\t\"\x80\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\n\n\x02\x64\x63\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12,\n\x08replicas\x18\x04 \x03(\x0b\x32\x1a.tidebank.v1.ReplicaStatus\x12\x19\n\x11shard_map_version\x18\x05 \x01(\x04\"J\n\nLinkFaults\x12\x14\n\x0cisolated_dcs\x18\x01 \x03(\t\x12&\n\x06\x64\x65lays\x18\x02 \x03(\x0b\x32\x16.tidebank.v1.LinkDelay\"=\n\tLinkDelay\x12\x0f\n\x07\x66rom_dc\x18\x01 \x01(\t\x12\r\n\x05to_dc\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\"\x16\n\x14GetLinkFaultsRequest\"+\n\x16GetLedgerTotalsRequest\x12\x11\n\tshard_ids\x18\x01 \x03(\r\"\xea\x03\n\x0bLedgerTotal\x12\x0e\n\x06ledger\x18\x01 \x01(\r\x12)\n\x0e\x64\x65\x62its_pending\x18\x02 \x01(\x0b\x32\x11.tidebank.v1.U128\x12(\n\rdebits_posted\x18\x03 \x01(\x0b\x32\x11.tidebank.v1.U128\x12*\n\x0f\x63redits_pending\x18\x04 \x01(\x0b\x32\x11.tidebank.v1.U128\x12)\n\x0e\x63redits_posted\x18\x05 \x01(\x0b\x32\x11.tidebank.v1.U128\x12*\n\x0freserved_debits\x18\x06 \x01(\x0b\x32\x11.tidebank.v1.U128\x12+\n\x10reserved_credits\x18\x07 \x01(\x0b\x32\x11.tidebank.v1.U128\x12/\n\x14remote_debits_posted\x18\x08 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x30\n\x15remote_credits_posted\x18\t \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x30\n\x15remote_debits_pending\x18\n \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x31\n\x16remote_credits_pending\x18\x0b \x01(\x0b\x32\x11.tidebank.v1.U128\"\xd6\x01\n\x11ShardLedgerTotals\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12)\n\x07ledgers\x18\x02 \x03(\x0b\x32\x18.tidebank.v1.LedgerTotal\x12\x15\n\rprepared_txns\x18\x03 \x01(\r\x12\x15\n\rapplied_index\x18\x04 \x01(\x04\x12(\n\x06\x65scrow\x18\x05 \x03(\x0b\x32\x18.tidebank.v1.EscrowTotal\x12,\n\x08\x63learing\x18\x06 \x03(\x0b\x32\x1a.tidebank.v1.ClearingTotal\"\x94\x01\n\rClearingTotal\x12\x0e\n\x06ledger\x18\x01 \x01(\r\x12\x0b\n\x03net\x18\x02 \x01(\t\x12\x11\n\tallowance\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x0e\n\x06moving\x18\x05 \x01(\t\x12\x0b\n\x03\x63\x61p\x18\x06 \x01(\t\x12\x13\n\x0bhub_balance\x18\x07 \x01(\t\x12\x13\n\x0bhub_pending\x18\x08 \x01(\t\"\x8a\x03\n\x0b\x45scrowTotal\x12\x0e\n\x06ledger\x18\x01 \x01(\r\x12\x1f\n\x04held\x18\x02 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x1f\n\x04\x66\x65\x65s\x18\x03 \x01(\x0b\x32\x11.tidebank.v1.U128\x12#\n\x08released\x18\x04 \x01(\x0b\x32\x11.tidebank.v1.U128\x12#\n\x08refunded\x18\x05 \x01(\x0b\x32\x11.tidebank.v1.U128\x12)\n\x0e\x65scrow_balance\x18\x06 \x01(\x0b\x32\x11.tidebank.v1.U128\x12&\n\x0b\x66\x65\x65_balance\x18\x07 \x01(\x0b\x32\x11.tidebank.v1.U128\x12\x13\n\x0btrades_paid\x18\x08 \x01(\x04\x12\x16\n\x0etrades_shipped\x18\t \x01(\x04\x12\x17\n\x0ftrades_disputed\x18\n \x01(\x04\x12\x16\n\x0etrades_settled\x18\x0b \x01(\x04\x12\x17\n\x0ftrades_refunded\x18\x0c \x01(\x04\x12\x15\n\rtrades_closed\x18\r \x01(\x04\">\n\x0cLedgerTotals\x12.\n\x06shards\x18\x01 \x03(\x0b\x32\x1e.tidebank.v1.ShardLedgerTotals\"6\n\x12GetAdminLogRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xa2\x01\n\x0e\x41\x64minLogRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07time_ns\x18\x02 \x01(\x04\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x12\n\npermission\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04node\x18\t \x01(\t\"J\n\x08\x41\x64minLog\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.tidebank.v1.AdminLogRecord\x12\x10\n\x08next_seq\x18\x02 \x01(\x04\x32\xfe\x04\n\x05\x41\x64min\x12\x45\n\x0bGetShardMap\x12\x1f.tidebank.v1.GetShardMapRequest\x1a\x15.tidebank.v1.ShardMap\x12K\n\rGetNodeStatus\x12!.tidebank.v1.GetNodeStatusRequest\x1a\x17.tidebank.v1.NodeStatus\x12\x41\n\rSetLinkFaults\x12\x17.tidebank.v1.LinkFaults\x1a\x17.tidebank.v1.LinkFaults\x12K\n\rGetLinkFaults\x12!.tidebank.v1.GetLinkFaultsRequest\x1a\x17.tidebank.v1.LinkFaults\x12Q\n\x0fGetLedgerTotals\x12#.tidebank.v1.GetLedgerTotalsRequest\x1a\x19.tidebank.v1.LedgerTotals\x12\x45\n\x0bGetAdminLog\x12\x1f.tidebank.v1.GetAdminLogRequest\x1a\x15.tidebank.v1.AdminLog\x12V\n\rApplyTopology\x12!.tidebank.v1.ApplyTopologyRequest\x1a\".tidebank.v1.ApplyTopologyResponse\x12_\n\x10\x43hangeMembership\x12$.tidebank.v1.ChangeMembershipRequest\x1a%.tidebank.v1.ChangeMembershipResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,41 +47,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SLOTRANGE']._serialized_start=424
   _globals['_SLOTRANGE']._serialized_end=463
   _globals['_REPLICA']._serialized_start=465
-  _globals['_REPLICA']._serialized_end=517
-  _globals['_SHARD']._serialized_start=519
-  _globals['_SHARD']._serialized_end=644
-  _globals['_SHARDMAP']._serialized_start=646
-  _globals['_SHARDMAP']._serialized_end=729
-  _globals['_GETNODESTATUSREQUEST']._serialized_start=731
-  _globals['_GETNODESTATUSREQUEST']._serialized_end=753
-  _globals['_REPLICASTATUS']._serialized_start=756
-  _globals['_REPLICASTATUS']._serialized_end=979
-  _globals['_NODESTATUS']._serialized_start=982
-  _globals['_NODESTATUS']._serialized_end=1110
-  _globals['_LINKFAULTS']._serialized_start=1112
-  _globals['_LINKFAULTS']._serialized_end=1186
-  _globals['_LINKDELAY']._serialized_start=1188
-  _globals['_LINKDELAY']._serialized_end=1249
-  _globals['_GETLINKFAULTSREQUEST']._serialized_start=1251
-  _globals['_GETLINKFAULTSREQUEST']._serialized_end=1273
-  _globals['_GETLEDGERTOTALSREQUEST']._serialized_start=1275
-  _globals['_GETLEDGERTOTALSREQUEST']._serialized_end=1318
-  _globals['_LEDGERTOTAL']._serialized_start=1321
-  _globals['_LEDGERTOTAL']._serialized_end=1811
-  _globals['_SHARDLEDGERTOTALS']._serialized_start=1814
-  _globals['_SHARDLEDGERTOTALS']._serialized_end=2028
-  _globals['_CLEARINGTOTAL']._serialized_start=2031
-  _globals['_CLEARINGTOTAL']._serialized_end=2179
-  _globals['_ESCROWTOTAL']._serialized_start=2182
-  _globals['_ESCROWTOTAL']._serialized_end=2576
-  _globals['_LEDGERTOTALS']._serialized_start=2578
-  _globals['_LEDGERTOTALS']._serialized_end=2640
-  _globals['_GETADMINLOGREQUEST']._serialized_start=2642
-  _globals['_GETADMINLOGREQUEST']._serialized_end=2696
-  _globals['_ADMINLOGRECORD']._serialized_start=2699
-  _globals['_ADMINLOGRECORD']._serialized_end=2861
-  _globals['_ADMINLOG']._serialized_start=2863
-  _globals['_ADMINLOG']._serialized_end=2937
-  _globals['_ADMIN']._serialized_start=2940
-  _globals['_ADMIN']._serialized_end=3578
+  _globals['_REPLICA']._serialized_end=537
+  _globals['_SHARD']._serialized_start=539
+  _globals['_SHARD']._serialized_end=664
+  _globals['_SHARDMAP']._serialized_start=666
+  _globals['_SHARDMAP']._serialized_end=749
+  _globals['_GETNODESTATUSREQUEST']._serialized_start=751
+  _globals['_GETNODESTATUSREQUEST']._serialized_end=773
+  _globals['_REPLICASTATUS']._serialized_start=776
+  _globals['_REPLICASTATUS']._serialized_end=999
+  _globals['_NODESTATUS']._serialized_start=1002
+  _globals['_NODESTATUS']._serialized_end=1130
+  _globals['_LINKFAULTS']._serialized_start=1132
+  _globals['_LINKFAULTS']._serialized_end=1206
+  _globals['_LINKDELAY']._serialized_start=1208
+  _globals['_LINKDELAY']._serialized_end=1269
+  _globals['_GETLINKFAULTSREQUEST']._serialized_start=1271
+  _globals['_GETLINKFAULTSREQUEST']._serialized_end=1293
+  _globals['_GETLEDGERTOTALSREQUEST']._serialized_start=1295
+  _globals['_GETLEDGERTOTALSREQUEST']._serialized_end=1338
+  _globals['_LEDGERTOTAL']._serialized_start=1341
+  _globals['_LEDGERTOTAL']._serialized_end=1831
+  _globals['_SHARDLEDGERTOTALS']._serialized_start=1834
+  _globals['_SHARDLEDGERTOTALS']._serialized_end=2048
+  _globals['_CLEARINGTOTAL']._serialized_start=2051
+  _globals['_CLEARINGTOTAL']._serialized_end=2199
+  _globals['_ESCROWTOTAL']._serialized_start=2202
+  _globals['_ESCROWTOTAL']._serialized_end=2596
+  _globals['_LEDGERTOTALS']._serialized_start=2598
+  _globals['_LEDGERTOTALS']._serialized_end=2660
+  _globals['_GETADMINLOGREQUEST']._serialized_start=2662
+  _globals['_GETADMINLOGREQUEST']._serialized_end=2716
+  _globals['_ADMINLOGRECORD']._serialized_start=2719
+  _globals['_ADMINLOGRECORD']._serialized_end=2881
+  _globals['_ADMINLOG']._serialized_start=2883
+  _globals['_ADMINLOG']._serialized_end=2957
+  _globals['_ADMIN']._serialized_start=2960
+  _globals['_ADMIN']._serialized_end=3598
 # @@protoc_insertion_point(module_scope)

@@ -59,14 +59,16 @@ class SlotRange(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("node", "dc", "address")
+    __slots__ = ("node", "dc", "address", "membership")
     NODE_FIELD_NUMBER: _ClassVar[int]
     DC_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     node: str
     dc: str
     address: str
-    def __init__(self, node: _Optional[str] = ..., dc: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    membership: str
+    def __init__(self, node: _Optional[str] = ..., dc: _Optional[str] = ..., address: _Optional[str] = ..., membership: _Optional[str] = ...) -> None: ...
 
 class Shard(_message.Message):
     __slots__ = ("shard_id", "slots", "replicas", "leader_node")
