@@ -7,8 +7,8 @@ One fresh cluster (3 DCs, 4 shards, one node per DC, TLS), three spare nodes add
 
 1. **before**: batched same-shard transfers for --phase-s, with one probe writer per shard sending one
    transfer at a time (its latencies give the longest write pause a client sees);
-2. **moving**: the same load while half of the replicas (6 of 12) move to the spare nodes, one after the
-   other, which leaves every node with two replicas (3 -> 6 nodes, balanced by replica count);
+2. **moving**: the same load while `tidebank shard balance`'s plan runs: half of the replicas (6 of 12)
+   move to the spare nodes, one after the other, which leaves every node with two (3 -> 6 nodes);
 3. **after**: the same load on the grown cluster;
 4. **big replica**: a shard filled with --big-accounts accounts and --big-transfers transfers, then one of
    its replicas moved with no load (the new replica catches up from a snapshot).
@@ -97,22 +97,6 @@ class Load:
     def longest_probe_ms(self, start: float, end: float) -> float:
         with self._lock:
             return 1000 * max((lat for at, lat in self.probes if start <= at < end), default=0.0)
-
-
-def plan_moves(topology) -> list[tuple[int, str, str]]:
-    """Half the replicas to the spare nodes: shard s gives its replicas in the DCs s % 3 and (s + 1) % 3 ...
-    until every node holds two (12 replicas over 6 nodes)."""
-    load = {n.name: len(topology.shards_on(n.name)) for n in topology.nodes}
-    moves = []
-    for shard in topology.shards:
-        for name in shard.replicas:
-            dc = topology.node(name).dc
-            spare = f"{dc}-n2"
-            if name.endswith("-n1") and load[name] > load[spare] + 1:
-                moves.append((shard.shard_id, name, spare))
-                load[name] -= 1
-                load[spare] += 1
-    return moves
 
 
 def big_replica_move(cluster: LocalCluster, client: Client, accounts: int, transfers: int) -> dict:
@@ -210,7 +194,7 @@ def main() -> int:
                 time.sleep(args.phase_s)
                 t1 = time.monotonic()
                 moves = []
-                for shard, source, target in plan_moves(cluster.topology):
+                for shard, source, target in membership.balance_plan():  # 6 moves: two replicas per node
                     began = time.monotonic()
                     report = membership.move_replica(shard, source, target, timeout_s=300)
                     assert report.finished

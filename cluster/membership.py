@@ -307,6 +307,36 @@ class Membership:
             plan.append((shard.shard_id, target))
         return plan
 
+    def balance_plan(self) -> list[tuple[int, str, str]]:
+        """(shard, from, to) moves that even out replicas per node within each DC (until the fullest and the
+        emptiest node of a DC differ by at most one), lowest shard ids first; in order, one at a time."""
+        topology = self.topology
+        load = {n.name: len(topology.shards_on(n.name)) for n in topology.nodes}
+        placed = {s.shard_id: list(s.replicas) for s in topology.shards}
+        plan = []
+        for dc in topology.dcs:
+            names = sorted(n.name for n in topology.nodes if n.dc == dc)
+            while len(names) > 1:
+                fullest = max(names, key=lambda n: (load[n], n))
+                emptiest = min(names, key=lambda n: (load[n], n))
+                if load[fullest] - load[emptiest] <= 1:
+                    break
+                shard_id = min(s for s, replicas in placed.items() if fullest in replicas)
+                placed[shard_id] = [emptiest if r == fullest else r for r in placed[shard_id]]
+                load[fullest] -= 1
+                load[emptiest] += 1
+                plan.append((shard_id, fullest, emptiest))
+        return plan
+
+    def balance(self, *, timeout_s: float = MOVE_TIMEOUT_S) -> list[MoveReport]:
+        """Run balance_plan's moves one after the other (one move at a time in the whole cluster)."""
+        for spec in self.topology.shards:
+            if spec.joining or spec.leaving:
+                raise MembershipError(f"shard {spec.shard_id} is in a move (joining {list(spec.joining)}, leaving "
+                                      f"{list(spec.leaving)}): finish it with `tidebank shard move-replica` first")
+        return [self.move_replica(shard_id, source, target, timeout_s=timeout_s)
+                for shard_id, source, target in self.balance_plan()]
+
     def remove_node(self, node: str, stop_node: Callable[[str], None], *,
                     timeout_s: float = MOVE_TIMEOUT_S) -> list[MoveReport]:
         """Drain `node` (move each of its replicas to another node of its DC), stop it, and take it out of the

@@ -1,4 +1,4 @@
-"""`tidebank shard move-replica`: move one replica of a shard to another node of its DC, online.
+"""`tidebank shard move-replica` and `shard balance`: move replicas to other nodes of their DC, online.
 
 The steps and why each is safe are in tidebank.cluster.membership; this module only
 parses, drives and prints. An interrupted move resumes when the same command runs again.
@@ -48,3 +48,32 @@ def move_replica(
     out.print(f"shard {shard}: {done} from {source} to {target}; voting members: {', '.join(report.members)}")
     if report.unreached:
         err.print(f"note: {', '.join(sorted(report.unreached))} did not answer; they read cluster.toml on start")
+
+
+@app.command("balance")
+@one_line_errors
+def balance(
+    dir: LocalDirOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the moves, make none.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for each move.", min=1)] = 300.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Even out replicas per node within each DC (after `tidebank node add`), one move at a time."""
+    cluster = LocalCluster.open(dir)
+    try:
+        membership = cluster.membership()
+        plan = membership.balance_plan()
+        if not dry_run:
+            for number, (shard, source, target) in enumerate(plan, 1):
+                if output == Output.table:
+                    err.print(f"[{number}/{len(plan)}] shard {shard}: {source} -> {target}")
+                membership.move_replica(shard, source, target, timeout_s=timeout)
+    finally:
+        cluster.close()
+    if output == Output.json:
+        print_json({"moves": [{"shard": s, "from": a, "to": b} for s, a, b in plan], "made": not dry_run})
+        return
+    if not plan:
+        out.print("balanced: every DC's nodes hold replica counts within one of each other")
+    for shard, source, target in plan:
+        out.print(f"shard {shard}: {source} -> {target}" + (" (dry run)" if dry_run else ""))

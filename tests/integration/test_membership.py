@@ -196,7 +196,7 @@ def test_draining_the_only_node_of_a_dc_is_refused(grown):
         grown.membership().drain_plan("dc3-n1")
 
 
-def test_the_cli_adds_a_node_moves_a_replica_to_it_and_shows_it_in_the_shard_map(tmp_path, monkeypatch):
+def test_the_cli_adds_a_node_moves_a_replica_to_it_and_shows_it_balanced(tmp_path, monkeypatch):
     import json
 
     from typer.testing import CliRunner
@@ -221,6 +221,8 @@ def test_the_cli_adds_a_node_moves_a_replica_to_it_and_shows_it_in_the_shard_map
         shard = next(s for s in shard_map["shards"] if s["shard_id"] == 1)
         assert [r["node"] for r in shard["replicas"] if r["dc"] == "dc2"] == ["dc2-n2"]
         assert all(r["membership"] == "voter" for r in shard["replicas"])
+        balanced = runner.invoke(app, ["shard", "balance", "--dir", directory, "--dry-run"])
+        assert balanced.exit_code == 0 and "balanced" in balanced.output, balanced.output
         refused = runner.invoke(app, ["shard", "move-replica", "1", "--from", "dc2-n2", "--to", "dc1-n1",
                                       "--dir", directory])
         assert refused.exit_code == 1 and "within its DC" in refused.output, refused.output

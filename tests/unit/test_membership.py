@@ -177,3 +177,18 @@ def test_draining_spreads_replicas_over_the_dc_s_other_nodes(tmp_path):
     with pytest.raises(MembershipError, match="no other node in dc1"):
         _driver(tmp_path, generate_local(tmp_path, dcs=3, nodes_per_dc=1, shards=2, plaintext=True)).drain_plan(
             "dc1-n1")
+
+
+def test_balancing_evens_replicas_out_within_each_dc(tmp_path):
+    topo = generate_local(tmp_path, dcs=3, nodes_per_dc=1, shards=4, plaintext=True)
+    spares = [dataclasses.replace(topo.node(f"{dc}-n1"), name=f"{dc}-n2", grpc_address=f"127.0.0.1:{20000 + i}",
+                                  raft_port=21000 + i, metrics_port=22000 + i) for i, dc in enumerate(topo.dcs)]
+    grown = topo.changed(nodes=topo.nodes + tuple(spares))
+    plan = _driver(tmp_path, grown).balance_plan()
+    assert len(plan) == 6 and all(target.endswith("-n2") for _, _, target in plan)
+    assert all(grown.node(source).dc == grown.node(target).dc for _, source, target in plan)
+    moved = {}
+    for shard, source, target in plan:
+        moved[source] = moved.get(source, 0) + 1
+    assert moved == {"dc1-n1": 2, "dc2-n1": 2, "dc3-n1": 2}
+    assert _driver(tmp_path, topo).balance_plan() == []  # one node per DC: nothing to even out
