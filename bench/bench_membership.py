@@ -21,6 +21,7 @@ second through the three phases, with each move's span).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import random
@@ -175,8 +176,11 @@ def main() -> int:
     parser.add_argument("--big-accounts", type=int, default=100_000)
     parser.add_argument("--big-transfers", type=int, default=1_000_000)
     parser.add_argument("--out-dir", type=pathlib.Path, default=None)
+    parser.add_argument("--keep-dir", type=pathlib.Path, default=None,
+                        help="make the cluster here and keep it (logs) instead of in a temporary folder")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tidebank-bench-membership-") as directory:
+    with contextlib.ExitStack() as stack:
+        directory = args.keep_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="tidebank-bench-mm-"))
         cluster = LocalCluster.create(directory, dcs=3, nodes_per_dc=1, shards=4)
         try:
             cluster.start()

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TICK_PERIOD_S = 0.01  # every replica is ticked at least this often (heartbeats, elections, compaction)
 POLL_MAX_S = 0.01
 SYNC_WORKERS = 8  # journals fdatasync'ed at once in one turn
+STALL_S = 0.2  # a poll that overran its timeout by this much held the thread up: elections are deferred
 
 
 class _NoObserver:
@@ -170,7 +171,9 @@ class RaftHost:
             if link_due is not None:
                 due = min(due, link_due)
             timeout = min(max(0.0, due - now), POLL_MAX_S)
+        polled = time.monotonic()
         self.transport.poll(timeout)
+        stalled = time.monotonic() - polled - timeout > STALL_S
         while self._calls:
             fn, future = self._calls.popleft()
             try:
@@ -185,6 +188,10 @@ class RaftHost:
         for shard_id, replica in replicas.items():
             if replica.closed:
                 continue
+            if stalled:
+                # This thread was held up (a snapshot installed for one replica blocks them all): the partners'
+                # heartbeats are still unread, so no replica may take their silence for a dead leader.
+                replica.defer_election()
             if shard_id in woken or replica.touched or now >= next_tick.get(shard_id, 0.0):
                 replica.tick()
                 self.ticks += 1

@@ -23,7 +23,9 @@ Private members used, and why:
 ``_SyncObj__raftState``                   role, for leader checks between ticks (tick stats)
 ``_SyncObj__otherNodes``                  the partners, for the leader's quorum-recently check
 ``_SyncObj__lastResponseTime``            when each partner last answered (quorum-recently check)
-``_SyncObj__raftElectionDeadline``        pushed forward so a replica that cannot apply never campaigns
+``_SyncObj__raftElectionDeadline``        pushed forward so a replica that cannot apply never campaigns, nor
+                                          one whose node's loop was just held up (loop.py)
+``_SyncObj__doChangeCluster``             overridden: whether a membership entry adds or removes this replica
 ``_SyncObj__setState`` / ``__raftLeader``  a replica that cannot apply steps down at once
 ``_SyncObj__sendAppendEntries``           send new entries as soon as they are appended (no waiting
                                           for the next heartbeat period)
@@ -94,6 +96,11 @@ def last_log_index(obj: SyncObj) -> int:
 def noop_index(obj: SyncObj) -> int | None:
     """Leader only: the index of the no-op it appended when elected (None before any election)."""
     return obj._SyncObj__noopIDx
+
+
+def election_deadline(obj: SyncObj) -> float:
+    """When this replica campaigns if it hears from no leader first (monotonic)."""
+    return obj._SyncObj__raftElectionDeadline
 
 
 def hold_election(obj: SyncObj, until: float) -> None:

@@ -64,7 +64,9 @@ LMDB_MAX_DBS = 64
 NEVER_CAMPAIGN_S = 3600.0
 VOTER, JOINING, LEAVING = "voter", "joining", "leaving"
 MEMBERSHIPS = (VOTER, JOINING, LEAVING)
-LEAVING_TRANSFER_RETRY_S = 1.0  # a leaving leader asks a partner to take over at most this often
+# A leaving leader hands over at once, retries each second, and lets its target lag more than a preferred one may
+LEAVING_HANDOVER = PlacementTuning(stable_s=0.0, pause_s=0.5, retry_s=1.0, lag_max=256)
+JOIN_CAMPAIGN_LAG_MAX = 256  # entries a joining member may lag the leader's commit index and still campaign
 FIRST_ELECTION_PREFERRED_S = 0.2  # below raft_min_timeout: the preferred replica of a new shard campaigns first
 
 
@@ -269,7 +271,9 @@ class ShardReplica(SyncObj):
         # Whether this replica is a voting member by its own log (membership entries, the dump's list); None
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
         self._self_member: bool | None = None
-        self._leaving_transfer_at = 0.0
+        self.leader_commit_seen = 0  # the commit index of the last append_entries from a leader (GroupTransport)
+        self._leaving_handover = HandoverState(LEAVING_HANDOVER)
+        self._leaving_target = None
         self._handover = HandoverState(placement) if placement is not None else None
         self._leading_since = 0.0
         self._open_env()
@@ -473,8 +477,14 @@ class ShardReplica(SyncObj):
             # _onTick (single-member group) it would be counted in the same tick, before the loop's sync.
             self._journal.sync_on_next_add()
             self._leading_since = time.monotonic()
-        elif old_state == patches.LEADER and self._handover is not None:
-            self._handover.reset(time.monotonic())
+        elif old_state == patches.LEADER:
+            now = time.monotonic()
+            if self._handover is not None:
+                self._handover.reset(now)
+            self._leaving_handover.reset(now)
+            if self.membership == LEAVING:
+                # give the others two election timeouts to elect one of them; only if none can does it come back
+                patches.hold_election(self, now + 2 * self.tuning.raft_max_timeout)
         logger.info("shard %s %s: %s -> %s", self.shard_id, self.host.name,
                     patches.ROLE_NAMES.get(old_state, old_state), patches.ROLE_NAMES.get(new_state, new_state))
 
@@ -504,7 +514,10 @@ class ShardReplica(SyncObj):
 
     @property
     def holding_proposals(self) -> bool:
-        """A handover to the preferred leader is under way: propose nothing new here (loop thread)."""
+        """A handover (to the preferred leader, or away from a leaving replica) is under way: propose nothing new
+        here (loop thread)."""
+        if self.membership == LEAVING and self._leaving_handover.holding_proposals:
+            return True
         return self._handover is not None and self._handover.holding_proposals
 
     def _place_leader(self) -> None:
@@ -538,12 +551,18 @@ class ShardReplica(SyncObj):
 
     def _may_campaign(self) -> bool:
         """Never when this replica's own log says it is not a voting member (a joining replica not yet added, a
-        leaving one already removed): it would only disrupt the group. Otherwise yes, also while leaving (it then
-        hands over as soon as it leads): a member that holds back can leave the group without any electable
-        replica when it has entries the others lack."""
-        if self._self_member is not None:
-            return self._self_member
-        return self.membership != JOINING
+        leaving one already removed), nor while a joining one is still catching up: it would only disrupt the
+        group. Otherwise yes, also while leaving (it then hands over as soon as it leads): a member that holds
+        back can leave the group without any electable replica when it has entries the others lack."""
+        if self._self_member is False:
+            return False
+        if self.membership == JOINING:
+            # added, and close to what the leader had committed when it last wrote (under load a new member lags
+            # by a few entries for good): before that it cannot win, and its campaign (pysyncobj has no pre-vote)
+            # would only depose the leader
+            return (bool(self._self_member) and self.leader_commit_seen > 0
+                    and patches.last_log_index(self) + JOIN_CAMPAIGN_LAG_MAX >= self.leader_commit_seen)
+        return True
 
     def _SyncObj__doChangeCluster(self, request, reverse=False):  # noqa: N802 - overrides pysyncobj's private
         """pysyncobj applies a membership entry (appended, rolled back, or replayed from the journal): note
@@ -554,24 +573,42 @@ class ShardReplica(SyncObj):
             self._self_member = (kind == "add") != reverse
         return changed
 
+    def defer_election(self) -> None:
+        """Loop thread, after it was held up: campaign no sooner than one full election timeout from now."""
+        earliest = time.monotonic() + self.tuning.raft_max_timeout
+        patches.hold_election(self, max(patches.election_deadline(self), earliest))
+
     def note_dump_members(self, members: set) -> None:
         """A dump was loaded: its membership is the starting point (a later log entry may change it)."""
         self._self_member = PeerNode(self.host.name) in members
 
     def _hand_over_before_leaving(self) -> None:
-        """A leaving leader asks its most caught-up connected partner to take over (TimeoutNow), retried each
-        second; it keeps leading until one does, so writes go on meanwhile."""
+        """A leaving leader hands over to its most caught-up connected partner as placement.py does (proposals
+        held at most LEAVING_HANDOVER.pause_s until the target has the whole log, then TimeoutNow); it keeps
+        leading until one takes over, so writes go on meanwhile."""
+        handover = self._leaving_handover
         now = time.monotonic()
-        if now < self._leaving_transfer_at:
-            return
-        self._leaving_transfer_at = now + LEAVING_TRANSFER_RETRY_S
         connected = patches.connected_nodes(self)
-        partners = sorted((n for n in patches.other_nodes(self) if n in connected),
-                          key=lambda n: (patches.match_index(self, n), n.id), reverse=True)
-        if partners:
-            logger.info("shard %s %s: leaving the group; asking %s to take over", self.shard_id, self.host.name,
-                        partners[0].id)
-            self.transferLeadership(partners[0])
+        if not handover.holding_proposals:
+            partners = sorted((n for n in patches.other_nodes(self) if n in connected),
+                              key=lambda n: (patches.match_index(self, n), n.id), reverse=True)
+            self._leaving_target = partners[0] if partners else None
+        target = self._leaving_target
+        if target is None:
+            return
+        answered_after = now - self.tuning.leader_fallback_timeout
+        responsive = target in connected and patches.last_response_times(self).get(target, 0.0) > answered_after
+        decision = handover.decide(LeaderView(
+            now=now, leading_since=self._leading_since, last_index=patches.last_log_index(self),
+            commit_index=self.raftCommitIndex, applied_index=self.raftLastApplied,
+            target_match_index=patches.match_index(self, target), target_responsive=responsive))
+        if decision == START:
+            logger.info("shard %s %s: leaving the group; handing leadership to %s", self.shard_id, self.host.name,
+                        target.id)
+        elif decision == TRANSFER:
+            self.transferLeadership(target)
+        elif decision == ABANDON:
+            self.host.wake(self.shard_id)  # proposals held meanwhile go now; the next try may pick another
 
     def members(self) -> list[str]:
         """The voting members of the group as this replica knows them (its log's latest configuration), as of

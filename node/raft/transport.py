@@ -160,6 +160,9 @@ class GroupTransport(Transport):
         self._replica.touched = True
         kind = message.get("type")
         if kind == "append_entries":
+            commit_index = message.get("commit_index")
+            if isinstance(commit_index, int):
+                self._replica.leader_commit_seen = commit_index
             message, override = self._prepare_append_entries(node, message)
             self._ack_override = override
             self._answering_round = message.get("rr")

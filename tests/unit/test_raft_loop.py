@@ -64,6 +64,9 @@ def test_a_woken_shard_is_ticked_within_a_few_milliseconds():
         def sync_journal(self):
             pass
 
+        def defer_election(self):
+            pass
+
         def close(self):
             pass
 
