@@ -272,6 +272,7 @@ class ShardReplica(SyncObj):
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
         self._self_member: bool | None = None
         self.leader_commit_seen = 0  # the commit index of the last append_entries from a leader (GroupTransport)
+        self._election_deferred_at = float("-inf")
         self._leaving_handover = HandoverState(LEAVING_HANDOVER)
         self._leaving_target = None
         self._handover = HandoverState(placement) if placement is not None else None
@@ -574,9 +575,13 @@ class ShardReplica(SyncObj):
         return changed
 
     def defer_election(self) -> None:
-        """Loop thread, after it was held up: campaign no sooner than one full election timeout from now."""
-        earliest = time.monotonic() + self.tuning.raft_max_timeout
-        patches.hold_election(self, max(patches.election_deadline(self), earliest))
+        """Loop thread, after it was held up: campaign no sooner than one full election timeout from now. At
+        most once per two timeouts, so a loop held up again and again still lets a dead leader be replaced."""
+        now = time.monotonic()
+        if now - self._election_deferred_at < 2 * self.tuning.raft_max_timeout:
+            return
+        self._election_deferred_at = now
+        patches.hold_election(self, max(patches.election_deadline(self), now + self.tuning.raft_max_timeout))
 
     def note_dump_members(self, members: set) -> None:
         """A dump was loaded: its membership is the starting point (a later log entry may change it)."""
