@@ -172,6 +172,10 @@ class GroupTransport(Transport):
                 self._ack_override = None
                 self._answering_round = None
             return
+        if kind == "request_vote" and node not in patches.other_nodes(self._replica):
+            # A replica removed from the group never receives its removal (the leader stops sending to it the
+            # moment it appends it), so it campaigns; its higher term must not depose the group's leader.
+            return
         if kind == "next_node_idx":
             if node not in patches.other_nodes(self._replica):
                 return  # from a replica removed a moment ago (a replica move): pysyncobj would fail on it

@@ -190,3 +190,44 @@ def test_balancing_evens_replicas_out_within_each_dc(tmp_path):
     assert all(grown.node(source).dc == grown.node(target).dc for _, source, target in plan)
     assert collections.Counter(source for _, source, _ in plan) == {"dc1-n1": 2, "dc2-n1": 2, "dc3-n1": 2}
     assert _driver(tmp_path, topo).balance_plan() == []  # one node per DC: nothing to even out
+
+
+# ---- who campaigns -----------------------------------------------------------------------------------
+
+
+def _replica_state(membership, self_member, last_index=100, leader_commit_seen=100):
+    """What ShardReplica._may_campaign reads, without a Raft group around it."""
+    import types
+
+    return types.SimpleNamespace(membership=membership, _self_member=self_member,
+                                 leader_commit_seen=leader_commit_seen,
+                                 _SyncObj__raftLog=[(b"", last_index, 1)])
+
+
+def _may_campaign(state) -> bool:
+    from tidebank.node.raft.replica import ShardReplica
+
+    return ShardReplica._may_campaign(state)
+
+
+def test_a_voter_campaigns_unless_its_own_log_removed_it():
+    assert _may_campaign(_replica_state(VOTER, None))
+    assert _may_campaign(_replica_state(VOTER, True))
+    assert not _may_campaign(_replica_state(VOTER, False))
+
+
+def test_a_joining_replica_campaigns_only_once_added_and_close_to_the_leader():
+    from tidebank.node.raft.replica import JOIN_CAMPAIGN_LAG_MAX
+
+    assert not _may_campaign(_replica_state(JOINING, None))  # not added yet
+    assert not _may_campaign(_replica_state(JOINING, True, leader_commit_seen=0))  # never heard a leader
+    assert not _may_campaign(_replica_state(JOINING, True, last_index=10, leader_commit_seen=10 + JOIN_CAMPAIGN_LAG_MAX
+                                            + 1))  # catching up
+    assert _may_campaign(_replica_state(JOINING, True, last_index=10, leader_commit_seen=10 + JOIN_CAMPAIGN_LAG_MAX))
+
+
+def test_a_leaving_replica_campaigns_while_it_is_still_a_member():
+    """Holding it back could leave a group whose most up-to-date members are all held: no electable replica."""
+    assert _may_campaign(_replica_state(LEAVING, True))
+    assert _may_campaign(_replica_state(LEAVING, None))
+    assert not _may_campaign(_replica_state(LEAVING, False))

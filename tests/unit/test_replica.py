@@ -13,7 +13,15 @@ from pysyncobj.config import FAIL_REASON
 
 from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.placement import PlacementTuning
-from tidebank.node.raft.replica import ApplyFailed, RaftTuning, ShardReplica
+from tidebank.node.raft.replica import (
+    JOINING,
+    LEAVING,
+    VOTER,
+    ApplyFailed,
+    MembershipBusyError,
+    RaftTuning,
+    ShardReplica,
+)
 from tidebank.node.raft.transport import NodeTransport, normalize_append_entries
 
 SECRET = "unit-test-secret"
@@ -81,6 +89,8 @@ class Cluster:
         self.hosts: list[RaftHost | None] = [None] * size
         self.replicas: list[ShardReplica | None] = [None] * size
         self.kvs: list[CountingKV | None] = [None] * size
+        self.members: dict[int, list[str]] = {}  # replica i's initial members, when not every name
+        self.memberships: dict[int, str] = {}  # replica i's part in a replica move, when not a voter
 
     def start(self, i: int) -> ShardReplica:
         assert self.replicas[i] is None
@@ -91,7 +101,7 @@ class Cluster:
         r = ShardReplica(
             shard_id=7,
             host=host,
-            members=self.names,
+            members=self.members.get(i, self.names),
             data_dir=self.root / f"r{i}",
             apply_fn=kv.apply,
             open_fn=kv.open_fn,
@@ -99,6 +109,7 @@ class Cluster:
             map_size=self.map_sizes.get(i),
             preferred_leader=self.preferred,
             placement=self.placement,
+            membership=self.memberships.get(i, VOTER),
         )
         self.hosts[i], self.replicas[i], self.kvs[i] = host, r, kv
         return r
@@ -527,3 +538,44 @@ def test_a_follower_refuses_read_index(cluster):
     from tidebank.node.raft.replica import ReadNotLeaderError
     with pytest.raises(ReadNotLeaderError):
         follower.read_index().result(1)
+
+
+def test_a_replica_joins_catches_up_and_another_leaves_without_losing_an_entry(tmp_path):
+    c = Cluster(tmp_path, size=4)
+    try:
+        for i in range(3):
+            c.members[i] = c.names[:3]
+        c.memberships[3] = JOINING
+        for i in range(3):
+            c.start(i)
+        leader = c.leader()
+        submit_many(leader, [b"a%d" % n for n in range(50)])
+        joining = c.start(3)
+        time.sleep(1.5)  # several election timeouts: a replica nobody added never campaigns
+        assert joining.status()["role"] == "follower" and leader.is_leader()
+        assert leader.change_membership("add", "n3").result(timeout=10) is True
+        assert leader.change_membership("add", "n3").result(timeout=10) is False  # already so: a retry
+        c.wait_converged(among=[0, 1, 2, 3])
+        assert leader.members_now() == ("n0", "n1", "n2", "n3") and joining._self_member is True
+        leaving = next(r for r in c.live()[:3] if r is not leader)
+        leaving.membership = LEAVING
+        term = leader.raftCurrentTerm
+        assert leader.change_membership("rem", leaving.host.name).result(timeout=10) is True
+        assert leader.members_now() == tuple(sorted({"n0", "n1", "n2", "n3"} - {leaving.host.name}))
+        time.sleep(2.0)  # the removed replica hears no leader and campaigns: nobody may listen to it
+        assert leader.is_leader() and leader.raftCurrentTerm == term
+        submit_many(leader, [b"b%d" % n for n in range(50)])
+        stayed = [i for i, r in enumerate(c.replicas) if r is not None and r is not leaving]
+        c.wait_converged(among=stayed)
+        assert counts(c.contents(3)) == counts(c.contents(stayed[0]))
+        assert sum(1 for key in c.contents(3) if key.startswith(b"count:b")) == 50
+    finally:
+        c.close()
+
+
+def test_the_leader_cannot_remove_itself_and_nothing_changes(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    with pytest.raises(MembershipBusyError, match="cannot remove itself"):
+        leader.change_membership("rem", leader.host.name).result(timeout=10)
+    assert leader.members_now() == ("n0", "n1", "n2")
