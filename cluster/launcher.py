@@ -41,6 +41,7 @@ from tidebank.common.topology import (
     TopologyError,
     generate_local,
     join_address,
+    split_address,
 )
 from tidebank.v1 import admin_pb2, admin_pb2_grpc
 
@@ -493,15 +494,20 @@ class LocalCluster:
 
         return Membership(self.config_path, self._pool, on_publish=keep, **kwargs)
 
-    def new_node_spec(self, name: str, dc: str) -> NodeSpec:
-        """A node for this machine: free loopback ports, and its TLS certificate under the cluster's CA."""
+    def new_node_spec(self, name: str, dc: str, grpc_address: str | None = None,
+                      raft_address: str | None = None, metrics_port: int | None = None) -> NodeSpec:
+        """A new node: the addresses given, else free ports on this cluster's host; and its TLS certificate
+        under the cluster's CA."""
         if dc not in self.topology.dcs:
             raise TopologyError(f"unknown DC {dc!r} (DCs: {', '.join(self.topology.dcs)})")
         host = self.topology.nodes[0].raft_host
         ports = PortPicker(host)
         ports.taken.update(p for n in self.topology.nodes for p in (n.grpc_port, n.raft_port, n.metrics_port))
-        spec = NodeSpec(name=name, dc=dc, grpc_address=join_address(host, ports.one()), raft_host=host,
-                        raft_port=ports.one(), metrics_port=ports.one())
+        raft_host, raft_port = split_address(raft_address) if raft_address else (host, ports.one())
+        spec = NodeSpec(name=name, dc=dc, grpc_address=grpc_address or join_address(host, ports.one()),
+                        raft_host=raft_host, raft_port=raft_port,
+                        metrics_port=ports.one() if metrics_port is None else metrics_port)
+        split_address(spec.grpc_address)  # a clear error for a malformed --grpc
         if self.topology.tls is not None:
             tls_files.issue_node(tls_files.tls_dir(self.dir), name, (spec.grpc_host, spec.raft_host, "localhost"))
         return spec

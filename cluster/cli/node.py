@@ -67,16 +67,25 @@ def node_add(
     name: Annotated[str, typer.Argument(help="The new node's name.", metavar="NAME")],
     dc: Annotated[str, typer.Option("--dc", help="Its data centre (one of the topology's DCs).")],
     dir: LocalDirOpt,
-    start: Annotated[bool, typer.Option(help="Start its process too.")] = True,
+    grpc: Annotated[str | None, typer.Option("--grpc", help="Its client endpoint HOST:PORT [default: a free "
+                                             "port on the cluster's host].", show_default=False)] = None,
+    raft: Annotated[str | None, typer.Option("--raft", help="Its Raft endpoint HOST:PORT [default: a free port "
+                                             "on the cluster's host].", show_default=False)] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port, 0 = off "
+                                                     "[default: a free port].", min=0, max=65535,
+                                                     show_default=False)] = None,
+    start: Annotated[bool, typer.Option(help="Start its process here (--no-start: it runs elsewhere, from "
+                                        "this cluster.toml and its certificate).")] = True,
 ) -> None:
-    """Add a node to a running local cluster: free loopback ports, a TLS certificate from the cluster's CA, a
-    new topology version sent to every node, then its process. It holds no replica until one is moved to it
-    (`tidebank shard move-replica`)."""
+    """Add a node to a running cluster: its addresses, a TLS certificate from the cluster's CA, a new topology
+    version sent to every node, then its process. It holds no replica until one is moved to it
+    (`tidebank shard move-replica`, `tidebank shard balance`)."""
     cluster = LocalCluster.open(dir)
     try:
         if name in cluster.topology.node_names:
             raise typer.BadParameter(f"node {name} already exists", param_hint="'NAME'")
-        unreached = cluster.membership().add_node(cluster.new_node_spec(name, dc))
+        spec = cluster.new_node_spec(name, dc, grpc_address=grpc, raft_address=raft, metrics_port=metrics_port)
+        unreached = cluster.membership().add_node(spec)
         cluster.reload()
         if start:
             cluster.start([name])

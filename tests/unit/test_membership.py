@@ -231,3 +231,23 @@ def test_a_leaving_replica_campaigns_while_it_is_still_a_member():
     assert _may_campaign(_replica_state(LEAVING, True))
     assert _may_campaign(_replica_state(LEAVING, None))
     assert not _may_campaign(_replica_state(LEAVING, False))
+
+
+def test_a_new_node_takes_the_addresses_given_or_free_ports(tmp_path):
+    from tidebank.cluster.launcher import LocalCluster
+
+    cluster = LocalCluster.create(tmp_path / "c", plaintext=True)
+    try:
+        given = cluster.new_node_spec("dc1-n2", "dc1", grpc_address="127.0.0.1:18001",
+                                      raft_address="127.0.0.1:18002", metrics_port=0)
+        assert (given.grpc_address, given.raft_endpoint, given.metrics_port) == (
+            "127.0.0.1:18001", ("127.0.0.1", 18002), 0)
+        chosen = cluster.new_node_spec("dc1-n3", "dc1")
+        used = {p for n in cluster.topology.nodes for p in (n.grpc_port, n.raft_port, n.metrics_port)}
+        assert {chosen.grpc_port, chosen.raft_port, chosen.metrics_port}.isdisjoint(used)
+        with pytest.raises(TopologyError, match="HOST:PORT"):
+            cluster.new_node_spec("dc1-n4", "dc1", grpc_address="no-port")
+        with pytest.raises(TopologyError, match="unknown DC"):
+            cluster.new_node_spec("dc9-n1", "dc9")
+    finally:
+        cluster.close()
