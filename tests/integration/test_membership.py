@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tidebank.client import Account, Client, CreateAccountResult, CreateTransferResult, Transfer
@@ -30,10 +32,16 @@ def _replica(cluster, node: str, shard_id: int):
     return next((r for r in status.replicas if r.shard_id == shard_id), None)
 
 
-def _leader(cluster, shard_id: int) -> str:
-    rows = [r for r in cluster.cluster_status() if r.shard == shard_id and r.role == "leader"]
-    assert rows, f"shard {shard_id} has no leader"
-    return rows[0].node
+def _leader(cluster, shard_id: int, timeout_s: float = 30.0) -> str:
+    """The shard's leader, waiting for one: right after a swap the leaving leader hands over, and for a moment
+    (longer on a busy machine) no replica leads."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [r for r in cluster.cluster_status() if r.shard == shard_id and r.role == "leader"]
+        if rows:
+            return rows[0].node
+        assert time.monotonic() < deadline, f"shard {shard_id} has no leader after {timeout_s:g} s"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
