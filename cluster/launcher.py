@@ -210,6 +210,7 @@ class ReplicaRow:
     leader_node: str = ""
     has_quorum: bool = False
     apply_error: str = ""  # non-empty: its apply loop stopped on this storage or resource error
+    membership: str = ""  # voter | joining | leaving (a replica move in progress); "" if it did not answer
 
     @property
     def degraded(self) -> bool:
@@ -245,6 +246,20 @@ class StatusReport:
     def healthy(self) -> bool:
         return self.verdict == "healthy"
 
+    @property
+    def moves(self) -> list[dict]:
+        """Replica moves in progress: per moving replica, its shard, node, part and how far it has caught up
+        (its applied index against the highest commit index its shard's replicas report)."""
+        out = []
+        for r in self.rows:
+            if r.membership not in ("joining", "leaving"):
+                continue
+            top = max((x.commit_index or 0 for x in self.rows if x.shard == r.shard), default=0)
+            applied = r.applied_index or 0
+            out.append({"shard": r.shard, "node": r.node, "membership": r.membership, "applied_index": applied,
+                        "commit_index": top, "caught_up": round(min(1.0, applied / top), 3) if top else 1.0})
+        return out
+
     def to_dict(self) -> dict:
         return {
             "healthy": self.healthy,
@@ -254,6 +269,7 @@ class StatusReport:
             "nodes_total": self.nodes_total,
             "nodes_reachable": self.nodes_reachable,
             "replicas": [r.to_dict() for r in self.rows],
+            "moves": self.moves,
         }
 
 
@@ -329,6 +345,7 @@ def collect_status(
                         r.leader_node,
                         r.has_quorum,
                         r.apply_error,
+                        r.membership,
                     )
                 )
         rows += shard_rows

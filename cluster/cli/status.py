@@ -41,6 +41,7 @@ from tidebank.cluster.launcher import (
 )
 from tidebank.v1 import admin_pb2
 
+MOVE_BAR_WIDTH = 20
 _ROLE_STYLE = {"leader": "bold green", "follower": "", "candidate": "yellow", "down": "red", "absent": "red"}
 
 
@@ -120,6 +121,14 @@ def _print_status(report: StatusReport) -> None:
             cells.append(Text(f"degraded: {r.apply_error}", style="yellow") if r.degraded else "")
         table.add_row(*cells)
     print_table(table)
+    for move in report.moves:
+        filled = int(move["caught_up"] * MOVE_BAR_WIDTH)
+        bar = "#" * filled + "." * (MOVE_BAR_WIDTH - filled)
+        what = ("joining, catching up" if move["membership"] == "joining"
+                else "leaving (replaced; hands over, then leaves)")
+        out.print(f"shard {move['shard']}: replica move: {move['node']} {what} [{bar}] "
+                  f"{move['caught_up']:.0%} (applied {move['applied_index']:,} of {move['commit_index']:,})",
+                  markup=False)
     summary = f"{report.nodes_reachable}/{report.nodes_total} nodes answer"
     cannot_apply = ", ".join(f"{r.node} (shard {r.shard})" for r in degraded)
     if report.verdict == "healthy":

@@ -23,6 +23,8 @@ def _add_nodes(cluster, names_and_dcs):
         membership.add_node(cluster.new_node_spec(name, dc))
     cluster.reload()
     cluster.start([name for name, _ in names_and_dcs])
+    for name, _ in names_and_dcs:
+        cluster.wait_answering(name)  # it holds no replica yet: no leader to wait for
     cluster.wait_ready(timeout_s=60)
 
 
@@ -116,6 +118,8 @@ def test_a_move_whose_driver_stops_after_a_step_resumes_and_finishes(grown, mone
     target = "dc2-n2" if source == "dc2-n1" else "dc2-n1"
     first = grown.membership().move_replica(1, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
     assert not first.finished and first.steps_done[-1] == stop_after
+    moving = (target, "joining") if stop_after in ("stage", "add") else (source, "leaving")
+    assert [(m["shard"], m["node"], m["membership"]) for m in grown.status().moves] == [(1, *moving)]
     transfer_ids = _pay(client, ids, (2 << 90) + STEPS.index(stop_after) * 1000, 20)
     second = grown.membership().move_replica(1, source, target, timeout_s=MOVE_TIMEOUT_S)
     assert second.finished
