@@ -9,12 +9,12 @@ a move whose driver dies resumes where it stopped when run again:
 ========  ===========================================================  ====================================
 step      what changes                                                 the Raft group
 ========  ===========================================================  ====================================
-stage     B is `joining`: B's node opens an empty replica (never        A, others (B talks, does not vote)
-          campaigns)
+stage     B is `joining`: B's node opens an empty replica (it does     A, others (B talks, does not vote)
+          not campaign until added and caught up)
 add       the leader adds B as a voting member                         A, B, others (4 voters in 3 DCs)
 swap      once B has applied what the leader had committed, B takes    unchanged; a leading A hands over
           A's place in `replicas` (same preference); A is `leaving`
-          and never campaigns again
+          (it campaigns only if no one else is elected)
 remove    the leader removes A                                         B, others
 finish    A is no longer named: A's node closes its replica and moves  B, others
           its files to retired/

@@ -106,7 +106,7 @@ class ShardSpec:
     replicas: tuple[str, ...]  # node names, one per DC; the first is the preferred leader
     # A replica move in progress (cluster/membership.py): the node whose new replica catches up and joins the
     # Raft group, then, once it has replaced the old one in `replicas`, the node whose replica is leaving.
-    # Both host the shard meanwhile but never campaign. At most one of each.
+    # Both host the shard meanwhile; neither is elected while the others can be. At most one of each.
     joining: tuple[str, ...] = ()
     leaving: tuple[str, ...] = ()
 

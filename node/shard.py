@@ -233,8 +233,7 @@ class ShardHost:
         return self.replica.membership
 
     def set_membership(self, membership: str) -> None:
-        """VOTER, JOINING or LEAVING, as the newest topology says (a joining or leaving replica never
-        campaigns)."""
+        """VOTER, JOINING or LEAVING, as the newest topology says (what each may do: ShardReplica._may_campaign)."""
         self.replica.membership = membership
 
     def members(self) -> list[str]:

@@ -63,7 +63,6 @@ LMDB_MAP_SIZE = 64 << 30  # sparse; LMDB only grows the file as pages are used
 LMDB_MAX_DBS = 64
 NEVER_CAMPAIGN_S = 3600.0
 VOTER, JOINING, LEAVING = "voter", "joining", "leaving"
-MEMBERSHIPS = (VOTER, JOINING, LEAVING)
 # A leaving leader hands over at once, retries each second, and lets its target lag more than a preferred one may
 LEAVING_HANDOVER = PlacementTuning(stable_s=0.0, pause_s=0.5, retry_s=1.0, lag_max=256)
 JOIN_CAMPAIGN_LAG_MAX = 256  # entries a joining member may lag the leader's commit index and still campaign
@@ -229,8 +228,8 @@ class ShardReplica(SyncObj):
         map size in bytes (default TIDEBANK_LMDB_MAP_SIZE, else 64 GiB, sparse). ``preferred_leader``: the member
         that should lead when it is healthy (placement.py); with ``placement`` set, another leader hands over to
         it (None, the default, as on a node without TIDEBANK_LEADER_HANDOVER=1: no hand-overs). ``membership``:
-        VOTER, or JOINING / LEAVING while a replica move brings this replica in or takes it out (it then never
-        campaigns, and a LEAVING leader hands its leadership to a caught-up partner)."""
+        VOTER, or JOINING / LEAVING while a replica move brings this replica in or takes it out (who may
+        campaign then: `_may_campaign`; a LEAVING leader hands its leadership to a caught-up partner)."""
         if host.name not in members:
             raise ValueError(f"node {host.name} is not a member of shard {shard_id}: {members}")
         patches.install_journal(create_journal)
@@ -266,7 +265,7 @@ class ShardReplica(SyncObj):
         if preferred_leader is not None and preferred_leader not in members:
             raise ValueError(f"preferred leader {preferred_leader} is not a member of shard {shard_id}: {members}")
         self.preferred_leader = preferred_leader
-        # voter, or a replica move's JOINING (catching up) / LEAVING (replaced) replica: those never campaign
+        # voter, or a replica move's JOINING (catching up) / LEAVING (replaced) replica (see _may_campaign)
         self.membership = membership
         # Whether this replica is a voting member by its own log (membership entries, the dump's list); None
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
@@ -528,8 +527,11 @@ class ShardReplica(SyncObj):
         if handover is None or preferred is None or preferred == self.host.name or self.apply_error is not None:
             return
         target = next((n for n in patches.other_nodes(self) if n.id == preferred), None)
-        if target is None:
-            return
+        if target is not None:
+            self._hand_over_step(handover, target, "the preferred replica")
+
+    def _hand_over_step(self, handover: HandoverState, target, why: str) -> None:
+        """One tick of a hand-over to `target` (placement.py decides; this carries it out on the loop thread)."""
         now = time.monotonic()
         answered_after = now - self.tuning.leader_fallback_timeout
         responsive = (target in patches.connected_nodes(self)
@@ -539,13 +541,13 @@ class ShardReplica(SyncObj):
             commit_index=self.raftCommitIndex, applied_index=self.raftLastApplied,
             target_match_index=patches.match_index(self, target), target_responsive=responsive))
         if decision == START:
-            logger.info("shard %s %s: handing leadership over to the preferred replica %s", self.shard_id,
-                        self.host.name, preferred)
+            logger.info("shard %s %s: handing leadership over to %s %s", self.shard_id, self.host.name, why,
+                        target.id)
         elif decision == TRANSFER:
             self.transferLeadership(target)
         elif decision == ABANDON:
             logger.info("shard %s %s: %s did not take over in time; leading on, retrying later", self.shard_id,
-                        self.host.name, preferred)
+                        self.host.name, target.id)
             self.host.wake(self.shard_id)  # proposals held meanwhile go now
 
     # ------------------------------------------------------------------ membership (cluster/membership.py)
@@ -588,32 +590,16 @@ class ShardReplica(SyncObj):
         self._self_member = PeerNode(self.host.name) in members
 
     def _hand_over_before_leaving(self) -> None:
-        """A leaving leader hands over to its most caught-up connected partner as placement.py does (proposals
-        held at most LEAVING_HANDOVER.pause_s until the target has the whole log, then TimeoutNow); it keeps
-        leading until one takes over, so writes go on meanwhile."""
-        handover = self._leaving_handover
-        now = time.monotonic()
-        connected = patches.connected_nodes(self)
-        if not handover.holding_proposals:
+        """A leaving leader hands over to its most caught-up connected partner as leader placement does
+        (proposals held at most LEAVING_HANDOVER.pause_s until the target has the whole log, then TimeoutNow);
+        it keeps leading until one takes over, so writes go on meanwhile. A new target is chosen per attempt."""
+        if not self._leaving_handover.holding_proposals:
+            connected = patches.connected_nodes(self)
             partners = sorted((n for n in patches.other_nodes(self) if n in connected),
                               key=lambda n: (patches.match_index(self, n), n.id), reverse=True)
             self._leaving_target = partners[0] if partners else None
-        target = self._leaving_target
-        if target is None:
-            return
-        answered_after = now - self.tuning.leader_fallback_timeout
-        responsive = target in connected and patches.last_response_times(self).get(target, 0.0) > answered_after
-        decision = handover.decide(LeaderView(
-            now=now, leading_since=self._leading_since, last_index=patches.last_log_index(self),
-            commit_index=self.raftCommitIndex, applied_index=self.raftLastApplied,
-            target_match_index=patches.match_index(self, target), target_responsive=responsive))
-        if decision == START:
-            logger.info("shard %s %s: leaving the group; handing leadership to %s", self.shard_id, self.host.name,
-                        target.id)
-        elif decision == TRANSFER:
-            self.transferLeadership(target)
-        elif decision == ABANDON:
-            self.host.wake(self.shard_id)  # proposals held meanwhile go now; the next try may pick another
+        if self._leaving_target is not None:
+            self._hand_over_step(self._leaving_handover, self._leaving_target, "its partner (leaving the group)")
 
     def members(self) -> list[str]:
         """The voting members of the group as this replica knows them (its log's latest configuration), as of
