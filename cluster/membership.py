@@ -49,7 +49,12 @@ PUSH_WORKERS = 16  # topology pushes in flight at once
 
 
 class MembershipError(ClusterError):
-    """A membership change cannot be made (bad request) or did not finish in time (retry: it resumes)."""
+    """A membership change cannot be made (bad request) or did not finish in time (MoveInterrupted)."""
+
+
+class MoveInterrupted(MembershipError):
+    """A step did not finish in time (a node down, no leader, a replica still catching up): nothing is half
+    done, and running the same move again resumes it."""
 
 
 @dataclass
@@ -248,7 +253,7 @@ class Membership:
                 # not the leader any more, busy with an earlier change, or not committed in time: a retry is safe
                 # (the leader answers "already so" for a change that did commit)
                 time.sleep(POLL_S)
-        raise MembershipError(f"shard {shard_id}: membership change not made in time ({last}); run again to resume")
+        raise MoveInterrupted(f"shard {shard_id}: membership change not made in time ({last}); run again to resume")
 
     def _wait_caught_up(self, shard_id: int, node: str, deadline: float) -> None:
         """Until `node`'s replica has applied at least what the leader had committed when the wait began."""
@@ -275,7 +280,7 @@ class Membership:
             if value:
                 return value
             if time.monotonic() >= deadline:
-                raise MembershipError(f"{what}; run again to resume")
+                raise MoveInterrupted(f"{what}; run again to resume")
             time.sleep(POLL_S)
 
     # ---- nodes ------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 import grpc
 
 from tidebank.cluster.launcher import ClusterError, LocalCluster
-from tidebank.cluster.membership import MembershipError
+from tidebank.cluster.membership import MembershipError, MoveInterrupted
 
 SPARE_DCS = ("dc1", "dc2")  # each gets a second node; replicas of shards move between a DC's two nodes
 ATTEMPT_TIMEOUT_S = 8.0  # one try at a move; a move that needs longer (a fault) is resumed by the next try
@@ -78,9 +78,9 @@ class ReplicaMover:
         shard, source, target = self.current
         try:
             return self.membership.move_replica(shard, source, target, timeout_s=timeout_s).finished
-        except (MembershipError, grpc.RpcError, TimeoutError) as exc:
-            if isinstance(exc, MembershipError) and "run again" not in str(exc):
-                raise  # a refusal, not an interruption: a bug in the plan or the driver
-            return False
+        except (MoveInterrupted, grpc.RpcError, TimeoutError):
+            return False  # interrupted by a fault: the next attempt resumes
+        except MembershipError:
+            raise  # a refusal, not an interruption: a bug in the plan or the driver
         except ClusterError:
-            return False
+            return False  # the launcher's view of a node in a fault (e.g. a node not answering)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tidebank.client import Account, Client, CreateAccountResult, CreateTransferResult, Transfer
-from tidebank.cluster.membership import STEPS, MembershipError
+from tidebank.cluster.membership import STEPS, MembershipError, MoveInterrupted
 
 from .conftest import running_cluster, shard_of
 
@@ -161,7 +161,7 @@ def test_a_move_waits_for_a_killed_new_replica_to_come_back_and_catch_up(grown, 
     grown.kill(target)
     try:
         transfer_ids = _pay(client, ids, 4 << 90, 20)
-        with pytest.raises(MembershipError, match="did not catch up"):
+        with pytest.raises(MoveInterrupted, match="did not catch up"):
             grown.membership().move_replica(0, source, target, timeout_s=3.0)
     finally:
         grown.start([target])
