@@ -46,6 +46,14 @@ def _leader(cluster, shard_id: int, timeout_s: float = 30.0) -> str:
         time.sleep(0.1)
 
 
+def _swap_within(cluster, shard_id: int, dc: str) -> tuple:
+    """(the shard's spec now, its replica in `dc`, the other node of `dc`): a move back and forth between the
+    two nodes of a DC, whichever holds the replica at the moment."""
+    spec = cluster.reload().shard(shard_id)
+    source = next(r for r in spec.replicas if cluster.topology.node(r).dc == dc)
+    return spec, source, f"{dc}-n2" if source == f"{dc}-n1" else f"{dc}-n1"
+
+
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory):
     """A 3-DC cluster with a second node in dc1 and dc2, holding nothing yet."""
@@ -100,12 +108,10 @@ def test_a_moved_replica_holds_the_shard_and_the_old_one_is_gone(grown, money):
 
 
 def test_a_move_run_again_after_it_is_done_changes_nothing(grown, money):
-    spec = grown.reload().shard(0)
-    membership = grown.membership()
-    source, target = ("dc1-n1", "dc1-n2") if "dc1-n2" in spec.replicas else ("dc1-n2", "dc1-n1")
-    report = membership.move_replica(0, target, source, timeout_s=MOVE_TIMEOUT_S)  # source holds it now
+    _, source, target = _swap_within(grown, 0, "dc1")
+    report = grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S)
     version = grown.reload().shard_map_version
-    again = grown.membership().move_replica(0, target, source, timeout_s=MOVE_TIMEOUT_S)
+    again = grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S)
     assert report.finished and again.finished and again.steps_done == []
     assert grown.reload().shard_map_version == version
 
@@ -113,9 +119,7 @@ def test_a_move_run_again_after_it_is_done_changes_nothing(grown, money):
 @pytest.mark.parametrize("stop_after", STEPS[:-1])
 def test_a_move_whose_driver_stops_after_a_step_resumes_and_finishes(grown, money, stop_after):
     client, ids = money
-    spec = grown.reload().shard(1)
-    source = next(r for r in spec.replicas if r.startswith("dc2"))
-    target = "dc2-n2" if source == "dc2-n1" else "dc2-n1"
+    spec, source, target = _swap_within(grown, 1, "dc2")
     first = grown.membership().move_replica(1, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
     assert not first.finished and first.steps_done[-1] == stop_after
     moving = (target, "joining") if stop_after in ("stage", "add") else (source, "leaving")
@@ -131,9 +135,7 @@ def test_a_move_whose_driver_stops_after_a_step_resumes_and_finishes(grown, mone
 @pytest.mark.parametrize("stop_after", STEPS[:-1])
 def test_a_move_goes_on_when_the_shard_leader_is_killed_after_a_step(grown, money, stop_after):
     client, ids = money
-    spec = grown.reload().shard(0)
-    source = next(r for r in spec.replicas if r.startswith("dc1"))
-    target = "dc1-n2" if source == "dc1-n1" else "dc1-n1"
+    _, source, target = _swap_within(grown, 0, "dc1")
     grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
     victim = _leader(grown, 0)
     grown.kill(victim)
@@ -154,9 +156,7 @@ def test_a_move_goes_on_when_the_shard_leader_is_killed_after_a_step(grown, mone
 
 def test_a_move_waits_for_a_killed_new_replica_to_come_back_and_catch_up(grown, money):
     client, ids = money
-    spec = grown.reload().shard(0)
-    source = next(r for r in spec.replicas if r.startswith("dc1"))
-    target = "dc1-n2" if source == "dc1-n1" else "dc1-n1"
+    _, source, target = _swap_within(grown, 0, "dc1")
     grown.membership().move_replica(0, source, target, timeout_s=MOVE_TIMEOUT_S, stop_after="add")
     grown.kill(target)
     try:
