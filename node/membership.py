@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
 
 from tidebank.common.topology import ShardSpec, Topology, TopologyError
 from tidebank.node.raft.replica import JOINING, LEAVING, VOTER
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 PERSISTED_NAME = "topology.toml"
 RETIRED_DIR = "retired"
+RETIRED_KEPT_MAX = 4  # closed replicas' files kept per node, newest first
 
 
 def membership_of(shard: ShardSpec, node: str) -> str:
@@ -83,14 +85,25 @@ def check_successor(current: Topology, new: Topology, node: str) -> None:
 
 
 def retire_shard_dir(topology: Topology, node: str, shard_id: int, version: int) -> pathlib.Path:
-    """Move a closed replica's files aside (kept, not deleted: the operator removes them once sure)."""
+    """Move a closed replica's files aside: kept, not deleted, until RETIRED_KEPT_MAX newer ones are (each is a
+    whole copy of a shard, and the shard's data lives on in the replica that replaced it)."""
     source = shard_dir(topology, node, shard_id)
-    target = topology.node_data_dir(node) / RETIRED_DIR / f"shard-{shard_id}.v{version}"
+    retired = topology.node_data_dir(node) / RETIRED_DIR
+    target = retired / f"shard-{shard_id}.v{version}"
     if not source.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    retired.mkdir(parents=True, exist_ok=True)
     source.rename(target)
+    kept = sorted(retired.glob("shard-*.v*"), key=_retired_version, reverse=True)
+    for old in kept[RETIRED_KEPT_MAX:]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("node %s: removed the oldest retired replica files %s", node, old)
     return target
+
+
+def _retired_version(path: pathlib.Path) -> int:
+    suffix = path.name.rpartition(".v")[2]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def parse_pushed(text: str, secret: str) -> Topology:

@@ -109,6 +109,15 @@ def test_a_closed_replica_s_files_are_moved_aside_not_deleted(topo):
     assert retired.name == "shard-0.v7"
 
 
+def test_only_the_newest_retired_replicas_are_kept(topo):
+    for version in range(10, 10 + node_membership.RETIRED_KEPT_MAX + 2):
+        node_membership.shard_dir(topo, "dc1-n1", version % 2).mkdir(parents=True)
+        node_membership.retire_shard_dir(topo, "dc1-n1", version % 2, version)
+    kept = sorted(p.name for p in (topo.node_data_dir("dc1-n1") / node_membership.RETIRED_DIR).iterdir())
+    newest = range(10 + 2, 10 + node_membership.RETIRED_KEPT_MAX + 2)
+    assert kept == sorted(f"shard-{v % 2}.v{v}" for v in newest)
+
+
 # ---- where a move stands ---------------------------------------------------------------------------
 
 
