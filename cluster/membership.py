@@ -338,14 +338,20 @@ class Membership:
                 plan.append((shard_id, fullest, emptiest))
         return plan
 
-    def balance(self, *, timeout_s: float = MOVE_TIMEOUT_S) -> list[MoveReport]:
-        """Run balance_plan's moves one after the other (one move at a time in the whole cluster)."""
+    def balance(self, plan: list[tuple[int, str, str]], *, timeout_s: float = MOVE_TIMEOUT_S,
+                on_move: Callable[[int, tuple[int, str, str]], None] | None = None) -> list[MoveReport]:
+        """Run a balance_plan's moves one after the other (one move at a time in the whole cluster); refused
+        while any shard is in another move. `on_move(number, move)` is told before each (CLI progress)."""
         for spec in self.topology.shards:
             if spec.joining or spec.leaving:
                 raise MembershipError(f"shard {spec.shard_id} is in a move (joining {list(spec.joining)}, leaving "
                                       f"{list(spec.leaving)}): finish it with `tidebank shard move-replica` first")
-        return [self.move_replica(shard_id, source, target, timeout_s=timeout_s)
-                for shard_id, source, target in self.balance_plan()]
+        reports = []
+        for number, (shard_id, source, target) in enumerate(plan, 1):
+            if on_move is not None:
+                on_move(number, (shard_id, source, target))
+            reports.append(self.move_replica(shard_id, source, target, timeout_s=timeout_s))
+        return reports
 
     def remove_node(self, node: str, stop_node: Callable[[str], None], *,
                     timeout_s: float = MOVE_TIMEOUT_S) -> list[MoveReport]:

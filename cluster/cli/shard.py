@@ -63,11 +63,12 @@ def balance(
     try:
         membership = cluster.membership()
         plan = membership.balance_plan()
+        def progress(number: int, move: tuple[int, str, str]) -> None:
+            if output == Output.table:
+                err.print(f"[{number}/{len(plan)}] shard {move[0]}: {move[1]} -> {move[2]}")
+
         if not dry_run:
-            for number, (shard, source, target) in enumerate(plan, 1):
-                if output == Output.table:
-                    err.print(f"[{number}/{len(plan)}] shard {shard}: {source} -> {target}")
-                membership.move_replica(shard, source, target, timeout_s=timeout)
+            membership.balance(plan, timeout_s=timeout, on_move=progress)
     finally:
         cluster.close()
     if output == Output.json:

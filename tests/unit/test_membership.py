@@ -260,3 +260,9 @@ def test_a_new_node_takes_the_addresses_given_or_free_ports(tmp_path):
             cluster.new_node_spec("dc9-n1", "dc9")
     finally:
         cluster.close()
+
+
+def test_balancing_is_refused_while_a_shard_is_in_another_move(tmp_path, topo):
+    driver = _driver(tmp_path, _moving(topo, joining=("dc1-n2",)))
+    with pytest.raises(MembershipError, match="is in a move"):
+        driver.balance([(0, "dc2-n1", "dc2-n2")])
