@@ -34,15 +34,23 @@ Private members used, and why:
 ``_SyncObj__connectedNodes``              same, only for connected partners
 ``_SyncObj__noopIDx``                     a new leader serves reads only once its no-op is committed
 ``_SyncObj__raftMatchIndex``              whether the preferred leader is caught up (leader placement)
+``_SyncObj__serializer``                  its ``setTransmissionData`` replaced: the last chunk of a dump from
+                                          the leader no longer loads it inside the message handler
+                                          (`receive_dumps_in_background`)
+``_SyncObj__loadDumpFile``                called when that dump is ready (`load_received_dump`)
+``_SyncObj__sendNextNodeIdx``             then tells the leader, as pysyncobj does after a load
 ========================================  ===========================================================
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 
 import pysyncobj.syncobj as syncobj_module
 from pysyncobj import SyncObj
+from pysyncobj.atomic_replace import atomicReplace
 from pysyncobj.version import VERSION as _INSTALLED
 
 PYSYNCOBJ_VERSION = "0.3.17"
@@ -57,6 +65,7 @@ LEADER = 2
 ROLE_NAMES = {FOLLOWER: "follower", CANDIDATE: "candidate", LEADER: "leader"}
 
 _install_lock = threading.Lock()
+_log = logging.getLogger(__name__)
 
 
 def install_journal(create_journal) -> None:
@@ -134,3 +143,53 @@ def connected_nodes(obj: SyncObj) -> set:
 def send_append_entries(obj: SyncObj) -> None:
     """Leader only: send what each partner has not been sent yet (and a heartbeat to the others) now."""
     obj._SyncObj__sendAppendEntries()
+
+
+def receive_dumps_in_background(obj: SyncObj, on_received: Callable[[str], None]) -> str:
+    """A follower writes a dump from the leader chunk by chunk (as pysyncobj does), but on the last chunk it
+    only closes the file and calls ``on_received(path)``; pysyncobj would rename and load it right there, on
+    the tick thread, which stops every replica of the node for as long as the install takes. The caller
+    prepares the dump elsewhere and then calls `load_received_dump`. Returns the path chunks are written to."""
+    serializer = obj._SyncObj__serializer
+    path = serializer._Serializer__fileName + ".1.tmp"  # pysyncobj's own name for it
+    incoming = []  # the open file of a transmission under way (at most one)
+
+    def set_transmission_data(data) -> bool:
+        if data is None:
+            return False
+        chunk, is_first, is_last = data
+        if is_first:
+            for f in incoming:
+                f.close()
+            incoming.clear()
+            try:
+                incoming.append(open(path, "wb"))  # noqa: SIM115 - kept open across chunks
+            except OSError:
+                _log.exception("failed to open %s for a dump from the leader", path)
+                return False
+        elif not incoming:
+            return False  # a chunk without its start: pysyncobj ignores it too
+        try:
+            incoming[0].write(chunk)
+            if is_last:
+                incoming.pop().close()
+        except OSError:
+            _log.exception("failed to write a dump from the leader to %s", path)
+            for f in incoming:
+                f.close()
+            incoming.clear()
+            return False
+        if is_last:
+            on_received(path)
+        return False  # pysyncobj loads nothing now; load_received_dump does, later
+
+    serializer.setTransmissionData = set_transmission_data
+    return path
+
+
+def load_received_dump(obj: SyncObj, received_path: str, leader) -> None:
+    """Loop thread, once the dump `receive_dumps_in_background` reported is ready: what pysyncobj does after
+    the last chunk (put it in place, load it, tell the leader the next index it needs)."""
+    atomicReplace(received_path, obj._SyncObj__serializer._Serializer__fileName)
+    obj._SyncObj__loadDumpFile(clearJournal=True)
+    obj._SyncObj__sendNextNodeIdx(leader, success=True)

@@ -31,6 +31,7 @@ is taken, and after the cause is fixed a restart replays the journal from there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -191,6 +192,17 @@ class _EnvGate:
 # ---------------------------------------------------------------------- replica
 
 
+@dataclass
+class _DumpInstall:
+    """A dump from the leader being made ready off the loop thread; the replica is away until it is."""
+
+    path: str
+    leader: object  # the PeerNode that sent it: told the next index it needs once the dump is loaded
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+
+
 @dataclass(frozen=True)
 class _TickStats:
     at: float
@@ -270,6 +282,8 @@ class ShardReplica(SyncObj):
         # Whether this replica is a voting member by its own log (membership entries, the dump's list); None
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
         self._self_member: bool | None = None
+        self._dump_install: _DumpInstall | None = None
+        self.append_entries_from = None  # the node whose append_entries this replica handles now (transport)
         self.leader_commit_seen = 0  # the commit index of the last append_entries from a leader (GroupTransport)
         self._election_deferred_at = float("-inf")
         self._leaving_handover = HandoverState(LEAVING_HANDOVER)
@@ -310,6 +324,7 @@ class ShardReplica(SyncObj):
             super().__init__(PeerNode(host.name), partners, conf=conf, nodeClass=PeerNode,
                              transportClass=GroupTransport)
             self._transport: GroupTransport = patches.transport(self)
+            patches.receive_dumps_in_background(self, self._on_dump_received)
             if preferred_leader == host.name and self.raftCurrentTerm == 0 and placement is not None:
                 # a new shard: its preferred replica campaigns first, so the first leaders need no handover
                 patches.hold_election(self, time.monotonic() + FIRST_ELECTION_PREFERRED_S)
@@ -492,6 +507,9 @@ class ShardReplica(SyncObj):
         """One pysyncobj tick (after `before_tick`, which may propose entries); a leader then sends what it
         appended at once."""
         self.touched = False
+        if self._dump_install is not None and not self._finish_dump_install():
+            self._record_tick_stats()
+            return
         if self.apply_error is not None:
             patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
             patches.step_down(self)
@@ -509,6 +527,52 @@ class ShardReplica(SyncObj):
                 self._place_leader()
         self._serve_reads()
         self._record_tick_stats()
+
+    # ------------------------------------------------------------------ snapshots from the leader
+
+    @property
+    def installing_snapshot(self) -> bool:
+        """A dump from the leader is being made ready: this replica neither ticks nor takes messages meanwhile,
+        as if it were down for that long; the node's other replicas go on (loop thread)."""
+        return self._dump_install is not None
+
+    def _on_dump_received(self, path: str) -> None:
+        """Loop thread: the last chunk of a dump arrived. Its fsync, check and LMDB extraction (seconds for a
+        big shard) run on a thread of their own; `_finish_dump_install` loads it once they are done."""
+        install = _DumpInstall(path, self.append_entries_from)
+
+        def prepare() -> None:
+            try:
+                self._snapshots.prepare_received(path)
+            except BaseException as exc:  # noqa: BLE001 - reported on the loop thread
+                install.error = exc
+            finally:
+                install.done.set()
+                self.host.wake(self.shard_id)
+
+        install.thread = threading.Thread(target=prepare, name=f"dump-install-{self.shard_id}", daemon=True)
+        self._dump_install = install
+        install.thread.start()
+
+    def _finish_dump_install(self) -> bool:
+        """Loop thread: False while the dump is still being prepared. Then load it (a file swap) and tell the
+        leader, or drop it if it could not be prepared (the leader sends it again), and tick on."""
+        install = self._dump_install
+        if not install.done.is_set():
+            return False
+        self._dump_install = None
+        if install.error is not None:
+            logger.error("shard %s %s: a dump from the leader could not be installed, dropped (%s)", self.shard_id,
+                         self.host.name, install.error)
+            self._snapshots.discard_received()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(install.path)
+        elif install.leader is not None:
+            patches.load_received_dump(self, install.path, install.leader)
+        # it heard no leader meanwhile: give the leader's next heartbeat time to arrive before campaigning
+        now = time.monotonic()
+        patches.hold_election(self, max(patches.election_deadline(self), now + self.tuning.raft_max_timeout))
+        return True
 
     # ------------------------------------------------------------------ leader placement (placement.py)
 
@@ -787,6 +851,7 @@ class ShardReplica(SyncObj):
             "members": self.members(),
             "membership": self.membership,
             "tick_age": time.monotonic() - stats.at,
+            "installing_snapshot": self._dump_install is not None,
             "closed": self._closed,
         }
 
@@ -809,6 +874,10 @@ class ShardReplica(SyncObj):
             self.host.remove(self)
             self.host.call(self._doDestroy)
         finally:
+            install = self._dump_install
+            if install is not None and install.thread is not None:
+                install.thread.join()
+                self._snapshots.discard_received()
             self._snapshots.wait_idle()
             self._journal._destroy()  # idempotent; pysyncobj's _doDestroy normally did it
             with self._gate.exclusive():

@@ -267,6 +267,23 @@ class SnapshotHost(Protocol):
         """The voting members the loaded dump records (the replica tells from them whether it is one)."""
 
 
+@dataclass(frozen=True)
+class ReceivedDump:
+    """A dump from the leader, checked and (if newer than the local LMDB) extracted to the install path."""
+
+    inode: int  # the received file's: the deserializer uses the preparation only for that very file
+    info: DumpInfo
+    extracted: bool
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class _Job:
     meta: bytes
@@ -290,6 +307,7 @@ class SnapshotManager:
         self.building_path = self.dump_path + ".building"
         self.install_path = self.dump_path + ".install"
         self._job: _Job | None = None
+        self._received: ReceivedDump | None = None  # prepared off the loop thread, loaded by the deserializer
         self._epoch = 0
         self._last_failure = 0.0
         self.snapshots_written = 0
@@ -404,24 +422,69 @@ class SnapshotManager:
         if job is not None and job.thread is not None:
             job.thread.join(timeout)
 
+    # -- a dump received from the leader, made ready off the loop thread ------------------
+
+    def prepare_received(self, received_path: str) -> ReceivedDump:
+        """Any thread but the loop: make a dump the leader sent durable, check it and, if it is newer than the
+        local LMDB, extract and verify its LMDB copy into ``install_path``. The deserializer, later on the loop
+        thread, then only swaps files: a big install no longer stops the node's other replicas. Raises
+        DumpError (or OSError) on a dump that cannot be installed; nothing local has changed then."""
+        if self.durable:
+            _fsync_file(received_path)
+        info = read_dump_info(received_path)
+        extracted = self.host.applied_index() < info.last_index
+        if extracted:
+            extract_lmdb(received_path, info, self.install_path, durable=self.durable)
+            try:
+                copied = applied_index_of_lmdb_file(self.install_path)
+                if copied < info.last_index:
+                    raise DumpError(f"{received_path}: LMDB copy applied index {copied} < {info.last_index}")
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.install_path)
+                raise
+        ready = ReceivedDump(os.stat(received_path).st_ino, info, extracted)
+        self._received = ready
+        return ready
+
+    def discard_received(self) -> None:
+        """A prepared dump will not be loaded after all (the replica closed, or the rename failed)."""
+        self._received = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.install_path)
+
+    def _take_received(self, file_name: str) -> ReceivedDump | None:
+        ready, self._received = self._received, None
+        if ready is None:
+            return None
+        try:
+            same = os.stat(file_name).st_ino == ready.inode
+        except FileNotFoundError:
+            same = False
+        if not same:  # not the file that was prepared: the slow path checks this one from scratch
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.install_path)
+            return None
+        return ready
+
     # -- deserializer (tick thread) ----------------------------------------------------
 
     def deserializer(self, file_name: str):
         """Return (last applied entry, entry before, cluster) of the dump; install its LMDB
-        if it is newer than the local one. Raises DumpError on an empty/garbage dump."""
-        # A dump received from the leader was written and renamed without fsync.
+        if it is newer than the local one. Raises DumpError on an empty/garbage dump. A dump
+        prepared by `prepare_received` costs only the swap of the LMDB file here."""
+        ready = self._take_received(file_name)
         if self.durable:
-            fd = os.open(file_name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # A dump received from the leader was written and renamed without fsync.
+            if ready is None:
+                _fsync_file(file_name)
             fsync_dir(os.path.dirname(os.path.abspath(file_name)))
-        info = read_dump_info(file_name)
+        info = ready.info if ready is not None else read_dump_info(file_name)
         self._epoch += 1  # an in-flight local snapshot must not replace this dump
         local = self.host.applied_index()
         if local < info.last_index:
-            extract_lmdb(file_name, info, self.install_path, durable=self.durable)
+            if ready is None or not ready.extracted:
+                extract_lmdb(file_name, info, self.install_path, durable=self.durable)
             try:
                 copied = applied_index_of_lmdb_file(self.install_path)
                 if copied < info.last_index:

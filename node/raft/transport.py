@@ -158,8 +158,11 @@ class GroupTransport(Transport):
     def deliver(self, node: Node, message: dict) -> None:
         """A message for this shard from `node` (loop thread): normalized, then handed to pysyncobj."""
         self._replica.touched = True
+        if self._replica.installing_snapshot:
+            return  # away until the dump from the leader is installed (ShardReplica.installing_snapshot)
         kind = message.get("type")
         if kind == "append_entries":
+            self._replica.append_entries_from = node
             commit_index = message.get("commit_index")
             if isinstance(commit_index, int):
                 self._replica.leader_commit_seen = commit_index

@@ -22,6 +22,7 @@ from tidebank.node.raft.replica import (
     RaftTuning,
     ShardReplica,
 )
+from tidebank.node.raft.snapshots import DumpError, SnapshotManager
 from tidebank.node.raft.transport import NodeTransport, normalize_append_entries
 
 SECRET = "unit-test-secret"
@@ -334,6 +335,81 @@ def test_lagging_replica_catches_up_from_snapshot_and_restart_keeps_state(tmp_pa
             c = counts(cluster.contents(i))
             assert set(c.values()) == {1}
             assert len(c) == len(counts(expected)) + 1
+    finally:
+        cluster.close()
+
+
+def _lag_behind_compaction(cluster: Cluster) -> tuple[ShardReplica, int]:
+    """Start all, stop one replica, let the others compact their log past it: it must catch up by snapshot."""
+    cluster.start_all()
+    leader = cluster.leader()
+    submit_many(leader, [b"x%d" % i for i in range(30)])
+    cluster.wait_converged()
+    lagging = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
+    cluster.stop(lagging)
+    for batch in range(3):
+        submit_many(leader, [b"y%d-%d" % (batch, i) for i in range(40)])
+    wait_for(lambda: leader.status()["log_size"] < 100, what="log compaction")
+    return leader, lagging
+
+
+def test_snapshot_from_the_leader_is_prepared_off_the_loop_thread(tmp_path, monkeypatch):
+    tuning = RaftTuning(log_compaction_min_entries=20, log_compaction_min_time=3600)
+    cluster = Cluster(tmp_path, tuning)
+    preparing = threading.Event()
+    release = threading.Event()
+    real_prepare = SnapshotManager.prepare_received
+
+    def slow_prepare(self, path):
+        preparing.set()
+        assert release.wait(20), "the test never let the install go on"
+        return real_prepare(self, path)
+
+    monkeypatch.setattr(SnapshotManager, "prepare_received", slow_prepare)
+    try:
+        leader, lagging = _lag_behind_compaction(cluster)
+        cluster.start(lagging)
+        wait_for(preparing.is_set, timeout=15, what="the dump to arrive")
+        replica, host = cluster.replicas[lagging], cluster.hosts[lagging]
+        assert replica.installing_snapshot
+        turns = host.turns
+        assert submit_wait(leader, b"while-installing") == (1, FAIL_REASON.SUCCESS)  # the others go on
+        time.sleep(0.5)
+        assert host.turns > turns + 5  # the node's loop is not held up by the install
+        assert replica.status()["installing_snapshot"] and replica.status()["snapshots_installed"] == 0
+        release.set()
+        cluster.wait_converged(timeout=20)
+        assert not replica.installing_snapshot
+        assert replica.status()["snapshots_installed"] >= 1
+        c = counts(cluster.contents(lagging))
+        assert len(c) == 30 + 120 + 1 and set(c.values()) == {1}
+    finally:
+        release.set()
+        cluster.close()
+
+
+def test_a_dump_that_cannot_be_prepared_is_dropped_and_sent_again(tmp_path, monkeypatch):
+    tuning = RaftTuning(log_compaction_min_entries=20, log_compaction_min_time=3600)
+    cluster = Cluster(tmp_path, tuning)
+    attempts = []
+    real_prepare = SnapshotManager.prepare_received
+
+    def failing_once(self, path):
+        attempts.append(path)
+        if len(attempts) == 1:
+            raise DumpError("disk trouble, once")
+        return real_prepare(self, path)
+
+    monkeypatch.setattr(SnapshotManager, "prepare_received", failing_once)
+    try:
+        leader, lagging = _lag_behind_compaction(cluster)
+        cluster.start(lagging)
+        cluster.wait_converged(timeout=30)
+        assert len(attempts) >= 2
+        replica = cluster.replicas[lagging]
+        assert replica.status()["snapshots_installed"] >= 1
+        c = counts(cluster.contents(lagging))
+        assert len(c) == 30 + 120 and set(c.values()) == {1}
     finally:
         cluster.close()
 
