@@ -22,8 +22,15 @@ finish    A is no longer named: A's node closes its replica and moves  B, others
 
 B votes from `add` on, before it has caught up (pysyncobj has no learner stage): while it
 catches up, the group commits with the three others, so losing one more node then stops
-writes until B has caught up. A move keeps one replica per DC (B must be in A's DC) and the
-group never has fewer voters than it started with.
+writes until B has caught up. When A's node is dead (it does not answer, and the leader
+has heard nothing from it for a while), `add` first evicts A (Admin/ChangeMembership
+EVICT): the group is then the two live replicas, and B joins them without ever being
+needed for their quorum, so writes go on while B catches up. A driver that dies after the
+eviction resumes at `add` (A is no longer a member, so only B is added).
+
+A move keeps one replica per DC (B must be in A's DC), and the group never has fewer voters
+than it started with, except after evicting a dead replica: then its live ones, which are
+all the group could count on anyway.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from tidebank.client._core import rich_details
 from tidebank.cluster.launcher import ChannelPool, ClusterError, fetch_node_status
 from tidebank.common.auth import signed
 from tidebank.common.topology import NodeSpec, ShardSpec, Topology, TopologyError
@@ -46,6 +54,9 @@ POLL_S = 0.2
 RPC_TIMEOUT_S = 10.0
 MOVE_TIMEOUT_S = 300.0
 PUSH_WORKERS = 16  # topology pushes in flight at once
+# How long `add` keeps asking to evict a dead source: a leader evicts only after 5 s without an answer from it
+# (node/api/admin_service.py EVICT_SILENCE_S); after this the replacement is added first, as for a live source.
+EVICT_WAIT_S = 15.0
 
 
 class MembershipError(ClusterError):
@@ -65,6 +76,7 @@ class MoveReport:
     steps_done: list[str] = dataclasses.field(default_factory=list)
     members: list[str] = dataclasses.field(default_factory=list)
     unreached: set[str] = dataclasses.field(default_factory=set)  # nodes that missed a topology push
+    evicted: bool = False  # the source's node was dead: its replica left the group before the target joined
     finished: bool = False
 
 
@@ -185,6 +197,7 @@ class Membership:
         if step == "stage":
             report.unreached |= self.publish(self.topology.with_shard(dataclasses.replace(spec, joining=(target,))))
         elif step == "add":
+            report.evicted |= self._evict_if_dead(shard_id, source, deadline)
             # its replica must be open before it votes: a voter that is not there counts against the quorum
             self._wait(lambda: not self.push([target]), deadline,
                        f"{target} did not take topology v{self.topology.shard_map_version}")
@@ -228,7 +241,24 @@ class Membership:
         leader = self._wait(lambda: self._leader(shard_id), deadline, f"shard {shard_id} has no leader")
         return list(leader[1].members)
 
-    def _change(self, shard_id: int, action: int, node: str, deadline: float) -> None:
+    def _answers(self, node: str) -> bool:
+        return fetch_node_status(self.topology.node(node).grpc_address, self.rpc_timeout_s, self.pool) is not None
+
+    def _evict_if_dead(self, shard_id: int, source: str, deadline: float) -> bool:
+        """Take a dead source's replica out of the group before its replacement joins (True if it was). Only
+        while its node does not answer; the leader also checks that it heard nothing from it for a while."""
+        give_up = min(deadline, time.monotonic() + EVICT_WAIT_S)
+        while self._is_member(shard_id, source, deadline) and not self._answers(source):
+            if self._change(shard_id, admin_pb2.ChangeMembershipRequest.EVICT, source, deadline):
+                return True
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(POLL_S)
+        return False
+
+    def _change(self, shard_id: int, action: int, node: str, deadline: float) -> bool:
+        """Make one membership change on the shard's leader (retrying while that is safe). False only for an
+        EVICT the leader refused because `node` still answers it."""
         request = admin_pb2.ChangeMembershipRequest(shard_id=shard_id, action=action, node=node)
         metadata = signed(self.topology.secret, "ChangeMembership", request)
         last = "no leader found"
@@ -244,8 +274,11 @@ class Membership:
                 continue
             try:
                 self.pool.admin(address).ChangeMembership(request, timeout=self.rpc_timeout_s, metadata=metadata)
-                return
+                return True
             except grpc.RpcError as exc:
+                info, _, _ = rich_details(exc)
+                if info is not None and info.reason == "PARTNER_ANSWERING":
+                    return False
                 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                                   grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                     raise MembershipError(f"shard {shard_id}: {exc.details()}") from None

@@ -243,8 +243,8 @@ class ShardHost:
         """The voting members now (read on the loop thread, so it includes a change committed a moment ago)."""
         return list(self.replica.host.call(self.replica.members_now))
 
-    def change_membership(self, action: str, node: str) -> Future:
-        return self.replica.change_membership(action, node)
+    def change_membership(self, action: str, node: str, *, silent_for_s: float | None = None) -> Future:
+        return self.replica.change_membership(action, node, silent_for_s=silent_for_s)
 
     def close(self) -> None:
         self.batcher.close()

@@ -42,10 +42,13 @@ def move_replica(
         cluster.close()
     if output == Output.json:
         print_json({"shard": shard, "from": source, "to": target, "steps": report.steps_done,
-                    "members": report.members, "unreached": sorted(report.unreached)})
+                    "members": report.members, "unreached": sorted(report.unreached),
+                    "evicted_dead_source": report.evicted})
         return
     done = "moved" if report.steps_done else "already moved"
     out.print(f"shard {shard}: {done} from {source} to {target}; voting members: {', '.join(report.members)}")
+    if report.evicted:
+        err.print(f"note: {source} did not answer, so its replica left the group before {target} joined")
     if report.unreached:
         err.print(f"note: {', '.join(sorted(report.unreached))} did not answer; they read cluster.toml on start")
 

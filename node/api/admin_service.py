@@ -18,13 +18,16 @@ from tidebank.node.api.calls import wait_of
 from tidebank.node.executor import NodeView
 from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
 from tidebank.node.outcomes import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
-from tidebank.node.raft.replica import MembershipBusyError, ReadNotLeaderError
+from tidebank.node.raft.replica import MembershipBusyError, PartnerAnsweringError, ReadNotLeaderError
 from tidebank.v1 import admin_pb2
 
 log = logging.getLogger(__name__)
 
 SHARD_IDS_MAX = 4096  # a cluster has far fewer shards; more ids is a malformed request
 TOPOLOGY_CHARS_MAX = 1 << 20  # a topology of thousands of nodes and shards is far smaller
+# An EVICT needs this long without an answer from the replica to the leader (which must have led as long): far
+# beyond the leader's own fallback timeout (1 s), so a replica that is only slow or briefly cut off is not taken
+EVICT_SILENCE_S = 5.0
 
 
 class AdminService:
@@ -83,12 +86,16 @@ class AdminService:
     def ChangeMembership(self, request: admin_pb2.ChangeMembershipRequest,
                          context) -> admin_pb2.ChangeMembershipResponse:
         """Only for a replica the topology this node runs has joining (ADD) or has left or leaving (REMOVE), so
-        that no call can make a voter of a node that holds no replica, or take away a steady one."""
+        that no call can make a voter of a node that holds no replica, or take away a steady one; EVICT takes
+        away a steady one only while its replacement is joining and only if it has not answered the leader for
+        EVICT_SILENCE_S (a dead node's replica, replaced without ever needing the new one for a quorum)."""
         node = self._require_node()
-        actions = {admin_pb2.ChangeMembershipRequest.ADD: "add", admin_pb2.ChangeMembershipRequest.REMOVE: "rem"}
+        requests = admin_pb2.ChangeMembershipRequest
+        actions = {requests.ADD: "add", requests.REMOVE: "rem", requests.EVICT: "rem"}
         action = actions.get(request.action)
         if action is None:
-            raise errors.invalid_argument([("action", "ADD or REMOVE")])
+            raise errors.invalid_argument([("action", "ADD, REMOVE or EVICT")])
+        evict = request.action == requests.EVICT
         try:
             shard = node.topology.shard(request.shard_id)
         except KeyError:
@@ -98,7 +105,12 @@ class AdminService:
                 f"shard {shard.shard_id}: {request.node!r} is not joining in topology "
                 f"v{node.topology.shard_map_version}",
                 [("MEMBERSHIP", request.node, "push the topology that makes it joining first")])
-        if action == "rem" and request.node in shard.replicas + shard.joining:
+        if evict and (request.node not in shard.replicas or not shard.joining):
+            raise errors.failed_precondition(
+                f"shard {shard.shard_id}: {request.node!r} is not a steady replica with a replacement joining in "
+                f"topology v{node.topology.shard_map_version}",
+                [("MEMBERSHIP", request.node, "stage its replacement (joining) first")])
+        if action == "rem" and not evict and request.node in shard.replicas + shard.joining:
             raise errors.failed_precondition(
                 f"shard {shard.shard_id}: {request.node!r} is still a steady or joining replica in topology "
                 f"v{node.topology.shard_map_version}",
@@ -107,9 +119,14 @@ class AdminService:
         if host is None or not host.is_leader():
             raise errors.not_leader(shard.shard_id, node.leader_address(shard.shard_id))
         try:
-            changed = host.change_membership(action, request.node).result(timeout=wait_of(context))
+            changed = host.change_membership(action, request.node, silent_for_s=EVICT_SILENCE_S if evict else None
+                                             ).result(timeout=wait_of(context))
         except ReadNotLeaderError as exc:
             raise errors.not_leader(shard.shard_id, node.leader_address(shard.shard_id)) from exc
+        except PartnerAnsweringError as exc:
+            # FAILED_PRECONDITION: not dead, so not to be evicted; the driver then adds the replacement first
+            raise errors.retryable("PARTNER_ANSWERING", str(exc), code=code_pb2.FAILED_PRECONDITION,
+                                   retry_after_ms=1000, shard_id=shard.shard_id, node=request.node) from exc
         except MembershipBusyError as exc:
             raise errors.retryable("MEMBERSHIP_BUSY", str(exc), code=code_pb2.ABORTED, retry_after_ms=200,
                                    shard_id=shard.shard_id) from exc

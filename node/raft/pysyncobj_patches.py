@@ -26,6 +26,8 @@ Private members used, and why:
 ``_SyncObj__raftElectionDeadline``        pushed forward so a replica that cannot apply never campaigns, nor
                                           one whose node's loop was just held up (loop.py)
 ``_SyncObj__doChangeCluster``             overridden: whether a membership entry adds or removes this replica
+``_SyncObj__applyLogEntries``             overridden (with ``__raftCommitIndex`` held lower around the call):
+                                          a tick applies a bounded number of committed entries, not all
 ``_SyncObj__setState`` / ``__raftLeader``  a replica that cannot apply steps down at once
 ``_SyncObj__sendAppendEntries``           send new entries as soon as they are appended (no waiting
                                           for the next heartbeat period)

@@ -68,6 +68,11 @@ VOTER, JOINING, LEAVING = "voter", "joining", "leaving"
 LEAVING_HANDOVER = PlacementTuning(stable_s=0.0, pause_s=0.5, retry_s=1.0, lag_max=256)
 JOIN_CAMPAIGN_LAG_MAX = 256  # entries a joining member may lag the leader's commit index and still campaign
 FIRST_ELECTION_PREFERRED_S = 0.2  # below raft_min_timeout: the preferred replica of a new shard campaigns first
+# One tick applies committed entries for about this long at most, then the loop turns (other replicas tick,
+# heartbeats are read) and comes back: a replica catching up on thousands of entries (a new one in a move)
+# would otherwise hold its node's loop for seconds, stalling the node's leaders and drawing elections.
+APPLY_TICK_BUDGET_S = 0.05
+APPLY_ENTRIES_PER_TICK_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,11 @@ class ReadNotLeaderError(Exception):
 class MembershipBusyError(Exception):
     """A membership change cannot start now (another one is not committed yet, or the leader would remove
     itself); nothing changed, retry later."""
+
+
+class PartnerAnsweringError(Exception):
+    """An eviction was refused: the replica to take out has answered this leader recently (it is not dead;
+    move it the normal way, which adds its replacement first)."""
 
 
 class ApplyStoppedError(Exception):
@@ -283,6 +293,7 @@ class ShardReplica(SyncObj):
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
         self._self_member: bool | None = None
         self._dump_install: _DumpInstall | None = None
+        self._apply_per_tick = 8  # committed entries one tick applies at most (adapted: _SyncObj__applyLogEntries)
         self.append_entries_from = None  # the node whose append_entries this replica handles now (transport)
         self.leader_commit_seen = 0  # the commit index of the last append_entries from a leader (GroupTransport)
         self._election_deferred_at = float("-inf")
@@ -640,6 +651,29 @@ class ShardReplica(SyncObj):
             self._self_member = (kind == "add") != reverse
         return changed
 
+    def _SyncObj__applyLogEntries(self):  # noqa: N802 - overrides pysyncobj's private
+        """pysyncobj applies every committed entry in one tick. Here at most `_apply_per_tick` of them, a count
+        that halves when a tick's applying overran APPLY_TICK_BUDGET_S and doubles when it took under half; with
+        more left, the loop is woken to come back at once. Only the pacing changes: the same entries apply in
+        the same order."""
+        commit = self._SyncObj__raftCommitIndex
+        limit = self._SyncObj__raftLastApplied + self._apply_per_tick
+        if commit <= limit:
+            return SyncObj._SyncObj__applyLogEntries(self)
+        started = time.monotonic()
+        self._SyncObj__raftCommitIndex = limit
+        try:
+            result = SyncObj._SyncObj__applyLogEntries(self)
+        finally:
+            self._SyncObj__raftCommitIndex = commit
+        took = time.monotonic() - started
+        if took > APPLY_TICK_BUDGET_S:
+            self._apply_per_tick = max(1, self._apply_per_tick // 2)
+        elif took < APPLY_TICK_BUDGET_S / 2:
+            self._apply_per_tick = min(APPLY_ENTRIES_PER_TICK_MAX, self._apply_per_tick * 2)
+        self.host.wake(self.shard_id)
+        return result
+
     def defer_election(self) -> None:
         """Loop thread, after it was held up: campaign no sooner than one full election timeout from now. At
         most once per two timeouts, so a loop held up again and again still lets a dead leader be replaced."""
@@ -674,12 +708,16 @@ class ShardReplica(SyncObj):
         """Loop thread only."""
         return tuple(sorted([self.host.name, *(n.id for n in patches.other_nodes(self))]))
 
-    def change_membership(self, action: str, node: str) -> Future:
+    def change_membership(self, action: str, node: str, *, silent_for_s: float | None = None) -> Future:
         """Leader: add (action "add") or remove ("rem") one voting member. The future gives True once the
         change is committed, False when it was already so; it fails with ReadNotLeaderError off the leader and
-        MembershipBusyError while an earlier change is not yet committed. Never from the loop thread."""
+        MembershipBusyError while an earlier change is not yet committed. With `silent_for_s`, a removal is
+        made only if this replica has led for that long and heard nothing from `node` meanwhile, else it fails
+        with PartnerAnsweringError. Never from the loop thread."""
         if action not in ("add", "rem"):
             raise ValueError(f"unknown membership action {action!r}")
+        if silent_for_s is not None and (action != "rem" or silent_for_s <= 0):
+            raise ValueError("silent_for_s is for removals only, and positive")
         future: Future = Future()
 
         def on_done(_result, error) -> None:
@@ -707,6 +745,14 @@ class ShardReplica(SyncObj):
                 future.set_result(False)
                 return
             target = PeerNode(node)
+            if silent_for_s is not None:
+                now = time.monotonic()
+                heard = patches.last_response_times(self).get(target, 0.0)
+                if now - self._leading_since < silent_for_s or now - heard < silent_for_s:
+                    future.set_exception(PartnerAnsweringError(
+                        f"shard {self.shard_id}: {node} answered this leader {now - heard:.1f} s ago (or it has "
+                        f"led for less than {silent_for_s:g} s): not evicted"))
+                    return
             if action == "add":
                 self.addNodeToCluster(target, callback=on_done)
             else:

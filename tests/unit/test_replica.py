@@ -19,6 +19,7 @@ from tidebank.node.raft.replica import (
     VOTER,
     ApplyFailed,
     MembershipBusyError,
+    PartnerAnsweringError,
     RaftTuning,
     ShardReplica,
 )
@@ -32,9 +33,10 @@ FAST = RaftTuning(log_compaction_min_time=3600)
 class CountingKV:
     """A tiny state machine: each payload increments a per-payload counter."""
 
-    def __init__(self):
+    def __init__(self, apply_delay_s: float = 0.0):
         self.db = None
         self.opens = 0
+        self.apply_delay_s = apply_delay_s  # a slow state machine (a big entry's apply), to test pacing
 
     def open_fn(self, env):
         self.db = env.open_db(b"kv")
@@ -44,6 +46,8 @@ class CountingKV:
         if payload.startswith(b"boom"):
             txn.put(b"half-written", b"x", db=self.db)  # must be rolled back
             raise ValueError("deterministic bug")
+        if self.apply_delay_s:
+            time.sleep(self.apply_delay_s)
         name, _, blob = payload.partition(b"=")  # "name=blob": the blob is stored too (it fills the map)
         key = b"count:" + name
         n = int(txn.get(key, db=self.db) or 0) + 1
@@ -92,10 +96,11 @@ class Cluster:
         self.kvs: list[CountingKV | None] = [None] * size
         self.members: dict[int, list[str]] = {}  # replica i's initial members, when not every name
         self.memberships: dict[int, str] = {}  # replica i's part in a replica move, when not a voter
+        self.apply_delay_s: dict[int, float] = {}  # replica i's state machine takes this long per entry
 
     def start(self, i: int) -> ShardReplica:
         assert self.replicas[i] is None
-        kv = CountingKV()
+        kv = CountingKV(self.apply_delay_s.get(i, 0.0))
         name = self.names[i]
         host = RaftHost(name, self.endpoints[name], self.endpoints, SECRET)
         host.start()
@@ -655,3 +660,44 @@ def test_the_leader_cannot_remove_itself_and_nothing_changes(cluster):
     with pytest.raises(MembershipBusyError, match="cannot remove itself"):
         leader.change_membership("rem", leader.host.name).result(timeout=10)
     assert leader.members_now() == ("n0", "n1", "n2")
+
+
+def test_an_eviction_takes_out_only_a_partner_that_stopped_answering(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    names = [r.host.name for r in cluster.live() if r is not leader]
+    with pytest.raises(PartnerAnsweringError, match="not evicted"):
+        leader.change_membership("rem", names[0], silent_for_s=1.0).result(timeout=10)
+    assert leader.members_now() == ("n0", "n1", "n2")
+    cluster.stop(cluster.names.index(names[0]))
+    time.sleep(1.5)  # silent for longer than silent_for_s
+    assert leader.change_membership("rem", names[0], silent_for_s=1.0).result(timeout=10) is True
+    assert leader.members_now() == tuple(sorted({"n0", "n1", "n2"} - {names[0]}))
+    assert submit_wait(leader, b"with-two") == (1, FAIL_REASON.SUCCESS)  # the two live ones are the group now
+
+
+def test_a_replica_catching_up_on_many_entries_does_not_hold_up_its_nodes_loop(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_all()
+        leader = cluster.leader()
+        lagging = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
+        cluster.stop(lagging)
+        submit_many(leader, [b"z%d" % i for i in range(300)])
+        cluster.apply_delay_s[lagging] = 0.005  # 300 entries: 1.5 s of applying to catch up
+        replica = cluster.start(lagging)
+        host = cluster.hosts[lagging]
+        longest_gap, last_turns, last_change = 0.0, host.turns, time.monotonic()
+        deadline = time.monotonic() + 20
+        while replica.status()["applied_index"] < leader.status()["commit_index"]:
+            assert time.monotonic() < deadline, "the replica did not catch up"
+            time.sleep(0.01)
+            now = time.monotonic()
+            if host.turns != last_turns:
+                last_turns, last_change = host.turns, now
+            longest_gap = max(longest_gap, now - last_change)
+        assert longest_gap < 0.4, f"the node's loop stood still for {longest_gap:.2f} s while applying"
+        assert replica.status()["role"] == "follower" and leader.is_leader()
+        cluster.wait_converged()
+    finally:
+        cluster.close()

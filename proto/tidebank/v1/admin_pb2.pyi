@@ -27,9 +27,11 @@ class ChangeMembershipRequest(_message.Message):
         ACTION_UNSPECIFIED: _ClassVar[ChangeMembershipRequest.Action]
         ADD: _ClassVar[ChangeMembershipRequest.Action]
         REMOVE: _ClassVar[ChangeMembershipRequest.Action]
+        EVICT: _ClassVar[ChangeMembershipRequest.Action]
     ACTION_UNSPECIFIED: ChangeMembershipRequest.Action
     ADD: ChangeMembershipRequest.Action
     REMOVE: ChangeMembershipRequest.Action
+    EVICT: ChangeMembershipRequest.Action
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
