@@ -59,6 +59,11 @@ ACCOUNT_READ_TIMEOUT_S = 5.0
 TIMER_PERIOD_S = 0.25
 TIMER_BATCH_MAX = 512  # due timers fired per shard per period
 TIMER_WAIT_S = 10.0
+# A refused timer is tried again at most this far apart (periodic.RetryLater doubles from 1 s). Most refusals are
+# transient: a leg's pending transfer locked by a step still prepared during a partition is refused with a
+# transfer code, like a business refusal. With the default 30 s cap such a timer could fire up to 30 s after the
+# partition healed; at 8 s it fires within seconds, and a trade refused for good costs one try per 8 s.
+TIMER_RETRY_MAX_S = 8.0
 
 _OK = int(TradeResult.ok)
 _EXISTS = int(TradeResult.exists)
@@ -265,7 +270,8 @@ class EscrowTimers:
     cluster time when the step prepares (never due: it votes busy and is tried
     again). The step is keyed by the trade's version, so a timer fires at most once
     however many leaders try, and a trade whose step is in flight is skipped. A
-    timer refused for a business reason is tried again later (periodic.RetryLater).
+    timer refused for a business reason is tried again later (periodic.RetryLater, at most TIMER_RETRY_MAX_S
+    apart).
     """
 
     def __init__(self, node, escrow_coordinator: EscrowCoordinator, clock_ns=time.time_ns, start: bool = True):
@@ -274,7 +280,7 @@ class EscrowTimers:
         self.clock_ns = clock_ns
         self.fired = 0
         self._fired_lock = threading.Lock()
-        self.retry_later = RetryLater()
+        self.retry_later = RetryLater(max_s=TIMER_RETRY_MAX_S)
         self._loop = LedShardsLoop(node, "escrow-timers", TIMER_PERIOD_S, self.fire_due) if start else None
 
     def fire_due(self, shard_id: int, host) -> int:
