@@ -24,7 +24,8 @@ Private members used, and why:
 ``_SyncObj__otherNodes``                  the partners, for the leader's quorum-recently check
 ``_SyncObj__lastResponseTime``            when each partner last answered (quorum-recently check)
 ``_SyncObj__raftElectionDeadline``        pushed forward so a replica that cannot apply never campaigns, nor
-                                          one whose node's loop was just held up (loop.py)
+                                          one whose node's loop was just held up (loop.py), nor one whose
+                                          pre-vote has not passed (replica.py, "pre-vote")
 ``_SyncObj__doChangeCluster``             overridden: whether a membership entry adds or removes this replica
 ``_SyncObj__applyLogEntries``             overridden (with ``__raftCommitIndex`` held lower around the call):
                                           a tick applies a bounded number of committed entries, not all
@@ -102,6 +103,10 @@ def log_length(obj: SyncObj) -> int:
 
 def last_log_index(obj: SyncObj) -> int:
     return obj._SyncObj__raftLog[-1][1]
+
+
+def last_log_term(obj: SyncObj) -> int:
+    return obj._SyncObj__raftLog[-1][2]
 
 
 def noop_index(obj: SyncObj) -> int | None:

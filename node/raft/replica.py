@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -213,6 +214,16 @@ class _DumpInstall:
     thread: threading.Thread | None = None
 
 
+@dataclass
+class _PreVote:
+    """One pre-vote round of this replica: who said they would vote for it."""
+
+    round: int
+    started: float
+    granted: set = dataclasses.field(default_factory=set)
+    passed: bool = False
+
+
 @dataclass(frozen=True)
 class _TickStats:
     at: float
@@ -293,6 +304,11 @@ class ShardReplica(SyncObj):
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
         self._self_member: bool | None = None
         self._dump_install: _DumpInstall | None = None
+        self.leader_heard_at = float("-inf")  # when an append_entries of a current leader last arrived (transport)
+        self._transfer_vote_until = float("-inf")  # TimeoutNow from the leader: campaign with no pre-vote till then
+        self._pre_vote: _PreVote | None = None
+        self._pre_vote_rounds = 0
+        self.pre_votes_refused = 0  # pre-vote requests of partners this replica refused (it heard a leader)
         self._apply_per_tick = 8  # committed entries one tick applies at most (adapted: _SyncObj__applyLogEntries)
         self.append_entries_from = None  # the node whose append_entries this replica handles now (transport)
         self.leader_commit_seen = 0  # the commit index of the last append_entries from a leader (GroupTransport)
@@ -528,6 +544,7 @@ class ShardReplica(SyncObj):
             patches.hold_election(self, time.monotonic() + NEVER_CAMPAIGN_S)
         if self.before_tick is not None:
             self.before_tick()
+        self._pre_vote_step()
         self._onTick(0.0)
         if patches.raft_state(self) == patches.LEADER:
             if patches.has_unsent_entries(self):
@@ -584,6 +601,73 @@ class ShardReplica(SyncObj):
         now = time.monotonic()
         patches.hold_election(self, max(patches.election_deadline(self), now + self.tuning.raft_max_timeout))
         return True
+
+    # ------------------------------------------------------------------ pre-vote (Ongaro's thesis, 9.6)
+    #
+    # pysyncobj campaigns as soon as a replica's election timer runs out: it raises its term, and a leader that
+    # hears the higher term steps down, even when every other replica still hears it. A replica that only missed
+    # a few heartbeats (a new one catching up in a move, one whose node was busy, one back from a partition)
+    # deposed a healthy leader that way. Here a replica whose timer ran out first asks its partners whether they
+    # would vote for it, without raising any term; only when a majority would does pysyncobj campaign. A partner
+    # says yes only if it has not heard a leader for raft_min_timeout and the asker's log is at least as up to
+    # date as its own. A TimeoutNow from the leader (a hand-over) campaigns at once: the leader asked for it.
+
+    def _pre_vote_step(self) -> None:
+        """Loop thread, before pysyncobj's tick: hold its election until a pre-vote round has passed."""
+        if patches.raft_state(self) == patches.LEADER or not patches.other_nodes(self):
+            self._pre_vote = None
+            return
+        now = time.monotonic()
+        if now < self._transfer_vote_until or patches.election_deadline(self) > now:
+            return
+        vote = self._pre_vote
+        if vote is not None and vote.passed:
+            self._pre_vote = None  # pysyncobj campaigns in this tick
+            return
+        if vote is None or now - vote.started > self.tuning.raft_max_timeout:
+            self._pre_vote_rounds += 1
+            vote = self._pre_vote = _PreVote(self._pre_vote_rounds, now, {self.host.name})
+            request = {"type": "pre_vote", "round": vote.round, "term": self.raftCurrentTerm + 1,
+                       "last_log_index": patches.last_log_index(self), "last_log_term": patches.last_log_term(self)}
+            for node in patches.other_nodes(self):
+                self._transport.send(node, dict(request))
+        patches.hold_election(self, now + random.uniform(self.tuning.raft_min_timeout, self.tuning.raft_max_timeout))
+
+    def note_timeout_now(self, node) -> None:
+        """Transport, loop thread: the leader asked this replica to take over (pysyncobj campaigns at once)."""
+        if node == self._getLeader():
+            self._transfer_vote_until = time.monotonic() + self.tuning.raft_max_timeout
+
+    def hears_a_leader(self, now: float) -> bool:
+        if patches.raft_state(self) == patches.LEADER:
+            return self._tick_stats.quorum_recent
+        return now - self.leader_heard_at < self.tuning.raft_min_timeout
+
+    def answer_pre_vote(self, node, request: dict) -> None:
+        """Transport, loop thread: would this replica vote for `node` now? Changes no Raft state."""
+        fields = [request.get(k) for k in ("round", "term", "last_log_index", "last_log_term")]
+        if not all(isinstance(f, int) and not isinstance(f, bool) for f in fields):
+            return
+        round_, term, last_index, last_term = fields
+        mine = (patches.last_log_term(self), patches.last_log_index(self))
+        granted = (node in patches.other_nodes(self) and term > self.raftCurrentTerm
+                   and not self.hears_a_leader(time.monotonic()) and (last_term, last_index) >= mine)
+        if not granted:
+            self.pre_votes_refused += 1
+        self._transport.send(node, {"type": "pre_vote_reply", "round": round_, "granted": granted})
+
+    def note_pre_vote_reply(self, node, reply: dict) -> None:
+        """Transport, loop thread: a partner's answer; with a majority the held election goes ahead now."""
+        vote = self._pre_vote
+        if vote is None or reply.get("round") != vote.round or reply.get("granted") is not True:
+            return
+        if node not in patches.other_nodes(self):
+            return
+        vote.granted.add(node.id)
+        if not vote.passed and len(vote.granted) > (len(patches.other_nodes(self)) + 1) / 2:
+            vote.passed = True
+            patches.hold_election(self, 0.0)
+            self.host.wake(self.shard_id)
 
     # ------------------------------------------------------------------ leader placement (placement.py)
 
@@ -898,6 +982,7 @@ class ShardReplica(SyncObj):
             "membership": self.membership,
             "tick_age": time.monotonic() - stats.at,
             "installing_snapshot": self._dump_install is not None,
+            "pre_votes_refused": self.pre_votes_refused,
             "closed": self._closed,
         }
 

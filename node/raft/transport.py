@@ -161,8 +161,19 @@ class GroupTransport(Transport):
         if self._replica.installing_snapshot:
             return  # away until the dump from the leader is installed (ShardReplica.installing_snapshot)
         kind = message.get("type")
+        if kind == "pre_vote":
+            self._replica.answer_pre_vote(node, message)
+            return  # tidebank's own (replica.py, "pre-vote"): pysyncobj never sees these
+        if kind == "pre_vote_reply":
+            self._replica.note_pre_vote_reply(node, message)
+            return
+        if kind == "timeout_now":
+            self._replica.note_timeout_now(node)
         if kind == "append_entries":
             self._replica.append_entries_from = node
+            term = message.get("term")
+            if isinstance(term, int) and term >= self._replica.raftCurrentTerm:
+                self._replica.leader_heard_at = time.monotonic()
             commit_index = message.get("commit_index")
             if isinstance(commit_index, int):
                 self._replica.leader_commit_seen = commit_index

@@ -11,6 +11,7 @@ import time
 import pytest
 from pysyncobj.config import FAIL_REASON
 
+from tidebank.node.raft import pysyncobj_patches as patches
 from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.placement import PlacementTuning
 from tidebank.node.raft.replica import (
@@ -701,3 +702,29 @@ def test_a_replica_catching_up_on_many_entries_does_not_hold_up_its_nodes_loop(t
         cluster.wait_converged()
     finally:
         cluster.close()
+
+
+def test_a_replica_whose_election_timer_runs_out_does_not_depose_a_leader_the_others_hear(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    term = leader.raftCurrentTerm
+    follower_index = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
+    follower, host = cluster.replicas[follower_index], cluster.hosts[follower_index]
+    others = [r for r in cluster.live() if r is not follower]
+    refused_before = sum(r.status()["pre_votes_refused"] for r in others)
+    for _ in range(5):  # as if it had missed the leader's heartbeats (a busy node, a new replica catching up)
+        host.call(lambda: patches.hold_election(follower, 0.0))
+        time.sleep(0.3)
+    assert leader.is_leader() and leader.raftCurrentTerm == term and follower.raftCurrentTerm == term
+    assert sum(r.status()["pre_votes_refused"] for r in others) > refused_before  # it asked, they said no
+    assert submit_wait(leader, b"still-leading") == (1, FAIL_REASON.SUCCESS)
+
+
+def test_the_partners_of_a_dead_leader_elect_another_after_a_pre_vote(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    term = leader.raftCurrentTerm
+    cluster.stop(cluster.replicas.index(leader))
+    new_leader = cluster.leader(timeout=10)
+    assert new_leader is not leader and new_leader.raftCurrentTerm > term
+    assert submit_wait(new_leader, b"after-the-leader-died") == (1, FAIL_REASON.SUCCESS)
