@@ -199,4 +199,5 @@ def load_received_dump(obj: SyncObj, received_path: str, leader) -> None:
     the last chunk (put it in place, load it, tell the leader the next index it needs)."""
     atomicReplace(received_path, obj._SyncObj__serializer._Serializer__fileName)
     obj._SyncObj__loadDumpFile(clearJournal=True)
-    obj._SyncObj__sendNextNodeIdx(leader, success=True)
+    if leader is not None:  # else the leader learns the next index from the answer to its next append
+        obj._SyncObj__sendNextNodeIdx(leader, success=True)

@@ -595,7 +595,7 @@ class ShardReplica(SyncObj):
             self._snapshots.discard_received()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(install.path)
-        elif install.leader is not None:
+        else:
             patches.load_received_dump(self, install.path, install.leader)
         # it heard no leader meanwhile: give the leader's next heartbeat time to arrive before campaigning
         now = time.monotonic()
