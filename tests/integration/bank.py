@@ -39,6 +39,7 @@ from tidebank.client import (
     TradeClosedBy,
     TradeResultCode,
     TradeState,
+    TradeTimer,
     Transfer,
     TransferFlags,
 )
@@ -368,11 +369,16 @@ class Bank:
         trade_ids = sorted({op.trade_id for op in self.history.trade_ops if op.kind == "create"})
         while True:
             prepared = prepared_transactions(self.cluster)
-            if prepared == 0 and all(t.state in RESTING for t in _lookup_trades(self.client, trade_ids)):
+            running = [t for t in _lookup_trades(self.client, trade_ids) if t.state not in RESTING]
+            if prepared == 0 and not running:
                 return time.monotonic() - began
             if time.monotonic() - began > QUIESCENCE_BOUND_S:
-                raise AssertionError(f"{prepared} prepared transactions (or trades with running timers) left "
-                                     f"{QUIESCENCE_BOUND_S} s after healing")
+                now_ns = time.time_ns()
+                timers = "; ".join(
+                    f"trade {t.id} {TradeState(t.state).name} v{t.version} timer {TradeTimer(t.timer).name} due "
+                    f"{(now_ns - t.deadline) / 1e9:+.1f} s ago" for t in running[:5])
+                raise AssertionError(f"{prepared} prepared transactions and {len(running)} trades with running "
+                                     f"timers left {QUIESCENCE_BOUND_S} s after healing ({timers or 'none'})")
             time.sleep(0.25)
 
     def close(self) -> None:
