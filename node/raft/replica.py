@@ -38,6 +38,7 @@ import pathlib
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -74,6 +75,13 @@ FIRST_ELECTION_PREFERRED_S = 0.2  # below raft_min_timeout: the preferred replic
 # would otherwise hold its node's loop for seconds, stalling the node's leaders and drawing elections.
 APPLY_TICK_BUDGET_S = 0.05
 APPLY_ENTRIES_PER_TICK_MAX = 4096
+# Lease reads: a leader whose heartbeat round started at t was answered by a majority serves linearizable
+# reads with no further round until t + LEASE_FRACTION * raft_min_timeout. Every member (the asker included)
+# refuses a pre-vote for raft_min_timeout after it last heard a leader, so no other leader can be elected
+# before t + raft_min_timeout; the fraction leaves room for clock drift between nodes. TIDEBANK_LEASE_READS=0
+# turns leases off (every read then waits for a heartbeat round, etcd's ReadIndex).
+LEASE_FRACTION = 0.5
+READ_ROUNDS_KEPT = 64  # start times of the latest read rounds (a lease needs the one a majority confirmed)
 
 
 @dataclass(frozen=True)
@@ -275,6 +283,11 @@ class ShardReplica(SyncObj):
         self.touched = True  # the loop ticks a replica that received something; set by GroupTransport
         self.before_tick: Callable[[], object] | None = None  # runs on the loop thread before each tick
         self.read_round = 0  # leader: read rounds started (read_index); tagged on every append_entries sent
+        self._round_started: OrderedDict[int, float] = OrderedDict()  # leader: round -> when it began
+        self.lease_reads_enabled = os.environ.get("TIDEBANK_LEASE_READS", "1") != "0"
+        self._lease_until = 0.0  # leader: reads need no heartbeat round before this (monotonic; loop thread)
+        self._no_lease_before = 0.0  # leader: no lease until then (a hand-over asked a partner to campaign)
+        self.lease_reads = 0  # reads served under a lease
         self._acked_rounds: dict[str, int] = {}  # leader: per partner, the highest read round it answered
         self._new_reads: list[Future] = []  # read_index requests not yet in a round (any thread appends)
         self._reads: list[tuple[int, int, Future]] = []  # (round, read index, future), loop thread only
@@ -304,7 +317,9 @@ class ShardReplica(SyncObj):
         # until it has seen either: then the topology's `membership` decides (a joining replica waits).
         self._self_member: bool | None = None
         self._dump_install: _DumpInstall | None = None
-        self.leader_heard_at = float("-inf")  # when an append_entries of a current leader last arrived (transport)
+        # when an append_entries of a current leader last arrived (transport); a replica just started counts as
+        # having heard one (it may have answered a leader's heartbeat just before it stopped: leases rely on it)
+        self.leader_heard_at = time.monotonic()
         self._transfer_vote_until = float("-inf")  # TimeoutNow from the leader: campaign with no pre-vote till then
         self._pre_vote: _PreVote | None = None
         self._pre_vote_rounds = 0
@@ -351,6 +366,8 @@ class ShardReplica(SyncObj):
             super().__init__(PeerNode(host.name), partners, conf=conf, nodeClass=PeerNode,
                              transportClass=GroupTransport)
             self._transport: GroupTransport = patches.transport(self)
+            if self.raftCurrentTerm == 0:
+                self.leader_heard_at = float("-inf")  # a new replica never answered any leader: no promise to keep
             patches.receive_dumps_in_background(self, self._on_dump_received)
             if preferred_leader == host.name and self.raftCurrentTerm == 0 and placement is not None:
                 # a new shard: its preferred replica campaigns first, so the first leaders need no handover
@@ -624,6 +641,11 @@ class ShardReplica(SyncObj):
         if vote is not None and vote.passed:
             self._pre_vote = None  # pysyncobj campaigns in this tick
             return
+        if self.hears_a_leader(now):
+            # it would refuse others the same: no round (its timer was held short, e.g. after a pre-vote passed
+            # that it then did not need); leases rely on every member keeping this promise, itself included
+            patches.hold_election(self, now + self.tuning.raft_min_timeout)
+            return
         if vote is None or now - vote.started > self.tuning.raft_max_timeout:
             self._pre_vote_rounds += 1
             vote = self._pre_vote = _PreVote(self._pre_vote_rounds, now, {self.host.name})
@@ -703,6 +725,9 @@ class ShardReplica(SyncObj):
             logger.info("shard %s %s: handing leadership over to %s %s", self.shard_id, self.host.name, why,
                         target.id)
         elif decision == TRANSFER:
+            # the target campaigns at once, with no pre-vote: no lease from now until it could have won
+            self._lease_until = 0.0
+            self._no_lease_before = now + 2 * self.tuning.raft_max_timeout
             self.transferLeadership(target)
         elif decision == ABANDON:
             logger.info("shard %s %s: %s did not take over in time; leading on, retrying later", self.shard_id,
@@ -865,16 +890,50 @@ class ShardReplica(SyncObj):
         if read_round > self._acked_rounds.get(partner, 0):
             self._acked_rounds[partner] = read_round
 
+    def _start_read_round(self, now: float) -> None:
+        self.read_round += 1
+        self._round_started[self.read_round] = now
+        while len(self._round_started) > READ_ROUNDS_KEPT:
+            self._round_started.popitem(last=False)
+
+    def _confirmed_round(self) -> int:
+        """The latest read round a majority (this leader and enough partners) has answered."""
+        partners = patches.other_nodes(self)
+        needed = (len(partners) + 1) // 2  # partners' answers that make a majority with this leader
+        acked = sorted((self._acked_rounds.get(p.id, 0) for p in partners), reverse=True)
+        return acked[needed - 1] if needed > 0 else self.read_round
+
+    def _renew_lease(self, now: float) -> None:
+        """Loop thread, each tick: a leader starts a read round per heartbeat period (its heartbeats carry it)
+        and holds a lease from the latest round a majority answered."""
+        self._lease_until = 0.0
+        if (not self.lease_reads_enabled or patches.raft_state(self) != patches.LEADER or self._closed
+                or self.apply_error is not None or self.holding_proposals or now < self._no_lease_before):
+            return
+        latest = self._round_started.get(self.read_round)
+        if latest is None or now - latest >= self.tuning.append_entries_period:
+            self._start_read_round(now)
+        started = self._round_started.get(self._confirmed_round())
+        if started is not None and now - self._leading_since > self.tuning.raft_max_timeout:
+            self._lease_until = started + LEASE_FRACTION * self.tuning.raft_min_timeout
+
     def _serve_reads(self) -> None:
-        """Loop thread, after each tick: start a round for new reads, resolve the reads whose round is confirmed."""
+        """Loop thread, after each tick: reads under a lease get the commit index at once; others start a
+        round; resolve the reads whose round is confirmed."""
+        now = time.monotonic()
+        self._renew_lease(now)
         if not self._new_reads and not self._reads:
             return
         leading = patches.raft_state(self) == patches.LEADER and self.apply_error is None and not self._closed
         if self._new_reads:
             with self._reads_lock:
                 new, self._new_reads = self._new_reads, []
-            if leading:
-                self.read_round += 1
+            noop = patches.noop_index(self)
+            if leading and now < self._lease_until and noop is not None and self.raftCommitIndex >= noop:
+                self._reads.extend((0, self.raftCommitIndex, f) for f in new)  # round 0: the lease confirms it
+                self.lease_reads += len(new)
+            elif leading:
+                self._start_read_round(now)
                 commit_index = self.raftCommitIndex
                 self._reads.extend((self.read_round, commit_index, f) for f in new)
                 patches.send_append_entries(self)  # the round's heartbeat, now
@@ -888,10 +947,7 @@ class ShardReplica(SyncObj):
         noop = patches.noop_index(self)
         if noop is None or self.raftCommitIndex < noop:
             return  # a new leader must first commit an entry of its term to know the commit index
-        partners = patches.other_nodes(self)
-        needed = (len(partners) + 1) // 2  # partners' answers that make a majority with this leader
-        acked = sorted((self._acked_rounds.get(p.id, 0) for p in partners), reverse=True)
-        confirmed = acked[needed - 1] if needed > 0 else self.read_round
+        confirmed = self._confirmed_round()
         applied = self.raftLastApplied
         still = []
         for read_round, index, future in self._reads:
@@ -983,6 +1039,7 @@ class ShardReplica(SyncObj):
             "tick_age": time.monotonic() - stats.at,
             "installing_snapshot": self._dump_install is not None,
             "pre_votes_refused": self.pre_votes_refused,
+            "lease_reads": self.lease_reads,
             "closed": self._closed,
         }
 

@@ -11,6 +11,7 @@ import time
 import pytest
 from pysyncobj.config import FAIL_REASON
 
+from tidebank.node.links import LinkFaults, LinkPolicy
 from tidebank.node.raft import pysyncobj_patches as patches
 from tidebank.node.raft.loop import RaftHost
 from tidebank.node.raft.placement import PlacementTuning
@@ -98,12 +99,13 @@ class Cluster:
         self.members: dict[int, list[str]] = {}  # replica i's initial members, when not every name
         self.memberships: dict[int, str] = {}  # replica i's part in a replica move, when not a voter
         self.apply_delay_s: dict[int, float] = {}  # replica i's state machine takes this long per entry
+        self.links: dict[int, LinkPolicy] = {}  # replica i's simulated link faults (each node is its own DC)
 
     def start(self, i: int) -> ShardReplica:
         assert self.replicas[i] is None
         kv = CountingKV(self.apply_delay_s.get(i, 0.0))
         name = self.names[i]
-        host = RaftHost(name, self.endpoints[name], self.endpoints, SECRET)
+        host = RaftHost(name, self.endpoints[name], self.endpoints, SECRET, links=self.links.get(i))
         host.start()
         r = ShardReplica(
             shard_id=7,
@@ -712,8 +714,12 @@ def test_a_replica_whose_election_timer_runs_out_does_not_depose_a_leader_the_ot
     follower, host = cluster.replicas[follower_index], cluster.hosts[follower_index]
     others = [r for r in cluster.live() if r is not follower]
     refused_before = sum(r.status()["pre_votes_refused"] for r in others)
+    def missed_heartbeats():
+        follower.leader_heard_at = float("-inf")
+        patches.hold_election(follower, 0.0)
+
     for _ in range(5):  # as if it had missed the leader's heartbeats (a busy node, a new replica catching up)
-        host.call(lambda: patches.hold_election(follower, 0.0))
+        host.call(missed_heartbeats)
         time.sleep(0.3)
     assert leader.is_leader() and leader.raftCurrentTerm == term and follower.raftCurrentTerm == term
     assert sum(r.status()["pre_votes_refused"] for r in others) > refused_before  # it asked, they said no
@@ -728,3 +734,54 @@ def test_the_partners_of_a_dead_leader_elect_another_after_a_pre_vote(cluster):
     new_leader = cluster.leader(timeout=10)
     assert new_leader is not leader and new_leader.raftCurrentTerm > term
     assert submit_wait(new_leader, b"after-the-leader-died") == (1, FAIL_REASON.SUCCESS)
+
+
+
+def test_a_settled_leader_serves_reads_under_a_lease_without_a_heartbeat_round(cluster):
+    cluster.start_all()
+    leader = cluster.leader()
+    time.sleep(2 * FAST.raft_max_timeout)  # a new leader takes no lease at first
+    before = leader.status()["lease_reads"]
+    for _ in range(20):
+        assert leader.read_index().result(timeout=2) >= 1
+    assert leader.status()["lease_reads"] >= before + 15  # nearly all: a lease lasts 0.2 s, renewed per 50 ms
+
+
+def test_a_cut_off_leader_serves_no_read_once_the_others_can_have_a_new_leader(tmp_path):
+    faults = LinkFaults()
+    cluster = Cluster(tmp_path)
+    for i, name in enumerate(cluster.names):
+        cluster.links[i] = LinkPolicy(name, lambda node: node, faults)  # each node its own DC
+    try:
+        cluster.start_all()
+        old = cluster.leader()
+        time.sleep(2 * FAST.raft_max_timeout)
+        assert old.read_index().result(timeout=2) >= 1 and old.status()["lease_reads"] > 0
+        served: list[float] = []
+        stop = threading.Event()
+
+        def read_at_the_old_leader():
+            while not stop.is_set():
+                try:
+                    old.read_index().result(timeout=0.05)
+                    served.append(time.monotonic())
+                except Exception:  # noqa: BLE001 - not leader, or no round confirmed in time
+                    pass
+
+        reader = threading.Thread(target=read_at_the_old_leader)
+        reader.start()
+        cut_at = time.monotonic()
+        faults.set(isolated_dcs=[old.host.name])
+        others = [r for r in cluster.live() if r is not old]
+        wait_for(lambda: any(r.is_leader() for r in others), timeout=10, what="a leader among the others")
+        elected_at = time.monotonic()
+        stop.set()
+        reader.join()
+        assert served, "the old leader served no read at all (it should until its lease ran out)"
+        assert max(served) < elected_at, "a read was served by the cut-off leader after another was elected"
+        assert max(served) - cut_at < FAST.raft_min_timeout  # its lease ran out well before any election
+        new = next(r for r in others if r.is_leader())
+        assert new.raftCurrentTerm > old.raftCurrentTerm or not old.is_leader()
+    finally:
+        faults.clear()
+        cluster.close()
