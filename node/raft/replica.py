@@ -928,6 +928,9 @@ class ShardReplica(SyncObj):
         if self._new_reads:
             with self._reads_lock:
                 new, self._new_reads = self._new_reads, []
+            # the clock is read after taking them: each was asked for before `now` (a process paused between a
+            # clock read and the take would otherwise serve a read asked after the pause with the old time)
+            now = time.monotonic()
             noop = patches.noop_index(self)
             if leading and now < self._lease_until and noop is not None and self.raftCommitIndex >= noop:
                 self._reads.extend((0, self.raftCommitIndex, f) for f in new)  # round 0: the lease confirms it
