@@ -282,7 +282,10 @@ class ShardReplica(SyncObj):
         self.fsync = fsync
         self.touched = True  # the loop ticks a replica that received something; set by GroupTransport
         self.before_tick: Callable[[], object] | None = None  # runs on the loop thread before each tick
-        self.read_round = 0  # leader: read rounds started (read_index); tagged on every append_entries sent
+        # leader: read rounds started (read_index, leases); tagged on every append_entries sent. Counted from the
+        # wall clock in ms, so that a partner's answer to a round of this replica's previous life (buffered across
+        # a restart) names a round lower than any of this life and confirms none of them.
+        self.read_round = time.time_ns() // 1_000_000
         self._round_started: OrderedDict[int, float] = OrderedDict()  # leader: round -> when it began
         self.lease_reads_enabled = os.environ.get("TIDEBANK_LEASE_READS", "1") != "0"
         self._lease_until = 0.0  # leader: reads need no heartbeat round before this (monotonic; loop thread)
@@ -887,6 +890,8 @@ class ShardReplica(SyncObj):
         return future
 
     def note_read_round(self, partner: str, read_round: int) -> None:
+        if read_round > self.read_round:
+            return  # a round this replica never started (not in this life): it confirms nothing
         if read_round > self._acked_rounds.get(partner, 0):
             self._acked_rounds[partner] = read_round
 
