@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/soak_bank.py --seeds 10 --duration-s 60
     .venv/bin/python bench/soak_bank.py --seeds 10 --duration-s 60 --replica-moves
+    .venv/bin/python bench/soak_bank.py --seeds 10 --keep-failed /tmp/soak   # a failed seed keeps its logs
 
 Each seed gets a fresh local 3-DC cluster, the seeded workload and nemesis of
 tests/integration/bank.py, and the full checker. With --replica-moves, two spare nodes join and
@@ -12,7 +13,9 @@ any seed fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -29,11 +32,19 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--replica-moves", action="store_true", help="nodes join and replicas move meanwhile")
+    parser.add_argument("--keep-failed", type=pathlib.Path, default=None,
+                        help="run each seed's cluster in DIR/seed-N and keep it (logs, data) when the seed fails")
     args = parser.parse_args()
     failures = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        with tempfile.TemporaryDirectory(prefix=f"tidebank-soak-{seed}-") as directory, \
-                running_cluster(pathlib.Path(directory)) as cluster:
+        if args.keep_failed is not None:
+            place = args.keep_failed / f"seed-{seed}"
+            shutil.rmtree(place, ignore_errors=True)
+            place.mkdir(parents=True)
+            folder = contextlib.nullcontext(str(place))
+        else:
+            folder = tempfile.TemporaryDirectory(prefix=f"tidebank-soak-{seed}-")
+        with folder as directory, running_cluster(pathlib.Path(directory)) as cluster:
             bank = Bank(cluster, seed)
             mover = ReplicaMover(cluster, seed, bank.stop) if args.replica_moves else None
             try:
@@ -58,6 +69,10 @@ def main() -> int:
             for problem in problems[:5]:
                 print(f"    {problem}", flush=True)
             failures += bool(problems)
+        if args.keep_failed is not None and not problems:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif args.keep_failed is not None:
+            print(f"    kept: {directory}", flush=True)
     print(f"{args.seeds} seeds, {args.seeds - failures} passed, {failures} failed")
     return 1 if failures else 0
 
