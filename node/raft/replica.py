@@ -328,7 +328,6 @@ class ShardReplica(SyncObj):
         self._pre_vote_rounds = 0
         self.pre_votes_refused = 0  # pre-vote requests of partners this replica refused (it heard a leader)
         self._apply_per_tick = 8  # committed entries one tick applies at most (adapted: _SyncObj__applyLogEntries)
-        self.append_entries_from = None  # the node whose append_entries this replica handles now (transport)
         self.leader_commit_seen = 0  # the commit index of the last append_entries from a leader (GroupTransport)
         self._election_deferred_at = float("-inf")
         self._leaving_handover = HandoverState(LEAVING_HANDOVER)
@@ -587,7 +586,7 @@ class ShardReplica(SyncObj):
     def _on_dump_received(self, path: str) -> None:
         """Loop thread: the last chunk of a dump arrived. Its fsync, check and LMDB extraction (seconds for a
         big shard) run on a thread of their own; `_finish_dump_install` loads it once they are done."""
-        install = _DumpInstall(path, self.append_entries_from)
+        install = _DumpInstall(path, self._getLeader())  # pysyncobj took the sender for its leader already
 
         def prepare() -> None:
             try:

@@ -170,7 +170,6 @@ class GroupTransport(Transport):
         if kind == "timeout_now":
             self._replica.note_timeout_now(node)
         if kind == "append_entries":
-            self._replica.append_entries_from = node
             term = message.get("term")
             if isinstance(term, int) and term >= self._replica.raftCurrentTerm:
                 self._replica.leader_heard_at = time.monotonic()
