@@ -189,8 +189,8 @@ class RaftHost:
             if replica.closed:
                 continue
             if stalled:
-                # This thread was held up (a snapshot installed for one replica blocks them all): the partners'
-                # heartbeats are still unread, so no replica may take their silence for a dead leader.
+                # This thread was held up (a slow disk, a paused process): the partners' heartbeats are still
+                # unread, so no replica may take their silence for a dead leader.
                 replica.defer_election()
             if shard_id in woken or replica.touched or now >= next_tick.get(shard_id, 0.0):
                 replica.tick()
