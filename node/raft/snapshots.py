@@ -424,7 +424,7 @@ class SnapshotManager:
 
     # -- a dump received from the leader, made ready off the loop thread ------------------
 
-    def prepare_received(self, received_path: str) -> ReceivedDump:
+    def prepare_received(self, received_path: str) -> None:
         """Any thread but the loop: make a dump the leader sent durable, check it and, if it is newer than the
         local LMDB, extract and verify its LMDB copy into ``install_path``. The deserializer, later on the loop
         thread, then only swaps files: a big install no longer stops the node's other replicas. Raises
@@ -434,18 +434,20 @@ class SnapshotManager:
         info = read_dump_info(received_path)
         extracted = self.host.applied_index() < info.last_index
         if extracted:
-            extract_lmdb(received_path, info, self.install_path, durable=self.durable)
-            try:
-                copied = applied_index_of_lmdb_file(self.install_path)
-                if copied < info.last_index:
-                    raise DumpError(f"{received_path}: LMDB copy applied index {copied} < {info.last_index}")
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.install_path)
-                raise
-        ready = ReceivedDump(os.stat(received_path).st_ino, info, extracted)
-        self._received = ready
-        return ready
+            self._extract_checked(received_path, info)
+        self._received = ReceivedDump(os.stat(received_path).st_ino, info, extracted)
+
+    def _extract_checked(self, dump_path: str, info: DumpInfo) -> None:
+        """Copy the dump's LMDB to install_path and check that it holds the snapshot's index (else removed)."""
+        extract_lmdb(dump_path, info, self.install_path, durable=self.durable)
+        try:
+            copied = applied_index_of_lmdb_file(self.install_path)
+            if copied < info.last_index:
+                raise DumpError(f"{dump_path}: LMDB copy applied index {copied} < {info.last_index}")
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.install_path)
+            raise
 
     def discard_received(self) -> None:
         """A prepared dump will not be loaded after all (the replica closed, or the rename failed)."""
@@ -484,11 +486,8 @@ class SnapshotManager:
         local = self.host.applied_index()
         if local < info.last_index:
             if ready is None or not ready.extracted:
-                extract_lmdb(file_name, info, self.install_path, durable=self.durable)
+                self._extract_checked(file_name, info)
             try:
-                copied = applied_index_of_lmdb_file(self.install_path)
-                if copied < info.last_index:
-                    raise DumpError(f"{file_name}: LMDB copy applied index {copied} < {info.last_index}")
                 self.host.install_lmdb_file(self.install_path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
