@@ -306,20 +306,26 @@ def test_exception_in_apply_does_not_wedge(cluster):
         assert cluster.replicas[i].status()["apply_failures"] == 1
 
 
+def _lag_behind_compaction(cluster: Cluster, batches: int = 3) -> tuple[ShardReplica, int]:
+    """Start all, stop one replica, let the others compact their log past it: it must catch up by snapshot."""
+    cluster.start_all()
+    leader = cluster.leader()
+    submit_many(leader, [b"x%d" % i for i in range(30)])
+    cluster.wait_converged()
+    lagging = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
+    cluster.stop(lagging)
+    for batch in range(batches):
+        submit_many(leader, [b"y%d-%d" % (batch, i) for i in range(40)])
+    wait_for(lambda: leader.status()["log_size"] < 100, what="log compaction")
+    return leader, lagging
+
+
 def test_lagging_replica_catches_up_from_snapshot_and_restart_keeps_state(tmp_path):
     tuning = RaftTuning(log_compaction_min_entries=20, log_compaction_min_time=3600)
     cluster = Cluster(tmp_path, tuning)
     try:
-        cluster.start_all()
-        leader = cluster.leader()
-        submit_many(leader, [b"x%d" % i for i in range(30)])
-        cluster.wait_converged()
-        lagging = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
-        cluster.stop(lagging)
-        for batch in range(4):  # several compactions while it is down
-            submit_many(leader, [b"y%d-%d" % (batch, i) for i in range(40)])
+        leader, lagging = _lag_behind_compaction(cluster, batches=4)  # several compactions while it is down
         wait_for(lambda: leader.status()["snapshots_written"] >= 2, what="leader snapshots")
-        wait_for(lambda: leader.status()["log_size"] < 100, what="log compaction")
 
         cluster.start(lagging)
         cluster.wait_converged(timeout=20)
@@ -345,20 +351,6 @@ def test_lagging_replica_catches_up_from_snapshot_and_restart_keeps_state(tmp_pa
             assert len(c) == len(counts(expected)) + 1
     finally:
         cluster.close()
-
-
-def _lag_behind_compaction(cluster: Cluster) -> tuple[ShardReplica, int]:
-    """Start all, stop one replica, let the others compact their log past it: it must catch up by snapshot."""
-    cluster.start_all()
-    leader = cluster.leader()
-    submit_many(leader, [b"x%d" % i for i in range(30)])
-    cluster.wait_converged()
-    lagging = next(i for i, r in enumerate(cluster.replicas) if r is not leader)
-    cluster.stop(lagging)
-    for batch in range(3):
-        submit_many(leader, [b"y%d-%d" % (batch, i) for i in range(40)])
-    wait_for(lambda: leader.status()["log_size"] < 100, what="log compaction")
-    return leader, lagging
 
 
 def test_snapshot_from_the_leader_is_prepared_off_the_loop_thread(tmp_path, monkeypatch):
