@@ -80,6 +80,15 @@ class MoveReport:
     finished: bool = False
 
 
+@dataclass
+class ShardAddReport:
+    shard_id: int
+    replicas: list[str]
+    created: bool  # False: the shard was there already (a rerun of an add whose driver stopped)
+    leader: str = ""
+    unreached: set[str] = dataclasses.field(default_factory=set)  # nodes that missed the topology push
+
+
 class Membership:
     """Drives membership changes of one cluster: its topology file, its nodes' Admin services."""
 
@@ -315,6 +324,61 @@ class Membership:
             if time.monotonic() >= deadline:
                 raise MoveInterrupted(f"{what}; run again to resume")
             time.sleep(POLL_S)
+
+    # ---- shards -----------------------------------------------------------------------------------------
+
+    def new_shard_replicas(self) -> tuple[str, ...]:
+        """One node per DC for a new shard: in each DC the node holding fewest replicas (then by name); the
+        preferred leader in the DC that is preferred by fewest shards, so leaders stay spread over DCs."""
+        topology = self.topology
+        load = {n.name: len(topology.shards_on(n.name)) for n in topology.nodes}
+        chosen = {dc: min((n.name for n in topology.nodes if n.dc == dc), key=lambda n: (load[n], n))
+                  for dc in topology.dcs}
+        leads = {dc: 0 for dc in topology.dcs}
+        for shard in topology.shards:
+            leads[topology.node(shard.preferred_leader).dc] += 1
+        first = min(topology.dcs, key=lambda dc: (leads[dc], topology.dcs.index(dc)))
+        order = [first] + [dc for dc in topology.dcs if dc != first]
+        return tuple(chosen[dc] for dc in order)
+
+    def add_shard(self, replicas: tuple[str, ...] | None = None, *, shard_id: int | None = None,
+                  timeout_s: float = MOVE_TIMEOUT_S) -> ShardAddReport:
+        """Create a new Raft group holding no slots (slots move to it later) and wait until it has a leader.
+
+        With `shard_id` naming a shard that exists, this resumes an add whose driver stopped after publishing:
+        it pushes the topology again and waits for the leader (the shard must still hold no slots, and
+        `replicas`, if given, must be its replicas). Without it, the next shard id is used."""
+        deadline = time.monotonic() + timeout_s
+        topology = self.topology
+        existing = {s.shard_id: s for s in topology.shards}
+        if shard_id is not None and shard_id in existing:
+            spec = existing[shard_id]
+            if spec.slots:
+                raise MembershipError(f"shard {shard_id} exists and holds slots: it is not a new shard")
+            if replicas is not None and tuple(replicas) != spec.replicas:
+                raise MembershipError(f"shard {shard_id} exists with replicas {', '.join(spec.replicas)}")
+            report = ShardAddReport(shard_id, list(spec.replicas), created=False)
+            report.unreached |= self.push()
+        else:
+            new_id = len(existing)
+            if shard_id is not None and shard_id != new_id:
+                raise MembershipError(f"the next shard id is {new_id}, not {shard_id} (ids go 0..n-1)")
+            chosen = tuple(replicas) if replicas is not None else self.new_shard_replicas()
+            for name in chosen:
+                if name not in topology.node_names:
+                    raise MembershipError(f"no node {name!r} (nodes: {', '.join(topology.node_names)})")
+            try:
+                new = topology.changed(shards=topology.shards + (ShardSpec(new_id, (), chosen),))
+            except TopologyError as exc:
+                raise MembershipError(str(exc)) from None
+            report = ShardAddReport(new_id, list(chosen), created=True)
+            report.unreached |= self.publish(new)
+            if self.on_step is not None:
+                self.on_step("publish", self.topology)
+        leader = self._wait(lambda: self._leader(report.shard_id), deadline,
+                            f"shard {report.shard_id} has no leader yet (resume with --id {report.shard_id})")
+        report.leader = leader[0]
+        return report
 
     # ---- nodes ------------------------------------------------------------------------------------------
 

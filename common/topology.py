@@ -31,7 +31,7 @@ A topology file looks like this::
 
     [[shard]]
     id = 0
-    slots = [[0, 1024]]         # [start, end) ranges
+    slots = [[0, 1024]]         # [start, end) ranges; [] for a shard added to a running cluster
     replicas = ["dc1-n1", "dc2-n1", "dc3-n1"]   # one per DC, first = preferred leader
     joining = ["dc1-n2"]        # only while a replica moves (cluster/membership.py): the new one, catching up
     leaving = []                # ... and, once it has taken over, the old one, about to leave the Raft group
@@ -397,10 +397,8 @@ class Topology:
                 claim(host, n.metrics_port, f"{n.name} metrics")
 
     def _check_slots(self) -> None:
+        # A shard may hold no slots: `tidebank shard add` creates one so, and slots move to it later.
         ranges = sorted((a, b, s.shard_id) for s in self.shards for a, b in s.slots)
-        for s in self.shards:
-            if not s.slots:
-                raise TopologyError(f"shard {s.shard_id} has no slots")
         expected = 0
         for a, b, sid in ranges:
             if not a < b:

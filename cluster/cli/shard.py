@@ -1,4 +1,5 @@
-"""`tidebank shard move-replica` and `shard balance`: move replicas to other nodes of their DC, online.
+"""`tidebank shard add`, `shard move-replica` and `shard balance`: new Raft groups, and replicas moved to
+other nodes of their DC, online.
 
 The steps and why each is safe are in tidebank.cluster.membership; this module only
 parses, drives and prints. An interrupted move resumes when the same command runs again.
@@ -17,6 +18,38 @@ from tidebank.cluster.launcher import LocalCluster
 app = typer.Typer(help="Move shard replicas between nodes while the cluster runs.", no_args_is_help=True)
 
 LocalDirOpt = Annotated[pathlib.Path, typer.Option("--dir", "-d", help="Local cluster folder.", file_okay=False)]
+
+
+@app.command("add")
+@one_line_errors
+def add(
+    dir: LocalDirOpt,
+    replicas: Annotated[str | None, typer.Option("--replicas", help="Comma-separated nodes, one per DC, the "
+                                                 "preferred leader first [default: the node of each DC holding "
+                                                 "fewest replicas].", show_default=False)] = None,
+    shard_id: Annotated[int | None, typer.Option("--id", help="Resume the add of this shard (or check that "
+                                                 "the new one gets this id).", min=0, show_default=False)] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for its leader.", min=1)] = 120.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a new shard (a Raft group with a replica in every DC) holding no slots yet, and wait until it has
+    a leader. Slots move to it with `tidebank slot move`."""
+    names = tuple(n.strip() for n in replicas.split(",") if n.strip()) if replicas is not None else None
+    cluster = LocalCluster.open(dir)
+    try:
+        report = cluster.membership().add_shard(names, shard_id=shard_id, timeout_s=timeout)
+        cluster.reload()
+    finally:
+        cluster.close()
+    if output == Output.json:
+        print_json({"shard": report.shard_id, "replicas": report.replicas, "created": report.created,
+                    "leader": report.leader, "unreached": sorted(report.unreached)})
+        return
+    done = "added" if report.created else "already added"
+    out.print(f"shard {report.shard_id}: {done}, no slots yet; replicas {', '.join(report.replicas)}; "
+              f"leader {report.leader}")
+    if report.unreached:
+        err.print(f"note: {', '.join(sorted(report.unreached))} did not answer; they read cluster.toml on start")
 
 
 @app.command("move-replica")

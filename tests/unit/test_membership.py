@@ -201,6 +201,23 @@ def test_balancing_evens_replicas_out_within_each_dc(tmp_path):
     assert _driver(tmp_path, topo).balance_plan() == []  # one node per DC: nothing to even out
 
 
+def test_a_new_shard_goes_to_the_emptiest_node_of_each_dc_and_is_led_from_the_least_preferred_dc(tmp_path):
+    topo = generate_local(tmp_path, dcs=3, nodes_per_dc=2, shards=2, plaintext=True)
+    # shards 0 and 1 sit on the -n1 / -n2 nodes alternately and prefer dc1 and dc2: dc3 leads none
+    replicas = _driver(tmp_path, topo).new_shard_replicas()
+    assert [topo.node(n).dc for n in replicas] == ["dc3", "dc1", "dc2"]
+    load = {n.name: len(topo.shards_on(n.name)) for n in topo.nodes}
+    assert all(load[n] == min(load[m.name] for m in topo.nodes if m.dc == topo.node(n).dc) for n in replicas)
+
+
+def test_a_topology_with_an_added_shard_that_holds_no_slots_is_valid_and_routes_nothing_to_it(tmp_path, topo):
+    from tidebank.common.topology import ShardSpec
+
+    grown = topo.changed(shards=topo.shards + (ShardSpec(1, (), ("dc2-n2", "dc3-n2", "dc1-n2")),))
+    assert grown.shard(1).slots == () and grown.shard_map_version == topo.shard_map_version + 1
+    assert {grown.shard_of_slot(s) for s in range(grown.slot_count)} == {0}
+
+
 # ---- who campaigns -----------------------------------------------------------------------------------
 
 

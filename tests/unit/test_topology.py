@@ -398,12 +398,22 @@ def test_malformed_slots(topo):
         Topology.from_dict(doc)
 
 
-def test_shard_without_slots(topo):
+def test_a_shard_may_hold_no_slots_while_others_cover_them_all(topo):
     doc = _doc(topo)
     doc["shard"][0]["slots"] = []
     doc["shard"][1]["slots"] = [[0, 2048]]
-    with pytest.raises(TopologyError, match="shard 0 has no slots"):
-        Topology.from_dict(doc)
+    loaded = Topology.from_dict(doc)
+    assert loaded.shard(0).slots == ()
+    assert {loaded.shard_of_slot(s) for s in range(2048)} == {1}
+
+
+def test_a_shard_without_slots_survives_a_dump_and_load(tmp_path, topo):
+    doc = _doc(topo)
+    doc["shard"][0]["slots"] = []
+    doc["shard"][1]["slots"] = [[0, 2048]]
+    path = tmp_path / "copy.toml"
+    Topology.from_dict(doc).dump(path)
+    assert Topology.load(path).shard(0).slots == ()
 
 
 def test_validation_does_not_touch_the_input(topo):
