@@ -450,6 +450,23 @@ class Topology:
         """The next version, with one shard's spec replaced."""
         return self.changed(shards=tuple(shard if s.shard_id == shard.shard_id else s for s in self.shards))
 
+    def with_slots_moved(self, slots: Iterable[int], to_shard: int) -> Topology:
+        """The next version, with `slots` taken from whichever shards hold them and given to `to_shard`."""
+        moving = set(slots)
+        if not moving:
+            raise TopologyError("no slots to move")
+        outside = sorted(s for s in moving if not 0 <= s < self.slot_count)
+        if outside:
+            raise TopologyError(f"slot {outside[0]} out of range [0, {self.slot_count})")
+        self.shard(to_shard)
+        shards = []
+        for spec in self.shards:
+            held = set(slots_of(spec.slots)) - moving
+            if spec.shard_id == to_shard:
+                held |= moving
+            shards.append(dataclasses.replace(spec, slots=slot_ranges(held)))
+        return self.changed(shards=tuple(shards))
+
     def node_data_dir(self, node_name: str) -> pathlib.Path:
         self.node(node_name)
         return self.data_dir / node_name
@@ -464,6 +481,45 @@ class Topology:
     def _slot_index(self) -> tuple[list[int], list[int]]:
         ranges = sorted((a, s.shard_id) for s in self.shards for a, _ in s.slots)
         return [a for a, _ in ranges], [sid for _, sid in ranges]
+
+
+# ---- slot ranges -------------------------------------------------------------------
+
+
+def slots_of(ranges: Iterable[tuple[int, int]]) -> list[int]:
+    """Every slot of [start, end) ranges, in order."""
+    return [slot for start, end in ranges for slot in range(start, end)]
+
+
+def slot_ranges(slots: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """The fewest [start, end) ranges that hold exactly `slots`, in order."""
+    out: list[list[int]] = []
+    for slot in sorted(set(slots)):
+        if out and out[-1][1] == slot:
+            out[-1][1] = slot + 1
+        else:
+            out.append([slot, slot + 1])
+    return tuple((a, b) for a, b in out)
+
+
+def parse_slots(text: str, slot_count: int) -> list[int]:
+    """Slots from "7", "100-199" (both ends included) and comma-separated lists of them."""
+    slots: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        if not first.strip().isdigit() or (sep and not last.strip().isdigit()):
+            raise TopologyError(f"bad slot {part!r}: expected N or N-M")
+        a, b = int(first), int(last) if sep else int(first)
+        if a > b:
+            raise TopologyError(f"bad slot range {part!r}: {a} is past {b}")
+        if b >= slot_count:
+            raise TopologyError(f"slot {b} out of range [0, {slot_count})")
+        slots.update(range(a, b + 1))
+    if not slots:
+        raise TopologyError("no slots given")
+    return sorted(slots)
 
 
 # ---- generation ------------------------------------------------------------------

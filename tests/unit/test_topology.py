@@ -456,3 +456,48 @@ def test_node_certificate_paths_are_relative_to_the_file_and_name_the_node(tmp_p
     assert files.cert == tmp_path.absolute() / "tls" / "nodes" / "dc2-n1.pem"
     assert files.key == tmp_path.absolute() / "tls" / "nodes" / "dc2-n1.key"
     assert files.ca == tmp_path.absolute() / "tls" / "ca.pem"
+
+
+# ---- slot ranges ---------------------------------------------------------------------------------------
+
+
+def test_slot_ranges_are_the_fewest_ranges_holding_exactly_the_slots():
+    from tidebank.common.topology import slot_ranges, slots_of
+
+    assert slot_ranges([5, 3, 4, 9, 10, 0]) == ((0, 1), (3, 6), (9, 11))
+    assert slots_of(((0, 1), (3, 6))) == [0, 3, 4, 5]
+    assert slot_ranges([]) == ()
+
+
+def test_slots_parse_from_single_slots_and_inclusive_ranges():
+    from tidebank.common.topology import parse_slots
+
+    assert parse_slots("7, 100-102,7", 4096) == [7, 100, 101, 102]
+    for bad, message in (("5-3", "past"), ("x", "expected N"), ("4096", "out of range"), ("", "no slots"),
+                         ("1-", "expected N")):
+        with pytest.raises(TopologyError, match=message):
+            parse_slots(bad, 4096)
+
+
+def test_moving_slots_takes_them_from_their_shards_and_bumps_the_version(topo):
+    moved = topo.with_slots_moved([0, 1, 1500, 4095], to_shard=2)
+    assert moved.shard_map_version == topo.shard_map_version + 1
+    assert moved.shard(0).slots == ((2, 1024),)
+    assert moved.shard(1).slots == ((1024, 1500), (1501, 2048))
+    assert moved.shard(2).slots == ((0, 2), (1500, 1501), (2048, 3072), (4095, 4096))
+    assert moved.shard(3).slots == ((3072, 4095),)
+    assert [moved.shard_of_slot(s) for s in (0, 1, 2, 1500, 4095)] == [2, 2, 0, 2, 2]
+
+
+def test_moving_every_slot_of_a_shard_leaves_it_empty_but_valid(topo):
+    moved = topo.with_slots_moved(range(0, 1024), to_shard=1)
+    assert moved.shard(0).slots == () and moved.shard(1).slots == ((0, 2048),)
+
+
+def test_moving_no_slots_or_slots_out_of_range_or_to_an_unknown_shard_is_refused(topo):
+    with pytest.raises(TopologyError, match="no slots"):
+        topo.with_slots_moved([], to_shard=1)
+    with pytest.raises(TopologyError, match="out of range"):
+        topo.with_slots_moved([4096], to_shard=1)
+    with pytest.raises(KeyError, match="no shard 9"):
+        topo.with_slots_moved([1], to_shard=9)
