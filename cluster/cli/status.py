@@ -179,6 +179,7 @@ def shard_map(
     for s in shards:
         replicas = ", ".join(f"{r.node}@{r.dc}" + (f" ({r.membership})" if r.membership not in ("", "voter") else "")
                              for r in s.replicas)
-        slots = ", ".join(f"{r.start}-{r.end - 1}" for r in s.slots) or "none"
+        count = sum(r.end - r.start for r in s.slots)
+        slots = f"{count}: " + ", ".join(f"{r.start}-{r.end - 1}" for r in s.slots) if count else "none"
         table.add_row(str(s.shard_id), slots, s.leader_node or "[red]none[/]", replicas)
     print_table(table)

@@ -451,7 +451,7 @@ def test_shard_map_table_and_json(fake_cluster):
     r = invoke("shard-map", "--endpoints", nodes[1].address)
     assert r.exit_code == 0
     assert "version 1, 16 slots" in r.output
-    assert "8-15" in r.output
+    assert "8: 8-15" in r.output  # how many slots, then their ranges
     result = runner.invoke(app, ["shard-map", "-e", nodes[1].address, "-o", "json"])
     data = json.loads(result.stdout)
     assert data["slot_count"] == 16
