@@ -280,7 +280,8 @@ class Node(NodeView):
                                 applied_index=s["applied_index"], leader_node=leader.name if leader else "",
                                 has_quorum=bool(s.get("has_quorum")), log_size=s.get("log_size", 0),
                                 apply_error=s.get("apply_error", ""), members=s.get("members", ()),
-                                membership=s.get("membership", ""))
+                                membership=s.get("membership", ""), items_applied=host.items_applied,
+                                **_record_counts(host))
         return status
 
     def shard_map_message(self) -> admin_pb2.ShardMap:
@@ -330,6 +331,14 @@ class Node(NodeView):
         with self._channels_lock:
             for channel in self._channels.values():
                 channel.close()
+
+
+def _record_counts(host: ShardHost) -> dict[str, int]:
+    """A replica's record counts for its status; none while it cannot be read (installing a snapshot, closed)."""
+    try:
+        return host.record_counts()
+    except Exception:  # noqa: BLE001 - status must answer whatever state the replica is in
+        return {}
 
 
 def serve(topology: Topology, node_name: str, stop: threading.Event, tls: TlsFiles | None = None) -> None:

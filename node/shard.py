@@ -74,6 +74,7 @@ class ShardHost:
         self.batcher = ShardBatcher(shard_id, self.replica.propose, wake=lambda: host.wake(shard_id),
                                     is_leader=self.replica.is_leader)
         self.replica.before_tick = self._before_tick
+        self.items_applied = 0  # since this process started (loop thread writes, status reads): the shard's load
 
     def _before_tick(self) -> None:
         """Loop thread: queued requests become entries, except while leadership is being handed over."""
@@ -91,7 +92,9 @@ class ShardHost:
         assert self.ledger is not None
         results = self.ledger.apply(txn, operations, timestamp_ns)
         metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
-        metrics.APPLY_ITEMS.inc(sum(len(op.items) for op in operations))
+        items = sum(len(op.items) for op in operations)
+        metrics.APPLY_ITEMS.inc(items)
+        self.items_applied += items
         return results
 
     # Writes and linearizable reads go through the batcher (leader only).
@@ -226,6 +229,13 @@ class ShardHost:
 
     def status(self) -> dict:
         return self.replica.status()
+
+    def record_counts(self) -> dict[str, int]:
+        """Accounts and transfer records on this replica (for balancing; {} before its LMDB is open)."""
+        if self.ledger is None:
+            return {}
+        with self.replica.read_txn() as txn:
+            return self.ledger.record_counts(txn)
 
     # --- membership (cluster/membership.py) ---------------------------------------------------------------
     @property

@@ -1,5 +1,5 @@
-"""`tidebank shard add`, `shard move-replica` and `shard balance`: new Raft groups, and replicas moved to
-other nodes of their DC, online.
+"""`tidebank shard add`, `shard move-replica`, `shard balance` and `shard load`: new Raft groups, replicas
+moved to other nodes of their DC, online, and what each shard holds and how busy it is.
 
 The steps and why each is safe are in tidebank.cluster.membership; this module only
 parses, drives and prints. An interrupted move resumes when the same command runs again.
@@ -11,9 +11,26 @@ import pathlib
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from tidebank.cluster.cli._common import Output, OutputOpt, err, one_line_errors, out, print_json
-from tidebank.cluster.launcher import LocalCluster
+from tidebank.cluster import balancer
+from tidebank.cluster.cli._common import (
+    DirOpt,
+    EndpointsOpt,
+    Output,
+    OutputOpt,
+    TimeoutOpt,
+    err,
+    fail,
+    one_line_errors,
+    out,
+    print_json,
+    print_table,
+    resolve_endpoints,
+)
+from tidebank.cluster.launcher import LocalCluster, NoReachableNode, fetch_shard_map
+from tidebank.cluster.shard_load import SAMPLE_S_MAX, measure_shards
+from tidebank.common.topology import slot_ranges
 
 app = typer.Typer(help="Move shard replicas between nodes while the cluster runs.", no_args_is_help=True)
 
@@ -114,3 +131,60 @@ def balance(
         out.print("balanced: every DC's nodes hold replica counts within one of each other")
     for shard, source, target in plan:
         out.print(f"shard {shard}: {source} -> {target}" + (" (dry run)" if dry_run else ""))
+
+
+@app.command("load")
+@one_line_errors
+def load(
+    dir: DirOpt = None,
+    endpoints: EndpointsOpt = None,
+    sample: Annotated[float, typer.Option("--sample-s", help="Seconds between the two polls that measure load.",
+                                          min=0.1, max=SAMPLE_S_MAX)] = 2.0,
+    slots_per_move: Annotated[int, typer.Option("--slots-per-move", help="Most slots one planned move takes.",
+                                                min=1)] = 64,
+    output: OutputOpt = Output.table,
+    timeout: TimeoutOpt = 2.0,
+) -> None:
+    """Per shard: slots, accounts and transfers held, items applied per second, and its share of the cluster's
+    weight; then the slot moves the balancer would plan to even them out. The plan is advice: no command
+    moves slots yet. Exit code 1 when a shard could not be measured, 2 when no node answers."""
+    try:
+        shard_map = fetch_shard_map(resolve_endpoints(dir, endpoints), timeout)
+    except NoReachableNode as e:
+        raise fail(str(e), 2) from None
+    shards = measure_shards(shard_map, sample, timeout)
+    loads = [s.to_load() for s in shards]
+    weights = balancer.shard_weights(loads)
+    plan = balancer.plan_slot_moves(loads, slots_per_move=slots_per_move)
+    unmeasured = [s.shard_id for s in shards if not s.measured]
+    if output == Output.json:
+        print_json({"version": shard_map.version, "sample_s": sample,
+                    "shards": [{**s.to_dict(), "weight": round(weights[s.shard_id], 4)} for s in shards],
+                    "unmeasured": unmeasured,
+                    "planned_moves": [{"slots": [list(r) for r in slot_ranges(m.slots)], "count": len(m.slots),
+                                       "from": m.source, "to": m.target} for m in plan]})
+    else:
+        _print_load(shards, weights, plan, unmeasured)
+    if unmeasured:
+        raise typer.Exit(1)
+
+
+def _print_load(shards, weights: dict[int, float], plan: list[balancer.PlannedMove], unmeasured: list[int]) -> None:
+    table = Table(box=None, pad_edge=False)
+    for col in ("SHARD", "SLOTS", "ACCOUNTS", "TRANSFERS", "ITEMS/S", "WEIGHT"):
+        table.add_column(col, justify="right")
+    for s in shards:
+        table.add_row(str(s.shard_id), str(len(s.slots)), "-" if s.accounts is None else f"{s.accounts:,}",
+                      "-" if s.transfers is None else f"{s.transfers:,}",
+                      "-" if s.items_per_s is None else f"{s.items_per_s:,.1f}", f"{weights[s.shard_id]:.1%}")
+    print_table(table)
+    if unmeasured:
+        err.print(f"not measured (no replica answered both polls): shard {', '.join(map(str, unmeasured))}")
+    if not plan:
+        out.print("balanced: every shard is within "
+                  f"{balancer.TOLERANCE:.0%} of the mean weight, or whole slots cannot bring it closer")
+        return
+    out.print(f"{len(plan)} slot move(s) would balance it (advice: slot moves are not built yet):")
+    for m in plan:
+        ranges = ", ".join(f"{a}-{b - 1}" for a, b in slot_ranges(m.slots))
+        out.print(f"  {len(m.slots)} slots ({ranges}): shard {m.source} -> shard {m.target}", markup=False)

@@ -1802,6 +1802,10 @@ class LedgerStateMachine:
         finally:
             cursor.close()
 
+    def record_counts(self, txn: lmdb.Transaction) -> dict[str, int]:
+        """How many accounts and transfer records this replica holds (LMDB keeps the counts: no scan)."""
+        return {"accounts": txn.stat(self._accounts)["entries"], "transfers": txn.stat(self._transfers)["entries"]}
+
     def cluster_time_ns(self, txn: lmdb.Transaction) -> int:
         """The latest cluster time this shard has applied (0 before the first entry)."""
         return self._last_timestamp(txn)

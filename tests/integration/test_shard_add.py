@@ -12,7 +12,7 @@ from tidebank.cluster.audit import audit, collect_totals
 from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
 from tidebank.cluster.membership import MembershipError
 
-from .conftest import IdSource, running_cluster
+from .conftest import IdSource, running_cluster, shard_of, wait_until
 from .test_clearing import Banks
 
 pytestmark = pytest.mark.integration
@@ -101,6 +101,49 @@ def test_money_keeps_moving_on_the_old_shards_and_the_audit_counts_the_new_one(c
         report = audit(answers, expected_shards=[s.shard_id for s in cluster.topology.shards])
     assert report.exit_code == 0, [m.describe() for m in report.mismatches]
     assert added.shard_id in {a.shard_id for a in answers}
+
+
+def test_replicas_report_the_records_they_hold_and_the_items_they_applied(cluster, added):
+    shard_map = cluster.shard_map()
+    account_ids = [(8 << 100) + i for i in range(40)]
+    on_shard0 = [i for i in account_ids if shard_of(shard_map, i) == 0][:4]
+    before = {node: _replica(cluster, node, 0) for node in cluster.topology.shard(0).replicas}
+    with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as client:
+        assert all(r.status == CreateAccountResult.created
+                   for r in client.create_accounts([Account(id=i, ledger=LEDGER, code=1) for i in on_shard0]))
+        assert client.create_transfers([Transfer(id=(8 << 90) + 1, debit_account_id=on_shard0[0],
+                                                 credit_account_id=on_shard0[1], amount=5, ledger=LEDGER,
+                                                 code=1)])[0].status == CreateTransferResult.created
+
+    def caught_up():
+        now = {node: _replica(cluster, node, 0) for node in before}
+        return now if all(now[n].accounts >= before[n].accounts + 4 and now[n].transfers >= before[n].transfers + 1
+                          for n in now) else None
+
+    now = wait_until(caught_up, 30.0, "every replica of shard 0 counts the new accounts and transfer")
+    assert all(now[n].items_applied >= before[n].items_applied + 5 for n in now), (before, now)
+    for node in added.replicas:
+        replica = _replica(cluster, node, added.shard_id)
+        assert (replica.accounts, replica.transfers) == (0, 0), node
+
+
+def test_shard_load_measures_every_shard_and_plans_slot_moves_onto_the_empty_one(cluster, added, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tidebank.cluster.cli import app
+
+    monkeypatch.delenv("TIDEBANK_DEBUG", raising=False)
+    result = CliRunner().invoke(app, ["shard", "load", "--dir", str(cluster.dir), "--sample-s", "0.5",
+                                      "-o", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    by_id = {s["shard_id"]: s for s in report["shards"]}
+    assert sorted(by_id) == [0, 1, added.shard_id] and report["unmeasured"] == []
+    assert by_id[added.shard_id]["slots"] == 0 and by_id[added.shard_id]["accounts"] == 0
+    assert by_id[0]["accounts"] > 0 and by_id[0]["transfers"] > 0
+    assert report["planned_moves"], report
+    assert {m["to"] for m in report["planned_moves"]} == {added.shard_id}
+    assert {m["from"] for m in report["planned_moves"]} <= {0, 1}
 
 
 def _clear_and_settle(banks: Banks) -> None:

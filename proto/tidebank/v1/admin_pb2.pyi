@@ -99,7 +99,7 @@ class GetNodeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size", "apply_error", "members", "membership")
+    __slots__ = ("shard_id", "role", "term", "commit_index", "applied_index", "leader_node", "has_quorum", "log_size", "apply_error", "members", "membership", "accounts", "transfers", "items_applied")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,9 @@ class ReplicaStatus(_message.Message):
     APPLY_ERROR_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     role: str
     term: int
@@ -122,7 +125,10 @@ class ReplicaStatus(_message.Message):
     apply_error: str
     members: _containers.RepeatedScalarFieldContainer[str]
     membership: str
-    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ..., apply_error: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., membership: _Optional[str] = ...) -> None: ...
+    accounts: int
+    transfers: int
+    items_applied: int
+    def __init__(self, shard_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., leader_node: _Optional[str] = ..., has_quorum: _Optional[bool] = ..., log_size: _Optional[int] = ..., apply_error: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., membership: _Optional[str] = ..., accounts: _Optional[int] = ..., transfers: _Optional[int] = ..., items_applied: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "dc", "address", "replicas", "shard_map_version")
