@@ -27,6 +27,7 @@ from tidebank.node.ledger.operations import (
     OP_DECIDE,
     OP_FINISH,
     OP_PREPARE,
+    OP_SLOT_MOVES,
     Operation,
     PackedRecords,
 )
@@ -40,6 +41,8 @@ from tidebank.node.ledger.records import (
     unpack_owned_account,
     unpack_transfer,
 )
+from tidebank.node.ledger.slot_moves import pack_command as pack_slot_move
+from tidebank.node.ledger.slot_moves import unpack_command as unpack_slot_move
 from tidebank.node.ledger.txn_records import (
     pack_decide,
     pack_finish,
@@ -61,10 +64,10 @@ _UNPACKERS = {OP_CREATE_ACCOUNTS: unpack_account, OP_CREATE_TRANSFERS: unpack_tr
               OP_CLEARING_ITEMS: unpack_clearing_item}
 _VARIABLE_PACKERS = {OP_PREPARE: pack_prepare, OP_FINISH: pack_finish, OP_DECIDE: pack_decide,
                      OP_COMMIT_LOCAL: pack_prepare, OP_CLEARING: pack_command,
-                     OP_CREATE_OWNED_ACCOUNTS: pack_owned_account}
+                     OP_CREATE_OWNED_ACCOUNTS: pack_owned_account, OP_SLOT_MOVES: pack_slot_move}
 _VARIABLE_UNPACKERS = {OP_PREPARE: unpack_prepare, OP_FINISH: unpack_finish, OP_DECIDE: unpack_decide,
                        OP_COMMIT_LOCAL: unpack_prepare, OP_CLEARING: unpack_command,
-                       OP_CREATE_OWNED_ACCOUNTS: unpack_owned_account}
+                       OP_CREATE_OWNED_ACCOUNTS: unpack_owned_account, OP_SLOT_MOVES: unpack_slot_move}
 _SAMPLES = {OP_CREATE_ACCOUNTS: Account(id=1), OP_CREATE_TRANSFERS: Transfer(id=1),
             OP_CLEARING_ITEMS: ClearingItem(id=1)}
 

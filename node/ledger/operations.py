@@ -22,9 +22,10 @@ OP_COMMIT_LOCAL = 6
 OP_CLEARING_ITEMS = 7  # items: ClearingItem -> ClearingItemResult code (or ITEM_ALLOWANCE_LOW)
 OP_CLEARING = 8  # items: ClearingCommand -> a small value (see node/ledger/clearing.py), None if it failed
 OP_CREATE_OWNED_ACCOUNTS = 9  # items: OwnedAccount -> CreateAccountResult code (the owner kept with the account)
+OP_SLOT_MOVES = 10  # items: SlotMoveCommand -> SlotMoveResult code, None if it failed (node/ledger/slot_moves.py)
 
 KINDS = (OP_CREATE_ACCOUNTS, OP_CREATE_TRANSFERS, OP_PREPARE, OP_FINISH, OP_DECIDE, OP_COMMIT_LOCAL,
-         OP_CLEARING_ITEMS, OP_CLEARING, OP_CREATE_OWNED_ACCOUNTS)
+         OP_CLEARING_ITEMS, OP_CLEARING, OP_CREATE_OWNED_ACCOUNTS, OP_SLOT_MOVES)
 TXN_KINDS = (OP_PREPARE, OP_FINISH, OP_DECIDE, OP_COMMIT_LOCAL)
 
 

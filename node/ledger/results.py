@@ -36,6 +36,8 @@ class CreateAccountResult(enum.IntEnum):
     chain_spans_shards = 22
     id_reserved_for_escrow = 23
     exists_with_different_owner = 24
+    slot_moving = 25  # the account's slot is moving between shards (node/ledger/slot_moves.py): retry
+    slot_moved = 26  # the account's slot has moved to another shard: refresh the map, retry there
 
 
 class CreateTransferResult(enum.IntEnum):
@@ -102,6 +104,8 @@ class CreateTransferResult(enum.IntEnum):
     exists_with_different_ledger = 60
     internal_error = 61
     account_reserved_for_escrow = 62
+    slot_moving = 63  # an account's slot is moving between shards (node/ledger/slot_moves.py): retry
+    slot_moved = 64  # an account's slot has moved to another shard: refresh the map, retry there
 
 
 class TradeResult(enum.IntEnum):
@@ -174,6 +178,7 @@ class ClearingItemResult(enum.IntEnum):
     exists_with_different_ledger = 15
     exists_with_different_user_data = 16
     internal_error = 17
+    slot_moving = 18  # the shard is giving or taking hash slots (node/ledger/slot_moves.py): retry
 
 
 #: A clearing item refused only because its shard's share of the payer's cap is used up: never an answer to a

@@ -140,6 +140,7 @@ from tidebank.node.ledger.operations import (
     OP_DECIDE,
     OP_FINISH,
     OP_PREPARE,
+    OP_SLOT_MOVES,
     Operation,
 )
 from tidebank.node.ledger.records import (
@@ -160,6 +161,7 @@ from tidebank.node.ledger.records import (
     unpack_transfer,
 )
 from tidebank.node.ledger.results import ClearingItemResult, CreateAccountResult, CreateTransferResult, TradeResult
+from tidebank.node.ledger.slot_moves import MOVED, SlotMoveCommand, SlotMoves
 from tidebank.node.ledger.trades import (
     CLOSED,
     DISPUTED,
@@ -440,6 +442,7 @@ class LedgerStateMachine:
         "escrow_by_seller",
         "escrow_slots",
         "escrow_totals",
+        *SlotMoves.DB_NAMES,
     )
 
     def __init__(
@@ -478,6 +481,11 @@ class LedgerStateMachine:
         self._escrow_totals = dbs["escrow_totals"]
         self._slot_count = slot_count
         self.clearing = ClearingRules(env, txn=txn)
+        clearing_dbs = [env.open_db(name.encode(), txn=txn, create=True) for name in ClearingRules.DB_NAMES]
+        self.slot_moves = SlotMoves(dbs, slot_count, clearing_dbs)
+        # The slot fence of the operation being applied (one state byte per slot), None when no slot of this
+        # shard ever moved: read once per operation, so items pay for it only while slots move.
+        self._fence: bytes | None = None
 
     # ------------------------------------------------------------------ apply
 
@@ -522,6 +530,7 @@ class LedgerStateMachine:
         for op in operations:
             ctx = _Context(base, next_ts)
             kind = op.kind
+            self._fence = self.slot_moves.fence(txn)
             if kind == OP_CREATE_TRANSFERS:
                 fn = functools.partial(self._create_transfers, items=op.items, ctx=ctx)
                 error: Any = int(_TR.internal_error)
@@ -531,11 +540,20 @@ class LedgerStateMachine:
             elif kind == OP_CREATE_OWNED_ACCOUNTS:
                 fn = functools.partial(self._create_owned_accounts, items=op.items, ctx=ctx)
                 error = int(_AR.internal_error)
+            elif kind in (OP_CLEARING_ITEMS, OP_CLEARING) and self.slot_moves.moving(txn):
+                # Slot moves do not carry clearing state yet: none may appear on a shard while it moves slots.
+                busy = int(ClearingItemResult.slot_moving) if kind == OP_CLEARING_ITEMS else None
+                results.append([busy] * len(op.items))
+                continue
             elif kind == OP_CLEARING_ITEMS:
                 fn = functools.partial(self.clearing.submit_items, items=op.items, timestamp_ns=ctx.base)
                 error = int(ClearingItemResult.internal_error)
             elif kind == OP_CLEARING:
                 results.append(self._clearing_commands(txn, op.items, ctx.base))
+                continue
+            elif kind == OP_SLOT_MOVES:
+                results.append(self._slot_move_commands(txn, op.items, ctx))
+                next_ts = ctx.next_ts
                 continue
             elif kind in _TXN_STEPS:
                 step_name, error = _TXN_STEPS[kind]
@@ -561,6 +579,34 @@ class LedgerStateMachine:
         return [self._run_guarded(txn, "clearing command", functools.partial(self.clearing.command, c=c,
                                                                              timestamp_ns=ts))
                 for c in items]
+
+    def _slot_move_commands(self, txn: lmdb.Transaction, items: Sequence[SlotMoveCommand], ctx: _Context) -> list[Any]:
+        """Each slot-move command in its own nested txn: one that fails (a bug, a malformed command) is rolled
+        back and answers None. Imported records keep their timestamps, so cluster time moves past them."""
+        def raise_clock(timestamp_ns: int) -> None:
+            ctx.next_ts = max(ctx.next_ts, timestamp_ns + 1)
+
+        out = []
+        for c in items:
+            saved = ctx.next_ts
+            result = self._run_guarded(txn, "slot-move command", functools.partial(
+                self.slot_moves.command, c=c, add_totals=self._add_totals, raise_clock=raise_clock))
+            if result is None:
+                ctx.next_ts = saved
+            out.append(None if result is None else int(result))
+        return out
+
+    def _fence_state(self, ids: Sequence[int]) -> int:
+        """MOVED if an id's slot has left this shard, else MOVING if one is moving, else 0."""
+        fence = self._fence
+        n = self._slot_count
+        state = 0
+        for i in ids:
+            if 0 < i < U128_MAX:
+                s = fence[slot_of(i, n)]
+                if s > state:
+                    state = s
+        return state
 
     def _run_guarded(self, txn: lmdb.Transaction, what: str, fn: Callable[[lmdb.Transaction], Any]) -> Any:
         """Run fn in a nested txn; on a deterministic exception roll it back, log, and return None."""
@@ -686,6 +732,10 @@ class LedgerStateMachine:
             return _AR.id_must_not_be_int_max
         if is_system_account(aid):
             return _AR.id_reserved_for_escrow
+        if self._fence is not None:
+            fenced = self._fence_state((aid,))
+            if fenced:
+                return _AR.slot_moved if fenced == MOVED else _AR.slot_moving
         if flags & _A_DMNEC and flags & _A_CMNED:
             return _AR.flags_are_mutually_exclusive
         if a.debits_pending:
@@ -809,6 +859,10 @@ class LedgerStateMachine:
         c = t.credit_account_id
         if d >> 96 == SYSTEM_ACCOUNT_PREFIX or c >> 96 == SYSTEM_ACCOUNT_PREFIX:  # is_system_account, inlined
             return _TR.account_reserved_for_escrow  # only escrow steps move escrow and fee money
+        if self._fence is not None:
+            fenced = self._fence_state((tid, d, c, t.pending_id))
+            if fenced:
+                return _TR.slot_moved if fenced == MOVED else _TR.slot_moving
 
         # ---- idempotency (a reserved id: outcome unknown until its txn finishes; not recorded)
         key = _key(tid)
@@ -980,6 +1034,17 @@ class LedgerStateMachine:
         if problem:
             log.critical("PREPARE of txid %d refused: %s", txid, problem)
             return _VOTE_ERROR
+        if self._fence is not None:
+            # A slot it names is moving (or has left): busy, recorded nowhere, so the coordinator aborts this
+            # attempt and tries again, by then with the slot's new shard.
+            if item.trade is not None and self._fence_state((item.trade.trade_id,)):
+                return Vote(False, TRADE_STEP_INDEX, 0)
+            for leg in item.legs:  # only what lives here: a side's account, the id if this is its home
+                t, sides = leg.transfer, leg.sides
+                if self._fence_state((t.debit_account_id if sides & SIDE_DEBIT else 0,
+                                      t.credit_account_id if sides & SIDE_CREDIT else 0,
+                                      t.id if sides & SIDE_HOME else 0)):
+                    return Vote(False, leg.index, 0)
         child = self._env.begin(write=True, parent=txn)
         try:
             failed = self._prepare_legs(child, item, tkey, ctx)
@@ -1644,6 +1709,12 @@ class LedgerStateMachine:
                 d = deltas[ledger] = [0] * 10
             for i in range(6):
                 d[4 + i] += xd[i]
+        self._add_totals(txn, deltas)
+        ctx.dirty.clear()
+        ctx.x.clear()
+
+    def _add_totals(self, txn: lmdb.Transaction, deltas: dict[int, list[int]]) -> None:
+        """Fold per-ledger deltas of the ten totals (_TOTAL_KEYS order) into ledger_totals; they must balance."""
         for ledger, d in deltas.items():
             if not any(d):
                 continue
@@ -1665,8 +1736,6 @@ class LedgerStateMachine:
                 shown = dict(zip(_TOTAL_KEYS, totals, strict=True))
                 raise InvariantViolation(f"ledger {ledger} does not balance: {shown}")
             txn.put(lkey, _pack_totals(totals), db=self._totals)
-        ctx.dirty.clear()
-        ctx.x.clear()
 
     def _last_timestamp(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(_META_LAST_TIMESTAMP, db=self._meta)

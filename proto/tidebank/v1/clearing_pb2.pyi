@@ -53,6 +53,7 @@ class ClearingItemResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLEARING_ITEM_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: _ClassVar[ClearingItemResult]
     CLEARING_ITEM_RESULT_EXISTS_WITH_DIFFERENT_USER_DATA: _ClassVar[ClearingItemResult]
     CLEARING_ITEM_RESULT_INTERNAL_ERROR: _ClassVar[ClearingItemResult]
+    CLEARING_ITEM_RESULT_SLOT_MOVING: _ClassVar[ClearingItemResult]
 
 class WindowState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -113,6 +114,7 @@ CLEARING_ITEM_RESULT_EXISTS_WITH_DIFFERENT_AMOUNT: ClearingItemResult
 CLEARING_ITEM_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: ClearingItemResult
 CLEARING_ITEM_RESULT_EXISTS_WITH_DIFFERENT_USER_DATA: ClearingItemResult
 CLEARING_ITEM_RESULT_INTERNAL_ERROR: ClearingItemResult
+CLEARING_ITEM_RESULT_SLOT_MOVING: ClearingItemResult
 WINDOW_STATE_OPEN: WindowState
 WINDOW_STATE_CLOSING: WindowState
 WINDOW_STATE_CLOSED: WindowState

@@ -52,6 +52,8 @@ class CreateAccountResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_ID_RESERVED_FOR_ESCROW: _ClassVar[CreateAccountResult]
     CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_OWNER: _ClassVar[CreateAccountResult]
+    CREATE_ACCOUNT_RESULT_SLOT_MOVING: _ClassVar[CreateAccountResult]
+    CREATE_ACCOUNT_RESULT_SLOT_MOVED: _ClassVar[CreateAccountResult]
 
 class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -118,6 +120,8 @@ class CreateTransferResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREATE_TRANSFER_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: _ClassVar[CreateTransferResult]
     CREATE_TRANSFER_RESULT_INTERNAL_ERROR: _ClassVar[CreateTransferResult]
     CREATE_TRANSFER_RESULT_ACCOUNT_RESERVED_FOR_ESCROW: _ClassVar[CreateTransferResult]
+    CREATE_TRANSFER_RESULT_SLOT_MOVING: _ClassVar[CreateTransferResult]
+    CREATE_TRANSFER_RESULT_SLOT_MOVED: _ClassVar[CreateTransferResult]
 ACCOUNT_FLAG_NONE: AccountFlag
 ACCOUNT_FLAG_LINKED: AccountFlag
 ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS: AccountFlag
@@ -156,6 +160,8 @@ CREATE_ACCOUNT_RESULT_INTERNAL_ERROR: CreateAccountResult
 CREATE_ACCOUNT_RESULT_CHAIN_SPANS_SHARDS: CreateAccountResult
 CREATE_ACCOUNT_RESULT_ID_RESERVED_FOR_ESCROW: CreateAccountResult
 CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_OWNER: CreateAccountResult
+CREATE_ACCOUNT_RESULT_SLOT_MOVING: CreateAccountResult
+CREATE_ACCOUNT_RESULT_SLOT_MOVED: CreateAccountResult
 CREATE_TRANSFER_RESULT_CREATED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_FAILED: CreateTransferResult
 CREATE_TRANSFER_RESULT_LINKED_EVENT_CHAIN_OPEN: CreateTransferResult
@@ -219,6 +225,8 @@ CREATE_TRANSFER_RESULT_ACCOUNTS_ON_DIFFERENT_SHARDS: CreateTransferResult
 CREATE_TRANSFER_RESULT_EXISTS_WITH_DIFFERENT_LEDGER: CreateTransferResult
 CREATE_TRANSFER_RESULT_INTERNAL_ERROR: CreateTransferResult
 CREATE_TRANSFER_RESULT_ACCOUNT_RESERVED_FOR_ESCROW: CreateTransferResult
+CREATE_TRANSFER_RESULT_SLOT_MOVING: CreateTransferResult
+CREATE_TRANSFER_RESULT_SLOT_MOVED: CreateTransferResult
 
 class U128(_message.Message):
     __slots__ = ("hi", "lo")

@@ -1,0 +1,739 @@
+"""Moving hash slots between shards: the state machine's half (fence, copy, switch, forget).
+
+A slot move takes hash slots S from shard A to shard B. Every step is one Raft entry
+(an OP_SLOT_MOVES command), so a driver that dies resumes from what A and B recorded
+(docs/architecture.md, "Slot moves"):
+
+=============  =====  ==============================================================================
+command        on     what it does
+=============  =====  ==============================================================================
+LEAVING        A      fence: from this entry on A refuses every item naming an id in S with
+                      `slot_moving` (nothing changed, retry) and PREPAREs naming S vote busy
+IMPORTING      B      B fences S the same way while it takes S's records
+(export_page)  A      a read, not a command: S's records in pages (frozen on A by the fence)
+IMPORT         B      one page, staged (hidden); idempotent by page number
+ARRIVED        B      checks page and record counts and the digest, writes the records, takes S's
+                      totals, serves S
+GONE           A      deletes S's accounts, owners and account index, gives up their totals, keeps a
+                      tombstone per slot: items naming S get `slot_moved` (refresh the shard map)
+ABORT          A, B   before GONE (A) or ARRIVED (B): the move never happened
+=============  =====  ==============================================================================
+
+What moves: accounts, their owners and account-transfer index entries, every transfer
+record that names an account or has an id in S (posted transfers, failed ids, id homes), and
+the 2PC decisions a retry will look for on B (K_DECISION). A keeps its copies of transfers
+and decisions: ids are global and neither ever changes, so a copy never lies (a cross-shard
+transfer's copies differ only in the timestamp each shard stamped). Totals move with the accounts, and the remote_* counters follow the transfers whose
+two sides end up on two shards (or on one), so each shard's
+debits - remote debits == credits - remote credits still holds and the audit still balances.
+
+Not supported yet, refused by the export with a reason and nothing changed: pending
+transfers named by S (live or finished: they need ledger_xpending on both sides), trades or
+escrow books in S, and clearing state on the shard. Records reserved by a PREPARED txn are a
+wait: the fence stops new ones and the sweeper finishes the old ones.
+
+One move at a time per shard, in either role: its record is b"move"; finished moves leave
+b"done" + move id, so a resumed driver's replays answer `already`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import lmdb
+
+from tidebank.common.keys import U128_MAX, slot_of
+from tidebank.node.ledger.clearing_records import pack_value, unpack_value
+from tidebank.node.ledger.records import ACCOUNT_SIZE, TRANSFER_SIZE, TransferFlags, unpack_account, unpack_transfer
+from tidebank.node.ledger.txn_records import unpack_decide
+
+SLOTS_PER_MOVE_MAX = 1024
+PAGE_RECORDS_MAX = 2048  # records in one IMPORT page (a Raft entry of at most ~0.5 MB)
+MOVE_RECORDS_MAX = 100_000  # records of one move: ARRIVED writes them all in one entry
+EXPORT_SCAN_MAX = 65_536  # keys one export call looks at (a read on the serving node: keep it short)
+OWNER_BYTES_MAX = 64
+
+# Record kinds of an export page; ARRIVED writes them in this order.
+K_ACCOUNT = 1  # key: account id (16), value: packed Account
+K_OWNER = 2  # key: account id (16), value: owner's principal name (utf-8)
+K_TRANSFER = 3  # key: transfer id (16), value: the ledger_transfers value (a transfer, a failed id, an id home)
+K_INDEX = 4  # key: account id (16) + timestamp (8), value: side (1) + transfer id (16)
+# key: txid (16), value: a ledger_decisions value. A retry of a group is coordinated by the shard of its first
+# debit account, B after the move, and must find the group's decision there: a committed group's when that
+# account is in S; every group's that failed a rule (a decision names no accounts, and an aborted group stored
+# no transfer to find it by; a copy that B never consults costs only space).
+K_DECISION = 5
+_KEY_SIZE = {K_ACCOUNT: 16, K_OWNER: 16, K_TRANSFER: 16, K_INDEX: 24, K_DECISION: 16}
+
+# Fence states, one byte per slot in b"fence" (absent: every slot served, no tombstone).
+SERVING = 0
+MOVING = 1
+MOVED = 2
+
+# Commands (tag, args).
+LEAVING = 1  # (move_id, slots, to_shard)
+IMPORTING = 2  # (move_id, slots, from_shard)
+IMPORT = 3  # (move_id, page_no, records: ((kind, key, value), ...))
+ARRIVED = 4  # (move_id, pages, records, digest)
+GONE = 5  # (move_id, version)
+ABORT = 6  # (move_id,)
+COMMAND_TAGS = frozenset((LEAVING, IMPORTING, IMPORT, ARRIVED, GONE, ABORT))
+
+_ROLE_OUT = "out"
+_ROLE_IN = "in"
+_FENCE = b"fence"
+_MOVE = b"move"
+_DONE = b"done"
+_ENDED = {_ROLE_OUT: "gone", _ROLE_IN: "arrived"}
+_GONE_TO = b"g"  # + slot (2): [to shard, topology version] of a slot that left
+_UNSUPPORTED_FLAGS = int(TransferFlags.PENDING | TransferFlags.POST_PENDING_TRANSFER
+                         | TransferFlags.VOID_PENDING_TRANSFER)
+_ID_RESERVED_TAG = b"R"[0]
+_ID_FAILED_TAG = b"F"[0]
+_ID_HOME_TAG = b"H"[0]
+_SIDE_DEBIT = 1
+_SIDE_CREDIT = 2
+
+
+class SlotMoveResult(enum.IntEnum):
+    """The result of one slot-move command."""
+
+    ok = 0
+    already = 1  # this step was done before (a resumed driver's replay): nothing changed
+    shard_busy = 2  # another move is in progress on this shard
+    slots_not_free = 3  # a slot is moving, or (LEAVING) has left this shard, or (IMPORTING) has records here
+    unknown_move = 4  # no such move in progress here
+    wrong_step = 5  # the move is not at the step this command needs (GONE on B, ARRIVED before its pages, ...)
+    page_out_of_order = 6  # an IMPORT page beyond the next one expected
+    too_large = 7  # the move would stage more than MOVE_RECORDS_MAX records: move fewer slots
+    mismatch = 8  # ARRIVED: the pages, records or digest differ from what was staged
+    clearing_in_use = 9  # IMPORTING: this shard holds clearing state, which slot moves do not carry yet
+
+
+class ExportRefusal(enum.IntEnum):
+    """Why export_page gives no page. `reserved` is a wait; the others end the move (ABORT)."""
+
+    none = 0
+    not_leaving = 1  # no such LEAVING move on this shard
+    reserved = 2  # a PREPARED txn holds records of S: retry when it has finished
+    pending_transfers = 3  # S names pending transfers: not supported yet
+    escrow = 4  # S holds trades or escrow books: not supported yet
+    clearing = 5  # the shard holds clearing state: not supported yet
+
+
+@dataclass(frozen=True, slots=True)
+class SlotMoveCommand:
+    tag: int
+    args: tuple = field(default=())
+
+
+def pack_command(c: SlotMoveCommand) -> bytes:
+    return pack_value([c.tag, *c.args])
+
+
+def unpack_command(raw: bytes) -> SlotMoveCommand:
+    try:
+        value = unpack_value(raw)
+    except Exception as exc:  # msgpack raises several kinds for garbage
+        raise ValueError(f"not a slot-move command: {exc}") from exc
+    if not isinstance(value, list) or not value or value[0] not in COMMAND_TAGS:
+        raise ValueError("not a slot-move command")
+    return SlotMoveCommand(value[0], tuple(_tuples(a) for a in value[1:]))
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPage:
+    """One page of a move's records, and where the next page starts (None: this was the last)."""
+
+    records: tuple[tuple[int, bytes, bytes], ...]
+    cursor: tuple[int, bytes] | None
+    refusal: ExportRefusal = ExportRefusal.none
+
+
+def records_digest(pages: Iterable[Sequence[tuple[int, bytes, bytes]]]) -> bytes:
+    """What A's export and B's staged pages must agree on: every record, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for page in pages:
+        for kind, key, value in page:
+            h.update(bytes((kind, len(key))) + len(value).to_bytes(4, "little") + key + value)
+    return h.digest()
+
+
+class SlotMoves:
+    """The slot-move commands and the export read, over the ledger's dbs of one shard (given by the state
+    machine) and two of its own: ledger_slot_moves (fence, move records, tombstones) and ledger_slot_import
+    (B's staged pages)."""
+
+    DB_NAMES = ("ledger_slot_moves", "ledger_slot_import")
+
+    def __init__(self, dbs: dict[str, object], slot_count: int, clearing_dbs: Sequence[object]) -> None:
+        self._moves = dbs["ledger_slot_moves"]
+        self._staged = dbs["ledger_slot_import"]
+        self._accounts = dbs["ledger_accounts"]
+        self._owners = dbs["ledger_owners"]
+        self._transfers = dbs["ledger_transfers"]
+        self._account_transfers = dbs["ledger_account_transfers"]
+        self._pending = dbs["ledger_pending"]
+        self._xpending = dbs["ledger_xpending"]
+        self._decisions = dbs["ledger_decisions"]
+        self._trades = dbs["escrow_trades"]
+        self._escrow_slots = dbs["escrow_slots"]
+        self._clearing_dbs = tuple(clearing_dbs)
+        self._slot_count = slot_count
+
+    # ------------------------------------------------------------------ the fence (read on every apply)
+
+    def fence(self, txn: lmdb.Transaction) -> bytes | None:
+        """One state byte per slot (SERVING, MOVING, MOVED), or None when no slot was ever fenced here."""
+        return txn.get(_FENCE, db=self._moves)
+
+    def moving(self, txn: lmdb.Transaction) -> bool:
+        """Whether a move is in progress here (clearing waits for it to end)."""
+        return txn.get(_MOVE, db=self._moves) is not None
+
+    def gone_to(self, txn: lmdb.Transaction, slot: int) -> tuple[int, int] | None:
+        """(shard, topology version) a slot left this shard for, None if it did not."""
+        raw = txn.get(_GONE_TO + slot.to_bytes(2, "big"), db=self._moves)
+        return None if raw is None else tuple(unpack_value(raw))
+
+    def current_move(self, txn: lmdb.Transaction) -> dict | None:
+        raw = txn.get(_MOVE, db=self._moves)
+        return None if raw is None else unpack_value(raw)
+
+    # ------------------------------------------------------------------ commands
+
+    def command(self, txn: lmdb.Transaction, c: SlotMoveCommand, add_totals: Callable[[lmdb.Transaction, dict], None],
+                raise_clock: Callable[[int], None]) -> int:
+        """One command; `add_totals` folds per-ledger deltas of the ten totals into ledger_totals (checking that
+        they balance), `raise_clock` keeps cluster time past the timestamps of imported records."""
+        tag, args = c.tag, c.args
+        if tag == LEAVING:
+            return self._leaving(txn, *args)
+        if tag == IMPORTING:
+            return self._importing(txn, *args)
+        if tag == IMPORT:
+            return self._import(txn, *args)
+        if tag == ARRIVED:
+            return self._arrived(txn, *args, add_totals=add_totals, raise_clock=raise_clock)
+        if tag == GONE:
+            return self._gone(txn, *args, add_totals=add_totals)
+        if tag == ABORT:
+            return self._abort(txn, *args)
+        raise ValueError(f"unknown slot-move command {tag}")
+
+    def _check_slots(self, slots: Sequence[int]) -> tuple[int, ...]:
+        slots = tuple(slots)
+        if not 0 < len(slots) <= SLOTS_PER_MOVE_MAX or list(slots) != sorted(set(slots)):
+            raise ValueError(f"a move names 1..{SLOTS_PER_MOVE_MAX} distinct slots in order")
+        if slots[0] < 0 or slots[-1] >= self._slot_count:
+            raise ValueError("slot out of range")
+        return slots
+
+    def _begin(self, txn, move_id: int, slots: Sequence[int], peer: int, role: str) -> int:
+        if not 0 < move_id < U128_MAX or not 0 <= peer < 1 << 32:
+            raise ValueError("invalid move id or shard")
+        slots = self._check_slots(slots)
+        current = self.current_move(txn)
+        if current is not None:
+            same = (current["id"] == move_id and current["role"] == role and tuple(current["slots"]) == slots
+                    and current["peer"] == peer)
+            return SlotMoveResult.already if same else SlotMoveResult.shard_busy
+        done = self._done(txn, move_id)
+        if done is not None:
+            return SlotMoveResult.already if done == _ENDED[role] else SlotMoveResult.wrong_step
+        fence = bytearray(self.fence(txn) or bytes(self._slot_count))
+        for s in slots:
+            if fence[s] == MOVING or (role == _ROLE_OUT and fence[s] == MOVED):
+                return SlotMoveResult.slots_not_free
+        if role == _ROLE_IN:
+            if any(txn.stat(db)["entries"] for db in self._clearing_dbs):
+                return SlotMoveResult.clearing_in_use
+            if self._holds_any(txn, set(slots)):
+                return SlotMoveResult.slots_not_free
+        for s in slots:
+            fence[s] = MOVING
+        txn.put(_FENCE, bytes(fence), db=self._moves)
+        record = {"id": move_id, "role": role, "slots": list(slots), "peer": peer, "pages": 0, "records": 0}
+        txn.put(_MOVE, pack_value(record), db=self._moves)
+        return SlotMoveResult.ok
+
+    def _leaving(self, txn, move_id: int, slots: Sequence[int], to_shard: int) -> int:
+        return self._begin(txn, move_id, slots, to_shard, _ROLE_OUT)
+
+    def _importing(self, txn, move_id: int, slots: Sequence[int], from_shard: int) -> int:
+        return self._begin(txn, move_id, slots, from_shard, _ROLE_IN)
+
+    def _holds_any(self, txn, slots: set[int]) -> bool:
+        """Whether an account of these slots lives here (B must take S empty: a scan, once per move)."""
+        n = self._slot_count
+        for key in txn.cursor(db=self._accounts).iternext(keys=True, values=False):
+            if slot_of(int.from_bytes(key, "big"), n) in slots:
+                return True
+        return False
+
+    def _move_of(self, txn, move_id: int, role: str) -> dict | int:
+        """The move in progress with this id and role, or the result that refuses the command."""
+        current = self.current_move(txn)
+        if current is not None and current["id"] == move_id:
+            return current if current["role"] == role else SlotMoveResult.wrong_step
+        done = self._done(txn, move_id)
+        if done is None:
+            return SlotMoveResult.unknown_move
+        return SlotMoveResult.already if done == _ENDED[role] else SlotMoveResult.wrong_step
+
+    def _done(self, txn, move_id: int) -> str | None:
+        """How a finished move ended here: "gone" (A), "arrived" (B), "aborted"; None if it did not."""
+        raw = txn.get(_DONE + move_id.to_bytes(16, "big"), db=self._moves)
+        return None if raw is None else unpack_value(raw)
+
+    def _import(self, txn, move_id: int, page_no: int, records: Sequence) -> int:
+        move = self._move_of(txn, move_id, _ROLE_IN)
+        if not isinstance(move, dict):
+            return move
+        if page_no < move["pages"]:
+            return SlotMoveResult.already
+        if page_no > move["pages"]:
+            return SlotMoveResult.page_out_of_order
+        if len(records) > PAGE_RECORDS_MAX:
+            raise ValueError(f"a page holds at most {PAGE_RECORDS_MAX} records")
+        slots = set(move["slots"])
+        for record in records:
+            self._check_record(record, slots)
+        if move["records"] + len(records) > MOVE_RECORDS_MAX:
+            return SlotMoveResult.too_large
+        txn.put(page_no.to_bytes(4, "big"), pack_value([list(r) for r in records]), db=self._staged)
+        move["pages"] += 1
+        move["records"] += len(records)
+        txn.put(_MOVE, pack_value(move), db=self._moves)
+        return SlotMoveResult.ok
+
+    def _check_record(self, record, slots: set[int]) -> None:
+        """A staged record must be well formed and belong to the move (the driver is trusted, not blindly)."""
+        kind, key, value = record
+        if _KEY_SIZE.get(kind) != len(key):
+            raise ValueError(f"record of kind {kind} with a {len(key)}-byte key")
+        n = self._slot_count
+        if kind == K_ACCOUNT:
+            if len(value) != ACCOUNT_SIZE or slot_of(int.from_bytes(key, "big"), n) not in slots:
+                raise ValueError("account record not of the move's slots")
+        elif kind == K_OWNER:
+            if not 0 < len(value) <= OWNER_BYTES_MAX or slot_of(int.from_bytes(key, "big"), n) not in slots:
+                raise ValueError("owner record not of the move's slots")
+        elif kind == K_INDEX:
+            if len(value) != 17 or value[0] > 1 or slot_of(int.from_bytes(key[:16], "big"), n) not in slots:
+                raise ValueError("index record not of the move's slots")
+        elif kind == K_DECISION:
+            decide = unpack_decide(value[8:])
+            if not decide.commit and not decide.failed_code:
+                raise ValueError("decision record of a group that failed no rule")
+        elif kind == K_TRANSFER:
+            if not value or (len(value) != TRANSFER_SIZE and value[0] not in (_ID_FAILED_TAG, _ID_HOME_TAG)):
+                raise ValueError("transfer record neither a transfer, a failed id nor an id home")
+            if len(value) not in (TRANSFER_SIZE, TRANSFER_SIZE + 1, 2):
+                raise ValueError(f"transfer record of {len(value)} bytes")
+
+    def _staged_pages(self, txn, pages: int) -> list[list[tuple[int, bytes, bytes]]]:
+        out = []
+        for page_no in range(pages):
+            raw = txn.get(page_no.to_bytes(4, "big"), db=self._staged)
+            if raw is None:
+                raise AssertionError(f"staged page {page_no} is missing")
+            out.append([(k, bytes(key), bytes(value)) for k, key, value in unpack_value(raw)])
+        return out
+
+    def _arrived(self, txn, move_id: int, pages: int, records: int, digest: bytes, *,
+                 add_totals: Callable, raise_clock: Callable[[int], None]) -> int:
+        move = self._move_of(txn, move_id, _ROLE_IN)
+        if not isinstance(move, dict):
+            return move
+        if move["pages"] != pages or move["records"] != records:
+            return SlotMoveResult.mismatch
+        staged = self._staged_pages(txn, pages)
+        if records_digest(staged) != digest:
+            return SlotMoveResult.mismatch
+        slots = set(move["slots"])
+        by_kind: dict[int, dict[bytes, bytes]] = {kind: {} for kind in _KEY_SIZE}
+        for page in staged:
+            for kind, key, value in page:
+                by_kind[kind][key] = value
+        deltas: dict[int, list[int]] = {}
+        latest = 0
+        moved_accounts = set()
+        for key, value in by_kind[K_ACCOUNT].items():
+            a = unpack_account(value)
+            if txn.get(key, db=self._accounts) is not None:
+                raise AssertionError(f"account {key.hex()} of a moving slot already exists here")
+            if a.debits_pending or a.credits_pending:
+                raise AssertionError(f"account {key.hex()} arrived with pending balances")
+            txn.put(key, value, db=self._accounts)
+            d = deltas.setdefault(a.ledger, [0] * 10)
+            d[1] += a.debits_posted
+            d[3] += a.credits_posted
+            latest = max(latest, a.timestamp)
+            moved_accounts.add(a.id)
+        for key, value in by_kind[K_OWNER].items():
+            if int.from_bytes(key, "big") not in moved_accounts:
+                raise AssertionError(f"owner of account {key.hex()}, which did not arrive")
+            txn.put(key, value, db=self._owners)
+        for key, value in by_kind[K_TRANSFER].items():
+            if _merged_transfer(key, txn.get(key, db=self._transfers), value):
+                txn.put(key, value, db=self._transfers)
+        moving_sides = _sides_by_transfer(by_kind[K_INDEX])
+        for tkey, moving in moving_sides.items():
+            t = _stored(txn, self._transfers, tkey)
+            latest = max(latest, t.timestamp)
+            before = (_SIDE_DEBIT if t.debit_account_id not in moved_accounts and self._has(txn, t.debit_account_id)
+                      else 0) | (_SIDE_CREDIT if t.credit_account_id not in moved_accounts
+                                 and self._has(txn, t.credit_account_id) else 0)
+            _add_remote(deltas, t.ledger, t.amount, before, before | moving)
+        for key, value in by_kind[K_INDEX].items():
+            if int.from_bytes(key[:16], "big") not in moved_accounts:
+                raise AssertionError(f"index entry {key.hex()} of an account that did not arrive")
+            txn.put(key, value, db=self._account_transfers)
+        for key, value in by_kind[K_DECISION].items():
+            existing = txn.get(key, db=self._decisions)
+            if existing is None:
+                txn.put(key, value, db=self._decisions)
+            elif bytes(existing) != value:
+                raise AssertionError(f"txn {key.hex()} was decided differently here")
+        add_totals(txn, deltas)
+        raise_clock(latest)
+        for page_no in range(pages):
+            txn.delete(page_no.to_bytes(4, "big"), db=self._staged)
+        self._finish(txn, move, slots, SERVING)
+        return SlotMoveResult.ok
+
+    def _gone(self, txn, move_id: int, version: int, *, add_totals: Callable) -> int:
+        move = self._move_of(txn, move_id, _ROLE_OUT)
+        if not isinstance(move, dict):
+            return move
+        if not 0 < version < 1 << 63:
+            raise ValueError("invalid topology version")
+        slots = set(move["slots"])
+        n = self._slot_count
+        accounts = []
+        for key, value in txn.cursor(db=self._accounts).iternext():
+            if slot_of(int.from_bytes(key, "big"), n) in slots:
+                accounts.append(unpack_account(value))
+        moved = {a.id for a in accounts}
+        deltas: dict[int, list[int]] = {}
+        index: dict[bytes, bytes] = {}
+        for a in accounts:
+            if a.debits_pending or a.credits_pending:
+                raise AssertionError(f"account {a.id} leaves with pending balances")
+            d = deltas.setdefault(a.ledger, [0] * 10)
+            d[1] -= a.debits_posted
+            d[3] -= a.credits_posted
+            index.update(_prefix_items(txn, self._account_transfers, a.id.to_bytes(16, "big")))
+        for tkey, moving in _sides_by_transfer(index).items():
+            t = _stored(txn, self._transfers, tkey)
+            before = ((_SIDE_DEBIT if self._has(txn, t.debit_account_id) else 0)
+                      | (_SIDE_CREDIT if self._has(txn, t.credit_account_id) else 0))
+            _add_remote(deltas, t.ledger, t.amount, before, before & ~moving)
+        for key in index:
+            txn.delete(key, db=self._account_transfers)
+        for aid in moved:
+            key = aid.to_bytes(16, "big")
+            txn.delete(key, db=self._accounts)
+            txn.delete(key, db=self._owners)
+        add_totals(txn, deltas)
+        for s in move["slots"]:
+            txn.put(_GONE_TO + s.to_bytes(2, "big"), pack_value([move["peer"], version]), db=self._moves)
+        self._finish(txn, move, slots, MOVED)
+        return SlotMoveResult.ok
+
+    def _abort(self, txn, move_id: int) -> int:
+        current = self.current_move(txn)
+        if current is None or current["id"] != move_id:
+            done = self._done(txn, move_id)
+            if done is None:
+                return SlotMoveResult.unknown_move
+            return SlotMoveResult.already if done == "aborted" else SlotMoveResult.wrong_step
+        for page_no in range(current["pages"]):
+            txn.delete(page_no.to_bytes(4, "big"), db=self._staged)
+        fence = bytearray(self.fence(txn))
+        for s in current["slots"]:
+            # A serves its slots again; B's go back to what they were (a tombstone if B gave them away before).
+            gave_away = txn.get(_GONE_TO + s.to_bytes(2, "big"), db=self._moves) is not None
+            fence[s] = MOVED if current["role"] == _ROLE_IN and gave_away else SERVING
+        self._store_fence(txn, fence)
+        txn.delete(_MOVE, db=self._moves)
+        txn.put(_DONE + move_id.to_bytes(16, "big"), pack_value("aborted"), db=self._moves)
+        return SlotMoveResult.ok
+
+    def _finish(self, txn, move: dict, slots: set[int], state: int) -> None:
+        fence = bytearray(self.fence(txn))
+        for s in slots:
+            fence[s] = state
+            if state == SERVING:
+                txn.delete(_GONE_TO + s.to_bytes(2, "big"), db=self._moves)
+        self._store_fence(txn, fence)
+        txn.delete(_MOVE, db=self._moves)
+        txn.put(_DONE + move["id"].to_bytes(16, "big"), pack_value("gone" if state == MOVED else "arrived"),
+                db=self._moves)
+
+    def _store_fence(self, txn, fence: bytearray) -> None:
+        if any(fence):
+            txn.put(_FENCE, bytes(fence), db=self._moves)
+        else:
+            txn.delete(_FENCE, db=self._moves)
+
+    def _has(self, txn, account_id: int) -> bool:
+        return txn.get(account_id.to_bytes(16, "big"), db=self._accounts) is not None
+
+    # ------------------------------------------------------------------ export (a read on A)
+
+    def export_page(self, txn: lmdb.Transaction, move_id: int, cursor: tuple[int, bytes] | None = None,
+                    records_max: int = PAGE_RECORDS_MAX) -> ExportPage:
+        """The records of a LEAVING move from `cursor` (None: the start) on, at most `records_max` of them and
+        EXPORT_SCAN_MAX keys looked at; a page may be empty and still have a next cursor.
+
+        Phases: 0 checks what the move cannot carry (pending transfers, escrow, clearing), 1 accounts and owners,
+        2 each account's index entries and their transfers, 3 every other transfer record with an id in S,
+        4 the decisions of committed groups whose coordinator S's accounts make B.
+        The same cursor on the same (fenced, so frozen) state gives the same page."""
+        move = self.current_move(txn)
+        if move is None or move["id"] != move_id or move["role"] != _ROLE_OUT:
+            return ExportPage((), None, ExportRefusal.not_leaving)
+        if not 0 < records_max <= PAGE_RECORDS_MAX:
+            raise ValueError(f"records_max must be 1..{PAGE_RECORDS_MAX}")
+        slots = set(move["slots"])
+        phase, after = cursor if cursor is not None else (0, b"")
+        if phase == 0:
+            return self._export_check(txn, slots, after)
+        out: list[tuple[int, bytes, bytes]] = []
+        if phase == 1:
+            return self._export_accounts(txn, slots, after, records_max, out)
+        if phase == 2:
+            return self._export_index(txn, slots, after, records_max, out)
+        if phase == 3:
+            return self._export_ids(txn, slots, after, records_max, out)
+        if phase == 4:
+            return self._export_decisions(txn, slots, after, records_max, out)
+        raise ValueError(f"bad export cursor phase {phase}")
+
+    def _in(self, key: bytes, slots: set[int]) -> bool:
+        return slot_of(int.from_bytes(key[:16], "big"), self._slot_count) in slots
+
+    def _export_check(self, txn, slots: set[int], after: bytes) -> ExportPage:
+        """Phase 0, in steps: clearing and escrow (cheap), then pending transfers (a scan, bounded per call)."""
+        if not after:
+            if any(txn.stat(db)["entries"] for db in self._clearing_dbs):
+                return ExportPage((), None, ExportRefusal.clearing)
+            for key in txn.cursor(db=self._escrow_slots).iternext(keys=True, values=False):
+                if int.from_bytes(key[4:6], "big") in slots:
+                    return ExportPage((), None, ExportRefusal.escrow)
+            for key in txn.cursor(db=self._trades).iternext(keys=True, values=False):
+                if self._in(key, slots):
+                    return ExportPage((), None, ExportRefusal.escrow)
+            after = b"p"
+        scanned = 0
+        for tag, db in ((b"p", self._pending), (b"x", self._xpending)):
+            if after[:1] > tag:
+                continue
+            cursor = txn.cursor(db=db)
+            start = after[1:] if after[:1] == tag else b""
+            found = cursor.set_range(start) if start else cursor.first()
+            if found and start and cursor.key() == start:
+                found = cursor.next()
+            while found:
+                key = cursor.key()
+                if scanned >= EXPORT_SCAN_MAX:
+                    return ExportPage((), (0, tag + _before(key)))
+                scanned += 1
+                if self._in(key, slots):
+                    return ExportPage((), None, ExportRefusal.pending_transfers)
+                raw = txn.get(key, db=self._transfers)
+                if raw is not None and len(raw) == TRANSFER_SIZE:
+                    t = unpack_transfer(raw)
+                    if self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
+                            t.credit_account_id.to_bytes(16, "big"), slots):
+                        return ExportPage((), None, ExportRefusal.pending_transfers)
+                found = cursor.next()
+        return ExportPage((), (1, b""))
+
+    def _export_accounts(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+        cursor = txn.cursor(db=self._accounts)
+        found = cursor.set_range(after) if after else cursor.first()
+        if found and after and cursor.key() == after:
+            found = cursor.next()
+        scanned = 0
+        while found:
+            key, value = cursor.item()
+            if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
+                return ExportPage(tuple(out), (1, _before(key)))
+            scanned += 1
+            if self._in(key, slots):
+                a = unpack_account(value)
+                if a.debits_pending or a.credits_pending:
+                    return ExportPage((), None, ExportRefusal.reserved)
+                out.append((K_ACCOUNT, bytes(key), bytes(value)))
+                owner = txn.get(key, db=self._owners)
+                if owner is not None:
+                    out.append((K_OWNER, bytes(key), bytes(owner)))
+            found = cursor.next()
+        return ExportPage(tuple(out), (2, b""))
+
+    def _export_index(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+        """Index entries of S's accounts, each with its transfer. `after` is the last index key done."""
+        cursor = txn.cursor(db=self._account_transfers)
+        found = cursor.set_range(after) if after else cursor.first()
+        if found and after and cursor.key() == after:
+            found = cursor.next()
+        scanned = 0
+        while found:
+            key, value = cursor.item()
+            if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
+                return ExportPage(tuple(out), (2, _before(key)))
+            scanned += 1
+            if self._in(key, slots):
+                raw = txn.get(value[1:], db=self._transfers)
+                if raw is None or len(raw) != TRANSFER_SIZE:
+                    raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
+                if unpack_transfer(raw).flags & _UNSUPPORTED_FLAGS:
+                    return ExportPage((), None, ExportRefusal.pending_transfers)
+                out.append((K_INDEX, bytes(key), bytes(value)))
+                out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
+            found = cursor.next()
+        return ExportPage(tuple(out), (3, b""))
+
+    def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+        """Every ledger_transfers record whose id is in S (transfers, failed ids, id homes)."""
+        cursor = txn.cursor(db=self._transfers)
+        found = cursor.set_range(after) if after else cursor.first()
+        if found and after and cursor.key() == after:
+            found = cursor.next()
+        scanned = 0
+        while found:
+            key, value = cursor.item()
+            if scanned >= EXPORT_SCAN_MAX or len(out) + 1 > records_max:
+                return ExportPage(tuple(out), (3, _before(key)))
+            scanned += 1
+            if self._in(key, slots):
+                if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
+                    return ExportPage((), None, ExportRefusal.reserved)
+                if len(value) == TRANSFER_SIZE and unpack_transfer(value).flags & _UNSUPPORTED_FLAGS:
+                    return ExportPage((), None, ExportRefusal.pending_transfers)
+                out.append((K_TRANSFER, bytes(key), bytes(value)))
+            found = cursor.next()
+        return ExportPage(tuple(out), (4, b""))
+
+    def _export_decisions(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+        """Decisions of committed groups coordinated for an account in S (their first transfer's debit), and of
+        groups that failed a rule."""
+        cursor = txn.cursor(db=self._decisions)
+        found = cursor.set_range(after) if after else cursor.first()
+        if found and after and cursor.key() == after:
+            found = cursor.next()
+        scanned = 0
+        while found:
+            key, value = cursor.item()
+            if scanned >= EXPORT_SCAN_MAX or len(out) + 1 > records_max:
+                return ExportPage(tuple(out), (4, _before(key)))
+            scanned += 1
+            decide = unpack_decide(value[8:])
+            if not decide.commit and decide.failed_code:
+                out.append((K_DECISION, bytes(key), bytes(value)))
+            elif decide.commit and decide.transfer_ids:
+                raw = txn.get(decide.transfer_ids[0].to_bytes(16, "big"), db=self._transfers)
+                if raw is not None and len(raw) == TRANSFER_SIZE:
+                    if self._in(unpack_transfer(raw).debit_account_id.to_bytes(16, "big"), slots):
+                        out.append((K_DECISION, bytes(key), bytes(value)))
+            found = cursor.next()
+        return ExportPage(tuple(out), None)
+
+
+def _before(key: bytes) -> bytes:
+    """A cursor that resumes at `key` itself (the next call skips only an exact match of what it returns)."""
+    value = int.from_bytes(key, "big")
+    return (value - 1).to_bytes(len(key), "big") if value else b""
+
+
+def _record_kind(raw: bytes) -> int:
+    """What a ledger_transfers value is: a transfer, or (by its tag) an id home, failed id or reserved id."""
+    if len(raw) == TRANSFER_SIZE:
+        return 0
+    if raw[:1] in (b"H", b"F", b"R"):
+        return raw[0]
+    raise AssertionError(f"a ledger_transfers value of {len(raw)} bytes")
+
+
+def _merged_transfer(key: bytes, existing: bytes | None, arriving: bytes) -> bool:
+    """Whether an arriving ledger_transfers record is written over what B holds under the same id.
+
+    Ids are global, so both must tell the same story: a transfer replaces an id home (B now holds a side
+    of it); the same transfer (each shard stamps its own copy of a cross-shard one), and a transfer or id
+    home over an id home, stay; anything else (a transfer here and a failed id there, an id reserved here
+    by a PREPARED txn) is a bug."""
+    if existing is None:
+        return True
+    have, get = _record_kind(existing), _record_kind(arriving)
+    if have == 0 and (get == _ID_HOME_TAG or (get == 0 and _same_transfer(existing, arriving))):
+        return False
+    if have == _ID_HOME_TAG and get in (0, _ID_HOME_TAG):
+        return get == 0
+    if have == _ID_FAILED_TAG and get == _ID_FAILED_TAG:
+        return False
+    raise AssertionError(f"transfer id {key.hex()} holds {bytes(existing[:1])!r}.. here and {arriving[:1]!r}.. there")
+
+
+def _same_transfer(a: bytes, b: bytes) -> bool:
+    return dataclasses.replace(unpack_transfer(a), timestamp=0) == dataclasses.replace(unpack_transfer(b),
+                                                                                           timestamp=0)
+
+
+def _prefix_items(txn, db, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    cursor = txn.cursor(db=db)
+    out = []
+    if cursor.set_range(prefix):
+        for key, value in cursor.iternext():
+            if not key.startswith(prefix):
+                break
+            out.append((bytes(key), bytes(value)))
+    return out
+
+
+def _sides_by_transfer(index: dict[bytes, bytes]) -> dict[bytes, int]:
+    """Which sides of each transfer the given index entries hold (1 debit, 2 credit)."""
+    out: dict[bytes, int] = {}
+    for value in index.values():
+        tkey = bytes(value[1:])
+        out[tkey] = out.get(tkey, 0) | (_SIDE_DEBIT if value[0] == 0 else _SIDE_CREDIT)
+    return out
+
+
+def _stored(txn, db, tkey: bytes):
+    raw = txn.get(tkey, db=db)
+    if raw is None or len(raw) != TRANSFER_SIZE:
+        raise AssertionError(f"account index names a missing transfer {tkey.hex()}")
+    t = unpack_transfer(raw)
+    if t.flags & _UNSUPPORTED_FLAGS:
+        raise AssertionError(f"transfer {tkey.hex()} of a moving slot is a pending, post or void transfer")
+    return t
+
+
+def _remote(sides: int, amount: int) -> tuple[int, int]:
+    """What one posted transfer adds to (remote_debits_posted, remote_credits_posted) on a shard holding
+    `sides` of it: a one-sided leg is remote, both sides or none are not."""
+    if sides == _SIDE_DEBIT:
+        return amount, 0
+    if sides == _SIDE_CREDIT:
+        return 0, amount
+    return 0, 0
+
+
+def _add_remote(deltas: dict[int, list[int]], ledger: int, amount: int, before: int, after: int) -> None:
+    old, new = _remote(before, amount), _remote(after, amount)
+    if old == new:
+        return
+    d = deltas.setdefault(ledger, [0] * 10)
+    d[6] += new[0] - old[0]  # remote_debits_posted (state_machine._TOTAL_KEYS)
+    d[7] += new[1] - old[1]  # remote_credits_posted
