@@ -136,6 +136,11 @@ class ShardHost:
         with self.replica.read_txn() as txn:
             return self.ledger.get_account_transfers(txn, account_id, **query)
 
+    def export_slots(self, move_id: int, cursor: tuple[int, bytes] | None, records_max: int):
+        """A page of a leaving slot move's records (node/ledger/slot_moves.py); the caller runs a barrier first."""
+        with self.replica.read_txn() as txn:
+            return self.ledger.slot_moves.export_page(txn, move_id, cursor, records_max)
+
     def ledger_totals(self) -> dict[int, dict[str, int]]:
         with self.replica.read_txn() as txn:
             return self.ledger.ledger_totals(txn)

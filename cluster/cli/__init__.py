@@ -6,7 +6,7 @@ output is data take `-o table|json`. Exit codes: 0 ok, 1 failed, unhealthy or de
 reached; for `audit`: a mismatch), 2 bad arguments or (for `status`/`shard-map`/`dc`/
 `audit`) no node reachable, 3 (`audit`) transactions still in flight.
 
-One module per noun (`tidebank NOUN VERB`): cluster, node, shard, status (also shard-map), dc,
+One module per noun (`tidebank NOUN VERB`): cluster, node, shard, slot, status (also shard-map), dc,
 account, transfer, trade (also trade dispute), clearing, principal, admin, audit, demo; what they share is in _common.
 This module only builds the root command and hangs the nouns on it.
 """
@@ -28,6 +28,7 @@ from tidebank.cluster.cli import (
     node,
     principal,
     shard,
+    slot,
     status,
     trade,
     transfer,
@@ -49,6 +50,7 @@ app.command("demo")(demo.demo)
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(node.app, name="node")
 app.add_typer(shard.app, name="shard")
+app.add_typer(slot.app, name="slot")
 app.add_typer(account.app, name="account")
 app.add_typer(transfer.app, name="transfer")
 app.add_typer(trade.app, name="trade")

@@ -49,6 +49,8 @@ PERMISSION_OF = {
     "Admin/GetAdminLog": "admin.log",
     "Admin/ApplyTopology": "cluster.membership",
     "Admin/ChangeMembership": "cluster.membership",
+    "Admin/SlotMoveStep": "cluster.membership",
+    "Admin/ExportSlots": "cluster.membership",
     "Escrow/CreateTrades": "trades.create",
     "Escrow/ShipTrades": "trades.ship",
     "Escrow/ConfirmTrades": "trades.confirm",

@@ -16,6 +16,9 @@ from tidebank.node.api import convert, errors
 from tidebank.node.api.admin_log import ADMIN_LOG_PAGE_MAX, AdminLog
 from tidebank.node.api.calls import wait_of
 from tidebank.node.executor import NodeView
+from tidebank.node.ledger import slot_moves
+from tidebank.node.ledger.clearing_records import pack_value
+from tidebank.node.ledger.operations import OP_SLOT_MOVES, Operation
 from tidebank.node.links import LinkFaults, LinkTable, validate_link_faults
 from tidebank.node.outcomes import ApplyFailedError, NotAppliedError, OutcomeUnknownError, OverloadedError
 from tidebank.node.raft.replica import MembershipBusyError, PartnerAnsweringError, ReadNotLeaderError
@@ -28,6 +31,7 @@ TOPOLOGY_CHARS_MAX = 1 << 20  # a topology of thousands of nodes and shards is f
 # An EVICT needs this long without an answer from the replica to the leader (which must have led as long): far
 # beyond the leader's own fallback timeout (1 s), so a replica that is only slow or briefly cut off is not taken
 EVICT_SILENCE_S = 5.0
+SLOT_MOVE_COMMAND_BYTES_MAX = 4 << 20  # an IMPORT page of PAGE_RECORDS_MAX records is well under 1 MB
 
 
 class AdminService:
@@ -133,6 +137,58 @@ class AdminService:
         except FutureTimeout as exc:
             raise errors.outcome_unknown(shard.shard_id, "the membership change was not committed in time") from exc
         return admin_pb2.ChangeMembershipResponse(members=host.current_members(), changed=changed)
+
+    # --- slot moves (cluster/slot_moves.py drives them; node/ledger/slot_moves.py applies them) ---------------
+    def SlotMoveStep(self, request: admin_pb2.SlotMoveStepRequest, context) -> admin_pb2.SlotMoveStepResponse:
+        """One slot-move command through the shard's log, on its leader. The state machine checks the command
+        (a malformed one is rolled back and answered `failed`); here only its envelope."""
+        node = self._require_node()
+        if len(request.command) > SLOT_MOVE_COMMAND_BYTES_MAX:
+            raise errors.invalid_argument([("command", f"at most {SLOT_MOVE_COMMAND_BYTES_MAX} bytes")])
+        try:
+            command = slot_moves.unpack_command(request.command)
+        except ValueError as exc:
+            raise errors.invalid_argument([("command", str(exc))]) from exc
+        host = self._leader_host(node, request.shard_id)
+        try:
+            (result,) = host.submit(Operation(OP_SLOT_MOVES, [command])).result(timeout=wait_of(context))
+        except NotAppliedError as exc:
+            raise errors.not_leader(request.shard_id, node.leader_address(request.shard_id)) from exc
+        except (FutureTimeout, OutcomeUnknownError) as exc:
+            raise errors.outcome_unknown(request.shard_id, "the slot-move step was not applied in time") from exc
+        if result is None:
+            return admin_pb2.SlotMoveStepResponse(failed=True)
+        return admin_pb2.SlotMoveStepResponse(result=int(result))
+
+    def ExportSlots(self, request: admin_pb2.ExportSlotsRequest, context) -> admin_pb2.ExportSlotsResponse:
+        node = self._require_node()
+        if not 0 < request.records_max <= slot_moves.PAGE_RECORDS_MAX:
+            raise errors.invalid_argument([("records_max", f"1..{slot_moves.PAGE_RECORDS_MAX}")])
+        if len(request.after) > 64:
+            raise errors.invalid_argument([("after", "at most 64 bytes")])
+        host = self._leader_host(node, request.shard_id)
+        try:
+            host.read_barrier().result(timeout=wait_of(context))
+        except (FutureTimeout, NotAppliedError, OutcomeUnknownError, ApplyFailedError) as exc:
+            raise errors.not_leader(request.shard_id, node.leader_address(request.shard_id)) from exc
+        cursor = (request.phase, request.after) if request.resume else None
+        try:
+            page = host.export_slots(convert.u128_from_pb(request.move_id), cursor, request.records_max)
+        except ValueError as exc:
+            raise errors.invalid_argument([("phase", str(exc))]) from exc
+        response = admin_pb2.ExportSlotsResponse(records=pack_value([list(r) for r in page.records]),
+                                                 last=page.cursor is None, refusal=int(page.refusal))
+        if page.cursor is not None:
+            response.phase, response.after = page.cursor
+        return response
+
+    def _leader_host(self, node, shard_id: int):
+        if shard_id not in node.shard_map.shard_ids:
+            raise errors.invalid_argument([("shard_id", f"no shard {shard_id}")])
+        host = node.local_shard(shard_id)
+        if host is None or not host.is_leader():
+            raise errors.not_leader(shard_id, node.leader_address(shard_id))
+        return host
 
     def _require_node(self):
         if self._node is None:

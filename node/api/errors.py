@@ -69,6 +69,13 @@ def retryable(reason: str, message: str, code: int = code_pb2.UNAVAILABLE, retry
     return RequestError(_status(code, message, _error_info(reason, metadata), retry))
 
 
+def slot_moved(exc) -> RequestError:
+    """A read reached a shard that a slot has left (node/ledger/slot_moves.SlotMovedError): the node that routed
+    it had an older shard map, which the move's driver replaces everywhere before long."""
+    return retryable("SLOT_MOVED", f"{exc}: retry", retry_after_ms=100, slot=exc.slot, shard_id=exc.shard,
+                     shard_map_version=exc.version)
+
+
 def not_leader(shard_id: int, leader_address: str | None) -> RequestError:
     if leader_address is None:
         return retryable("NO_LEADER", f"shard {shard_id} has no leader right now", shard_id=shard_id)

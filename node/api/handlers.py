@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from tidebank.node.api import access, errors
 from tidebank.node.api.gate import Gate
 from tidebank.node.api.internal_service import require_signature
+from tidebank.node.ledger.slot_moves import SlotMovedError
 from tidebank.v1 import admin_pb2, clearing_pb2, escrow_pb2, internal_pb2, ledger_pb2
 
 
@@ -33,6 +34,10 @@ def _raw_handler(method: Callable, request_cls, response_cls, name: str, gate: G
         try:
             try:
                 response = method(request, context)
+            except SlotMovedError as moved:
+                exc = errors.slot_moved(moved)
+                gate.finish(grant, name, exc)
+                errors.abort(context, exc)
             except errors.RequestError as exc:
                 gate.finish(grant, name, exc)
                 errors.abort(context, exc)
@@ -62,6 +67,10 @@ def _raw_stream_handler(method: Callable, request_cls, response_cls, name: str, 
         try:
             try:
                 yield from method(request, context)
+            except SlotMovedError as moved:
+                exc = errors.slot_moved(moved)
+                gate.finish(grant, name, exc)
+                errors.abort(context, exc)
             except errors.RequestError as exc:
                 gate.finish(grant, name, exc)
                 errors.abort(context, exc)
@@ -86,7 +95,8 @@ def _parse(request_cls, raw: bytes, context: grpc.ServicerContext):
 
 
 # fault injection and membership changes: only holders of the cluster secret
-SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults", "ApplyTopology", "ChangeMembership"})
+SIGNED_ADMIN_METHODS = frozenset({"SetLinkFaults", "ApplyTopology", "ChangeMembership", "SlotMoveStep",
+                                  "ExportSlots"})
 
 
 def generic_handlers(ledger, admin, internal=None, admin_secret: str | None = None, escrow=None, clearing=None,

@@ -14,18 +14,22 @@ IMPORTING      B      B fences S the same way while it takes S's records
 IMPORT         B      one page, staged (hidden); idempotent by page number
 ARRIVED        B      checks page and record counts and the digest, writes the records, takes S's
                       totals, serves S
+SWITCHED       A      S has left: items naming S get `slot_moved` (refresh the shard map) and reads of
+                      S's accounts raise SlotMovedError, so a node still routing by the old map never
+                      reads A's stale copy once B may take writes (the topology is published after this)
 GONE           A      deletes S's accounts, owners and account index, gives up their totals, keeps a
-                      tombstone per slot: items naming S get `slot_moved` (refresh the shard map)
-ABORT          A, B   before GONE (A) or ARRIVED (B): the move never happened
+                      tombstone per slot (switching first if SWITCHED was not applied)
+ABORT          A, B   before SWITCHED (A) or ARRIVED (B): the move never happened
 =============  =====  ==============================================================================
 
 What moves: accounts, their owners and account-transfer index entries, every transfer
 record that names an account or has an id in S (posted transfers, failed ids, id homes), and
 the 2PC decisions a retry will look for on B (K_DECISION). A keeps its copies of transfers
 and decisions: ids are global and neither ever changes, so a copy never lies (a cross-shard
-transfer's copies differ only in the timestamp each shard stamped). Totals move with the accounts, and the remote_* counters follow the transfers whose
-two sides end up on two shards (or on one), so each shard's
-debits - remote debits == credits - remote credits still holds and the audit still balances.
+transfer's copies differ only in the timestamp each shard stamped). Totals move with the
+accounts, and the remote_* counters follow the transfers whose two sides end up on two shards
+(or on one), so each shard's debits - remote debits == credits - remote credits still holds
+and the audit still balances.
 
 Not supported yet, refused by the export with a reason and nothing changed: pending
 transfers named by S (live or finished: they need ledger_xpending on both sides), trades or
@@ -81,7 +85,8 @@ IMPORT = 3  # (move_id, page_no, records: ((kind, key, value), ...))
 ARRIVED = 4  # (move_id, pages, records, digest)
 GONE = 5  # (move_id, version)
 ABORT = 6  # (move_id,)
-COMMAND_TAGS = frozenset((LEAVING, IMPORTING, IMPORT, ARRIVED, GONE, ABORT))
+SWITCHED = 7  # (move_id, version)
+COMMAND_TAGS = frozenset((LEAVING, IMPORTING, IMPORT, ARRIVED, GONE, ABORT, SWITCHED))
 
 _ROLE_OUT = "out"
 _ROLE_IN = "in"
@@ -123,6 +128,15 @@ class ExportRefusal(enum.IntEnum):
     pending_transfers = 3  # S names pending transfers: not supported yet
     escrow = 4  # S holds trades or escrow books: not supported yet
     clearing = 5  # the shard holds clearing state: not supported yet
+
+
+class SlotMovedError(Exception):
+    """A read names an account whose slot has left this shard: the caller's shard map is older than the move.
+    Nothing was read; route by the newer map (retry)."""
+
+    def __init__(self, slot: int, shard: int, version: int) -> None:
+        super().__init__(f"slot {slot} has moved to shard {shard} (shard map v{version})")
+        self.slot, self.shard, self.version = slot, shard, version
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +213,18 @@ class SlotMoves:
         """Whether a move is in progress here (clearing waits for it to end)."""
         return txn.get(_MOVE, db=self._moves) is not None
 
+    def check_reads(self, txn: lmdb.Transaction, ids: Sequence[int]) -> None:
+        """Raise SlotMovedError if an id's slot has left this shard (a read by a node with an older map)."""
+        fence = self.fence(txn)
+        if fence is None:
+            return
+        n = self._slot_count
+        for i in ids:
+            slot = slot_of(i, n)
+            if fence[slot] == MOVED:
+                shard, version = self.gone_to(txn, slot)
+                raise SlotMovedError(slot, shard, version)
+
     def gone_to(self, txn: lmdb.Transaction, slot: int) -> tuple[int, int] | None:
         """(shard, topology version) a slot left this shard for, None if it did not."""
         raw = txn.get(_GONE_TO + slot.to_bytes(2, "big"), db=self._moves)
@@ -227,6 +253,8 @@ class SlotMoves:
             return self._gone(txn, *args, add_totals=add_totals)
         if tag == ABORT:
             return self._abort(txn, *args)
+        if tag == SWITCHED:
+            return self._switched(txn, *args)
         raise ValueError(f"unknown slot-move command {tag}")
 
     def _check_slots(self, slots: Sequence[int]) -> tuple[int, ...]:
@@ -411,12 +439,32 @@ class SlotMoves:
         self._finish(txn, move, slots, SERVING)
         return SlotMoveResult.ok
 
+    def _switched(self, txn, move_id: int, version: int) -> int:
+        move = self._move_of(txn, move_id, _ROLE_OUT)
+        if not isinstance(move, dict):
+            return move
+        if move.get("switched"):
+            return SlotMoveResult.already
+        self._switch(txn, move, version)
+        return SlotMoveResult.ok
+
+    def _switch(self, txn, move: dict, version: int) -> None:
+        if not 0 < version < 1 << 63:
+            raise ValueError("invalid topology version")
+        fence = bytearray(self.fence(txn))
+        for s in move["slots"]:
+            fence[s] = MOVED
+            txn.put(_GONE_TO + s.to_bytes(2, "big"), pack_value([move["peer"], version]), db=self._moves)
+        self._store_fence(txn, fence)
+        move["switched"] = version
+        txn.put(_MOVE, pack_value(move), db=self._moves)
+
     def _gone(self, txn, move_id: int, version: int, *, add_totals: Callable) -> int:
         move = self._move_of(txn, move_id, _ROLE_OUT)
         if not isinstance(move, dict):
             return move
-        if not 0 < version < 1 << 63:
-            raise ValueError("invalid topology version")
+        if not move.get("switched"):
+            self._switch(txn, move, version)
         slots = set(move["slots"])
         n = self._slot_count
         accounts = []
@@ -445,8 +493,6 @@ class SlotMoves:
             txn.delete(key, db=self._accounts)
             txn.delete(key, db=self._owners)
         add_totals(txn, deltas)
-        for s in move["slots"]:
-            txn.put(_GONE_TO + s.to_bytes(2, "big"), pack_value([move["peer"], version]), db=self._moves)
         self._finish(txn, move, slots, MOVED)
         return SlotMoveResult.ok
 
@@ -457,6 +503,8 @@ class SlotMoves:
             if done is None:
                 return SlotMoveResult.unknown_move
             return SlotMoveResult.already if done == "aborted" else SlotMoveResult.wrong_step
+        if current.get("switched"):
+            return SlotMoveResult.wrong_step  # the slots have left: B may serve them already
         for page_no in range(current["pages"]):
             txn.delete(page_no.to_bytes(4, "big"), db=self._staged)
         fence = bytearray(self.fence(txn))

@@ -1750,6 +1750,7 @@ class LedgerStateMachine:
         amounts as pending, which can take the stored balances past the account's limit until the group
         finishes (ledger_xfund). That matched pair nets to zero on the account, so reads leave it out: a
         reader never sees an account beyond its limit, and net balances and conservation are unchanged."""
+        self.slot_moves.check_reads(txn, ids)
         out = []
         db = self._accounts
         for i in ids:
@@ -1769,6 +1770,7 @@ class LedgerStateMachine:
         """Each account's owner (a principal's name), None for an account without one or no such account."""
         if len(ids) > BATCH_ITEMS_MAX:
             raise ValueError(f"at most {BATCH_ITEMS_MAX} ids")
+        self.slot_moves.check_reads(txn, ids)
         out = []
         for aid in ids:
             raw = txn.get(_key(aid), db=self._owners)
@@ -1813,6 +1815,7 @@ class LedgerStateMachine:
             or (timestamp_max and timestamp_min > timestamp_max)
         ):
             return []
+        self.slot_moves.check_reads(txn, (account_id,))
         limit = min(limit, PAGE_SIZE_MAX)
         prefix = _key(account_id)
         lo = prefix + timestamp_min.to_bytes(8, "big")

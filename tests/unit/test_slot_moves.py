@@ -37,8 +37,10 @@ from tidebank.node.ledger.slot_moves import (
     IMPORT,
     IMPORTING,
     LEAVING,
+    SWITCHED,
     ExportRefusal,
     SlotMoveCommand,
+    SlotMovedError,
     records_digest,
 )
 from tidebank.node.ledger.slot_moves import SlotMoveResult as R
@@ -153,6 +155,7 @@ class Cluster:
                 break
         count = sum(len(p) for p in pages)
         assert b.cmd(ARRIVED, move_id, len(pages), count, records_digest(pages)) == R.ok
+        assert a.cmd(SWITCHED, move_id, self.map.version + 1) == R.ok
         ranges = {s: [] for s in self.map.shard_ids}
         owner = [self.map.owner_of_slot(s) for s in range(SLOTS)]
         for s in slots:
@@ -437,7 +440,32 @@ def test_moved_accounts_keep_balances_history_and_owners(cl):
     before = (cl[0].account(x), cl[0].account(y), cl[0].history(x), cl[0].history(y))
     cl.move([3], 0, 1)
     assert (cl[1].account(x), cl[1].account(y), cl[1].history(x), cl[1].history(y)) == before
-    assert cl[0].account(x) is None and cl[0].history(x) == []
+    with pytest.raises(SlotMovedError):
+        cl[0].account(x)
+    with cl[0].env.begin() as txn:
+        assert txn.get(x.to_bytes(16, "big"), db=cl[0].sm._accounts) is None
+
+
+def test_reads_of_a_switched_slot_on_the_source_raise_slot_moved(cl):
+    (x,) = ids_in_slot(3, 1)
+    cl.create_accounts(acct(x))
+    assert cl[0].cmd(LEAVING, 1, [3], 1) == R.ok
+    assert cl[0].account(x) is not None  # fenced, not yet switched: A's copy is still the current one
+    assert cl[0].cmd(SWITCHED, 1, 2) == R.ok
+    with pytest.raises(SlotMovedError, match="moved to shard 1"):
+        cl[0].account(x)
+    with pytest.raises(SlotMovedError):
+        cl[0].history(x)
+    with pytest.raises(SlotMovedError):
+        cl[0].read(cl[0].sm.account_owners, [x])
+    assert cl[0].apply(OP_CREATE_ACCOUNTS, [acct(x)]) == [AR.slot_moved]
+    assert cl[0].cmd(SWITCHED, 1, 2) == R.already
+
+
+def test_a_switched_move_can_no_longer_be_aborted(cl):
+    assert cl[0].cmd(LEAVING, 1, [3], 1) == R.ok
+    assert cl[0].cmd(SWITCHED, 1, 2) == R.ok
+    assert cl[0].cmd(ABORT, 1) == R.wrong_step
 
 
 def test_totals_balance_on_both_shards_and_in_sum_after_a_move(cl):
@@ -483,7 +511,9 @@ def test_a_slot_can_move_back(cl):
     cl.transfer(xfer(ids_in_slot(3, 1, 7000)[0], x, y, 5))
     cl.move([3], 0, 1)
     cl.move([3], 1, 0)
-    assert cl[0].account(y).credits_posted == 5 and cl[1].account(y) is None
+    assert cl[0].account(y).credits_posted == 5
+    with pytest.raises(SlotMovedError):
+        cl[1].account(y)
     assert cl.summed_totals()["remote_debits_posted"] == 0
 
 
@@ -529,10 +559,10 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> None:
         # Timestamps are each shard's cluster time (the reference has its own clock): all else must match.
         assert replace(cl.owner(a).account(a), timestamp=0) == replace(reference.account(a), timestamp=0), a
         assert cl.owner(a).history(a) == reference.history(a), a
-    for shard in cl.shards:
-        for s in range(SLOTS):
-            if cl.map.owner_of_slot(s) != cl.shards.index(shard):
-                assert all(slot_of(a, SLOTS) != s or shard.account(a) is None for a in accounts)
+    for index, shard in enumerate(cl.shards):  # an account lives on its slot's shard only
+        with shard.env.begin() as txn:
+            held = {a for a in accounts if txn.get(a.to_bytes(16, "big"), db=shard.sm._accounts) is not None}
+        assert held == {a for a in accounts if cl.map.shard_of(a) == index}
     summed, want = cl.summed_totals(), reference.totals()[1]
     assert summed["debits_posted"] == want["debits_posted"]
     assert summed["credits_posted"] == want["credits_posted"]

@@ -8,6 +8,52 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SlotMoveStepRequest(_message.Message):
+    __slots__ = ("shard_id", "command")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    command: bytes
+    def __init__(self, shard_id: _Optional[int] = ..., command: _Optional[bytes] = ...) -> None: ...
+
+class SlotMoveStepResponse(_message.Message):
+    __slots__ = ("failed", "result")
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    failed: bool
+    result: int
+    def __init__(self, failed: _Optional[bool] = ..., result: _Optional[int] = ...) -> None: ...
+
+class ExportSlotsRequest(_message.Message):
+    __slots__ = ("shard_id", "move_id", "resume", "phase", "after", "records_max")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_MAX_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    move_id: _types_pb2.U128
+    resume: bool
+    phase: int
+    after: bytes
+    records_max: int
+    def __init__(self, shard_id: _Optional[int] = ..., move_id: _Optional[_Union[_types_pb2.U128, _Mapping]] = ..., resume: _Optional[bool] = ..., phase: _Optional[int] = ..., after: _Optional[bytes] = ..., records_max: _Optional[int] = ...) -> None: ...
+
+class ExportSlotsResponse(_message.Message):
+    __slots__ = ("records", "last", "phase", "after", "refusal")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    records: bytes
+    last: bool
+    phase: int
+    after: bytes
+    refusal: int
+    def __init__(self, records: _Optional[bytes] = ..., last: _Optional[bool] = ..., phase: _Optional[int] = ..., after: _Optional[bytes] = ..., refusal: _Optional[int] = ...) -> None: ...
+
 class ApplyTopologyRequest(_message.Message):
     __slots__ = ("topology_toml",)
     TOPOLOGY_TOML_FIELD_NUMBER: _ClassVar[int]

@@ -75,6 +75,16 @@ class AdminStub:
                 request_serializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipRequest.SerializeToString,
                 response_deserializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipResponse.FromString,
                 _registered_method=True)
+        self.SlotMoveStep = channel.unary_unary(
+                '/tidebank.v1.Admin/SlotMoveStep',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.SlotMoveStepRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.SlotMoveStepResponse.FromString,
+                _registered_method=True)
+        self.ExportSlots = channel.unary_unary(
+                '/tidebank.v1.Admin/ExportSlots',
+                request_serializer=tidebank_dot_v1_dot_admin__pb2.ExportSlotsRequest.SerializeToString,
+                response_deserializer=tidebank_dot_v1_dot_admin__pb2.ExportSlotsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -135,6 +145,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SlotMoveStep(self, request, context):
+        """Slot moves (`tidebank shard move-slots`; signed with the cluster secret), on the shard's leader.
+        One step of a slot move (node/ledger/slot_moves.py) through the shard's log; answered once applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSlots(self, request, context):
+        """A page of a leaving move's records, read on the source shard's leader (linearizable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +202,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ChangeMembership,
                     request_deserializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipRequest.FromString,
                     response_serializer=tidebank_dot_v1_dot_admin__pb2.ChangeMembershipResponse.SerializeToString,
+            ),
+            'SlotMoveStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SlotMoveStep,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.SlotMoveStepRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.SlotMoveStepResponse.SerializeToString,
+            ),
+            'ExportSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSlots,
+                    request_deserializer=tidebank_dot_v1_dot_admin__pb2.ExportSlotsRequest.FromString,
+                    response_serializer=tidebank_dot_v1_dot_admin__pb2.ExportSlotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +431,60 @@ class Admin:
             '/tidebank.v1.Admin/ChangeMembership',
             tidebank_dot_v1_dot_admin__pb2.ChangeMembershipRequest.SerializeToString,
             tidebank_dot_v1_dot_admin__pb2.ChangeMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SlotMoveStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/SlotMoveStep',
+            tidebank_dot_v1_dot_admin__pb2.SlotMoveStepRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.SlotMoveStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tidebank.v1.Admin/ExportSlots',
+            tidebank_dot_v1_dot_admin__pb2.ExportSlotsRequest.SerializeToString,
+            tidebank_dot_v1_dot_admin__pb2.ExportSlotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

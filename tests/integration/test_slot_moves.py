@@ -1,0 +1,222 @@
+"""Hash slots moved between the shards of a running cluster, with their accounts and transfers."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from tidebank.client import Account, Client, CreateTransferResult, Transfer, TransferFlags, UnavailableError
+from tidebank.cluster.audit import audit, collect_totals
+from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
+from tidebank.cluster.slot_moves import STEPS, SlotMoveError, SlotMover
+from tidebank.common.keys import slot_of
+from tidebank.common.topology import slots_of
+
+from .conftest import running_cluster
+
+pytestmark = pytest.mark.integration
+
+LEDGER = 9
+MOVE_TIMEOUT_S = 60.0
+TR = CreateTransferResult
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with running_cluster(tmp_path_factory.mktemp("slot-moves"), shards=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    with Client(cluster.endpoints, tls=cluster.client_tls(), timeout_s=30.0) as c:
+        yield c
+
+
+def _slot(cluster, key: int) -> int:
+    return slot_of(key, cluster.topology.slot_count)
+
+
+def _ids_in(cluster, slots: set[int], count: int, start: int) -> list[int]:
+    out, i = [], start
+    while len(out) < count:
+        i += 1
+        if _slot(cluster, i) in slots:
+            out.append(i)
+    return out
+
+
+def _shard0_slots(cluster, first: int, count: int) -> list[int]:
+    return slots_of(cluster.topology.shard(0).slots)[first:first + count]
+
+
+def _audit_clean(cluster) -> None:
+    with ChannelPool(cluster.client_tls()) as pool:
+        answers, _ = collect_totals(cluster.endpoints, 10.0, pool)
+        report = audit(answers, expected_shards=[s.shard_id for s in cluster.topology.shards])
+    assert report.exit_code == 0, [m.describe() for m in report.mismatches]
+
+
+def _xfer(tid: int, d: int, c: int, amount: int, **kw) -> Transfer:
+    return Transfer(id=tid, debit_account_id=d, credit_account_id=c, amount=amount, ledger=LEDGER, code=1, **kw)
+
+
+def test_moved_slots_keep_every_account_history_and_answer_on_their_new_shard(cluster, client):
+    slots = _shard0_slots(cluster, 0, 8)
+    moving = _ids_in(cluster, set(slots), 6, start=(1 << 90))
+    staying = _ids_in(cluster, set(slots_of(cluster.topology.shard(0).slots)) - set(slots), 3, start=(2 << 90))
+    elsewhere = _ids_in(cluster, set(slots_of(cluster.topology.shard(1).slots)), 3, start=(3 << 90))
+    accounts = moving + staying + elsewhere
+    assert all(r.status == 0 for r in client.create_accounts([Account(id=a, ledger=LEDGER, code=1)
+                                                               for a in accounts]))
+    transfers = [_xfer((4 << 90) + n, accounts[n % 12], accounts[(n * 5 + 1) % 12], 3 + n) for n in range(36)]
+    transfers = [t for t in transfers if t.debit_account_id != t.credit_account_id]
+    assert all(r.status == TR.created for r in client.create_transfers(transfers))
+    before = {a.id: a for a in client.lookup_accounts(accounts)}
+    history = {a: [t.id for t in client.get_account_transfers(a, limit=100).items] for a in moving}
+
+    report = SlotMover(cluster.membership(), page_records=16).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+
+    assert report.steps_done == list(STEPS) and report.pages >= 2
+    assert set(slots) <= set(slots_of(cluster.topology.shard(1).slots))
+    with ChannelPool(tls=cluster.client_tls()) as pool:
+        for node in cluster.topology.nodes:
+            assert fetch_shard_map([node.grpc_address], 5.0, pool).version == cluster.topology.shard_map_version
+    assert {a.id: a for a in client.lookup_accounts(accounts)} == before
+    assert {a: [t.id for t in client.get_account_transfers(a, limit=100).items] for a in moving} == history
+    assert [r.status for r in client.create_transfers(transfers[:5])] == [TR.exists] * 5
+    _audit_clean(cluster)
+
+
+def test_money_moves_to_and_from_moved_accounts_after_the_move(cluster, client):
+    slots = _shard0_slots(cluster, 0, 4)
+    moved = _ids_in(cluster, set(slots), 2, start=(5 << 90))
+    other = _ids_in(cluster, set(slots_of(cluster.topology.shard(0).slots)), 1, start=(6 << 90))
+    client.create_accounts([Account(id=a, ledger=LEDGER, code=1) for a in moved + other])
+    SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    results = client.create_transfers([_xfer((7 << 90) + 1, other[0], moved[0], 40),
+                                       _xfer((7 << 90) + 2, moved[0], moved[1], 15)])
+    assert [r.status for r in results] == [TR.created, TR.created]
+    a, b = client.lookup_accounts(moved)
+    assert (a.credits_posted, a.debits_posted, b.credits_posted) == (40, 15, 15)
+    _audit_clean(cluster)
+
+
+@pytest.mark.parametrize("stop_after", STEPS[:-1])
+def test_a_move_whose_driver_stopped_resumes_when_run_again(cluster, client, stop_after):
+    slots = _shard0_slots(cluster, 0, 2)
+    x, y = _ids_in(cluster, set(slots), 2, start=(12 << 90) + (1 << 80) * STEPS.index(stop_after))
+    client.create_accounts([Account(id=x, ledger=LEDGER, code=1), Account(id=y, ledger=LEDGER, code=1)])
+    (tid,) = _ids_in(cluster, set(slots), 1, start=(13 << 90) + (1 << 80) * STEPS.index(stop_after))
+    mover = SlotMover(cluster.membership())
+    stopped = mover.move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
+    assert stopped.steps_done[-1] == stop_after
+    if stop_after in ("leaving", "importing", "copy", "arrived"):  # still fenced on the source: the write waits
+        assert [r.status for r in client.create_transfers([_xfer(tid, x, y, 2)])] == [TR.slot_moving]
+    resumed = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    assert resumed.resumed and resumed.move_id == stopped.move_id and resumed.steps_done == list(STEPS)
+    assert [r.status for r in client.create_transfers([_xfer(tid, x, y, 2)])] == [TR.created]
+    _audit_clean(cluster)
+
+
+def test_reads_wait_between_the_switch_and_the_new_shard_map_never_reading_the_old_copy(cluster, client):
+    slots = _shard0_slots(cluster, 0, 2)
+    (x,) = _ids_in(cluster, set(slots), 1, start=(14 << 90))
+    client.create_accounts([Account(id=x, ledger=LEDGER, code=1)])
+    stopped = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S, stop_after="switched")
+    assert stopped.steps_done[-1] == "switched"
+    with pytest.raises(UnavailableError, match="SLOT_MOVED|moved to shard 1"):
+        client.lookup_accounts([x], timeout_s=1.0)
+    SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    assert [a.id for a in client.lookup_accounts([x])] == [x]
+
+
+def test_moving_slots_that_are_already_there_changes_nothing(cluster):
+    slots = slots_of(cluster.topology.shard(1).slots)[:2]
+    report = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    assert report.steps_done == []
+
+
+def test_slots_naming_a_pending_transfer_are_refused_and_keep_serving(cluster, client):
+    slots = slots_of(cluster.topology.shard(0).slots)[-2:]  # slots no other test moves
+    x, y = _ids_in(cluster, set(slots), 2, start=(8 << 90))
+    client.create_accounts([Account(id=x, ledger=LEDGER, code=1), Account(id=y, ledger=LEDGER, code=1)])
+    (result,) = client.create_transfers([_xfer((9 << 90) + 1, x, y, 5, flags=TransferFlags.PENDING)])
+    assert result.status == TR.created
+    version = cluster.topology.shard_map_version
+    with pytest.raises(SlotMoveError, match="pending transfers"):
+        SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    assert cluster.topology.shard_map_version == version
+    (posted,) = client.create_transfers([_xfer((9 << 90) + 2, x, y, 5, pending_id=(9 << 90) + 1,
+                                               flags=TransferFlags.POST_PENDING_TRANSFER)])
+    assert posted.status == TR.created
+
+
+def test_writes_during_a_move_are_applied_or_refused_to_retry_and_none_is_lost(cluster, client):
+    slots = _shard0_slots(cluster, 0, 16)
+    moving = _ids_in(cluster, set(slots), 4, start=(10 << 90))
+    client.create_accounts([Account(id=a, ledger=LEDGER, code=1) for a in moving])
+    earlier = [_xfer((10 << 90) + n, moving[n % 4], moving[(n + 1) % 4], 1) for n in range(40)]
+    assert all(r.status == TR.created for r in client.create_transfers(earlier))
+    # Ids in the moving slots too: each write is one shard's (a cross-shard one would wait as a busy 2PC).
+    transfer_ids = iter(_ids_in(cluster, set(slots), 5000, start=(11 << 90)))
+    refused: list[Transfer] = []
+    created: list[Transfer] = list(earlier)
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set() or n < 20:
+            n += 1
+            t = _xfer(next(transfer_ids), moving[n % 4], moving[(n + 1) % 4], 1)
+            (r,) = client.create_transfers([t])
+            if r.status == TR.created:
+                created.append(t)
+            elif r.status in (TR.slot_moving, TR.slot_moved):
+                refused.append(t)
+            else:
+                raise AssertionError(f"transfer {t.id}: {r.status!r}")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        SlotMover(cluster.membership(), page_records=1).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    cluster.reload()
+    assert not writer.is_alive()
+    retried = client.create_transfers(refused)
+    assert all(r.status == TR.created for r in retried), retried
+    applied = created + refused
+    accounts = {a.id: a for a in client.lookup_accounts(moving)}
+    for account_id, account in accounts.items():
+        assert account.debits_posted == sum(t.amount for t in applied if t.debit_account_id == account_id)
+        assert account.credits_posted == sum(t.amount for t in applied if t.credit_account_id == account_id)
+    _audit_clean(cluster)
+
+
+def test_the_cli_moves_slots_from_the_shard_holding_them(cluster, client):
+    from typer.testing import CliRunner
+
+    from tidebank.cluster.cli import app
+
+    slots = _shard0_slots(cluster, 0, 3)
+    (x,) = _ids_in(cluster, set(slots), 1, start=(15 << 90))
+    client.create_accounts([Account(id=x, ledger=LEDGER, code=1)])
+    spec = f"{slots[0]},{slots[1]}-{slots[2]}" if slots[2] == slots[1] + 1 else ",".join(map(str, slots))
+    result = CliRunner().invoke(app, ["slot", "move", spec, "--to", "1", "--dir", str(cluster.dir), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["steps"] == list(STEPS)
+    cluster.reload()
+    assert set(slots) <= set(slots_of(cluster.topology.shard(1).slots))
+    assert [a.id for a in client.lookup_accounts([x])] == [x]
+    again = CliRunner().invoke(app, ["slot", "move", spec, "--to", "1", "--dir", str(cluster.dir)])
+    assert again.exit_code == 0 and "already on shard 1" in again.output
