@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from tidebank.common.records import ACCOUNT_SIZE, TRANSFER_DEBIT_ACCOUNT_ID, TRANSFER_SIZE, u128_of
+from tidebank.common.records import (
+    ACCOUNT_FLAGS_OFFSET,
+    ACCOUNT_SIZE,
+    TRANSFER_DEBIT_ACCOUNT_ID,
+    TRANSFER_FLAGS_OFFSET,
+    TRANSFER_SIZE,
+    flags_of,
+    u128_of,
+)
 from tidebank.common.tls import TlsError, check_principal_name
 from tidebank.node.api import access, convert, errors
 from tidebank.node.api.calls import (
@@ -35,6 +44,7 @@ from tidebank.node.api.failures import Failures
 from tidebank.node.api.ownership import Owners
 from tidebank.node.api.routing import (
     CrossShardGroup,
+    chains,
     route_accounts,
     route_packed_accounts,
     route_packed_transfers,
@@ -49,10 +59,20 @@ from tidebank.node.ledger.operations import (
     Operation,
 )
 from tidebank.node.ledger.records import OwnedAccount, unpack_account
+from tidebank.node.ledger.results import CreateAccountResult, CreateTransferResult
 from tidebank.node.txn.coordinator import Group
 from tidebank.v1 import ledger_pb2, ledger_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# Items refused because a slot they name is moving (or has moved and this node's map is older): nothing
+# changed, so the node that took the call sends their chains again, with the map it has by then, until the
+# call's deadline; the caller sees the codes only if the move outlasts it.
+_MOVING_ACCOUNT = frozenset((int(CreateAccountResult.slot_moving), int(CreateAccountResult.slot_moved)))
+_MOVING_TRANSFER = frozenset((int(CreateTransferResult.slot_moving), int(CreateTransferResult.slot_moved)))
+SLOT_RETRY_FIRST_S = 0.02
+SLOT_RETRY_MAX_S = 0.25
+SLOT_RETRY_MARGIN_S = 0.1  # time kept for the last attempt's answer
 
 LINEARIZABLE = ledger_pb2.READ_CONSISTENCY_LINEARIZABLE
 
@@ -68,6 +88,22 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
 
     # --- writes -----------------------------------------------------------------------------------------
     def CreateAccounts(self, request: ledger_pb2.CreateAccountsRequest, context) -> ledger_pb2.CreateAccountsResponse:
+        results = self._create_accounts(request, context)
+        if call_of(context).hops == 0 and _MOVING_ACCOUNT.intersection(results):
+            if request.accounts_packed:
+                records = split_records(request.accounts_packed, ACCOUNT_SIZE)
+                flags = [flags_of(r, ACCOUNT_FLAGS_OFFSET) for r in records]
+                subset = lambda ps: ledger_pb2.CreateAccountsRequest(  # noqa: E731
+                    accounts_packed=b"".join(records[p] for p in ps), owner=request.owner)
+            else:
+                flags = [m.flags for m in request.accounts]
+                subset = lambda ps: ledger_pb2.CreateAccountsRequest(  # noqa: E731
+                    accounts=[request.accounts[p] for p in ps], owner=request.owner)
+            results = _retry_slot_moves(context, list(results), flags, _MOVING_ACCOUNT,
+                                        lambda ps: self._create_accounts(subset(ps), context))
+        return ledger_pb2.CreateAccountsResponse(results=results)
+
+    def _create_accounts(self, request: ledger_pb2.CreateAccountsRequest, context) -> list[int]:
         owner = _owner_of(access.current(), request.owner)
         if request.accounts_packed:
             records = _records(request, "accounts", ACCOUNT_SIZE)
@@ -79,10 +115,26 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         call = call_of(context)
         parts = {shard_id: self._submit(shard_id, _accounts_operation(sub.items, owner), call)
                  for shard_id, sub in routed.sub_batches.items()}
-        return ledger_pb2.CreateAccountsResponse(results=routed.merge(self._wait(call, parts)))
+        return routed.merge(self._wait(call, parts))
 
     def CreateTransfers(self, request: ledger_pb2.CreateTransfersRequest,
                         context) -> ledger_pb2.CreateTransfersResponse:
+        results = self._create_transfers(request, context)
+        if call_of(context).hops == 0 and _MOVING_TRANSFER.intersection(results):
+            if request.transfers_packed:
+                records = split_records(request.transfers_packed, TRANSFER_SIZE)
+                flags = [flags_of(r, TRANSFER_FLAGS_OFFSET) for r in records]
+                subset = lambda ps: ledger_pb2.CreateTransfersRequest(  # noqa: E731
+                    transfers_packed=b"".join(records[p] for p in ps))
+            else:
+                flags = [m.flags for m in request.transfers]
+                subset = lambda ps: ledger_pb2.CreateTransfersRequest(  # noqa: E731
+                    transfers=[request.transfers[p] for p in ps])
+            results = _retry_slot_moves(context, list(results), flags, _MOVING_TRANSFER,
+                                        lambda ps: self._create_transfers(subset(ps), context))
+        return ledger_pb2.CreateTransfersResponse(results=results)
+
+    def _create_transfers(self, request: ledger_pb2.CreateTransfersRequest, context) -> list[int]:
         grant = access.current()
         if request.transfers_packed:
             records = _records(request, "transfers", TRANSFER_SIZE)
@@ -103,7 +155,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         shard_codes = self._wait(call, parts, failures, raise_now=False)
         group_codes = self._wait_groups(call, routed.groups, groups, failures)
         failures.raise_if_any()  # only after every part has been awaited
-        return ledger_pb2.CreateTransfersResponse(results=routed.merge(shard_codes, group_codes))
+        return routed.merge(shard_codes, group_codes)
 
     def _require_debits_owned(self, grant: access.Grant, debit_account_ids: list[int], context) -> None:
         """An account holder moves money only out of its own accounts (a post or void names its pending
@@ -343,3 +395,25 @@ def _decode_page_token(token: str, account_id: int, debits: bool, credits: bool,
     if token_account != account_id.to_bytes(16, "big") or bits != _filter_bits(debits, credits, reversed_):
         raise errors.invalid_argument([("page_token", "belongs to a different query (account or filters)")])
     return bound
+
+
+def _retry_slot_moves(context, results: list[int], flags: Sequence[int], moving: frozenset[int],
+                      resubmit: Callable[[list[int]], list[int]]) -> list[int]:
+    """Send the chains with an item refused for a moving slot again (backing off) until none is or the call's
+    deadline is near. A resubmission that fails keeps the codes so far: what was applied stays reported."""
+    delay = SLOT_RETRY_FIRST_S
+    spans = chains(flags, 1)  # LINKED is bit 0 for accounts and transfers
+    while True:
+        refused = {p for p, code in enumerate(results) if code in moving}
+        if not refused or wait_of(context) < delay + SLOT_RETRY_MARGIN_S:
+            return results
+        time.sleep(delay)
+        delay = min(delay * 2, SLOT_RETRY_MAX_S)
+        positions = [p for span in spans if any(q in refused for q in span) for p in span]
+        try:
+            codes = resubmit(positions)
+        except Exception:  # noqa: BLE001 - the first answer stands; the caller retries by id
+            log.info("resubmitting %d items refused for a moving slot failed", len(positions), exc_info=True)
+            return results
+        for p, code in zip(positions, codes, strict=True):
+            results[p] = code

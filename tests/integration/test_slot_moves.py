@@ -10,11 +10,12 @@ import pytest
 from tidebank.client import Account, Client, CreateTransferResult, Transfer, TransferFlags, UnavailableError
 from tidebank.cluster.audit import audit, collect_totals
 from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
+from tidebank.cluster.membership import MoveInterrupted
 from tidebank.cluster.slot_moves import STEPS, SlotMoveError, SlotMover
 from tidebank.common.keys import slot_of
 from tidebank.common.topology import slots_of
 
-from .conftest import running_cluster
+from .conftest import leader_of, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +107,12 @@ def test_money_moves_to_and_from_moved_accounts_after_the_move(cluster, client):
     _audit_clean(cluster)
 
 
+# What a write naming the slots gets while the move's driver is stopped after each step: fenced on the source
+# until it switches, then redirected (every node still has the old map), then served by the target.
+WRITE_WHILE_STOPPED = {"leaving": TR.slot_moving, "importing": TR.slot_moving, "copy": TR.slot_moving,
+                       "arrived": TR.slot_moving, "switched": TR.slot_moved, "publish": TR.created}
+
+
 @pytest.mark.parametrize("stop_after", STEPS[:-1])
 def test_a_move_whose_driver_stopped_resumes_when_run_again(cluster, client, stop_after):
     slots = _shard0_slots(cluster, 0, 2)
@@ -115,12 +122,15 @@ def test_a_move_whose_driver_stopped_resumes_when_run_again(cluster, client, sto
     mover = SlotMover(cluster.membership())
     stopped = mover.move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
     assert stopped.steps_done[-1] == stop_after
-    if stop_after in ("leaving", "importing", "copy", "arrived"):  # still fenced on the source: the write waits
-        assert [r.status for r in client.create_transfers([_xfer(tid, x, y, 2)])] == [TR.slot_moving]
+    # The node retries a refused write until the call's deadline; a 1 s call sees where the move stopped.
+    (during,) = client.create_transfers([_xfer(tid, x, y, 2)], timeout_s=1.0)
+    assert during.status == WRITE_WHILE_STOPPED[stop_after]
     resumed = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
     cluster.reload()
     assert resumed.resumed and resumed.move_id == stopped.move_id and resumed.steps_done == list(STEPS)
-    assert [r.status for r in client.create_transfers([_xfer(tid, x, y, 2)])] == [TR.created]
+    (after,) = client.create_transfers([_xfer(tid, x, y, 2)])
+    assert after.status == (TR.exists if during.status == TR.created else TR.created)
+    assert client.lookup_accounts([y])[0].credits_posted == 2
     _audit_clean(cluster)
 
 
@@ -159,7 +169,7 @@ def test_slots_naming_a_pending_transfer_are_refused_and_keep_serving(cluster, c
     assert posted.status == TR.created
 
 
-def test_writes_during_a_move_are_applied_or_refused_to_retry_and_none_is_lost(cluster, client):
+def test_writes_during_a_move_are_applied_once_and_none_is_lost(cluster, client):
     slots = _shard0_slots(cluster, 0, 16)
     moving = _ids_in(cluster, set(slots), 4, start=(10 << 90))
     client.create_accounts([Account(id=a, ledger=LEDGER, code=1) for a in moving])
@@ -220,3 +230,34 @@ def test_the_cli_moves_slots_from_the_shard_holding_them(cluster, client):
     assert [a.id for a in client.lookup_accounts([x])] == [x]
     again = CliRunner().invoke(app, ["slot", "move", spec, "--to", "1", "--dir", str(cluster.dir)])
     assert again.exit_code == 0 and "already on shard 1" in again.output
+
+
+@pytest.mark.parametrize("stop_after", ["copy", "switched"])
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_slot_move_goes_on_when_a_shard_leader_is_killed_after_a_step(cluster, client, stop_after, side):
+    slots = _shard0_slots(cluster, 0, 2)
+    start = (16 << 90) + (1 << 80) * (STEPS.index(stop_after) * 2 + (side == "target"))
+    x, y = _ids_in(cluster, set(slots), 2, start=start)
+    client.create_accounts([Account(id=x, ledger=LEDGER, code=1), Account(id=y, ledger=LEDGER, code=1)])
+    assert client.create_transfers([_xfer(start + 1, x, y, 9)])[0].status == TR.created
+    SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
+    victim = leader_of(cluster, 0 if side == "source" else 1)
+    cluster.kill(victim)
+    try:
+        try:  # the shards elect new leaders and the move goes on, except that a dead node cannot take the map
+            report = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=8.0)
+        except MoveInterrupted as exc:
+            assert victim in str(exc)
+            report = None
+    finally:
+        cluster.start([victim])
+        cluster.wait_ready(timeout_s=60)
+    if report is None:
+        report = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    assert report.steps_done[-1] == "gone"
+    assert set(slots) <= set(slots_of(cluster.topology.shard(1).slots))
+    a, b = client.lookup_accounts([x, y])
+    assert (a.debits_posted, b.credits_posted) == (9, 9)
+    assert client.create_transfers([_xfer(start + 2, y, x, 4)])[0].status == TR.created
+    _audit_clean(cluster)
