@@ -184,7 +184,8 @@ def _print_load(shards, weights: dict[int, float], plan: list[balancer.PlannedMo
         out.print("balanced: every shard is within "
                   f"{balancer.TOLERANCE:.0%} of the mean weight, or whole slots cannot bring it closer")
         return
-    out.print(f"{len(plan)} slot move(s) would balance it (advice: slot moves are not built yet):")
+    out.print(f"{len(plan)} slot move(s) would balance it (run each with `tidebank slot move`):")
     for m in plan:
-        ranges = ", ".join(f"{a}-{b - 1}" for a, b in slot_ranges(m.slots))
-        out.print(f"  {len(m.slots)} slots ({ranges}): shard {m.source} -> shard {m.target}", markup=False)
+        ranges = ",".join(f"{a}-{b - 1}" if b > a + 1 else f"{a}" for a, b in slot_ranges(m.slots))
+        out.print(f"  {len(m.slots)} slots ({ranges}): shard {m.source} -> shard {m.target}"
+                  f"   tidebank slot move {ranges} --from {m.source} --to {m.target}", markup=False)
