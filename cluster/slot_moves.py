@@ -47,12 +47,13 @@ STEPS = ("leaving", "importing", "copy", "arrived", "switched", "publish", "gone
 POLL_S = 0.2
 RPC_TIMEOUT_S = 10.0
 MOVE_TIMEOUT_S = 300.0
-PAGE_RECORDS = 512  # records per IMPORT entry: ~100 KB
+PAGE_RECORDS = 2048  # records per IMPORT entry (~300 KB): the fence lasts about one entry per page
 STATE_SUFFIX = ".slot-move"
 
 _REFUSAL_TEXT = {
     sm.ExportRefusal.not_leaving: "the source has no such move in progress",
-    sm.ExportRefusal.pending_transfers: "the slots name pending transfers (slot moves do not carry them yet)",
+    sm.ExportRefusal.pending_transfers: "a pending transfer has one account in the slots and one outside, or was "
+                                        "made by a cross-shard transaction (slot moves do not split them yet)",
     sm.ExportRefusal.escrow: "the slots hold trades or escrow books (slot moves do not carry them yet)",
     sm.ExportRefusal.clearing: "the source shard holds clearing state (slot moves do not carry it yet)",
 }

@@ -31,10 +31,12 @@ accounts, and the remote_* counters follow the transfers whose two sides end up 
 (or on one), so each shard's debits - remote debits == credits - remote credits still holds
 and the audit still balances.
 
-Not supported yet, refused by the export with a reason and nothing changed: pending
-transfers named by S (live or finished: they need ledger_xpending on both sides), trades or
-escrow books in S, and clearing state on the shard. Records reserved by a PREPARED txn are a
-wait: the fence stops new ones and the sweeper finishes the old ones.
+Pending transfers (live or finished) whose two accounts are in S move with them: status,
+expiry key, pending balances; A's sweep skips them while they move, B's expires them after.
+Not supported yet, refused by the export with a reason and nothing changed: a pending transfer
+the move would split (one account in S; it would need ledger_xpending on both sides), one
+created by a cross-shard txn, trades or escrow books in S, and clearing state on the shard.
+A PREPARED txn naming S is a wait: the fence stops new ones and the sweeper finishes old ones.
 
 One move at a time per shard, in either role: its record is b"move"; finished moves leave
 b"done" + move id, so a resumed driver's replays answer `already`.
@@ -71,7 +73,9 @@ K_INDEX = 4  # key: account id (16) + timestamp (8), value: side (1) + transfer 
 # account is in S; every group's that failed a rule (a decision names no accounts, and an aborted group stored
 # no transfer to find it by; a copy that B never consults costs only space).
 K_DECISION = 5
-_KEY_SIZE = {K_ACCOUNT: 16, K_OWNER: 16, K_TRANSFER: 16, K_INDEX: 24, K_DECISION: 16}
+K_PENDING = 6  # key: pending transfer id (16), value: its ledger_pending status (both its accounts are in S)
+K_EXPIRY = 7  # key: expires_at (8) + pending transfer id (16), value: b"" (a pending transfer still pending)
+_KEY_SIZE = {K_ACCOUNT: 16, K_OWNER: 16, K_TRANSFER: 16, K_INDEX: 24, K_DECISION: 16, K_PENDING: 16, K_EXPIRY: 24}
 
 # Fence states, one byte per slot in b"fence" (absent: every slot served, no tombstone).
 SERVING = 0
@@ -95,8 +99,10 @@ _MOVE = b"move"
 _DONE = b"done"
 _ENDED = {_ROLE_OUT: "gone", _ROLE_IN: "arrived"}
 _GONE_TO = b"g"  # + slot (2): [to shard, topology version] of a slot that left
-_UNSUPPORTED_FLAGS = int(TransferFlags.PENDING | TransferFlags.POST_PENDING_TRANSFER
-                         | TransferFlags.VOID_PENDING_TRANSFER)
+# A pending transfer and its post or void move only with both their accounts (a split needs ledger_xpending).
+_PENDING_FLAGS = int(TransferFlags.PENDING | TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
+_STATUS_PENDING = 1  # state_machine.STATUS_PENDING
+_NS = 1_000_000_000
 _ID_RESERVED_TAG = b"R"[0]
 _ID_FAILED_TAG = b"F"[0]
 _ID_HOME_TAG = b"H"[0]
@@ -188,7 +194,9 @@ class SlotMoves:
 
     DB_NAMES = ("ledger_slot_moves", "ledger_slot_import")
 
-    def __init__(self, dbs: dict[str, object], slot_count: int, clearing_dbs: Sequence[object]) -> None:
+    def __init__(self, dbs: dict[str, object], slot_count: int, clearing_dbs: Sequence[object],
+                 prepared_touching: Callable[[lmdb.Transaction, set[int]], bool]) -> None:
+        self._prepared_touching = prepared_touching  # whether a PREPARED txn names an id of the slots
         self._moves = dbs["ledger_slot_moves"]
         self._staged = dbs["ledger_slot_import"]
         self._accounts = dbs["ledger_accounts"]
@@ -200,6 +208,7 @@ class SlotMoves:
         self._decisions = dbs["ledger_decisions"]
         self._trades = dbs["escrow_trades"]
         self._escrow_slots = dbs["escrow_slots"]
+        self._expiry = dbs["ledger_expiry"]
         self._clearing_dbs = tuple(clearing_dbs)
         self._slot_count = slot_count
 
@@ -358,6 +367,12 @@ class SlotMoves:
         elif kind == K_INDEX:
             if len(value) != 17 or value[0] > 1 or slot_of(int.from_bytes(key[:16], "big"), n) not in slots:
                 raise ValueError("index record not of the move's slots")
+        elif kind == K_PENDING:
+            if len(value) != 9 or not 1 <= value[0] <= 4:
+                raise ValueError("pending status record not a status and an amount")
+        elif kind == K_EXPIRY:
+            if value:
+                raise ValueError("expiry record with a value")
         elif kind == K_DECISION:
             decide = unpack_decide(value[8:])
             if not decide.commit and not decide.failed_code:
@@ -399,11 +414,11 @@ class SlotMoves:
             a = unpack_account(value)
             if txn.get(key, db=self._accounts) is not None:
                 raise AssertionError(f"account {key.hex()} of a moving slot already exists here")
-            if a.debits_pending or a.credits_pending:
-                raise AssertionError(f"account {key.hex()} arrived with pending balances")
             txn.put(key, value, db=self._accounts)
             d = deltas.setdefault(a.ledger, [0] * 10)
+            d[0] += a.debits_pending
             d[1] += a.debits_posted
+            d[2] += a.credits_pending
             d[3] += a.credits_posted
             latest = max(latest, a.timestamp)
             moved_accounts.add(a.id)
@@ -416,7 +431,7 @@ class SlotMoves:
                 txn.put(key, value, db=self._transfers)
         moving_sides = _sides_by_transfer(by_kind[K_INDEX])
         for tkey, moving in moving_sides.items():
-            t = _stored(txn, self._transfers, tkey)
+            t = _stored(txn, self._transfers, tkey, moving)
             latest = max(latest, t.timestamp)
             before = (_SIDE_DEBIT if t.debit_account_id not in moved_accounts and self._has(txn, t.debit_account_id)
                       else 0) | (_SIDE_CREDIT if t.credit_account_id not in moved_accounts
@@ -426,6 +441,12 @@ class SlotMoves:
             if int.from_bytes(key[:16], "big") not in moved_accounts:
                 raise AssertionError(f"index entry {key.hex()} of an account that did not arrive")
             txn.put(key, value, db=self._account_transfers)
+        for key, value in by_kind[K_PENDING].items():
+            if txn.get(key, db=self._pending) is not None:
+                raise AssertionError(f"pending transfer {key.hex()} of a moving slot already has a status here")
+            txn.put(key, value, db=self._pending)
+        for key in by_kind[K_EXPIRY]:
+            txn.put(key, b"", db=self._expiry)
         for key, value in by_kind[K_DECISION].items():
             existing = txn.get(key, db=self._decisions)
             if existing is None:
@@ -475,19 +496,23 @@ class SlotMoves:
         deltas: dict[int, list[int]] = {}
         index: dict[bytes, bytes] = {}
         for a in accounts:
-            if a.debits_pending or a.credits_pending:
-                raise AssertionError(f"account {a.id} leaves with pending balances")
             d = deltas.setdefault(a.ledger, [0] * 10)
+            d[0] -= a.debits_pending
             d[1] -= a.debits_posted
+            d[2] -= a.credits_pending
             d[3] -= a.credits_posted
             index.update(_prefix_items(txn, self._account_transfers, a.id.to_bytes(16, "big")))
         for tkey, moving in _sides_by_transfer(index).items():
-            t = _stored(txn, self._transfers, tkey)
+            t = _stored(txn, self._transfers, tkey, moving)
             before = ((_SIDE_DEBIT if self._has(txn, t.debit_account_id) else 0)
                       | (_SIDE_CREDIT if self._has(txn, t.credit_account_id) else 0))
             _add_remote(deltas, t.ledger, t.amount, before, before & ~moving)
         for key in index:
             txn.delete(key, db=self._account_transfers)
+        for pkey, status, p in self._carried_pendings(txn, slots):
+            txn.delete(pkey, db=self._pending)
+            if status[0] == _STATUS_PENDING and p.timeout:
+                txn.delete((p.timestamp + p.timeout * _NS).to_bytes(8, "big") + pkey, db=self._expiry)
         for aid in moved:
             key = aid.to_bytes(16, "big")
             txn.delete(key, db=self._accounts)
@@ -566,6 +591,8 @@ class SlotMoves:
             return self._export_ids(txn, slots, after, records_max, out)
         if phase == 4:
             return self._export_decisions(txn, slots, after, records_max, out)
+        if phase == 5:
+            return self._export_pendings(txn, slots, after, records_max, out)
         raise ValueError(f"bad export cursor phase {phase}")
 
     def _in(self, key: bytes, slots: set[int]) -> bool:
@@ -582,6 +609,8 @@ class SlotMoves:
             for key in txn.cursor(db=self._trades).iternext(keys=True, values=False):
                 if self._in(key, slots):
                     return ExportPage((), None, ExportRefusal.escrow)
+            if self._prepared_touching(txn, slots):
+                return ExportPage((), None, ExportRefusal.reserved)
             after = b"p"
         scanned = 0
         for tag, db in ((b"p", self._pending), (b"x", self._xpending)):
@@ -597,16 +626,36 @@ class SlotMoves:
                 if scanned >= EXPORT_SCAN_MAX:
                     return ExportPage((), (0, tag + _before(key)))
                 scanned += 1
-                if self._in(key, slots):
-                    return ExportPage((), None, ExportRefusal.pending_transfers)
                 raw = txn.get(key, db=self._transfers)
-                if raw is not None and len(raw) == TRANSFER_SIZE:
+                if tag == b"x" or raw is None or len(raw) != TRANSFER_SIZE:
+                    # a cross-shard pending transfer (or one whose id alone is here): not carried yet
+                    if self._in(key, slots) or (raw is not None and len(raw) == TRANSFER_SIZE
+                                                and self._names(unpack_transfer(raw), slots)):
+                        return ExportPage((), None, ExportRefusal.pending_transfers)
+                else:
                     t = unpack_transfer(raw)
-                    if self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
-                            t.credit_account_id.to_bytes(16, "big"), slots):
+                    d = self._in(t.debit_account_id.to_bytes(16, "big"), slots)
+                    c = self._in(t.credit_account_id.to_bytes(16, "big"), slots)
+                    if d != c:  # the move would split it (one whose id alone is in S stays, only its id is copied)
                         return ExportPage((), None, ExportRefusal.pending_transfers)
                 found = cursor.next()
         return ExportPage((), (1, b""))
+
+    def _names(self, t, slots: set[int]) -> bool:
+        return any(self._in(i.to_bytes(16, "big"), slots) for i in (t.id, t.debit_account_id, t.credit_account_id))
+
+    def _carried_pendings(self, txn, slots: set[int]) -> list[tuple[bytes, bytes, object]]:
+        """(pending id key, ledger_pending status, transfer) of every pending transfer whose accounts are in S:
+        they move with them (phase 0 refused the move if any pending transfer would be split)."""
+        out = []
+        for key, status in txn.cursor(db=self._pending).iternext():
+            raw = txn.get(key, db=self._transfers)
+            if raw is None or len(raw) != TRANSFER_SIZE:
+                continue
+            t = unpack_transfer(raw)
+            if self._in(t.debit_account_id.to_bytes(16, "big"), slots):
+                out.append((bytes(key), bytes(status), t))
+        return out
 
     def _export_accounts(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
         cursor = txn.cursor(db=self._accounts)
@@ -620,9 +669,6 @@ class SlotMoves:
                 return ExportPage(tuple(out), (1, _before(key)))
             scanned += 1
             if self._in(key, slots):
-                a = unpack_account(value)
-                if a.debits_pending or a.credits_pending:
-                    return ExportPage((), None, ExportRefusal.reserved)
                 out.append((K_ACCOUNT, bytes(key), bytes(value)))
                 owner = txn.get(key, db=self._owners)
                 if owner is not None:
@@ -646,10 +692,13 @@ class SlotMoves:
                 raw = txn.get(value[1:], db=self._transfers)
                 if raw is None or len(raw) != TRANSFER_SIZE:
                     raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
-                if unpack_transfer(raw).flags & _UNSUPPORTED_FLAGS:
+                t = unpack_transfer(raw)
+                other = t.credit_account_id if value[0] == 0 else t.debit_account_id
+                if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
                     return ExportPage((), None, ExportRefusal.pending_transfers)
                 out.append((K_INDEX, bytes(key), bytes(value)))
-                out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
+                if value[0] == 0 or not self._in(other.to_bytes(16, "big"), slots):  # once per transfer
+                    out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
             found = cursor.next()
         return ExportPage(tuple(out), (3, b""))
 
@@ -668,8 +717,12 @@ class SlotMoves:
             if self._in(key, slots):
                 if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
                     return ExportPage((), None, ExportRefusal.reserved)
-                if len(value) == TRANSFER_SIZE and unpack_transfer(value).flags & _UNSUPPORTED_FLAGS:
-                    return ExportPage((), None, ExportRefusal.pending_transfers)
+                if len(value) == TRANSFER_SIZE:
+                    t = unpack_transfer(value)
+                    if self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
+                            t.credit_account_id.to_bytes(16, "big"), slots):
+                        found = cursor.next()
+                        continue  # phase 2 sent it with its account's index entry
                 out.append((K_TRANSFER, bytes(key), bytes(value)))
             found = cursor.next()
         return ExportPage(tuple(out), (4, b""))
@@ -695,6 +748,29 @@ class SlotMoves:
                 if raw is not None and len(raw) == TRANSFER_SIZE:
                     if self._in(unpack_transfer(raw).debit_account_id.to_bytes(16, "big"), slots):
                         out.append((K_DECISION, bytes(key), bytes(value)))
+            found = cursor.next()
+        return ExportPage(tuple(out), (5, b""))
+
+    def _export_pendings(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+        """The status, and the expiry key of those still pending, of pending transfers whose accounts are in S."""
+        cursor = txn.cursor(db=self._pending)
+        found = cursor.set_range(after) if after else cursor.first()
+        if found and after and cursor.key() == after:
+            found = cursor.next()
+        scanned = 0
+        while found:
+            key, status = cursor.item()
+            if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
+                return ExportPage(tuple(out), (5, _before(key)))
+            scanned += 1
+            raw = txn.get(key, db=self._transfers)
+            if raw is not None and len(raw) == TRANSFER_SIZE:
+                t = unpack_transfer(raw)
+                if self._in(t.debit_account_id.to_bytes(16, "big"), slots):
+                    out.append((K_PENDING, bytes(key), bytes(status)))
+                    if status[0] == _STATUS_PENDING and t.timeout:
+                        expires = (t.timestamp + t.timeout * _NS).to_bytes(8, "big")
+                        out.append((K_EXPIRY, expires + bytes(key), b""))
             found = cursor.next()
         return ExportPage(tuple(out), None)
 
@@ -758,13 +834,13 @@ def _sides_by_transfer(index: dict[bytes, bytes]) -> dict[bytes, int]:
     return out
 
 
-def _stored(txn, db, tkey: bytes):
+def _stored(txn, db, tkey: bytes, moving: int):
     raw = txn.get(tkey, db=db)
     if raw is None or len(raw) != TRANSFER_SIZE:
         raise AssertionError(f"account index names a missing transfer {tkey.hex()}")
     t = unpack_transfer(raw)
-    if t.flags & _UNSUPPORTED_FLAGS:
-        raise AssertionError(f"transfer {tkey.hex()} of a moving slot is a pending, post or void transfer")
+    if t.flags & _PENDING_FLAGS and moving != _SIDE_DEBIT | _SIDE_CREDIT:
+        raise AssertionError(f"transfer {tkey.hex()} of a pending transfer would be split by a slot move")
     return t
 
 

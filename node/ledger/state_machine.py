@@ -482,7 +482,7 @@ class LedgerStateMachine:
         self._slot_count = slot_count
         self.clearing = ClearingRules(env, txn=txn)
         clearing_dbs = [env.open_db(name.encode(), txn=txn, create=True) for name in ClearingRules.DB_NAMES]
-        self.slot_moves = SlotMoves(dbs, slot_count, clearing_dbs)
+        self.slot_moves = SlotMoves(dbs, slot_count, clearing_dbs, self._prepared_touching)
         # The slot fence of the operation being applied (one state byte per slot), None when no slot of this
         # shard ever moved: read once per operation, so items pay for it only while slots move.
         self._fence: bytes | None = None
@@ -523,6 +523,7 @@ class LedgerStateMachine:
         base = max(timestamp_ns, last + 1)
         if base > U64_MAX:
             raise InvariantViolation(f"cluster time overflows u64: {base}")
+        self._fence = self.slot_moves.fence(txn)
         if self._expiry_due(txn, base):  # most entries have nothing to expire: no nested txn for them
             self._run_guarded(txn, "expiry sweep", functools.partial(self._expire, ctx=_Context(base, base)))
         next_ts = base
@@ -595,6 +596,22 @@ class LedgerStateMachine:
                 ctx.next_ts = saved
             out.append(None if result is None else int(result))
         return out
+
+    def _prepared_touching(self, txn: lmdb.Transaction, slots: set[int]) -> bool:
+        """Whether a PREPARED txn here names an id of these slots (a slot move waits for it to finish)."""
+        n = self._slot_count
+        for key in txn.cursor(db=self._txn_prepared).iternext(keys=True, values=False):
+            raw = txn.get(key[8:], db=self._txns)
+            if raw is None or raw[0] != TXN_PREPARED:
+                continue
+            _, _, plans, _, trade = _unpack_prepared(raw)
+            ids = [i for plan in plans for i in (plan.record.id, plan.record.debit_account_id,
+                                                 plan.record.credit_account_id, plan.record.pending_id) if i]
+            if trade is not None:
+                ids.append(trade.trade_id)
+            if any(slot_of(i, n) in slots for i in ids):
+                return True
+        return False
 
     def _fence_state(self, ids: Sequence[int]) -> int:
         """MOVED if an id's slot has left this shard, else MOVING if one is moving, else 0."""
@@ -860,7 +877,7 @@ class LedgerStateMachine:
         if d >> 96 == SYSTEM_ACCOUNT_PREFIX or c >> 96 == SYSTEM_ACCOUNT_PREFIX:  # is_system_account, inlined
             return _TR.account_reserved_for_escrow  # only escrow steps move escrow and fee money
         if self._fence is not None:
-            fenced = self._fence_state((tid, d, c, t.pending_id))
+            fenced = self._fence_state((tid, d, c))  # a post or void: its pending transfer's accounts, below
             if fenced:
                 return _TR.slot_moved if fenced == MOVED else _TR.slot_moving
 
@@ -927,6 +944,10 @@ class LedgerStateMachine:
         p = self._stored_transfer(txn, pkey)
         if p is None:
             return _TR.pending_transfer_not_found
+        if self._fence is not None:  # the request may name no account: the pending transfer's decide
+            fenced = self._fence_state((p.debit_account_id, p.credit_account_id))
+            if fenced:
+                return _TR.slot_moved if fenced == MOVED else _TR.slot_moving
         if not p.flags & _T_PENDING:
             return _TR.pending_transfer_not_pending
         xp = txn.get(pkey, db=self._xpending)
@@ -1201,6 +1222,10 @@ class LedgerStateMachine:
             p = self._stored_transfer(txn, pkey)
             if p is None:
                 return _TR.pending_transfer_not_found, None
+            if self._fence is not None and self._fence_state((
+                    p.debit_account_id if leg.sides & SIDE_DEBIT else 0,
+                    p.credit_account_id if leg.sides & SIDE_CREDIT else 0)):
+                return _LEG_BUSY, None  # the side of it that lives here is moving
             xp = txn.get(pkey, db=self._xpending)
             if xp is None:
                 p_sides = SIDE_BOTH
@@ -1624,7 +1649,7 @@ class LedgerStateMachine:
                 ):
                     break
                 scanned += 1
-                if txn.get(k[8:], db=locks) is None:
+                if txn.get(k[8:], db=locks) is None and not self._pending_fenced(txn, k[8:]):
                     due.append(k)
         cursor.close()
         for k in due:
@@ -1641,6 +1666,20 @@ class LedgerStateMachine:
             txn.delete(k, db=self._expiry)
         self._flush(txn, ctx)
         return len(due)
+
+    def _pending_fenced(self, txn: lmdb.Transaction, pkey: bytes) -> bool:
+        """Whether a pending transfer's accounts are in a slot moving off (or gone from) this shard: it does not
+        expire here then (the move copies it as it is; the shard that takes it expires it)."""
+        if self._fence is None:
+            return False
+        raw = txn.get(pkey, db=self._transfers)
+        if raw is None or len(raw) != TRANSFER_SIZE:
+            return False
+        p = unpack_transfer(raw)
+        xp = txn.get(pkey, db=self._xpending)
+        sides = SIDE_BOTH if xp is None else xp[0]  # only the sides that live here
+        return bool(self._fence_state((p.debit_account_id if sides & SIDE_DEBIT else 0,
+                                       p.credit_account_id if sides & SIDE_CREDIT else 0)))
 
     def _release_pending(self, txn: lmdb.Transaction, p: Transfer, sides: int, posted: int, ctx: _Context) -> None:
         """Drop pending transfer p's hold on the local side(s), posting `posted` of it (0 for void/expiry)."""
@@ -1864,10 +1903,12 @@ class LedgerStateMachine:
         """
         cursor = txn.cursor(db=self._expiry)
         locks = self._locks
+        self._fence = self.slot_moves.fence(txn)  # a read: the sweep skips pending transfers of moving slots
         try:
             scanned = 0
             for k in cursor.iternext(keys=True, values=False):
-                if scanned >= EXPIRE_SCAN_MAX or txn.get(k[8:], db=locks) is None:
+                if scanned >= EXPIRE_SCAN_MAX or (txn.get(k[8:], db=locks) is None
+                                                  and not self._pending_fenced(txn, k[8:])):
                     return int.from_bytes(k[:8], "big")
                 scanned += 1
             return None

@@ -153,14 +153,32 @@ def test_moving_slots_that_are_already_there_changes_nothing(cluster):
     assert report.steps_done == []
 
 
-def test_slots_naming_a_pending_transfer_are_refused_and_keep_serving(cluster, client):
+def test_a_pending_transfer_within_the_slots_moves_with_them_and_is_posted_after(cluster, client):
+    slots = _shard0_slots(cluster, 0, 2)
+    x, y = _ids_in(cluster, set(slots), 2, start=(17 << 90))
+    client.create_accounts([Account(id=x, ledger=LEDGER, code=1), Account(id=y, ledger=LEDGER, code=1)])
+    (pending,) = client.create_transfers([_xfer((17 << 90) + 1, x, y, 6, flags=TransferFlags.PENDING)])
+    assert pending.status == TR.created
+    SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    assert client.lookup_accounts([x])[0].debits_pending == 6
+    (posted,) = client.create_transfers([_xfer((17 << 90) + 2, x, y, 6, pending_id=(17 << 90) + 1,
+                                               flags=TransferFlags.POST_PENDING_TRANSFER)])
+    assert posted.status == TR.created
+    a, b = client.lookup_accounts([x, y])
+    assert (a.debits_pending, a.debits_posted, b.credits_posted) == (0, 6, 6)
+    _audit_clean(cluster)
+
+
+def test_slots_a_move_would_split_a_pending_transfer_of_are_refused_and_keep_serving(cluster, client):
     slots = slots_of(cluster.topology.shard(0).slots)[-2:]  # slots no other test moves
-    x, y = _ids_in(cluster, set(slots), 2, start=(8 << 90))
+    (x,) = _ids_in(cluster, set(slots), 1, start=(8 << 90))
+    (y,) = _ids_in(cluster, set(slots_of(cluster.topology.shard(0).slots)) - set(slots), 1, start=(8 << 90))
     client.create_accounts([Account(id=x, ledger=LEDGER, code=1), Account(id=y, ledger=LEDGER, code=1)])
     (result,) = client.create_transfers([_xfer((9 << 90) + 1, x, y, 5, flags=TransferFlags.PENDING)])
     assert result.status == TR.created
     version = cluster.topology.shard_map_version
-    with pytest.raises(SlotMoveError, match="pending transfers"):
+    with pytest.raises(SlotMoveError, match="a pending transfer has one account in the slots"):
         SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
     cluster.reload()
     assert cluster.topology.shard_map_version == version

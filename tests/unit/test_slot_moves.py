@@ -127,6 +127,7 @@ class Cluster:
         votes = [self.shards[s].apply(OP_PREPARE, [Prepare(group.key, group.coordinator_shard, 1, ls)])[0]
                  for s, ls in sorted(legs.items())]
         vote = merge_votes(votes)
+        assert vote.prepared or vote.code != 0, f"a participant is busy outside any move: {votes}"
         decide = Decide(group.key, vote.prepared, vote.failed_index, vote.code, sorted(legs), [t.id])
         decision = self.shards[group.coordinator_shard].apply(OP_DECIDE, [decide])[0]
         for s in sorted(legs):
@@ -135,16 +136,22 @@ class Cluster:
             return int(TR.created)
         return decision.code
 
-    def move(self, slots: list[int], src: int, dst: int, records_max: int = 5) -> None:
-        """The whole move, each step checked, with every IMPORT page sent twice (a resumed driver's replay)."""
-        self.moves += 1
+    def move(self, slots: list[int], src: int, dst: int, records_max: int = 5, begun: bool = False,
+             refusable: bool = False) -> bool:
+        """The whole move, each step checked, with every IMPORT page sent twice (a resumed driver's replay);
+        `begun`: the source applied LEAVING for move number self.moves already."""
+        if not begun:
+            self.moves += 1
         move_id = self.moves
         a, b = self.shards[src], self.shards[dst]
-        assert a.cmd(LEAVING, move_id, slots, dst) == R.ok
+        assert a.cmd(LEAVING, move_id, slots, dst) == (R.already if begun else R.ok)
         assert b.cmd(IMPORTING, move_id, slots, src) == R.ok
         pages, cursor = [], None
         while True:
             page = a.read(a.sm.slot_moves.export_page, move_id, cursor, records_max)
+            if page.refusal == ExportRefusal.pending_transfers and refusable:
+                assert b.cmd(ABORT, move_id) == R.ok and a.cmd(ABORT, move_id) == R.ok
+                return False
             assert page.refusal == ExportRefusal.none
             if page.records:
                 assert b.cmd(IMPORT, move_id, len(pages), page.records) == R.ok
@@ -164,6 +171,7 @@ class Cluster:
             ranges[shard].append((s, s + 1))
         self.map = ShardMap(self.map.version + 1, SLOTS, ranges)
         assert a.cmd(GONE, move_id, self.map.version) == R.ok
+        return True
 
     def summed_totals(self, ledger: int = 1) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -375,7 +383,7 @@ def test_slot_move_commands_survive_the_entry_codec():
 # ------------------------------------------------------------------ what the export refuses
 
 
-def test_export_refuses_slots_that_name_pending_transfers(cl):
+def test_export_refuses_a_pending_transfer_the_move_would_split(cl):
     (x,) = ids_in_slot(3, 1)
     other = id_outside({3})
     cl.create_accounts(acct(x), acct(other))
@@ -395,7 +403,7 @@ def test_export_waits_while_a_prepared_txn_holds_money_of_the_slot(cl):
     legs = legs_by_shard(group, cl.map)
     assert cl[0].apply(OP_PREPARE, [Prepare(group.key, 0, 1, legs[0])]) == [Vote(True, 0, 0)]
     assert cl[0].cmd(LEAVING, 2, [3], 1) == R.ok
-    assert cl[0].read(cl[0].sm.slot_moves.export_page, 2, (1, b"")).refusal == ExportRefusal.reserved
+    assert cl[0].read(cl[0].sm.slot_moves.export_page, 2).refusal == ExportRefusal.reserved
 
 
 def test_a_move_aborted_for_a_prepared_txn_succeeds_once_the_txn_finished(cl):
@@ -409,7 +417,7 @@ def test_a_move_aborted_for_a_prepared_txn_succeeds_once_the_txn_finished(cl):
     legs = legs_by_shard(group, cl.map)
     votes = [cl[s].apply(OP_PREPARE, [Prepare(group.key, 2, 1, ls)])[0] for s, ls in sorted(legs.items())]
     assert cl[0].cmd(LEAVING, 2, [3], 1) == R.ok
-    assert cl[0].read(cl[0].sm.slot_moves.export_page, 2, (1, b"")).refusal == ExportRefusal.reserved
+    assert cl[0].read(cl[0].sm.slot_moves.export_page, 2).refusal == ExportRefusal.reserved
     assert cl[0].cmd(ABORT, 2) == R.ok
     decision = cl[2].apply(OP_DECIDE, [Decide(group.key, True, 0, 0, sorted(legs), [t.id])])[0]
     for s in sorted(legs):
@@ -517,10 +525,56 @@ def test_a_slot_can_move_back(cl):
     assert cl.summed_totals()["remote_debits_posted"] == 0
 
 
+def test_a_pending_transfer_within_the_slots_moves_and_is_posted_on_the_new_shard(cl):
+    x, y = ids_in_slot(3, 2)
+    (pid, post_id) = ids_in_slot(3, 2, 7000)
+    cl.create_accounts(acct(x), acct(y))
+    assert cl.transfer(xfer(pid, x, y, 5, flags=TransferFlags.PENDING)) == TR.created
+    cl.move([3], 0, 1)
+    assert cl[1].account(x).debits_pending == 5
+    post = Transfer(id=post_id, debit_account_id=x, credit_account_id=y, amount=5, pending_id=pid, ledger=1, code=1,
+                    flags=TransferFlags.POST_PENDING_TRANSFER)
+    assert cl.transfer(post) == TR.created
+    assert (cl[1].account(x).debits_pending, cl[1].account(x).debits_posted) == (0, 5)
+    summed = cl.summed_totals()
+    assert (summed["debits_pending"], summed["debits_posted"], summed["credits_posted"]) == (0, 5, 5)
+
+
+def test_a_post_routed_to_the_old_shard_after_the_move_gets_slot_moved(cl):
+    x, y = ids_in_slot(3, 2)
+    (pid,) = ids_in_slot(3, 1, 7000)
+    cl.create_accounts(acct(x), acct(y))
+    cl.transfer(xfer(pid, x, y, 5, flags=TransferFlags.PENDING))
+    cl.move([3], 0, 1)
+    post = Transfer(id=id_outside({3}, 9000), pending_id=pid, flags=TransferFlags.POST_PENDING_TRANSFER)
+    assert cl[0].apply(OP_CREATE_TRANSFERS, [post]) == [TR.slot_moved]
+
+
+def test_a_moving_pending_transfer_expires_on_the_new_shard_not_on_the_old(cl):
+    x, y = ids_in_slot(3, 2)
+    (pid,) = ids_in_slot(3, 1, 7000)
+    other = id_outside({3})
+    cl.create_accounts(acct(x), acct(y), acct(other))
+    cl.transfer(xfer(pid, x, y, 5, flags=TransferFlags.PENDING, timeout=1))
+    cl.moves += 1
+    assert cl[0].cmd(LEAVING, cl.moves, [3], 1) == R.ok
+    cl.clock.now += 2 * 10**9  # past the timeout: A's sweep must leave it alone while it moves
+    cl[0].apply(OP_CREATE_ACCOUNTS, [acct(id_outside({3}, 500))])
+    assert cl[0].read(cl[0].sm.next_expiry_ns) is None
+    assert cl[0].account(x).debits_pending == 5
+    cl.move([3], 0, 1, begun=True)
+    cl[1].apply(OP_CREATE_ACCOUNTS, [acct(id_outside({3}, 600))])  # any entry: B's sweep runs
+    assert (cl[1].account(x).debits_pending, cl[1].account(y).credits_pending) == (0, 0)
+    with cl[0].env.begin() as txn:
+        assert txn.stat(cl[0].sm._expiry)["entries"] == 0 and txn.get(pid.to_bytes(16, "big"),
+                                                                        db=cl[0].sm._pending) is None
+    assert cl.summed_totals()["debits_pending"] == 0
+
+
 # ------------------------------------------------------------------ the model
 
 
-def _model_run(cl: Cluster, reference: Shard, seed: int) -> None:
+def _model_run(cl: Cluster, reference: Shard, seed: int) -> list[bool]:
     """Random accounts and transfers on the cluster and on one reference shard, with random slot moves
     between them; every answer, balance, history and total must match the reference."""
     rng = random.Random(seed)
@@ -530,14 +584,17 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> None:
         assert cl.create_accounts(acct(a, flags=flags)) == [reference.apply(OP_CREATE_ACCOUNTS,
                                                                              [acct(a, flags=flags)])[0]]
     sent: list[Transfer] = []
+    pendings: list[Transfer] = []
+    outcomes: list[bool] = []  # each move: done, or refused (it would split a pending transfer)
     first_code: dict[int, int] = {}
     for step in range(400):
         if step % 50 == 25:
             src = rng.choice([s for s in cl.map.shard_ids if cl.map.slot_ranges[s]])
             owned = [s for s in range(SLOTS) if cl.map.owner_of_slot(s) == src]
             dst = rng.choice([s for s in cl.map.shard_ids if s != src])
-            cl.move(sorted(rng.sample(owned, min(len(owned), rng.randint(1, 4)))), src, dst,
-                    records_max=rng.randint(1, 9))
+            moved = cl.move(sorted(rng.sample(owned, min(len(owned), rng.randint(1, 4)))), src, dst,
+                            records_max=rng.randint(1, 9), refusable=True)
+            outcomes.append(moved)
             continue
         if step % 10 == 3:  # a new account, or an old one created again
             a = acct(rng.choice([len(accounts) + 1, rng.choice(accounts)]), flags=DMNEC if step % 20 == 3 else 0)
@@ -545,11 +602,24 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> None:
             if a.id not in accounts:
                 accounts.append(a.id)
             continue
-        if sent and rng.random() < 0.15:
+        roll = rng.random()
+        if sent and roll < 0.15:
             t = rng.choice(sent)  # a retry: idempotent by id
+        elif pendings and roll < 0.25:  # post or void an earlier pending transfer (maybe finished already)
+            p = rng.choice(pendings)
+            flags = TransferFlags.POST_PENDING_TRANSFER if rng.random() < 0.6 else TransferFlags.VOID_PENDING_TRANSFER
+            t = Transfer(id=100_000 + step, debit_account_id=p.debit_account_id, credit_account_id=p.credit_account_id,
+                         amount=p.amount if flags == TransferFlags.POST_PENDING_TRANSFER else 0, pending_id=p.id,
+                         ledger=1, code=1, flags=flags)
         else:
             d, c = rng.sample(accounts, 2)
-            t = xfer(100_000 + step, d, c, rng.randint(1, 30))
+            pending = roll > 0.85
+            same_slot = [a for a in accounts if a != d and slot_of(a, SLOTS) == slot_of(d, SLOTS)]
+            if pending and same_slot and rng.random() < 0.9:  # most pending transfers stay within a slot
+                c = rng.choice(same_slot)
+            t = xfer(100_000 + step, d, c, rng.randint(1, 30), flags=TransferFlags.PENDING if pending else 0)
+            if pending:
+                pendings.append(t)
         sent.append(t)
         got, want = cl.transfer(t), reference.apply(OP_CREATE_TRANSFERS, [t])[0]
         first_code.setdefault(t.id, want)
@@ -564,9 +634,11 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> None:
             held = {a for a in accounts if txn.get(a.to_bytes(16, "big"), db=shard.sm._accounts) is not None}
         assert held == {a for a in accounts if cl.map.shard_of(a) == index}
     summed, want = cl.summed_totals(), reference.totals()[1]
-    assert summed["debits_posted"] == want["debits_posted"]
-    assert summed["credits_posted"] == want["credits_posted"]
+    for key in ("debits_posted", "credits_posted", "debits_pending", "credits_pending"):
+        assert summed[key] == want[key], key
     assert summed["remote_debits_posted"] == summed["remote_credits_posted"]
+    assert summed["remote_debits_pending"] == summed["remote_credits_pending"]
+    return outcomes
 
 
 @pytest.mark.parametrize("seed", range(16))
@@ -574,6 +646,7 @@ def test_model_moves_change_no_answer(envs, tmp_path, seed):
     cl = Cluster(envs)
     ref_env = _env(tmp_path / "reference")
     try:
-        _model_run(cl, Shard(ref_env, Clock()), seed)
+        outcomes = _model_run(cl, Shard(ref_env, Clock()), seed)
     finally:
         ref_env.close()
+    assert outcomes and any(outcomes)  # some moves happened (others were refused: a split pending transfer)
