@@ -74,7 +74,8 @@ class SlotMoveReport:
     records: int = 0
     resumed: bool = False
     unreached: set[str] = dataclasses.field(default_factory=set)
-    pause_s: float = 0.0  # from leaving to arrived: how long writes naming the slots waited
+    pause_s: float = 0.0  # from leaving to publish: how long writes naming the slots waited
+    step_s: dict[str, float] = dataclasses.field(default_factory=dict)  # how long each step took
 
 
 class SlotMover:
@@ -115,9 +116,13 @@ class SlotMover:
             report.move_id = secrets.randbits(127) + 1
             self._save_state({"move_id": report.move_id, "source": source, "target": target, "slots": slots})
         move_id = report.move_id
-        started = time.monotonic()
+        started = last = time.monotonic()
 
         def done(step: str) -> bool:
+            nonlocal last
+            now = time.monotonic()
+            report.step_s[step] = round(now - last, 4)
+            last = now
             report.steps_done.append(step)
             if self.on_step is not None:
                 self.on_step(step)

@@ -677,29 +677,41 @@ class SlotMoves:
         return ExportPage(tuple(out), (2, b""))
 
     def _export_index(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
-        """Index entries of S's accounts, each with its transfer. `after` is the last index key done."""
-        cursor = txn.cursor(db=self._account_transfers)
-        found = cursor.set_range(after) if after else cursor.first()
-        if found and after and cursor.key() == after:
-            found = cursor.next()
+        """Index entries of S's accounts, each with its transfer: account by account (the accounts table is far
+        smaller than the index), each account's own range of the index. `after` is the last index key done
+        (an account id and 8 zero bytes: none of that account's yet)."""
+        accounts = txn.cursor(db=self._accounts)
+        index = txn.cursor(db=self._account_transfers)
+        found = accounts.set_range(after[:16]) if after else accounts.first()
         scanned = 0
         while found:
-            key, value = cursor.item()
-            if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
-                return ExportPage(tuple(out), (2, _before(key)))
+            akey = bytes(accounts.key())
+            if scanned >= EXPORT_SCAN_MAX:
+                return ExportPage(tuple(out), (2, akey + bytes(8)))
             scanned += 1
-            if self._in(key, slots):
-                raw = txn.get(value[1:], db=self._transfers)
-                if raw is None or len(raw) != TRANSFER_SIZE:
-                    raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
-                t = unpack_transfer(raw)
-                other = t.credit_account_id if value[0] == 0 else t.debit_account_id
-                if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
-                    return ExportPage((), None, ExportRefusal.pending_transfers)
-                out.append((K_INDEX, bytes(key), bytes(value)))
-                if value[0] == 0 or not self._in(other.to_bytes(16, "big"), slots):  # once per transfer
-                    out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
-            found = cursor.next()
+            if self._in(akey, slots):
+                start = after if after[:16] == akey else akey
+                more = index.set_range(start)
+                if more and index.key() == after:
+                    more = index.next()
+                while more and index.key()[:16] == akey:
+                    key, value = index.item()
+                    if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
+                        return ExportPage(tuple(out), (2, _before(key)))
+                    scanned += 1
+                    raw = txn.get(value[1:], db=self._transfers)
+                    if raw is None or len(raw) != TRANSFER_SIZE:
+                        raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
+                    t = unpack_transfer(raw)
+                    other = t.credit_account_id if value[0] == 0 else t.debit_account_id
+                    if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
+                        return ExportPage((), None, ExportRefusal.pending_transfers)
+                    out.append((K_INDEX, bytes(key), bytes(value)))
+                    if value[0] == 0 or not self._in(other.to_bytes(16, "big"), slots):  # once per transfer
+                        out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
+                    more = index.next()
+            after = b""
+            found = accounts.next()
         return ExportPage(tuple(out), (3, b""))
 
     def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
