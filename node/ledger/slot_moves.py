@@ -7,11 +7,16 @@ A slot move takes hash slots S from shard A to shard B. Every step is one Raft e
 =============  =====  ==============================================================================
 command        on     what it does
 =============  =====  ==============================================================================
-LEAVING        A      fence: from this entry on A refuses every item naming an id in S with
-                      `slot_moving` (nothing changed, retry) and PREPAREs naming S vote busy
-IMPORTING      B      B fences S the same way while it takes S's records
-(export_page)  A      a read, not a command: S's records in pages (frozen on A by the fence)
+TRACKING       A      the move begins and A, still serving S, notes in ledger_slot_delta the key of
+                      every record of S it writes from this entry on (an account, an index entry,
+                      a transfer id, a decision), so a copy taken while S changes can be caught up
+IMPORTING      B      B fences S: items naming it get `slot_moving` while it takes S's records
+(export_page)  A      a read, not a command: S's records in pages (the precopy, while A serves S)
 IMPORT         B      one page, staged (hidden); idempotent by page number
+LEAVING        A      fence: from this entry on A refuses every item naming an id in S with
+                      `slot_moving` (nothing changed, retry) and PREPAREs naming S vote busy; the
+                      export now gives the catch-up: what the precopy could not (checks, pending
+                      transfers) and the records named in ledger_slot_delta, as they are now
 ARRIVED        B      checks page and record counts and the digest, writes the records, takes S's
                       totals, serves S
 SWITCHED       A      S has left: items naming S get `slot_moved` (refresh the shard map) and reads of
@@ -21,6 +26,13 @@ GONE           A      deletes S's accounts, owners and account index, gives up t
                       tombstone per slot (switching first if SWITCHED was not applied)
 ABORT          A, B   before SWITCHED (A) or ARRIVED (B): the move never happened
 =============  =====  ==============================================================================
+
+So writes naming S wait only from LEAVING to the new shard map: for the catch-up, ARRIVED and SWITCHED,
+not for the bulk copy. B writes the pages in order and a later record of a key replaces an earlier one,
+so precopy + catch-up is S as the fence froze it: every record of S the precopy saw either stayed as it
+was or was written again after TRACKING, and then its key is in the delta. The delta is bounded
+(DELTA_KEYS_MAX): past it A stops noting keys and the catch-up copies all of S again (still correct,
+only a longer pause). LEAVING without TRACKING fences first and copies everything under the fence.
 
 What moves: accounts, their owners and account-transfer index entries, every transfer
 record that names an account or has an id in S (posted transfers, failed ids, id homes), and
@@ -60,6 +72,7 @@ from tidebank.node.ledger.txn_records import unpack_decide
 SLOTS_PER_MOVE_MAX = 1024
 PAGE_RECORDS_MAX = 2048  # records in one IMPORT page (a Raft entry of at most ~0.5 MB)
 MOVE_RECORDS_MAX = 100_000  # records of one move: ARRIVED writes them all in one entry
+DELTA_KEYS_MAX = 200_000  # keys of S written during a precopy that A notes; past it the catch-up copies all of S
 EXPORT_SCAN_MAX = 65_536  # keys one export call looks at (a read on the serving node: keep it short)
 OWNER_BYTES_MAX = 64
 
@@ -90,13 +103,19 @@ ARRIVED = 4  # (move_id, pages, records, digest)
 GONE = 5  # (move_id, version)
 ABORT = 6  # (move_id,)
 SWITCHED = 7  # (move_id, version)
-COMMAND_TAGS = frozenset((LEAVING, IMPORTING, IMPORT, ARRIVED, GONE, ABORT, SWITCHED))
+TRACKING = 8  # (move_id, slots, to_shard)
+COMMAND_TAGS = frozenset((LEAVING, IMPORTING, IMPORT, ARRIVED, GONE, ABORT, SWITCHED, TRACKING))
+
+# Export phases (the first element of a cursor).
+P_CHECK, P_ACCOUNTS, P_INDEX, P_IDS, P_DECISIONS, P_PENDINGS, P_DELTA = range(7)
 
 _ROLE_OUT = "out"
 _ROLE_IN = "in"
 _FENCE = b"fence"
 _MOVE = b"move"
 _DONE = b"done"
+_TRACK = b"track"  # one byte per slot, 1 for S: the slots whose writes A notes (TRACKING until LEAVING)
+_OVERFLOW = b"overflow"  # the delta passed DELTA_KEYS_MAX: the catch-up copies everything
 _ENDED = {_ROLE_OUT: "gone", _ROLE_IN: "arrived"}
 _GONE_TO = b"g"  # + slot (2): [to shard, topology version] of a slot that left
 # A pending transfer and its post or void move only with both their accounts (a split needs ledger_xpending).
@@ -192,13 +211,14 @@ class SlotMoves:
     machine) and two of its own: ledger_slot_moves (fence, move records, tombstones) and ledger_slot_import
     (B's staged pages)."""
 
-    DB_NAMES = ("ledger_slot_moves", "ledger_slot_import")
+    DB_NAMES = ("ledger_slot_moves", "ledger_slot_import", "ledger_slot_delta")
 
     def __init__(self, dbs: dict[str, object], slot_count: int, clearing_dbs: Sequence[object],
                  prepared_touching: Callable[[lmdb.Transaction, set[int]], bool]) -> None:
         self._prepared_touching = prepared_touching  # whether a PREPARED txn names an id of the slots
         self._moves = dbs["ledger_slot_moves"]
         self._staged = dbs["ledger_slot_import"]
+        self._delta = dbs["ledger_slot_delta"]  # kind (1) + key: a record of S written since TRACKING
         self._accounts = dbs["ledger_accounts"]
         self._owners = dbs["ledger_owners"]
         self._transfers = dbs["ledger_transfers"]
@@ -217,6 +237,20 @@ class SlotMoves:
     def fence(self, txn: lmdb.Transaction) -> bytes | None:
         """One state byte per slot (SERVING, MOVING, MOVED), or None when no slot was ever fenced here."""
         return txn.get(_FENCE, db=self._moves)
+
+    def tracking(self, txn: lmdb.Transaction) -> bytes | None:
+        """One byte per slot, nonzero for the slots of a move in its precopy (None: no such move)."""
+        return txn.get(_TRACK, db=self._moves)
+
+    def note_writes(self, txn: lmdb.Transaction, keys: set[bytes]) -> None:
+        """Note the keys (kind + key) of S's records an entry wrote during a precopy; past DELTA_KEYS_MAX stop
+        noting and have the catch-up copy everything."""
+        if txn.stat(self._delta)["entries"] + len(keys) > DELTA_KEYS_MAX:
+            txn.put(_OVERFLOW, b"", db=self._moves)
+            txn.delete(_TRACK, db=self._moves)
+            return
+        for key in keys:
+            txn.put(key, b"", db=self._delta)
 
     def moving(self, txn: lmdb.Transaction) -> bool:
         """Whether a move is in progress here (clearing waits for it to end)."""
@@ -252,6 +286,8 @@ class SlotMoves:
         tag, args = c.tag, c.args
         if tag == LEAVING:
             return self._leaving(txn, *args)
+        if tag == TRACKING:
+            return self._begin(txn, *args, _ROLE_OUT, fence_now=False)
         if tag == IMPORTING:
             return self._importing(txn, *args)
         if tag == IMPORT:
@@ -274,7 +310,7 @@ class SlotMoves:
             raise ValueError("slot out of range")
         return slots
 
-    def _begin(self, txn, move_id: int, slots: Sequence[int], peer: int, role: str) -> int:
+    def _begin(self, txn, move_id: int, slots: Sequence[int], peer: int, role: str, *, fence_now: bool = True) -> int:
         if not 0 < move_id < U128_MAX or not 0 <= peer < 1 << 32:
             raise ValueError("invalid move id or shard")
         slots = self._check_slots(slots)
@@ -295,14 +331,35 @@ class SlotMoves:
                 return SlotMoveResult.clearing_in_use
             if self._holds_any(txn, set(slots)):
                 return SlotMoveResult.slots_not_free
-        for s in slots:
-            fence[s] = MOVING
-        txn.put(_FENCE, bytes(fence), db=self._moves)
-        record = {"id": move_id, "role": role, "slots": list(slots), "peer": peer, "pages": 0, "records": 0}
+        record = {"id": move_id, "role": role, "slots": list(slots), "peer": peer, "pages": 0, "records": 0,
+                  "tracked": not fence_now, "fenced": fence_now}
+        if fence_now:
+            for s in slots:
+                fence[s] = MOVING
+            txn.put(_FENCE, bytes(fence), db=self._moves)
+        else:
+            track = bytearray(self._slot_count)
+            for s in slots:
+                track[s] = 1
+            txn.put(_TRACK, bytes(track), db=self._moves)
         txn.put(_MOVE, pack_value(record), db=self._moves)
         return SlotMoveResult.ok
 
     def _leaving(self, txn, move_id: int, slots: Sequence[int], to_shard: int) -> int:
+        """Fence a move whose precopy ran (TRACKING), or begin and fence one in one step."""
+        current = self.current_move(txn)
+        if (current is not None and current["id"] == move_id and current["role"] == _ROLE_OUT
+                and current.get("tracked") and not current.get("fenced")):
+            if tuple(current["slots"]) != self._check_slots(slots) or current["peer"] != to_shard:
+                return SlotMoveResult.shard_busy
+            fence = bytearray(self.fence(txn) or bytes(self._slot_count))
+            for s in current["slots"]:
+                fence[s] = MOVING
+            txn.put(_FENCE, bytes(fence), db=self._moves)
+            txn.delete(_TRACK, db=self._moves)  # nothing of S changes from here on
+            current["fenced"] = True
+            txn.put(_MOVE, pack_value(current), db=self._moves)
+            return SlotMoveResult.ok
         return self._begin(txn, move_id, slots, to_shard, _ROLE_OUT)
 
     def _importing(self, txn, move_id: int, slots: Sequence[int], from_shard: int) -> int:
@@ -472,7 +529,7 @@ class SlotMoves:
     def _switch(self, txn, move: dict, version: int) -> None:
         if not 0 < version < 1 << 63:
             raise ValueError("invalid topology version")
-        fence = bytearray(self.fence(txn))
+        fence = bytearray(self.fence(txn) or bytes(self._slot_count))
         for s in move["slots"]:
             fence[s] = MOVED
             txn.put(_GONE_TO + s.to_bytes(2, "big"), pack_value([move["peer"], version]), db=self._moves)
@@ -532,7 +589,8 @@ class SlotMoves:
             return SlotMoveResult.wrong_step  # the slots have left: B may serve them already
         for page_no in range(current["pages"]):
             txn.delete(page_no.to_bytes(4, "big"), db=self._staged)
-        fence = bytearray(self.fence(txn))
+        self._forget_precopy(txn)
+        fence = bytearray(self.fence(txn) or bytes(self._slot_count))
         for s in current["slots"]:
             # A serves its slots again; B's go back to what they were (a tombstone if B gave them away before).
             gave_away = txn.get(_GONE_TO + s.to_bytes(2, "big"), db=self._moves) is not None
@@ -542,8 +600,14 @@ class SlotMoves:
         txn.put(_DONE + move_id.to_bytes(16, "big"), pack_value("aborted"), db=self._moves)
         return SlotMoveResult.ok
 
+    def _forget_precopy(self, txn) -> None:
+        txn.delete(_TRACK, db=self._moves)
+        txn.delete(_OVERFLOW, db=self._moves)
+        txn.drop(self._delta, delete=False)
+
     def _finish(self, txn, move: dict, slots: set[int], state: int) -> None:
-        fence = bytearray(self.fence(txn))
+        self._forget_precopy(txn)
+        fence = bytearray(self.fence(txn) or bytes(self._slot_count))
         for s in slots:
             fence[s] = state
             if state == SERVING:
@@ -566,12 +630,16 @@ class SlotMoves:
 
     def export_page(self, txn: lmdb.Transaction, move_id: int, cursor: tuple[int, bytes] | None = None,
                     records_max: int = PAGE_RECORDS_MAX) -> ExportPage:
-        """The records of a LEAVING move from `cursor` (None: the start) on, at most `records_max` of them and
-        EXPORT_SCAN_MAX keys looked at; a page may be empty and still have a next cursor.
+        """The records of a move leaving this shard from `cursor` (None: the start) on, at most `records_max`
+        of them and EXPORT_SCAN_MAX keys looked at; a page may be empty and still have a next cursor.
 
-        Phases: 0 checks what the move cannot carry (pending transfers, escrow, clearing), 1 accounts and owners,
-        2 each account's index entries and their transfers, 3 every other transfer record with an id in S,
-        4 the decisions of committed groups whose coordinator S's accounts make B.
+        Phases: P_CHECK what the move cannot carry (pending transfers, escrow, clearing), P_ACCOUNTS accounts
+        and owners, P_INDEX each account's index entries and their transfers, P_IDS every other transfer
+        record with an id in S, P_DECISIONS the decisions of committed groups whose coordinator S's accounts
+        make B, P_PENDINGS pending transfers with their status and expiry, P_DELTA the records written since
+        TRACKING. Which run (_next_phase): a precopy (TRACKING, not fenced yet) gives accounts, index, ids
+        and decisions; its catch-up (fenced) gives checks, delta and pendings (everything, if the delta
+        overflowed); a move fenced by LEAVING alone gives all but the delta.
         The same cursor on the same (fenced, so frozen) state gives the same page."""
         move = self.current_move(txn)
         if move is None or move["id"] != move_id or move["role"] != _ROLE_OUT:
@@ -579,21 +647,43 @@ class SlotMoves:
         if not 0 < records_max <= PAGE_RECORDS_MAX:
             raise ValueError(f"records_max must be 1..{PAGE_RECORDS_MAX}")
         slots = set(move["slots"])
-        phase, after = cursor if cursor is not None else (0, b"")
-        if phase == 0:
-            return self._export_check(txn, slots, after)
+        fenced = move.get("fenced", True)
+        phase, after = cursor if cursor is not None else (P_CHECK if fenced else P_ACCOUNTS, b"")
+        if not fenced and phase not in (P_ACCOUNTS, P_INDEX, P_IDS, P_DECISIONS):
+            raise ValueError(f"export phase {phase} before the fence")
         out: list[tuple[int, bytes, bytes]] = []
-        if phase == 1:
-            return self._export_accounts(txn, slots, after, records_max, out)
-        if phase == 2:
-            return self._export_index(txn, slots, after, records_max, out)
-        if phase == 3:
-            return self._export_ids(txn, slots, after, records_max, out)
-        if phase == 4:
-            return self._export_decisions(txn, slots, after, records_max, out)
-        if phase == 5:
-            return self._export_pendings(txn, slots, after, records_max, out)
-        raise ValueError(f"bad export cursor phase {phase}")
+        if phase == P_CHECK:
+            page = self._export_check(txn, slots, after)
+        elif phase == P_ACCOUNTS:
+            page = self._export_accounts(txn, slots, after, records_max, out)
+        elif phase == P_INDEX:
+            page = self._export_index(txn, slots, after, records_max, out)
+        elif phase == P_IDS:
+            page = self._export_ids(txn, slots, after, records_max, out, precopy=not fenced)
+        elif phase == P_DECISIONS:
+            page = self._export_decisions(txn, slots, after, records_max, out)
+        elif phase == P_PENDINGS:
+            page = self._export_pendings(txn, slots, after, records_max, out)
+        elif phase == P_DELTA and move.get("tracked"):
+            page = self._export_delta(txn, slots, after, records_max, out)
+        else:
+            raise ValueError(f"bad export cursor phase {phase}")
+        if page.cursor is not None and page.cursor[0] != phase:  # this phase is done
+            page = dataclasses.replace(page, cursor=self._next_phase(txn, move, phase))
+        return page
+
+    def _next_phase(self, txn, move: dict, phase: int) -> tuple[int, bytes] | None:
+        if not move.get("tracked"):
+            return None if phase == P_PENDINGS else (phase + 1, b"")
+        if not move.get("fenced"):
+            return None if phase == P_DECISIONS else (phase + 1, b"")
+        if phase == P_CHECK:
+            return (P_ACCOUNTS if txn.get(_OVERFLOW, db=self._moves) is not None else P_DELTA, b"")
+        if phase == P_DECISIONS:
+            return (P_DELTA, b"")
+        if phase == P_DELTA:
+            return (P_PENDINGS, b"")
+        return None if phase == P_PENDINGS else (phase + 1, b"")
 
     def _in(self, key: bytes, slots: set[int]) -> bool:
         return slot_of(int.from_bytes(key[:16], "big"), self._slot_count) in slots
@@ -714,8 +804,9 @@ class SlotMoves:
             found = accounts.next()
         return ExportPage(tuple(out), (3, b""))
 
-    def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
-        """Every ledger_transfers record whose id is in S (transfers, failed ids, id homes)."""
+    def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list, *, precopy: bool) -> ExportPage:
+        """Every ledger_transfers record whose id is in S (transfers, failed ids, id homes). An id reserved by a
+        PREPARED txn is a wait under the fence; the precopy skips it (whatever it becomes is in the delta)."""
         cursor = txn.cursor(db=self._transfers)
         found = cursor.set_range(after) if after else cursor.first()
         if found and after and cursor.key() == after:
@@ -728,7 +819,10 @@ class SlotMoves:
             scanned += 1
             if self._in(key, slots):
                 if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
-                    return ExportPage((), None, ExportRefusal.reserved)
+                    if not precopy:
+                        return ExportPage((), None, ExportRefusal.reserved)
+                    found = cursor.next()
+                    continue
                 if len(value) == TRANSFER_SIZE:
                     t = unpack_transfer(value)
                     if self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
@@ -752,16 +846,67 @@ class SlotMoves:
             if scanned >= EXPORT_SCAN_MAX or len(out) + 1 > records_max:
                 return ExportPage(tuple(out), (4, _before(key)))
             scanned += 1
-            decide = unpack_decide(value[8:])
-            if not decide.commit and decide.failed_code:
+            if self._decision_moves(txn, value, slots):
                 out.append((K_DECISION, bytes(key), bytes(value)))
-            elif decide.commit and decide.transfer_ids:
-                raw = txn.get(decide.transfer_ids[0].to_bytes(16, "big"), db=self._transfers)
-                if raw is not None and len(raw) == TRANSFER_SIZE:
-                    if self._in(unpack_transfer(raw).debit_account_id.to_bytes(16, "big"), slots):
-                        out.append((K_DECISION, bytes(key), bytes(value)))
             found = cursor.next()
         return ExportPage(tuple(out), (5, b""))
+
+    def _decision_moves(self, txn, value: bytes, slots: set[int]) -> bool:
+        decide = unpack_decide(value[8:])
+        if not decide.commit and decide.failed_code:
+            return True
+        if decide.commit and decide.transfer_ids:
+            raw = txn.get(decide.transfer_ids[0].to_bytes(16, "big"), db=self._transfers)
+            if raw is not None and len(raw) == TRANSFER_SIZE:
+                return self._in(unpack_transfer(raw).debit_account_id.to_bytes(16, "big"), slots)
+        return False
+
+    def _export_delta(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+        """The records of S written since TRACKING, as they are now (the fence froze them): what the precopy
+        missed or saw before it changed. The same filters as the phases that copied them."""
+        cursor = txn.cursor(db=self._delta)
+        found = cursor.set_range(after) if after else cursor.first()
+        if found and after and cursor.key() == after:
+            found = cursor.next()
+        scanned = 0
+        while found:
+            noted = bytes(cursor.key())
+            if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
+                return ExportPage(tuple(out), (P_DELTA, _before(noted)))
+            scanned += 1
+            kind, key = noted[0], noted[1:]
+            if kind == K_ACCOUNT and self._in(key, slots):
+                value = txn.get(key, db=self._accounts)
+                if value is None:
+                    raise AssertionError(f"a written account {key.hex()} is missing")
+                out.append((K_ACCOUNT, key, bytes(value)))
+                owner = txn.get(key, db=self._owners)
+                if owner is not None:
+                    out.append((K_OWNER, key, bytes(owner)))
+            elif kind == K_INDEX and self._in(key, slots):
+                value = txn.get(key, db=self._account_transfers)
+                if value is not None:  # None: written by a chain that was rolled back
+                    raw = txn.get(value[1:], db=self._transfers)
+                    if raw is None or len(raw) != TRANSFER_SIZE:
+                        raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
+                    t = unpack_transfer(raw)
+                    other = t.credit_account_id if value[0] == 0 else t.debit_account_id
+                    if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
+                        return ExportPage((), None, ExportRefusal.pending_transfers)
+                    out.append((K_INDEX, key, bytes(value)))
+                    out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
+            elif kind == K_TRANSFER and self._in(key, slots):
+                value = txn.get(key, db=self._transfers)
+                if value is not None:  # None: an id a PREPARED txn reserved, and its abort freed
+                    if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
+                        return ExportPage((), None, ExportRefusal.reserved)
+                    out.append((K_TRANSFER, key, bytes(value)))
+            elif kind == K_DECISION:
+                value = txn.get(key, db=self._decisions)
+                if value is not None and self._decision_moves(txn, value, slots):
+                    out.append((K_DECISION, key, bytes(value)))
+            found = cursor.next()
+        return ExportPage(tuple(out), (P_PENDINGS, b""))
 
     def _export_pendings(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
         """The status, and the expiry key of those still pending, of pending transfers whose accounts are in S."""

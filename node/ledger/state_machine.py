@@ -161,7 +161,15 @@ from tidebank.node.ledger.records import (
     unpack_transfer,
 )
 from tidebank.node.ledger.results import ClearingItemResult, CreateAccountResult, CreateTransferResult, TradeResult
-from tidebank.node.ledger.slot_moves import MOVED, SlotMoveCommand, SlotMoves
+from tidebank.node.ledger.slot_moves import (
+    K_ACCOUNT,
+    K_DECISION,
+    K_INDEX,
+    K_TRANSFER,
+    MOVED,
+    SlotMoveCommand,
+    SlotMoves,
+)
 from tidebank.node.ledger.trades import (
     CLOSED,
     DISPUTED,
@@ -486,6 +494,11 @@ class LedgerStateMachine:
         # The slot fence of the operation being applied (one state byte per slot), None when no slot of this
         # shard ever moved: read once per operation, so items pay for it only while slots move.
         self._fence: bytes | None = None
+        # The slots of a move in its precopy (one byte per slot), None when there is none; read like the fence.
+        # While it is set, every write of a record of those slots notes its key in `_written`, and the entry
+        # hands them to slot_moves.note_writes: the move's catch-up copies them again under the fence.
+        self._tracking: bytes | None = None
+        self._written: set[bytes] = set()
 
     # ------------------------------------------------------------------ apply
 
@@ -524,6 +537,8 @@ class LedgerStateMachine:
         if base > U64_MAX:
             raise InvariantViolation(f"cluster time overflows u64: {base}")
         self._fence = self.slot_moves.fence(txn)
+        self._tracking = self.slot_moves.tracking(txn)
+        self._written = set()
         if self._expiry_due(txn, base):  # most entries have nothing to expire: no nested txn for them
             self._run_guarded(txn, "expiry sweep", functools.partial(self._expire, ctx=_Context(base, base)))
         next_ts = base
@@ -532,6 +547,7 @@ class LedgerStateMachine:
             ctx = _Context(base, next_ts)
             kind = op.kind
             self._fence = self.slot_moves.fence(txn)
+            self._tracking = self.slot_moves.tracking(txn)
             if kind == OP_CREATE_TRANSFERS:
                 fn = functools.partial(self._create_transfers, items=op.items, ctx=ctx)
                 error: Any = int(_TR.internal_error)
@@ -571,6 +587,9 @@ class LedgerStateMachine:
             else:
                 next_ts = ctx.next_ts
             results.append(codes)
+        if self._written:
+            self.slot_moves.note_writes(txn, self._written)
+            self._written = set()
         # Cluster time never goes backwards, even when this entry created nothing.
         txn.put(_META_LAST_TIMESTAMP, _U64.pack(max(base, next_ts - 1)), db=self._meta)
         return results
@@ -612,6 +631,14 @@ class LedgerStateMachine:
             if any(slot_of(i, n) in slots for i in ids):
                 return True
         return False
+
+    def _note(self, kind: int, key: bytes, ids: tuple[int, ...] = ()) -> None:
+        """Note a written record's key if it belongs to the slots in precopy (by `ids`; no ids: always).
+        A key noted by a rolled-back chain costs the catch-up one lookup, nothing more."""
+        tracking = self._tracking
+        n = self._slot_count
+        if not ids or any(tracking[slot_of(i, n)] for i in ids if 0 < i < U128_MAX):
+            self._written.add(bytes((kind,)) + key)
 
     def _fence_state(self, ids: Sequence[int]) -> int:
         """MOVED if an id's slot has left this shard, else MOVING if one is moving, else 0."""
@@ -796,6 +823,8 @@ class LedgerStateMachine:
             timestamp=ts,
         )
         txn.put(key, pack_account(record), db=self._accounts)
+        if self._tracking is not None:
+            self._note(K_ACCOUNT, key, (aid,))
         # Every ledger with an account shows up in ledger_totals, even before money moves.
         txn.put(a.ledger.to_bytes(4, "big"), _ZERO_TOTALS, db=self._totals, overwrite=False)
         ctx.next_ts = ts + 1
@@ -819,6 +848,8 @@ class LedgerStateMachine:
     def _record_failure(self, txn: lmdb.Transaction, t: Transfer, code: int) -> None:
         if code in _TRANSFER_STATE_FAILURES:
             txn.put(_key(t.id), _ID_FAILED_TAG + bytes((code,)), db=self._transfers)
+            if self._tracking is not None:
+                self._note(K_TRANSFER, _key(t.id), (t.id,))
 
     def _account(self, txn: lmdb.Transaction, account_id: int, ctx: _Context) -> Account | None:
         """The account from the operation's cache, loading it on first use."""
@@ -937,6 +968,10 @@ class LedgerStateMachine:
         ts_key = t.timestamp.to_bytes(8, "big")
         txn.put(dr_key + ts_key, _SIDE_DEBIT + key, db=self._account_transfers)
         txn.put(cr_key + ts_key, _SIDE_CREDIT + key, db=self._account_transfers)
+        if self._tracking is not None:
+            self._note(K_TRANSFER, key, (t.id,))
+            self._note(K_INDEX, dr_key + ts_key, (t.debit_account_id,))
+            self._note(K_INDEX, cr_key + ts_key, (t.credit_account_id,))
 
     def _post_or_void(self, txn: lmdb.Transaction, t: Transfer, key: bytes, ctx: _Context) -> int:
         pid = t.pending_id
@@ -1082,6 +1117,8 @@ class LedgerStateMachine:
             for leg in item.legs:
                 if leg.index == index and leg.sides & SIDE_HOME:
                     txn.put(_key(leg.transfer.id), _ID_FAILED_TAG + bytes((code,)), db=self._transfers)
+                    if self._tracking is not None:
+                        self._note(K_TRANSFER, _key(leg.transfer.id), (leg.transfer.id,))
         return Vote(False, index, code)
 
     def _prepare_legs(self, txn: lmdb.Transaction, item: Prepare, tkey: bytes, ctx: _Context) -> tuple[int, int] | None:
@@ -1126,6 +1163,8 @@ class LedgerStateMachine:
         txn.put(ctx.base.to_bytes(8, "big") + tkey, _U32.pack(item.coordinator_shard), db=self._txn_prepared)
         for plan in plans:
             txn.put(_key(plan.record.id), _ID_RESERVED_TAG + tkey, db=self._transfers)
+            if self._tracking is not None:
+                self._note(K_TRANSFER, _key(plan.record.id), (plan.record.id,))
         return None
 
     def _prepare_leg(
@@ -1331,6 +1370,8 @@ class LedgerStateMachine:
                     txn.put(key, _ID_FAILED_TAG + bytes((item.failed_code,)), db=self._transfers)
                 else:
                     txn.delete(key, db=self._transfers)
+                if self._tracking is not None:
+                    self._note(K_TRANSFER, key, (plan.record.id,))
         if not txn.delete(prepared_at.to_bytes(8, "big") + tkey, db=self._txn_prepared):
             raise InvariantViolation(f"prepared txn {txid} is missing from the prepared index")
         self._flush(txn, ctx)
@@ -1346,6 +1387,8 @@ class LedgerStateMachine:
             amount = plan.amount
             if kind == LEG_ID:  # this shard is the id's home only: it keeps the request, for idempotency
                 txn.put(_key(rec.id), _ID_HOME_TAG + pack_transfer(rec), db=self._transfers)
+                if self._tracking is not None:
+                    self._note(K_TRANSFER, _key(rec.id), (rec.id,))
                 continue
             sides &= SIDE_BOTH
             one_sided = sides != SIDE_BOTH
@@ -1408,6 +1451,12 @@ class LedgerStateMachine:
                 txn.put(_key(rec.debit_account_id) + ts_key, _SIDE_DEBIT + key, db=self._account_transfers)
             if sides & SIDE_CREDIT:
                 txn.put(_key(rec.credit_account_id) + ts_key, _SIDE_CREDIT + key, db=self._account_transfers)
+            if self._tracking is not None:
+                self._note(K_TRANSFER, key, (rec.id,))
+                if sides & SIDE_DEBIT:
+                    self._note(K_INDEX, _key(rec.debit_account_id) + ts_key, (rec.debit_account_id,))
+                if sides & SIDE_CREDIT:
+                    self._note(K_INDEX, _key(rec.credit_account_id) + ts_key, (rec.credit_account_id,))
 
     def _release_legs(self, txn: lmdb.Transaction, plans: list[_Plan], ctx: _Context) -> None:
         for plan in plans:
@@ -1529,6 +1578,8 @@ class LedgerStateMachine:
         ctx.next_ts = ts + 1
         record = Account(account_id, ledger=ledger, code=code, flags=_A_DMNEC, timestamp=ts)
         txn.put(key, pack_account(record), db=self._accounts)
+        if self._tracking is not None:
+            self._note(K_ACCOUNT, key, (account_id,))
         txn.put(ledger.to_bytes(4, "big"), _ZERO_TOTALS, db=self._totals, overwrite=False)
 
     def _unlock_trade(self, txn: lmdb.Transaction, trade_id: int, tkey: bytes) -> None:
@@ -1621,6 +1672,8 @@ class LedgerStateMachine:
             return _DECISION_ERROR
         ts = ctx.base
         txn.put(tkey, _U64.pack(ts) + pack_decide(item), db=self._decisions)
+        if self._tracking is not None:
+            self._note(K_DECISION, tkey)
         return Decision(bool(item.commit), item.failed_index, item.failed_code, ts)
 
     # ----------------------------------------------------------------- expiry
@@ -1735,6 +1788,8 @@ class LedgerStateMachine:
             if (dp, dpo, cp, cpo) == o:
                 continue
             txn.put(_key(acct_id), pack_account(a), db=accounts_db)
+            if self._tracking is not None:
+                self._note(K_ACCOUNT, _key(acct_id), (acct_id,))
             d = deltas.get(a.ledger)
             if d is None:
                 d = deltas[a.ledger] = [0] * 10

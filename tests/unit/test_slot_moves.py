@@ -6,7 +6,9 @@ items by a real ShardMap and play the coordinator and the move driver by hand.
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 import lmdb
@@ -14,6 +16,7 @@ import pytest
 
 from tidebank.common.keys import slot_of
 from tidebank.node.api.routing import ShardMap
+from tidebank.node.ledger import slot_moves
 from tidebank.node.ledger.clearing_records import ClearingItem
 from tidebank.node.ledger.entry import decode_entry, encode_entry
 from tidebank.node.ledger.operations import (
@@ -38,6 +41,7 @@ from tidebank.node.ledger.slot_moves import (
     IMPORTING,
     LEAVING,
     SWITCHED,
+    TRACKING,
     ExportRefusal,
     SlotMoveCommand,
     SlotMovedError,
@@ -137,29 +141,51 @@ class Cluster:
         return decision.code
 
     def move(self, slots: list[int], src: int, dst: int, records_max: int = 5, begun: bool = False,
-             refusable: bool = False) -> bool:
+             refusable: bool = False, precopy: bool = False, between: Callable[[], None] | None = None,
+             before_fence: Callable[[], None] | None = None) -> bool:
         """The whole move, each step checked, with every IMPORT page sent twice (a resumed driver's replay);
-        `begun`: the source applied LEAVING for move number self.moves already."""
+        `begun`: the source applied LEAVING for move number self.moves already. `precopy`: TRACKING first,
+        most pages copied while the source still serves the slots (`between` runs between those pages: writes
+        to them; `before_fence` once it is done), then LEAVING and the catch-up."""
         if not begun:
             self.moves += 1
         move_id = self.moves
         a, b = self.shards[src], self.shards[dst]
-        assert a.cmd(LEAVING, move_id, slots, dst) == (R.already if begun else R.ok)
+        if precopy:
+            assert a.cmd(TRACKING, move_id, slots, dst) == R.ok
+            assert a.cmd(TRACKING, move_id, slots, dst) == R.already
+        else:
+            assert a.cmd(LEAVING, move_id, slots, dst) == (R.already if begun else R.ok)
         assert b.cmd(IMPORTING, move_id, slots, src) == R.ok
-        pages, cursor = [], None
-        while True:
-            page = a.read(a.sm.slot_moves.export_page, move_id, cursor, records_max)
-            if page.refusal == ExportRefusal.pending_transfers and refusable:
-                assert b.cmd(ABORT, move_id) == R.ok and a.cmd(ABORT, move_id) == R.ok
+        pages: list = []
+
+        def copy(between: Callable[[], None] | None) -> bool:
+            cursor = None
+            while True:
+                if between is not None:
+                    between()
+                page = a.read(a.sm.slot_moves.export_page, move_id, cursor, records_max)
+                if page.refusal == ExportRefusal.pending_transfers and refusable:
+                    assert b.cmd(ABORT, move_id) == R.ok and a.cmd(ABORT, move_id) == R.ok
+                    return False
+                assert page.refusal == ExportRefusal.none
+                if page.records:
+                    assert b.cmd(IMPORT, move_id, len(pages), page.records) == R.ok
+                    assert b.cmd(IMPORT, move_id, len(pages), page.records) == R.already
+                    pages.append(page.records)
+                cursor = page.cursor
+                if cursor is None:
+                    return True
+
+        if precopy:
+            if not copy(between):
                 return False
-            assert page.refusal == ExportRefusal.none
-            if page.records:
-                assert b.cmd(IMPORT, move_id, len(pages), page.records) == R.ok
-                assert b.cmd(IMPORT, move_id, len(pages), page.records) == R.already
-                pages.append(page.records)
-            cursor = page.cursor
-            if cursor is None:
-                break
+            if before_fence is not None:
+                before_fence()
+            assert a.cmd(LEAVING, move_id, slots, dst) == R.ok
+            assert a.cmd(LEAVING, move_id, slots, dst) == R.already
+        if not copy(None):
+            return False
         count = sum(len(p) for p in pages)
         assert b.cmd(ARRIVED, move_id, len(pages), count, records_digest(pages)) == R.ok
         assert a.cmd(SWITCHED, move_id, self.map.version + 1) == R.ok
@@ -571,12 +597,108 @@ def test_a_moving_pending_transfer_expires_on_the_new_shard_not_on_the_old(cl):
     assert cl.summed_totals()["debits_pending"] == 0
 
 
+# ------------------------------------------------------------------ the precopy (TRACKING, then LEAVING)
+
+
+def once(*actions: Callable[[], None]) -> Callable[[], None]:
+    """A `between` for Cluster.move: the actions, one before each of the first export pages of the precopy."""
+    pending = list(actions)
+
+    def run() -> None:
+        if pending:
+            pending.pop(0)()
+    return run
+
+
+def test_tracking_leaves_the_slots_served_on_the_source(cl):
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x), acct(y))
+    assert cl[0].cmd(TRACKING, 1, [3], 1) == R.ok
+    assert cl.transfer(xfer(id_outside({3}, 3000), x, y, 4)) == TR.created
+    assert cl.create_accounts(acct(ids_in_slot(3, 1, 900)[0])) == [AR.created]
+
+
+def test_leaving_after_tracking_fences_the_slots(cl):
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x), acct(y))
+    assert cl[0].cmd(TRACKING, 1, [3], 1) == R.ok
+    assert cl[0].cmd(LEAVING, 1, [3], 1) == R.ok
+    assert cl.transfer(xfer(id_outside({3}, 3000), x, y, 4)) == TR.slot_moving
+    assert cl[0].read(cl[0].sm.slot_moves.tracking) is None  # nothing of the slots changes: nothing to note
+
+
+def test_leaving_for_other_slots_than_the_tracked_move_finds_the_shard_busy(cl):
+    assert cl[0].cmd(TRACKING, 1, [3], 1) == R.ok
+    assert cl[0].cmd(LEAVING, 1, [3, 4], 1) == R.shard_busy
+    assert cl[0].cmd(LEAVING, 2, [5], 1) == R.shard_busy
+
+
+def test_a_transfer_made_during_the_precopy_arrives_with_balances_and_history(cl):
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x), acct(y))
+    assert cl.transfer(xfer(id_outside({3}, 3000), x, y, 2)) == TR.created
+    assert cl.move([3], 0, 1, records_max=1, precopy=True, between=once(lambda: None, lambda: None, lambda: cl.transfer(
+        xfer(id_outside({3}, 4000), y, x, 9))), before_fence=lambda: cl.transfer(xfer(id_outside({3}, 5000), x, y, 1)))
+    a, b = cl[1].account(x), cl[1].account(y)
+    assert (a.credits_posted, a.debits_posted, b.debits_posted, b.credits_posted) == (9, 3, 9, 3)
+    assert cl[1].history(x) == [id_outside({3}, 3000), id_outside({3}, 4000), id_outside({3}, 5000)]
+
+
+def test_an_account_created_during_the_precopy_arrives(cl):
+    (x,) = ids_in_slot(3, 1)
+    (late,) = ids_in_slot(3, 1, 900)
+    cl.create_accounts(acct(x))
+    assert cl.move([3], 0, 1, records_max=1, precopy=True,
+                   before_fence=lambda: cl.create_accounts(acct(late, user_data_64=5)))
+    assert cl[1].account(late).user_data_64 == 5
+    assert cl.create_accounts(acct(late, user_data_64=5)) == [AR.exists]
+
+
+def test_a_failed_id_made_during_the_precopy_still_answers_id_already_failed(cl):
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x, flags=DMNEC), acct(y))
+    (tid,) = ids_in_slot(3, 1, 7000)
+    assert cl.move([3], 0, 1, precopy=True, before_fence=lambda: cl.transfer(xfer(tid, x, y, 5)))
+    assert cl.transfer(xfer(id_outside({3}, 9000), y, x, 50)) == TR.created  # x could pay now
+    assert cl.transfer(xfer(tid, x, y, 5)) == TR.id_already_failed
+
+
+def test_a_pending_transfer_split_during_the_precopy_refuses_the_move(cl):
+    (x,) = ids_in_slot(3, 1)
+    other = id_outside({3})
+    cl.create_accounts(acct(x), acct(other))
+    split = xfer(id_outside({3}, 3000), other, x, flags=TransferFlags.PENDING)
+    assert not cl.move([3], 0, 1, precopy=True, refusable=True, before_fence=lambda: cl.transfer(split))
+    assert cl.transfer(xfer(id_outside({3}, 4000), other, x, 1)) == TR.created  # served again, nothing moved
+
+
+def test_an_aborted_precopy_forgets_what_it_noted(cl):
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x), acct(y))
+    assert cl[0].cmd(TRACKING, 1, [3], 1) == R.ok
+    assert cl.transfer(xfer(id_outside({3}, 3000), x, y, 4)) == TR.created
+    assert cl[0].read(lambda txn: txn.stat(cl[0].sm.slot_moves._delta)["entries"]) > 0
+    assert cl[0].cmd(ABORT, 1) == R.ok
+    assert cl[0].read(lambda txn: txn.stat(cl[0].sm.slot_moves._delta)["entries"]) == 0
+    assert cl[0].read(cl[0].sm.slot_moves.tracking) is None
+
+
+def test_a_delta_past_its_limit_makes_the_catch_up_copy_everything(cl, monkeypatch):
+    monkeypatch.setattr(slot_moves, "DELTA_KEYS_MAX", 3)
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x), acct(y))
+    writes = [lambda i=i: cl.transfer(xfer(id_outside({3}, 3000 + i), x, y, 1)) for i in range(4)]
+    assert cl.move([3], 0, 1, records_max=1, precopy=True, between=once(*writes))
+    assert (cl[1].account(x).debits_posted, len(cl[1].history(y))) == (4, 4)
+
+
 # ------------------------------------------------------------------ the model
 
 
-def _model_run(cl: Cluster, reference: Shard, seed: int) -> list[bool]:
+def _model_run(cl: Cluster, reference: Shard, seed: int) -> list[tuple[bool, bool]]:
     """Random accounts and transfers on the cluster and on one reference shard, with random slot moves
-    between them; every answer, balance, history and total must match the reference."""
+    between them (most with a precopy, during which the same random writes go on); every answer, balance,
+    history and total must match the reference."""
     rng = random.Random(seed)
     accounts = list(range(1, 41))
     for a in accounts:
@@ -585,23 +707,17 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> list[bool]:
                                                                              [acct(a, flags=flags)])[0]]
     sent: list[Transfer] = []
     pendings: list[Transfer] = []
-    outcomes: list[bool] = []  # each move: done, or refused (it would split a pending transfer)
+    outcomes: list[tuple[bool, bool]] = []  # each move: (with a precopy, done or refused: a split pending)
     first_code: dict[int, int] = {}
-    for step in range(400):
-        if step % 50 == 25:
-            src = rng.choice([s for s in cl.map.shard_ids if cl.map.slot_ranges[s]])
-            owned = [s for s in range(SLOTS) if cl.map.owner_of_slot(s) == src]
-            dst = rng.choice([s for s in cl.map.shard_ids if s != src])
-            moved = cl.move(sorted(rng.sample(owned, min(len(owned), rng.randint(1, 4)))), src, dst,
-                            records_max=rng.randint(1, 9), refusable=True)
-            outcomes.append(moved)
-            continue
+    during_moves = itertools.count(10_000)  # step numbers (so transfer ids) of writes made during a precopy
+
+    def work(step: int) -> None:
         if step % 10 == 3:  # a new account, or an old one created again
             a = acct(rng.choice([len(accounts) + 1, rng.choice(accounts)]), flags=DMNEC if step % 20 == 3 else 0)
             assert cl.create_accounts(a) == [reference.apply(OP_CREATE_ACCOUNTS, [a])[0]], (step, a)
             if a.id not in accounts:
                 accounts.append(a.id)
-            continue
+            return
         roll = rng.random()
         if sent and roll < 0.15:
             t = rng.choice(sent)  # a retry: idempotent by id
@@ -615,7 +731,7 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> list[bool]:
             d, c = rng.sample(accounts, 2)
             pending = roll > 0.85
             same_slot = [a for a in accounts if a != d and slot_of(a, SLOTS) == slot_of(d, SLOTS)]
-            if pending and same_slot and rng.random() < 0.9:  # most pending transfers stay within a slot
+            if pending and same_slot and rng.random() < 0.97:  # most pending transfers stay within a slot
                 c = rng.choice(same_slot)
             t = xfer(100_000 + step, d, c, rng.randint(1, 30), flags=TransferFlags.PENDING if pending else 0)
             if pending:
@@ -625,6 +741,26 @@ def _model_run(cl: Cluster, reference: Shard, seed: int) -> list[bool]:
         first_code.setdefault(t.id, want)
         # A cross-shard group's failure is replayed by its decision, where one shard answers id_already_failed.
         assert got == want or (want == TR.id_already_failed and got == first_code[t.id]), (step, t, got, want)
+
+    def between_pages() -> None:
+        for _ in range(rng.randint(0, 4)):
+            work(next(during_moves))
+
+    for step in range(400):
+        if step % 50 == 25:
+            src = rng.choice([s for s in cl.map.shard_ids if cl.map.slot_ranges[s]])
+            owned = [s for s in range(SLOTS) if cl.map.owner_of_slot(s) == src]
+            dst = rng.choice([s for s in cl.map.shard_ids if s != src])
+            precopy = rng.random() < 0.75
+            moved = cl.move(sorted(rng.sample(owned, min(len(owned), rng.randint(1, 4)))), src, dst,
+                            records_max=rng.randint(1, 9), refusable=True, precopy=precopy,
+                            between=between_pages if precopy else None)
+            outcomes.append((precopy, moved))
+            continue
+        work(step)
+    for t in {t.id: t for t in sent}.values():  # every id answers a retry as before, wherever it moved
+        got, want = cl.transfer(t), reference.apply(OP_CREATE_TRANSFERS, [t])[0]
+        assert got == want or (want == TR.id_already_failed and got == first_code[t.id]), (t, got, want)
     for a in accounts:
         # Timestamps are each shard's cluster time (the reference has its own clock): all else must match.
         assert replace(cl.owner(a).account(a), timestamp=0) == replace(reference.account(a), timestamp=0), a
@@ -649,4 +785,4 @@ def test_model_moves_change_no_answer(envs, tmp_path, seed):
         outcomes = _model_run(cl, Shard(ref_env, Clock()), seed)
     finally:
         ref_env.close()
-    assert outcomes and any(outcomes)  # some moves happened (others were refused: a split pending transfer)
+    assert any(moved for _, moved in outcomes)  # some moves happened (others were refused: a split pending)
