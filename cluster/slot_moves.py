@@ -6,9 +6,13 @@ what a move cannot carry yet, is in tidebank.node.ledger.slot_moves):
 ==========  =====================================================================================
 step        what happens
 ==========  =====================================================================================
-leaving     A fences the slots: items naming them get slot_moving (retry) from here on
-importing   B fences them too, and checks it holds none of their accounts and no clearing state
-copy        A's records of the slots, page by page (Admin/ExportSlots), into B's staging (IMPORT)
+tracking    the move begins on A, which still serves the slots and notes what it writes to them
+importing   B fences them (it does not serve them yet), and checks it holds none of their accounts
+            and no clearing state
+precopy     A's records of the slots, page by page (Admin/ExportSlots), into B's staging (IMPORT),
+            while A serves them
+leaving     A fences the slots: items naming them get slot_moving (the node resends them) from here on
+copy        the catch-up: what A wrote to the slots during the precopy, and their pending transfers
 arrived     B checks the pages, records and digest, takes the records and their totals
 switched    A stops serving the slots: writes get slot_moved, reads a retryable SLOT_MOVED
 publish     the topology version with the slots on B, pushed to every node (all must take it)
@@ -17,10 +21,12 @@ gone        A forgets the slots' accounts; a late caller gets slot_moved (refres
 
 Every step is idempotent on its shard (a replay answers `already`), and the move's id and
 arguments stay in `<topology file>.slot-move` until `gone`, so a driver that dies resumes
-the move when the same command runs again. A move the export refuses (pending transfers,
-escrow or clearing state in the slots) is aborted on both shards: nothing changed.
-Writes naming the slots wait (slot_moving) from `leaving` to `arrived`: move a few slots at
-a time, so the pause stays short.
+the move when the same command runs again: from `switched` on if B took the slots, else
+(B's staged pages may not be what this run would send: the precopy read changing data) it
+aborts the move on both shards and starts it again. A move the export refuses (pending
+transfers, escrow or clearing state in the slots) is aborted on both shards: nothing changed.
+Writes naming the slots wait (slot_moving) from `leaving` to `publish`: for the catch-up, not
+the bulk copy, so the pause grows with what is written during the precopy, not with the slots' size.
 """
 
 from __future__ import annotations
@@ -43,11 +49,11 @@ from tidebank.node.ledger import slot_moves as sm
 from tidebank.node.ledger.clearing_records import unpack_value
 from tidebank.v1 import admin_pb2, types_pb2
 
-STEPS = ("leaving", "importing", "copy", "arrived", "switched", "publish", "gone")
+STEPS = ("tracking", "importing", "precopy", "leaving", "copy", "arrived", "switched", "publish", "gone")
 POLL_S = 0.2
 RPC_TIMEOUT_S = 10.0
 MOVE_TIMEOUT_S = 300.0
-PAGE_RECORDS = 2048  # records per IMPORT entry (~300 KB): the fence lasts about one entry per page
+PAGE_RECORDS = 2048  # records per IMPORT entry (~300 KB)
 STATE_SUFFIX = ".slot-move"
 
 _REFUSAL_TEXT = {
@@ -73,8 +79,9 @@ class SlotMoveReport:
     pages: int = 0
     records: int = 0
     resumed: bool = False
+    restarted: bool = False  # resumed before the target took the slots: aborted, and made again as a new move
     unreached: set[str] = dataclasses.field(default_factory=set)
-    pause_s: float = 0.0  # from leaving to publish: how long writes naming the slots waited
+    pause_s: float = 0.0  # from leaving to publish: how long writes naming the slots waited (0 if resumed later)
     step_s: dict[str, float] = dataclasses.field(default_factory=dict)  # how long each step took
 
 
@@ -107,16 +114,20 @@ class SlotMover:
                 return report  # moved before: nothing to do
             if on != source:
                 raise SlotMoveError(f"slots {_ranges(slots)} are not all on shard {source}")
+        arrived_before = False
         if state is not None:
             if (state["source"], state["target"], state["slots"]) != (source, target, slots):
                 raise SlotMoveError(f"a move of slots {_ranges(state['slots'])} from shard {state['source']} to "
                                     f"{state['target']} is in progress: run that again to finish it first")
             report.move_id, report.resumed = state["move_id"], True
-        else:
+            arrived_before = self._arrived_or_aborted(report, deadline)
+            report.restarted = not arrived_before
+        if not arrived_before:
             report.move_id = secrets.randbits(127) + 1
             self._save_state({"move_id": report.move_id, "source": source, "target": target, "slots": slots})
         move_id = report.move_id
-        started = last = time.monotonic()
+        fenced_at = None
+        last = time.monotonic()
 
         def done(step: str) -> bool:
             nonlocal last
@@ -128,29 +139,43 @@ class SlotMover:
                 self.on_step(step)
             return step == stop_after
 
-        result = self._step(source, sm.SlotMoveCommand(sm.LEAVING, (move_id, slots, target)), deadline)
-        if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-            self._forget_state()
-            raise SlotMoveError(f"shard {source} will not give slots {_ranges(slots)}: {_result_text(result)}")
-        if done("leaving"):
-            return report
-        result = self._step(target, sm.SlotMoveCommand(sm.IMPORTING, (move_id, slots, source)), deadline)
-        if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-            self._abort(report, deadline)
-            raise SlotMoveError(f"shard {target} will not take slots {_ranges(slots)}: {_result_text(result)}")
-        if done("importing"):
-            return report
-        pages, digest_pages = self._copy(report, deadline)
-        if done("copy"):
-            return report
-        count = sum(len(p) for p in digest_pages)
-        result = self._step(target, sm.SlotMoveCommand(sm.ARRIVED, (move_id, pages, count,
-                                                                     sm.records_digest(digest_pages))), deadline)
-        if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-            self._abort(report, deadline)
-            raise SlotMoveError(f"shard {target} refused the copied slots: {_result_text(result)}")
-        if done("arrived"):
-            return report
+        if arrived_before:  # every step up to `arrived` was done by the run that stopped
+            report.steps_done.extend(STEPS[:STEPS.index("arrived") + 1])
+        else:
+            result = self._step(source, sm.SlotMoveCommand(sm.TRACKING, (move_id, slots, target)), deadline)
+            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
+                self._forget_state()
+                raise SlotMoveError(f"shard {source} will not give slots {_ranges(slots)}: {_result_text(result)}")
+            if done("tracking"):
+                return report
+            result = self._step(target, sm.SlotMoveCommand(sm.IMPORTING, (move_id, slots, source)), deadline)
+            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
+                self._abort(report, deadline)
+                raise SlotMoveError(f"shard {target} will not take slots {_ranges(slots)}: {_result_text(result)}")
+            if done("importing"):
+                return report
+            sent: list[list[tuple[int, bytes, bytes]]] = []
+            self._copy(report, sent, deadline)
+            if done("precopy"):
+                return report
+            fenced_at = time.monotonic()
+            result = self._step(source, sm.SlotMoveCommand(sm.LEAVING, (move_id, slots, target)), deadline)
+            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
+                self._abort(report, deadline)
+                raise SlotMoveError(f"shard {source} will not fence slots {_ranges(slots)}: {_result_text(result)}")
+            if done("leaving"):
+                return report
+            self._copy(report, sent, deadline)
+            if done("copy"):
+                return report
+            count = sum(len(p) for p in sent)
+            result = self._step(target, sm.SlotMoveCommand(sm.ARRIVED, (move_id, len(sent), count,
+                                                                         sm.records_digest(sent))), deadline)
+            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
+                self._abort(report, deadline)
+                raise SlotMoveError(f"shard {target} refused the copied slots: {_result_text(result)}")
+            if done("arrived"):
+                return report
         version = self._next_version(report)
         result = self._step(source, sm.SlotMoveCommand(sm.SWITCHED, (move_id, version)), deadline)
         if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
@@ -158,7 +183,8 @@ class SlotMover:
         if done("switched"):
             return report
         version = self._publish(report, deadline)
-        report.pause_s = time.monotonic() - started
+        if fenced_at is not None:
+            report.pause_s = time.monotonic() - fenced_at
         if done("publish"):
             return report
         result = self._step(source, sm.SlotMoveCommand(sm.GONE, (move_id, version)), deadline)
@@ -191,9 +217,20 @@ class SlotMover:
                 return shard
         return None
 
-    def _copy(self, report: SlotMoveReport, deadline: float) -> tuple[int, list[list[tuple[int, bytes, bytes]]]]:
-        """Every page of the export into the target's staging; (pages, the pages as sent, for the digest)."""
-        sent: list[list[tuple[int, bytes, bytes]]] = []
+    def _arrived_or_aborted(self, report: SlotMoveReport, deadline: float) -> bool:
+        """For a resumed move: True if the target took the slots (go on from `switched`); else abort it on both
+        shards (the target first: it never served them) and return False."""
+        abort = sm.SlotMoveCommand(sm.ABORT, (report.move_id,))
+        if self._step(report.target, abort, deadline) == sm.SlotMoveResult.wrong_step:
+            return True  # the target arrived: only an arrived move refuses ABORT there
+        result = self._step(report.source, abort, deadline)
+        if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already, sm.SlotMoveResult.unknown_move):
+            raise SlotMoveError(f"shard {report.source} did not abort the interrupted move: {_result_text(result)}")
+        return False
+
+    def _copy(self, report: SlotMoveReport, sent: list[list[tuple[int, bytes, bytes]]], deadline: float) -> None:
+        """Every page of one export (the precopy, or the catch-up) into the target's staging, after the pages
+        `sent` before; each page is appended to `sent` as sent (ARRIVED's digest covers them all)."""
         cursor: tuple[int, bytes] | None = None
         while True:
             page = self._export(report, cursor, deadline)
@@ -210,7 +247,6 @@ class SlotMover:
                 break
             cursor = (page.phase, page.after)
         report.pages = len(sent)
-        return len(sent), sent
 
     def _export(self, report: SlotMoveReport, cursor, deadline: float) -> admin_pb2.ExportSlotsResponse:
         hi, lo = u128_to_pair(report.move_id)

@@ -85,7 +85,7 @@ K_INDEX = 4  # key: account id (16) + timestamp (8), value: side (1) + transfer 
 # debit account, B after the move, and must find the group's decision there: a committed group's when that
 # account is in S; every group's that failed a rule (a decision names no accounts, and an aborted group stored
 # no transfer to find it by; a copy that B never consults costs only space).
-K_DECISION = 5
+K_DECISION = 5  # (the value starts with the decision's timestamp, u64 little-endian)
 K_PENDING = 6  # key: pending transfer id (16), value: its ledger_pending status (both its accounts are in S)
 K_EXPIRY = 7  # key: expires_at (8) + pending transfer id (16), value: b"" (a pending transfer still pending)
 _KEY_SIZE = {K_ACCOUNT: 16, K_OWNER: 16, K_TRANSFER: 16, K_INDEX: 24, K_DECISION: 16, K_PENDING: 16, K_EXPIRY: 24}
@@ -127,6 +127,7 @@ _ID_FAILED_TAG = b"F"[0]
 _ID_HOME_TAG = b"H"[0]
 _SIDE_DEBIT = 1
 _SIDE_CREDIT = 2
+U64_LIMIT = 1 << 64  # above every timestamp
 
 
 class SlotMoveResult(enum.IntEnum):
@@ -280,14 +281,15 @@ class SlotMoves:
     # ------------------------------------------------------------------ commands
 
     def command(self, txn: lmdb.Transaction, c: SlotMoveCommand, add_totals: Callable[[lmdb.Transaction, dict], None],
-                raise_clock: Callable[[int], None]) -> int:
+                raise_clock: Callable[[int], None], now_ns: int = 0) -> int:
         """One command; `add_totals` folds per-ledger deltas of the ten totals into ledger_totals (checking that
-        they balance), `raise_clock` keeps cluster time past the timestamps of imported records."""
+        they balance), `raise_clock` keeps cluster time past the timestamps of imported records, `now_ns` is the
+        timestamp the next record written here gets (TRACKING: what the precopy leaves to the catch-up)."""
         tag, args = c.tag, c.args
         if tag == LEAVING:
             return self._leaving(txn, *args)
         if tag == TRACKING:
-            return self._begin(txn, *args, _ROLE_OUT, fence_now=False)
+            return self._begin(txn, *args, _ROLE_OUT, fence_now=False, since_ns=now_ns)
         if tag == IMPORTING:
             return self._importing(txn, *args)
         if tag == IMPORT:
@@ -310,7 +312,8 @@ class SlotMoves:
             raise ValueError("slot out of range")
         return slots
 
-    def _begin(self, txn, move_id: int, slots: Sequence[int], peer: int, role: str, *, fence_now: bool = True) -> int:
+    def _begin(self, txn, move_id: int, slots: Sequence[int], peer: int, role: str, *, fence_now: bool = True,
+               since_ns: int = 0) -> int:
         if not 0 < move_id < U128_MAX or not 0 <= peer < 1 << 32:
             raise ValueError("invalid move id or shard")
         slots = self._check_slots(slots)
@@ -333,6 +336,10 @@ class SlotMoves:
                 return SlotMoveResult.slots_not_free
         record = {"id": move_id, "role": role, "slots": list(slots), "peer": peer, "pages": 0, "records": 0,
                   "tracked": not fence_now, "fenced": fence_now}
+        if not fence_now:
+            # Records stamped from here on are noted as they are written: the precopy leaves them to the
+            # catch-up, so it never chases a slot that is written faster than it is copied.
+            record["since"] = since_ns
         if fence_now:
             for s in slots:
                 fence[s] = MOVING
@@ -652,16 +659,17 @@ class SlotMoves:
         if not fenced and phase not in (P_ACCOUNTS, P_INDEX, P_IDS, P_DECISIONS):
             raise ValueError(f"export phase {phase} before the fence")
         out: list[tuple[int, bytes, bytes]] = []
+        before_ns = U64_LIMIT if fenced else move["since"]  # the precopy copies records stamped before TRACKING
         if phase == P_CHECK:
             page = self._export_check(txn, slots, after)
         elif phase == P_ACCOUNTS:
-            page = self._export_accounts(txn, slots, after, records_max, out)
+            page = self._export_accounts(txn, slots, after, records_max, out, before_ns)
         elif phase == P_INDEX:
-            page = self._export_index(txn, slots, after, records_max, out)
+            page = self._export_index(txn, slots, after, records_max, out, before_ns)
         elif phase == P_IDS:
-            page = self._export_ids(txn, slots, after, records_max, out, precopy=not fenced)
+            page = self._export_ids(txn, slots, after, records_max, out, before_ns, precopy=not fenced)
         elif phase == P_DECISIONS:
-            page = self._export_decisions(txn, slots, after, records_max, out)
+            page = self._export_decisions(txn, slots, after, records_max, out, before_ns)
         elif phase == P_PENDINGS:
             page = self._export_pendings(txn, slots, after, records_max, out)
         elif phase == P_DELTA and move.get("tracked"):
@@ -747,7 +755,7 @@ class SlotMoves:
                 out.append((bytes(key), bytes(status), t))
         return out
 
-    def _export_accounts(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+    def _export_accounts(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         cursor = txn.cursor(db=self._accounts)
         found = cursor.set_range(after) if after else cursor.first()
         if found and after and cursor.key() == after:
@@ -758,7 +766,7 @@ class SlotMoves:
             if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
                 return ExportPage(tuple(out), (1, _before(key)))
             scanned += 1
-            if self._in(key, slots):
+            if self._in(key, slots) and unpack_account(value).timestamp < before_ns:
                 out.append((K_ACCOUNT, bytes(key), bytes(value)))
                 owner = txn.get(key, db=self._owners)
                 if owner is not None:
@@ -766,7 +774,7 @@ class SlotMoves:
             found = cursor.next()
         return ExportPage(tuple(out), (2, b""))
 
-    def _export_index(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+    def _export_index(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         """Index entries of S's accounts, each with its transfer: account by account (the accounts table is far
         smaller than the index), each account's own range of the index. `after` is the last index key done
         (an account id and 8 zero bytes: none of that account's yet)."""
@@ -784,7 +792,7 @@ class SlotMoves:
                 more = index.set_range(start)
                 if more and index.key() == after:
                     more = index.next()
-                while more and index.key()[:16] == akey:
+                while more and index.key()[:16] == akey and int.from_bytes(index.key()[16:], "big") < before_ns:
                     key, value = index.item()
                     if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
                         return ExportPage(tuple(out), (2, _before(key)))
@@ -804,7 +812,8 @@ class SlotMoves:
             found = accounts.next()
         return ExportPage(tuple(out), (3, b""))
 
-    def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list, *, precopy: bool) -> ExportPage:
+    def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int, *,
+                    precopy: bool) -> ExportPage:
         """Every ledger_transfers record whose id is in S (transfers, failed ids, id homes). An id reserved by a
         PREPARED txn is a wait under the fence; the precopy skips it (whatever it becomes is in the delta)."""
         cursor = txn.cursor(db=self._transfers)
@@ -825,15 +834,15 @@ class SlotMoves:
                     continue
                 if len(value) == TRANSFER_SIZE:
                     t = unpack_transfer(value)
-                    if self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
+                    if t.timestamp >= before_ns or self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
                             t.credit_account_id.to_bytes(16, "big"), slots):
                         found = cursor.next()
-                        continue  # phase 2 sent it with its account's index entry
+                        continue  # phase 2 sent it with its account's index entry (or the catch-up will)
                 out.append((K_TRANSFER, bytes(key), bytes(value)))
             found = cursor.next()
         return ExportPage(tuple(out), (4, b""))
 
-    def _export_decisions(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
+    def _export_decisions(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         """Decisions of committed groups coordinated for an account in S (their first transfer's debit), and of
         groups that failed a rule."""
         cursor = txn.cursor(db=self._decisions)
@@ -846,7 +855,7 @@ class SlotMoves:
             if scanned >= EXPORT_SCAN_MAX or len(out) + 1 > records_max:
                 return ExportPage(tuple(out), (4, _before(key)))
             scanned += 1
-            if self._decision_moves(txn, value, slots):
+            if int.from_bytes(value[:8], "little") < before_ns and self._decision_moves(txn, value, slots):
                 out.append((K_DECISION, bytes(key), bytes(value)))
             found = cursor.next()
         return ExportPage(tuple(out), (5, b""))

@@ -610,7 +610,8 @@ class LedgerStateMachine:
         for c in items:
             saved = ctx.next_ts
             result = self._run_guarded(txn, "slot-move command", functools.partial(
-                self.slot_moves.command, c=c, add_totals=self._add_totals, raise_clock=raise_clock))
+                self.slot_moves.command, c=c, add_totals=self._add_totals, raise_clock=raise_clock,
+                now_ns=ctx.next_ts))
             if result is None:
                 ctx.next_ts = saved
             out.append(None if result is None else int(result))
