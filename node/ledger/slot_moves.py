@@ -114,7 +114,7 @@ _ROLE_IN = "in"
 _FENCE = b"fence"
 _MOVE = b"move"
 _DONE = b"done"
-_TRACK = b"track"  # one byte per slot, 1 for S: the slots whose writes A notes (TRACKING until LEAVING)
+_TRACK = b"track"  # one byte per slot, 1 for S: the slots whose writes A notes (from TRACKING to the end)
 _OVERFLOW = b"overflow"  # the delta passed DELTA_KEYS_MAX: the catch-up copies everything
 _ENDED = {_ROLE_OUT: "gone", _ROLE_IN: "arrived"}
 _GONE_TO = b"g"  # + slot (2): [to shard, topology version] of a slot that left
@@ -363,7 +363,8 @@ class SlotMoves:
             for s in current["slots"]:
                 fence[s] = MOVING
             txn.put(_FENCE, bytes(fence), db=self._moves)
-            txn.delete(_TRACK, db=self._moves)  # nothing of S changes from here on
+            # A keeps noting: a txn PREPARED before the fence still writes S when it finishes (the catch-up
+            # waits for it), and nothing else does.
             current["fenced"] = True
             txn.put(_MOVE, pack_value(current), db=self._moves)
             return SlotMoveResult.ok

@@ -641,9 +641,11 @@ class LedgerStateMachine:
         if not ids or any(tracking[slot_of(i, n)] for i in ids if 0 < i < U128_MAX):
             self._written.add(bytes((kind,)) + key)
 
-    def _fence_state(self, ids: Sequence[int]) -> int:
-        """MOVED if an id's slot has left this shard, else MOVING if one is moving, else 0."""
-        fence = self._fence
+    def _fence_state(self, ids: Sequence[int], fence: bytes | None = None) -> int:
+        """MOVED if an id's slot has left this shard, else MOVING if one is moving, else 0 (by `fence`, or by
+        the fence of the operation being applied)."""
+        if fence is None:
+            fence = self._fence
         n = self._slot_count
         state = 0
         for i in ids:
@@ -1703,7 +1705,7 @@ class LedgerStateMachine:
                 ):
                     break
                 scanned += 1
-                if txn.get(k[8:], db=locks) is None and not self._pending_fenced(txn, k[8:]):
+                if txn.get(k[8:], db=locks) is None and not self._pending_fenced(txn, k[8:], self._fence):
                     due.append(k)
         cursor.close()
         for k in due:
@@ -1721,10 +1723,10 @@ class LedgerStateMachine:
         self._flush(txn, ctx)
         return len(due)
 
-    def _pending_fenced(self, txn: lmdb.Transaction, pkey: bytes) -> bool:
+    def _pending_fenced(self, txn: lmdb.Transaction, pkey: bytes, fence: bytes | None) -> bool:
         """Whether a pending transfer's accounts are in a slot moving off (or gone from) this shard: it does not
         expire here then (the move copies it as it is; the shard that takes it expires it)."""
-        if self._fence is None:
+        if fence is None:
             return False
         raw = txn.get(pkey, db=self._transfers)
         if raw is None or len(raw) != TRANSFER_SIZE:
@@ -1733,7 +1735,7 @@ class LedgerStateMachine:
         xp = txn.get(pkey, db=self._xpending)
         sides = SIDE_BOTH if xp is None else xp[0]  # only the sides that live here
         return bool(self._fence_state((p.debit_account_id if sides & SIDE_DEBIT else 0,
-                                       p.credit_account_id if sides & SIDE_CREDIT else 0)))
+                                       p.credit_account_id if sides & SIDE_CREDIT else 0), fence))
 
     def _release_pending(self, txn: lmdb.Transaction, p: Transfer, sides: int, posted: int, ctx: _Context) -> None:
         """Drop pending transfer p's hold on the local side(s), posting `posted` of it (0 for void/expiry)."""
@@ -1959,12 +1961,13 @@ class LedgerStateMachine:
         """
         cursor = txn.cursor(db=self._expiry)
         locks = self._locks
-        self._fence = self.slot_moves.fence(txn)  # a read: the sweep skips pending transfers of moving slots
+        # A read on another thread than apply's: it must not touch the operation's fence (self._fence).
+        fence = self.slot_moves.fence(txn)  # the sweep skips pending transfers of moving slots
         try:
             scanned = 0
             for k in cursor.iternext(keys=True, values=False):
                 if scanned >= EXPIRE_SCAN_MAX or (txn.get(k[8:], db=locks) is None
-                                                  and not self._pending_fenced(txn, k[8:])):
+                                                  and not self._pending_fenced(txn, k[8:], fence)):
                     return int.from_bytes(k[:8], "big")
                 scanned += 1
             return None

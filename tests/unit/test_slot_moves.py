@@ -320,6 +320,19 @@ def test_gone_slot_answers_slot_moved_to_a_stale_router(cl):
     assert cl[0].read(cl[0].sm.slot_moves.gone_to, 3) == (1, 2)
 
 
+def test_the_expiry_read_of_another_thread_leaves_the_fence_of_the_operation_being_applied(cl):
+    # The leader's pulse thread asks for the next expiry while the Raft thread applies: a fence it read from
+    # an older snapshot must never replace the one the operation checks (writes would slip past the fence).
+    x, y = ids_in_slot(3, 2)
+    cl.create_accounts(acct(x), acct(y))
+    with cl[0].env.begin() as before_leaving:
+        assert cl[0].cmd(LEAVING, 1, [3], 1) == R.ok
+        applying = cl[0].sm._fence = cl[0].read(cl[0].sm.slot_moves.fence)
+        cl[0].sm.next_expiry_ns(before_leaving)
+        assert cl[0].sm._fence == applying
+    assert cl.transfer(xfer(id_outside({3}, 3000), x, y, 4)) == TR.slot_moving
+
+
 # ------------------------------------------------------------------ the steps
 
 
@@ -624,7 +637,6 @@ def test_leaving_after_tracking_fences_the_slots(cl):
     assert cl[0].cmd(TRACKING, 1, [3], 1) == R.ok
     assert cl[0].cmd(LEAVING, 1, [3], 1) == R.ok
     assert cl.transfer(xfer(id_outside({3}, 3000), x, y, 4)) == TR.slot_moving
-    assert cl[0].read(cl[0].sm.slot_moves.tracking) is None  # nothing of the slots changes: nothing to note
 
 
 def test_leaving_for_other_slots_than_the_tracked_move_finds_the_shard_busy(cl):
@@ -670,6 +682,42 @@ def test_a_pending_transfer_split_during_the_precopy_refuses_the_move(cl):
     split = xfer(id_outside({3}, 3000), other, x, flags=TransferFlags.PENDING)
     assert not cl.move([3], 0, 1, precopy=True, refusable=True, before_fence=lambda: cl.transfer(split))
     assert cl.transfer(xfer(id_outside({3}, 4000), other, x, 1)) == TR.created  # served again, nothing moved
+
+
+def test_a_txn_prepared_before_the_fence_and_finished_after_it_arrives_with_what_it_wrote(cl):
+    (x,) = ids_in_slot(3, 1)
+    (far,) = ids_in_slot(5, 1)
+    cl.create_accounts(acct(x))
+    cl.move([5], 0, 2)
+    cl.create_accounts(acct(far))
+    t = xfer(id_outside({3, 5}, 3000), far, x, 6)
+    group = Group([t], 2)
+    legs = legs_by_shard(group, cl.map)
+    assert all(cl[s].apply(OP_PREPARE, [Prepare(group.key, 2, 1, ls)])[0].prepared for s, ls in sorted(legs.items()))
+    a, b = cl[0], cl[1]
+    assert a.cmd(TRACKING, 2, [3], 1) == R.ok and b.cmd(IMPORTING, 2, [3], 0) == R.ok
+    pages, cursor = [], None
+    while True:  # the precopy
+        page = a.read(a.sm.slot_moves.export_page, 2, cursor)
+        pages += [page.records] if page.records else []
+        if (cursor := page.cursor) is None:
+            break
+    assert a.cmd(LEAVING, 2, [3], 1) == R.ok
+    assert a.read(a.sm.slot_moves.export_page, 2).refusal == ExportRefusal.reserved
+    decision = cl[2].apply(OP_DECIDE, [Decide(group.key, True, 0, 0, sorted(legs), [t.id])])[0]
+    for s in sorted(legs):
+        cl[s].apply(OP_FINISH, [finish_of(group.key, decision)])
+    cursor = None
+    while True:  # the catch-up: the commit wrote x's balance and history under the fence
+        page = a.read(a.sm.slot_moves.export_page, 2, cursor)
+        assert page.refusal == ExportRefusal.none
+        pages += [page.records] if page.records else []
+        if (cursor := page.cursor) is None:
+            break
+    for n, records in enumerate(pages):
+        assert b.cmd(IMPORT, 2, n, records) == R.ok
+    assert b.cmd(ARRIVED, 2, len(pages), sum(map(len, pages)), records_digest(pages)) == R.ok
+    assert b.account(x).credits_posted == 6 and b.history(x) == [t.id]
 
 
 def test_an_aborted_precopy_forgets_what_it_noted(cl):
