@@ -83,8 +83,9 @@ K_TRANSFER = 3  # key: transfer id (16), value: the ledger_transfers value (a tr
 K_INDEX = 4  # key: account id (16) + timestamp (8), value: side (1) + transfer id (16)
 # key: txid (16), value: a ledger_decisions value. A retry of a group is coordinated by the shard of its first
 # debit account, B after the move, and must find the group's decision there: a committed group's when that
-# account is in S; every group's that failed a rule (a decision names no accounts, and an aborted group stored
-# no transfer to find it by; a copy that B never consults costs only space).
+# account is in S; every aborted attempt's, failed by a rule or busy (a decision names no accounts, and an
+# aborted group stored no transfer to find it by; a copy that B never consults costs only space), so B never
+# runs again an attempt key that A aborted while a FINISH of it may still be on its way.
 K_DECISION = 5  # (the value starts with the decision's timestamp, u64 little-endian)
 K_PENDING = 6  # key: pending transfer id (16), value: its ledger_pending status (both its accounts are in S)
 K_EXPIRY = 7  # key: expires_at (8) + pending transfer id (16), value: b"" (a pending transfer still pending)
@@ -439,9 +440,7 @@ class SlotMoves:
             if value:
                 raise ValueError("expiry record with a value")
         elif kind == K_DECISION:
-            decide = unpack_decide(value[8:])
-            if not decide.commit and not decide.failed_code:
-                raise ValueError("decision record of a group that failed no rule")
+            unpack_decide(value[8:])  # well formed
         elif kind == K_TRANSFER:
             if not value or (len(value) != TRANSFER_SIZE and value[0] not in (_ID_FAILED_TAG, _ID_HOME_TAG)):
                 raise ValueError("transfer record neither a transfer, a failed id nor an id home")
@@ -845,7 +844,7 @@ class SlotMoves:
 
     def _export_decisions(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         """Decisions of committed groups coordinated for an account in S (their first transfer's debit), and of
-        groups that failed a rule."""
+        aborted attempts."""
         cursor = txn.cursor(db=self._decisions)
         found = cursor.set_range(after) if after else cursor.first()
         if found and after and cursor.key() == after:
@@ -862,8 +861,10 @@ class SlotMoves:
         return ExportPage(tuple(out), (5, b""))
 
     def _decision_moves(self, txn, value: bytes, slots: set[int]) -> bool:
+        """Every aborted attempt's decision (it names no account: which shard coordinated it cannot be told, and
+        B must not run an attempt key again that A aborted), and committed ones coordinated for S's accounts."""
         decide = unpack_decide(value[8:])
-        if not decide.commit and decide.failed_code:
+        if not decide.commit:
             return True
         if decide.commit and decide.transfer_ids:
             raw = txn.get(decide.transfer_ids[0].to_bytes(16, "big"), db=self._transfers)

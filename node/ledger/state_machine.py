@@ -2149,7 +2149,11 @@ class LedgerStateMachine:
 # ------------------------------------------------------------ 2PC helpers
 
 _VOTE_YES = Vote(True, 0, 0)
-_VOTE_ABORTED = Vote(False, 0, int(_TR.linked_event_failed))
+# A PREPARE of an attempt already aborted here (or whose abort came first: a tombstone) prepares nothing and
+# answers like a busy participant: nothing applied, try the next attempt. Not a rule's failure: a coordinator
+# that never saw the abort (the group's coordinator shard changed with a slot move) would record one, and the
+# transfer would fail for good having broken no rule.
+_VOTE_ABORTED = Vote(False, 0, 0)
 _VOTE_ERROR = Vote(False, 0, int(_TR.internal_error))
 _DECISION_ERROR = Decision(False, 0, int(_TR.internal_error), 0)
 # kind -> (method name, the result of an item that failed internally)

@@ -7,7 +7,15 @@ import threading
 
 import pytest
 
-from tidebank.client import Account, Client, CreateTransferResult, Transfer, TransferFlags, UnavailableError
+from tidebank.client import (
+    Account,
+    Client,
+    CreateTransferResult,
+    OutcomeUnknownError,
+    Transfer,
+    TransferFlags,
+    UnavailableError,
+)
 from tidebank.cluster.audit import audit, collect_totals
 from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
 from tidebank.cluster.membership import MoveInterrupted
@@ -230,6 +238,53 @@ def test_writes_during_a_move_are_applied_once_and_none_is_lost(cluster, client)
     assert all(r.status == TR.created for r in retried), retried
     applied = created + refused
     accounts = {a.id: a for a in client.lookup_accounts(moving)}
+    for account_id, account in accounts.items():
+        assert account.debits_posted == sum(t.amount for t in applied if t.debit_account_id == account_id)
+        assert account.credits_posted == sum(t.amount for t in applied if t.credit_account_id == account_id)
+    _audit_clean(cluster)
+
+
+def test_cross_shard_writes_during_a_move_are_applied_once_and_none_is_lost(cluster, client):
+    # Each write is a 2PC between an account of the moving slots and one of the other shard: some are PREPARED
+    # when the fence goes up and finish under it, and what they write must still reach the target.
+    slots = _shard0_slots(cluster, 40, 16)
+    moving = _ids_in(cluster, set(slots), 3, start=(20 << 90))
+    others = _ids_in(cluster, set(slots_of(cluster.topology.shard(1).slots)), 3, start=(21 << 90))
+    assert all(r.status == 0 for r in client.create_accounts([Account(id=a, ledger=LEDGER, code=1)
+                                                               for a in moving + others]))
+    transfer_ids = iter(range((22 << 90) + 1, (22 << 90) + 100_000))
+    created: list[Transfer] = []
+    unsettled: list[Transfer] = []  # refused for now, or the call's outcome is unknown: sent again after
+    stop = threading.Event()
+
+    def write(offset: int) -> None:
+        n = 0
+        while not stop.is_set() or n < 10:
+            n += 1
+            a, b = moving[(n + offset) % 3], others[(n + 2 * offset) % 3]
+            t = _xfer(next(transfer_ids), *((a, b) if n % 2 else (b, a)), 1)
+            try:
+                (r,) = client.create_transfers([t], timeout_s=5.0)
+            except (UnavailableError, OutcomeUnknownError):
+                unsettled.append(t)
+                continue
+            (created if r.status == TR.created else unsettled).append(t)
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+    for w in writers:
+        w.start()
+    try:
+        SlotMover(cluster.membership(), page_records=8).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    finally:
+        stop.set()
+        for w in writers:
+            w.join(timeout=60)
+    cluster.reload()
+    assert not any(w.is_alive() for w in writers)
+    again = client.create_transfers(unsettled)
+    assert all(r.status in (TR.created, TR.exists) for r in again), again
+    applied = created + unsettled
+    accounts = {a.id: a for a in client.lookup_accounts(moving + others)}
     for account_id, account in accounts.items():
         assert account.debits_posted == sum(t.amount for t in applied if t.debit_account_id == account_id)
         assert account.credits_posted == sum(t.amount for t in applied if t.credit_account_id == account_id)
