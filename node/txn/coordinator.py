@@ -56,7 +56,11 @@ from tidebank.v1 import internal_pb2
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS_MAX = 16
+# Attempts of one group, ever: each aborted one (busy, unreachable) leaves its decision and the next run takes
+# the next key. A slot move fences a participant for about a second, and a client retrying with backoff runs a
+# few requests of BUSY_ROUNDS_MAX attempts each meanwhile: 16 ran out within one move and failed the transfer
+# for good. Finding the next key reads one decision per earlier attempt (local LMDB reads, microseconds each).
+ATTEMPTS_MAX = 1024
 BUSY_ROUNDS_MAX = 4  # rounds of one request's groups that a busy participant aborted
 STEP_TIMEOUT_S = 5.0  # one step (prepare, decide or finish) on one shard
 

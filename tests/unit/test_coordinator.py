@@ -13,12 +13,14 @@ from concurrent.futures import Future
 import lmdb
 import pytest
 
+from tidebank.common.keys import slot_of
 from tidebank.node.api.routing import ShardMap
 from tidebank.node.executor import NodeView, ShardExecutor
-from tidebank.node.ledger import escrow
-from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, Operation
+from tidebank.node.ledger import escrow, slot_moves
+from tidebank.node.ledger.operations import OP_CREATE_ACCOUNTS, OP_DECIDE, OP_PREPARE, OP_SLOT_MOVES, Operation
 from tidebank.node.ledger.records import Account, AccountFlags, Transfer
 from tidebank.node.ledger.results import CreateTransferResult
+from tidebank.node.ledger.slot_moves import SlotMoveCommand
 from tidebank.node.ledger.state_machine import LedgerStateMachine
 from tidebank.node.ledger.trades import CMD_CREATE, TradeCommand, TradeStep
 from tidebank.node.ledger.txn_records import Decide, Prepare
@@ -173,6 +175,22 @@ def test_retry_after_an_aborted_attempt_runs_a_fresh_attempt_and_commits(node, s
     group = group_of(transfer(1, a, b, 10))
     assert coordinator.run(group, 2.0) == [CreateTransferResult.created]
     assert node.shards[0].txn_decision(attempt_key(group.txid, 1)).committed
+    assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
+
+
+def test_a_group_retried_through_a_long_busy_spell_still_commits_when_it_ends(node, steps):
+    # A slot move fences the credit account's slot for a while; every request meanwhile aborts a few attempts
+    # (busy). However often the client retries, the group must not run out of attempts and fail for good.
+    a, b = open_accounts(node, (0, 0), (1, 0))
+    fence = SlotMoveCommand(slot_moves.LEAVING, (1, [slot_of(b, SLOTS)], 0))
+    assert node.shards[1].submit(Operation(OP_SLOT_MOVES, [fence])).result() == [slot_moves.SlotMoveResult.ok]
+    coordinator = Coordinator(node, steps)
+    for _ in range(40):
+        with pytest.raises(ParticipantUnavailableError):
+            coordinator.run(group_of(transfer(1, a, b, 10)), 2.0)
+    abort = SlotMoveCommand(slot_moves.ABORT, (1,))
+    assert node.shards[1].submit(Operation(OP_SLOT_MOVES, [abort])).result() == [slot_moves.SlotMoveResult.ok]
+    assert coordinator.run(group_of(transfer(1, a, b, 10)), 2.0) == [CreateTransferResult.created]
     assert balances(node, a) == (0, 10, 0, 0) and balances(node, b) == (0, 0, 0, 10)
 
 
