@@ -97,6 +97,7 @@ class SlotMover:
         self.page_records = page_records
         self.on_step = on_step  # told after each step (CLI progress)
         self.state_path = pathlib.Path(str(membership.topology_path) + STATE_SUFFIX)
+        self._progress: dict = {}  # the resume file's contents while a move runs
 
     # ---- the move ---------------------------------------------------------------------------------------
 
@@ -124,7 +125,9 @@ class SlotMover:
             report.restarted = not arrived_before
         if not arrived_before:
             report.move_id = secrets.randbits(127) + 1
-            self._save_state({"move_id": report.move_id, "source": source, "target": target, "slots": slots})
+            state = {"move_id": report.move_id, "source": source, "target": target, "slots": slots}
+            self._save_state(state)
+        self._progress = dict(state)
         move_id = report.move_id
         fenced_at = None
         last = time.monotonic()
@@ -135,6 +138,8 @@ class SlotMover:
             report.step_s[step] = round(now - last, 4)
             last = now
             report.steps_done.append(step)
+            if step != "gone":
+                self._note_progress(step=step, pages=report.pages, records=report.records)
             if self.on_step is not None:
                 self.on_step(step)
             return step == stop_after
@@ -243,6 +248,7 @@ class SlotMover:
                     raise SlotMoveError(f"shard {report.target} refused page {len(sent)}: {_result_text(result)}")
                 sent.append(records)
                 report.records += len(records)
+                self._note_progress(pages=len(sent), records=report.records)
             if page.last:
                 break
             cursor = (page.phase, page.after)
@@ -348,8 +354,27 @@ class SlotMover:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_path)
 
+    def _note_progress(self, **progress) -> None:
+        """What `tidebank status` shows of this move: the last step done, pages and records copied."""
+        self._progress.update(progress, updated_at=round(time.time(), 3))
+        self._save_state(self._progress)
+
     def _forget_state(self) -> None:
         self.state_path.unlink(missing_ok=True)
+
+
+def slot_move_progress(topology_path: pathlib.Path | str) -> dict | None:
+    """The slot move in progress for the topology at `topology_path`, from its resume file (where it runs): None
+    if there is none. `step` is the last step done ("" before the first), `steps_done` of `steps_total`."""
+    try:
+        state = json.loads(pathlib.Path(str(topology_path) + STATE_SUFFIX).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    step = state.get("step", "")
+    return {"slots": _ranges(state["slots"]), "source": state["source"], "target": state["target"],
+            "step": step, "steps_done": STEPS.index(step) + 1 if step in STEPS else 0, "steps_total": len(STEPS),
+            "pages": state.get("pages", 0), "records": state.get("records", 0),
+            "updated_at": state.get("updated_at")}
 
 
 def _ranges(slots: list[int]) -> str:

@@ -39,10 +39,19 @@ from tidebank.cluster.launcher import (
     targets_from_shard_map,
     targets_from_topology,
 )
+from tidebank.cluster.slot_moves import slot_move_progress
 from tidebank.v1 import admin_pb2
 
 MOVE_BAR_WIDTH = 20
 _ROLE_STYLE = {"leader": "bold green", "follower": "", "candidate": "yellow", "down": "red", "absent": "red"}
+
+
+def _slot_moves(dir: pathlib.Path | None) -> list[dict]:
+    """The slot move in progress, from its resume file beside the topology (only where the move runs)."""
+    if dir is None:
+        return []
+    progress = slot_move_progress(LocalCluster.open(dir).config_path)
+    return [] if progress is None else [progress]
 
 
 def _status_report(dir: pathlib.Path | None, endpoints: str | None, timeout_s: float) -> StatusReport:
@@ -86,17 +95,18 @@ def status(
         if output == Output.json:
             print_json(StatusReport(rows=[], problems=[str(e)], nodes_total=0, nodes_reachable=0).to_dict())
         raise fail(str(e), 2) from None
+    slot_moves = _slot_moves(dir)
     if output == Output.json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "slot_moves": slot_moves})
     else:
-        _print_status(report)
+        _print_status(report, slot_moves)
     if report.nodes_reachable == 0:
         raise typer.Exit(2)
     if not report.healthy:
         raise typer.Exit(1)
 
 
-def _print_status(report: StatusReport) -> None:
+def _print_status(report: StatusReport, slot_moves: list[dict]) -> None:
     degraded = report.degraded
     cols = ["NODE", "DC", "ADDRESS", "SHARD", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"]
     if degraded:
@@ -129,6 +139,13 @@ def _print_status(report: StatusReport) -> None:
         out.print(f"shard {move['shard']}: replica move: {move['node']} {what} [{bar}] "
                   f"{move['caught_up']:.0%} (applied {move['applied_index']:,} of {move['commit_index']:,})",
                   markup=False)
+    for move in slot_moves:
+        filled = move["steps_done"] * MOVE_BAR_WIDTH // move["steps_total"]
+        bar = "#" * filled + "." * (MOVE_BAR_WIDTH - filled)
+        last = f"last done: {move['step']}" if move["step"] else "starting"
+        out.print(f"slots {move['slots']}: slot move shard {move['source']} -> {move['target']} [{bar}] "
+                  f"{move['steps_done']}/{move['steps_total']} steps, {last} ({move['pages']} pages, "
+                  f"{move['records']:,} records copied); `tidebank slot move` again resumes it", markup=False)
     summary = f"{report.nodes_reachable}/{report.nodes_total} nodes answer"
     cannot_apply = ", ".join(f"{r.node} (shard {r.shard})" for r in degraded)
     if report.verdict == "healthy":

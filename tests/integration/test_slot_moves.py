@@ -19,7 +19,7 @@ from tidebank.client import (
 from tidebank.cluster.audit import audit, collect_totals
 from tidebank.cluster.launcher import ChannelPool, fetch_shard_map
 from tidebank.cluster.membership import MoveInterrupted
-from tidebank.cluster.slot_moves import STEPS, SlotMoveError, SlotMover
+from tidebank.cluster.slot_moves import STEPS, SlotMoveError, SlotMover, slot_move_progress
 from tidebank.common.keys import slot_of
 from tidebank.common.topology import slots_of
 
@@ -132,12 +132,15 @@ def test_a_move_whose_driver_stopped_resumes_when_run_again(cluster, client, sto
     mover = SlotMover(cluster.membership())
     stopped = mover.move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S, stop_after=stop_after)
     assert stopped.steps_done[-1] == stop_after
+    progress = slot_move_progress(cluster.membership().topology_path)  # what `tidebank status` shows
+    assert (progress["step"], progress["steps_done"]) == (stop_after, STEPS.index(stop_after) + 1)
     # The node retries a refused write until the call's deadline; a 1 s call sees where the move stopped.
     (during,) = client.create_transfers([_xfer(tid, x, y, 2)], timeout_s=1.0)
     assert during.status == WRITE_WHILE_STOPPED[stop_after]
     resumed = SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
     cluster.reload()
     assert resumed.resumed and resumed.steps_done == list(STEPS)
+    assert slot_move_progress(cluster.membership().topology_path) is None
     # Stopped before the target took the slots, the move is aborted and made again; after, it goes on.
     arrived = STEPS.index(stop_after) >= STEPS.index("arrived")
     assert (resumed.move_id == stopped.move_id) == arrived and resumed.restarted == (not arrived)
@@ -186,7 +189,8 @@ def test_a_pending_transfer_within_the_slots_moves_with_them_and_is_posted_after
 def test_slots_a_move_would_split_a_pending_transfer_of_are_refused_and_keep_serving(cluster, client):
     slots = slots_of(cluster.topology.shard(0).slots)[-2:]  # slots no other test moves
     (x,) = _ids_in(cluster, set(slots), 1, start=(8 << 90))
-    (y,) = _ids_in(cluster, set(slots_of(cluster.topology.shard(0).slots)) - set(slots), 1, start=(8 << 90))
+    # y's slot can never move either (a pending transfer, even finished, is not split): one no other test moves.
+    (y,) = _ids_in(cluster, {slots_of(cluster.topology.shard(0).slots)[-3]}, 1, start=(8 << 90))
     client.create_accounts([Account(id=x, ledger=LEDGER, code=1), Account(id=y, ledger=LEDGER, code=1)])
     (result,) = client.create_transfers([_xfer((9 << 90) + 1, x, y, 5, flags=TransferFlags.PENDING)])
     assert result.status == TR.created
@@ -308,6 +312,26 @@ def test_the_cli_moves_slots_from_the_shard_holding_them(cluster, client):
     assert [a.id for a in client.lookup_accounts([x])] == [x]
     again = CliRunner().invoke(app, ["slot", "move", spec, "--to", "1", "--dir", str(cluster.dir)])
     assert again.exit_code == 0 and "already on shard 1" in again.output
+
+
+def test_status_shows_the_slot_move_in_progress_and_how_far_it_got(cluster, client):
+    from typer.testing import CliRunner
+
+    from tidebank.cluster.cli import app
+
+    slots = _shard0_slots(cluster, 3, 2)
+    SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S, stop_after="precopy")
+    try:
+        shown = CliRunner().invoke(app, ["status", "--dir", str(cluster.dir)])
+        assert shown.exit_code == 0, shown.output
+        assert "slot move shard 0 -> 1" in shown.output and "3/9 steps, last done: precopy" in shown.output
+        report = json.loads(CliRunner().invoke(app, ["status", "--dir", str(cluster.dir), "-o", "json"]).output)
+        assert [(m["step"], m["source"], m["target"]) for m in report["slot_moves"]] == [("precopy", 0, 1)]
+    finally:
+        SlotMover(cluster.membership()).move(slots, 0, 1, timeout_s=MOVE_TIMEOUT_S)
+    cluster.reload()
+    after = json.loads(CliRunner().invoke(app, ["status", "--dir", str(cluster.dir), "-o", "json"]).output)
+    assert after["slot_moves"] == []
 
 
 @pytest.mark.parametrize("stop_after", ["copy", "switched"])

@@ -405,6 +405,17 @@ def test_gone_is_refused_on_the_destination(cl):
     assert cl[1].cmd(GONE, 1, 2) == R.wrong_step
 
 
+def test_an_attempt_both_shards_recorded_aborted_arrives_as_one_decision(cl):
+    # Its coordinator moved, and the new one, not knowing of the old abort, ran the attempt again: both aborted.
+    (x,) = ids_in_slot(3, 1)
+    cl.create_accounts(acct(x))
+    abort = Decide(77, False, 0, 0, [0, 1], [id_outside({3}, 3000)])
+    assert not cl[0].apply(OP_DECIDE, [abort])[0].committed
+    own = cl[1].apply(OP_DECIDE, [abort])[0]  # stamped later: the two records differ in time only
+    assert cl.move([3], 0, 1, precopy=True)  # ARRIVED takes it (a different decision would be a bug report)
+    assert cl[1].read(cl[1].sm.txn_decision, 77) == own
+
+
 def test_arrived_and_gone_replayed_answer_already(cl):
     (x,) = ids_in_slot(3, 1)
     cl.create_accounts(acct(x))
