@@ -905,7 +905,8 @@ class SlotMoves:
                     if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
                         return ExportPage((), None, ExportRefusal.pending_transfers)
                     out.append((K_INDEX, key, bytes(value)))
-                    out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
+                    if value[0] == 0 or not self._in(other.to_bytes(16, "big"), slots):  # once per transfer
+                        out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
             elif kind == K_TRANSFER and self._in(key, slots):
                 value = txn.get(key, db=self._transfers)
                 if value is not None:  # None: an id a PREPARED txn reserved, and its abort freed
