@@ -128,7 +128,7 @@ _ID_FAILED_TAG = b"F"[0]
 _ID_HOME_TAG = b"H"[0]
 _SIDE_DEBIT = 1
 _SIDE_CREDIT = 2
-U64_LIMIT = 1 << 64  # above every timestamp
+_ABOVE_EVERY_TIMESTAMP = 1 << 64
 
 
 class SlotMoveResult(enum.IntEnum):
@@ -659,7 +659,8 @@ class SlotMoves:
         if not fenced and phase not in (P_ACCOUNTS, P_INDEX, P_IDS, P_DECISIONS):
             raise ValueError(f"export phase {phase} before the fence")
         out: list[tuple[int, bytes, bytes]] = []
-        before_ns = U64_LIMIT if fenced else move["since"]  # the precopy copies records stamped before TRACKING
+        # The precopy copies records stamped before TRACKING (later ones are noted).
+        before_ns = _ABOVE_EVERY_TIMESTAMP if fenced else move["since"]
         if phase == P_CHECK:
             page = self._export_check(txn, slots, after)
         elif phase == P_ACCOUNTS:
@@ -722,7 +723,7 @@ class SlotMoves:
             while found:
                 key = cursor.key()
                 if scanned >= EXPORT_SCAN_MAX:
-                    return ExportPage((), (0, tag + _before(key)))
+                    return ExportPage((), (P_CHECK, tag + _before(key)))
                 scanned += 1
                 raw = txn.get(key, db=self._transfers)
                 if tag == b"x" or raw is None or len(raw) != TRANSFER_SIZE:
@@ -737,7 +738,7 @@ class SlotMoves:
                     if d != c:  # the move would split it (one whose id alone is in S stays, only its id is copied)
                         return ExportPage((), None, ExportRefusal.pending_transfers)
                 found = cursor.next()
-        return ExportPage((), (1, b""))
+        return ExportPage((), (P_ACCOUNTS, b""))
 
     def _names(self, t, slots: set[int]) -> bool:
         return any(self._in(i.to_bytes(16, "big"), slots) for i in (t.id, t.debit_account_id, t.credit_account_id))
@@ -755,24 +756,49 @@ class SlotMoves:
                 out.append((bytes(key), bytes(status), t))
         return out
 
+    def _account_records(self, txn, key: bytes, value: bytes, out: list) -> None:
+        out.append((K_ACCOUNT, key, value))
+        owner = txn.get(key, db=self._owners)
+        if owner is not None:
+            out.append((K_OWNER, key, bytes(owner)))
+
+    def _index_records(self, txn, key: bytes, value: bytes, slots: set[int], out: list) -> bool:
+        """An index entry of S's and its transfer (sent once: with the debit side's entry when both sides are
+        in S); False, sending nothing, if the transfer is a pending one the move would split."""
+        raw = txn.get(value[1:], db=self._transfers)
+        if raw is None or len(raw) != TRANSFER_SIZE:
+            raise AssertionError(f"account index names a missing transfer {value[1:].hex()}")
+        t = unpack_transfer(raw)
+        other_in_s = self._in((t.credit_account_id if value[0] == 0 else t.debit_account_id).to_bytes(16, "big"),
+                              slots)
+        if t.flags & _PENDING_FLAGS and not other_in_s:
+            return False
+        out.append((K_INDEX, key, value))
+        if value[0] == 0 or not other_in_s:
+            out.append((K_TRANSFER, value[1:], bytes(raw)))
+        return True
+
+    def _id_record(self, key: bytes, value: bytes, out: list, *, precopy: bool) -> bool:
+        """A ledger_transfers record with an id in S; False if a PREPARED txn reserves the id (a wait, under the
+        fence; the precopy skips it: whatever it becomes is noted)."""
+        if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
+            return precopy
+        out.append((K_TRANSFER, key, value))
+        return True
+
     def _export_accounts(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         cursor = txn.cursor(db=self._accounts)
-        found = cursor.set_range(after) if after else cursor.first()
-        if found and after and cursor.key() == after:
-            found = cursor.next()
+        found = _resume(cursor, after)
         scanned = 0
         while found:
             key, value = cursor.item()
             if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
-                return ExportPage(tuple(out), (1, _before(key)))
+                return ExportPage(tuple(out), (P_ACCOUNTS, _before(key)))
             scanned += 1
             if self._in(key, slots) and unpack_account(value).timestamp < before_ns:
-                out.append((K_ACCOUNT, bytes(key), bytes(value)))
-                owner = txn.get(key, db=self._owners)
-                if owner is not None:
-                    out.append((K_OWNER, bytes(key), bytes(owner)))
+                self._account_records(txn, bytes(key), bytes(value), out)
             found = cursor.next()
-        return ExportPage(tuple(out), (2, b""))
+        return ExportPage(tuple(out), (P_INDEX, b""))
 
     def _export_index(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         """Index entries of S's accounts, each with its transfer: account by account (the accounts table is far
@@ -785,7 +811,7 @@ class SlotMoves:
         while found:
             akey = bytes(accounts.key())
             if scanned >= EXPORT_SCAN_MAX:
-                return ExportPage(tuple(out), (2, akey + bytes(8)))
+                return ExportPage(tuple(out), (P_INDEX, akey + bytes(8)))
             scanned += 1
             if self._in(akey, slots):
                 start = after if after[:16] == akey else akey
@@ -795,70 +821,55 @@ class SlotMoves:
                 while more and index.key()[:16] == akey and int.from_bytes(index.key()[16:], "big") < before_ns:
                     key, value = index.item()
                     if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
-                        return ExportPage(tuple(out), (2, _before(key)))
+                        return ExportPage(tuple(out), (P_INDEX, _before(key)))
                     scanned += 1
-                    raw = txn.get(value[1:], db=self._transfers)
-                    if raw is None or len(raw) != TRANSFER_SIZE:
-                        raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
-                    t = unpack_transfer(raw)
-                    other = t.credit_account_id if value[0] == 0 else t.debit_account_id
-                    if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
+                    if not self._index_records(txn, bytes(key), bytes(value), slots, out):
                         return ExportPage((), None, ExportRefusal.pending_transfers)
-                    out.append((K_INDEX, bytes(key), bytes(value)))
-                    if value[0] == 0 or not self._in(other.to_bytes(16, "big"), slots):  # once per transfer
-                        out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
                     more = index.next()
             after = b""
             found = accounts.next()
-        return ExportPage(tuple(out), (3, b""))
+        return ExportPage(tuple(out), (P_IDS, b""))
 
     def _export_ids(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int, *,
                     precopy: bool) -> ExportPage:
         """Every ledger_transfers record whose id is in S (transfers, failed ids, id homes). An id reserved by a
         PREPARED txn is a wait under the fence; the precopy skips it (whatever it becomes is in the delta)."""
         cursor = txn.cursor(db=self._transfers)
-        found = cursor.set_range(after) if after else cursor.first()
-        if found and after and cursor.key() == after:
-            found = cursor.next()
+        found = _resume(cursor, after)
         scanned = 0
         while found:
             key, value = cursor.item()
             if scanned >= EXPORT_SCAN_MAX or len(out) + 1 > records_max:
-                return ExportPage(tuple(out), (3, _before(key)))
+                return ExportPage(tuple(out), (P_IDS, _before(key)))
             scanned += 1
             if self._in(key, slots):
-                if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
-                    if not precopy:
-                        return ExportPage((), None, ExportRefusal.reserved)
-                    found = cursor.next()
-                    continue
+                # A transfer naming an account of S went with its index entry; one stamped after TRACKING was noted.
                 if len(value) == TRANSFER_SIZE:
                     t = unpack_transfer(value)
-                    if t.timestamp >= before_ns or self._in(t.debit_account_id.to_bytes(16, "big"), slots) or self._in(
-                            t.credit_account_id.to_bytes(16, "big"), slots):
-                        found = cursor.next()
-                        continue  # phase 2 sent it with its account's index entry (or the catch-up will)
-                out.append((K_TRANSFER, bytes(key), bytes(value)))
+                    skip = t.timestamp >= before_ns or any(
+                        self._in(a.to_bytes(16, "big"), slots) for a in (t.debit_account_id, t.credit_account_id))
+                else:
+                    skip = False
+                if not skip and not self._id_record(bytes(key), bytes(value), out, precopy=precopy):
+                    return ExportPage((), None, ExportRefusal.reserved)
             found = cursor.next()
-        return ExportPage(tuple(out), (4, b""))
+        return ExportPage(tuple(out), (P_DECISIONS, b""))
 
     def _export_decisions(self, txn, slots, after: bytes, records_max: int, out: list, before_ns: int) -> ExportPage:
         """Decisions of committed groups coordinated for an account in S (their first transfer's debit), and of
         aborted attempts."""
         cursor = txn.cursor(db=self._decisions)
-        found = cursor.set_range(after) if after else cursor.first()
-        if found and after and cursor.key() == after:
-            found = cursor.next()
+        found = _resume(cursor, after)
         scanned = 0
         while found:
             key, value = cursor.item()
             if scanned >= EXPORT_SCAN_MAX or len(out) + 1 > records_max:
-                return ExportPage(tuple(out), (4, _before(key)))
+                return ExportPage(tuple(out), (P_DECISIONS, _before(key)))
             scanned += 1
             if int.from_bytes(value[:8], "little") < before_ns and self._decision_moves(txn, value, slots):
                 out.append((K_DECISION, bytes(key), bytes(value)))
             found = cursor.next()
-        return ExportPage(tuple(out), (5, b""))
+        return ExportPage(tuple(out), (P_PENDINGS, b""))
 
     def _decision_moves(self, txn, value: bytes, slots: set[int]) -> bool:
         """Every aborted attempt's decision (it names no account: which shard coordinated it cannot be told, and
@@ -866,7 +877,7 @@ class SlotMoves:
         decide = unpack_decide(value[8:])
         if not decide.commit:
             return True
-        if decide.commit and decide.transfer_ids:
+        if decide.transfer_ids:
             raw = txn.get(decide.transfer_ids[0].to_bytes(16, "big"), db=self._transfers)
             if raw is not None and len(raw) == TRANSFER_SIZE:
                 return self._in(unpack_transfer(raw).debit_account_id.to_bytes(16, "big"), slots)
@@ -876,9 +887,7 @@ class SlotMoves:
         """The records of S written since TRACKING, as they are now (the fence froze them): what the precopy
         missed or saw before it changed. The same filters as the phases that copied them."""
         cursor = txn.cursor(db=self._delta)
-        found = cursor.set_range(after) if after else cursor.first()
-        if found and after and cursor.key() == after:
-            found = cursor.next()
+        found = _resume(cursor, after)
         scanned = 0
         while found:
             noted = bytes(cursor.key())
@@ -890,29 +899,17 @@ class SlotMoves:
                 value = txn.get(key, db=self._accounts)
                 if value is None:
                     raise AssertionError(f"a written account {key.hex()} is missing")
-                out.append((K_ACCOUNT, key, bytes(value)))
-                owner = txn.get(key, db=self._owners)
-                if owner is not None:
-                    out.append((K_OWNER, key, bytes(owner)))
+                self._account_records(txn, key, bytes(value), out)
             elif kind == K_INDEX and self._in(key, slots):
                 value = txn.get(key, db=self._account_transfers)
-                if value is not None:  # None: written by a chain that was rolled back
-                    raw = txn.get(value[1:], db=self._transfers)
-                    if raw is None or len(raw) != TRANSFER_SIZE:
-                        raise AssertionError(f"account index names a missing transfer {bytes(value[1:]).hex()}")
-                    t = unpack_transfer(raw)
-                    other = t.credit_account_id if value[0] == 0 else t.debit_account_id
-                    if t.flags & _PENDING_FLAGS and not self._in(other.to_bytes(16, "big"), slots):
-                        return ExportPage((), None, ExportRefusal.pending_transfers)
-                    out.append((K_INDEX, key, bytes(value)))
-                    if value[0] == 0 or not self._in(other.to_bytes(16, "big"), slots):  # once per transfer
-                        out.append((K_TRANSFER, bytes(value[1:]), bytes(raw)))
+                # None: written by a chain that was rolled back
+                if value is not None and not self._index_records(txn, key, bytes(value), slots, out):
+                    return ExportPage((), None, ExportRefusal.pending_transfers)
             elif kind == K_TRANSFER and self._in(key, slots):
                 value = txn.get(key, db=self._transfers)
-                if value is not None:  # None: an id a PREPARED txn reserved, and its abort freed
-                    if value[0] == _ID_RESERVED_TAG and len(value) != TRANSFER_SIZE:
-                        return ExportPage((), None, ExportRefusal.reserved)
-                    out.append((K_TRANSFER, key, bytes(value)))
+                # None: an id a PREPARED txn reserved, and its abort freed
+                if value is not None and not self._id_record(key, bytes(value), out, precopy=False):
+                    return ExportPage((), None, ExportRefusal.reserved)
             elif kind == K_DECISION:
                 value = txn.get(key, db=self._decisions)
                 if value is not None and self._decision_moves(txn, value, slots):
@@ -923,14 +920,12 @@ class SlotMoves:
     def _export_pendings(self, txn, slots, after: bytes, records_max: int, out: list) -> ExportPage:
         """The status, and the expiry key of those still pending, of pending transfers whose accounts are in S."""
         cursor = txn.cursor(db=self._pending)
-        found = cursor.set_range(after) if after else cursor.first()
-        if found and after and cursor.key() == after:
-            found = cursor.next()
+        found = _resume(cursor, after)
         scanned = 0
         while found:
             key, status = cursor.item()
             if scanned >= EXPORT_SCAN_MAX or (out and len(out) + 2 > records_max):
-                return ExportPage(tuple(out), (5, _before(key)))
+                return ExportPage(tuple(out), (P_PENDINGS, _before(key)))
             scanned += 1
             raw = txn.get(key, db=self._transfers)
             if raw is not None and len(raw) == TRANSFER_SIZE:
@@ -942,6 +937,14 @@ class SlotMoves:
                         out.append((K_EXPIRY, expires + bytes(key), b""))
             found = cursor.next()
         return ExportPage(tuple(out), None)
+
+
+def _resume(cursor, after: bytes) -> bool:
+    """Place a cursor on the first key past `after` (b"": the first key); whether there is one."""
+    found = cursor.set_range(after) if after else cursor.first()
+    if found and after and cursor.key() == after:
+        found = cursor.next()
+    return found
 
 
 def _before(key: bytes) -> bytes:
