@@ -144,19 +144,18 @@ class SlotMover:
                 self.on_step(step)
             return step == stop_after
 
+        def abort() -> None:
+            self._abort(report, deadline)
+
         if arrived_before:  # every step up to `arrived` was done by the run that stopped
             report.steps_done.extend(STEPS[:STEPS.index("arrived") + 1])
         else:
-            result = self._step(source, sm.SlotMoveCommand(sm.TRACKING, (move_id, slots, target)), deadline)
-            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-                self._forget_state()
-                raise SlotMoveError(f"shard {source} will not give slots {_ranges(slots)}: {_result_text(result)}")
+            self._require(report, source, sm.SlotMoveCommand(sm.TRACKING, (move_id, slots, target)), deadline,
+                          f"shard {source} will not give slots {_ranges(slots)}", undo=self._forget_state)
             if done("tracking"):
                 return report
-            result = self._step(target, sm.SlotMoveCommand(sm.IMPORTING, (move_id, slots, source)), deadline)
-            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-                self._abort(report, deadline)
-                raise SlotMoveError(f"shard {target} will not take slots {_ranges(slots)}: {_result_text(result)}")
+            self._require(report, target, sm.SlotMoveCommand(sm.IMPORTING, (move_id, slots, source)), deadline,
+                          f"shard {target} will not take slots {_ranges(slots)}", undo=abort)
             if done("importing"):
                 return report
             sent: list[list[tuple[int, bytes, bytes]]] = []
@@ -164,27 +163,21 @@ class SlotMover:
             if done("precopy"):
                 return report
             fenced_at = time.monotonic()
-            result = self._step(source, sm.SlotMoveCommand(sm.LEAVING, (move_id, slots, target)), deadline)
-            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-                self._abort(report, deadline)
-                raise SlotMoveError(f"shard {source} will not fence slots {_ranges(slots)}: {_result_text(result)}")
+            self._require(report, source, sm.SlotMoveCommand(sm.LEAVING, (move_id, slots, target)), deadline,
+                          f"shard {source} will not fence slots {_ranges(slots)}", undo=abort)
             if done("leaving"):
                 return report
             self._copy(report, sent, deadline)
             if done("copy"):
                 return report
-            count = sum(len(p) for p in sent)
-            result = self._step(target, sm.SlotMoveCommand(sm.ARRIVED, (move_id, len(sent), count,
-                                                                         sm.records_digest(sent))), deadline)
-            if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-                self._abort(report, deadline)
-                raise SlotMoveError(f"shard {target} refused the copied slots: {_result_text(result)}")
+            arrived = sm.SlotMoveCommand(sm.ARRIVED, (move_id, len(sent), sum(len(p) for p in sent),
+                                                      sm.records_digest(sent)))
+            self._require(report, target, arrived, deadline, f"shard {target} refused the copied slots", undo=abort)
             if done("arrived"):
                 return report
         version = self._next_version(report)
-        result = self._step(source, sm.SlotMoveCommand(sm.SWITCHED, (move_id, version)), deadline)
-        if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-            raise SlotMoveError(f"shard {source} did not switch the slots over: {_result_text(result)}")
+        self._require(report, source, sm.SlotMoveCommand(sm.SWITCHED, (move_id, version)), deadline,
+                      f"shard {source} did not switch the slots over")
         if done("switched"):
             return report
         version = self._publish(report, deadline)
@@ -192,9 +185,8 @@ class SlotMover:
             report.pause_s = time.monotonic() - fenced_at
         if done("publish"):
             return report
-        result = self._step(source, sm.SlotMoveCommand(sm.GONE, (move_id, version)), deadline)
-        if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-            raise SlotMoveError(f"shard {source} did not forget the moved slots: {_result_text(result)}")
+        self._require(report, source, sm.SlotMoveCommand(sm.GONE, (move_id, version)), deadline,
+                      f"shard {source} did not forget the moved slots")
         self._forget_state()
         done("gone")
         return report
@@ -222,6 +214,17 @@ class SlotMover:
                 return shard
         return None
 
+    def _require(self, report: SlotMoveReport, shard_id: int, command: sm.SlotMoveCommand, deadline: float,
+                 refused: str, *, undo: Callable[[], None] | None = None) -> None:
+        """One step that must answer ok (or already, a replay); else `undo` (abort the move, forget it) and
+        raise SlotMoveError saying `refused` and why."""
+        result = self._step(shard_id, command, deadline)
+        if result in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
+            return
+        if undo is not None:
+            undo()
+        raise SlotMoveError(f"{refused}: {_result_text(result)}")
+
     def _arrived_or_aborted(self, report: SlotMoveReport, deadline: float) -> bool:
         """For a resumed move: True if the target took the slots (go on from `switched`); else abort it on both
         shards (the target first: it never served them) and return False."""
@@ -242,10 +245,9 @@ class SlotMover:
             records = [tuple(r) for r in unpack_value(page.records)]
             if records:
                 command = sm.SlotMoveCommand(sm.IMPORT, (report.move_id, len(sent), tuple(records)))
-                result = self._step(report.target, command, deadline)
-                if result not in (sm.SlotMoveResult.ok, sm.SlotMoveResult.already):
-                    self._abort(report, deadline)
-                    raise SlotMoveError(f"shard {report.target} refused page {len(sent)}: {_result_text(result)}")
+                self._require(report, report.target, command, deadline,
+                              f"shard {report.target} refused page {len(sent)}",
+                              undo=lambda: self._abort(report, deadline))
                 sent.append(records)
                 report.records += len(records)
                 self._note_progress(pages=len(sent), records=report.records)
