@@ -456,7 +456,9 @@ def test_export_waits_while_a_prepared_txn_holds_money_of_the_slot(cl):
     assert cl[0].read(cl[0].sm.slot_moves.export_page, 2).refusal == ExportRefusal.reserved
 
 
-def test_a_move_aborted_for_a_prepared_txn_succeeds_once_the_txn_finished(cl):
+def prepared_into_slot_3(cl: Cluster) -> tuple:
+    """x in slot 3 on shard 0; a cross-shard transfer of 6 into it from shard 2 (slot 5 moved there), coordinated
+    there, PREPARED on every participant and not decided: (x, the transfer, its group, its legs, the votes)."""
     (x,) = ids_in_slot(3, 1)
     (far,) = ids_in_slot(5, 1)
     cl.create_accounts(acct(x))
@@ -466,6 +468,22 @@ def test_a_move_aborted_for_a_prepared_txn_succeeds_once_the_txn_finished(cl):
     group = Group([t], 2)
     legs = legs_by_shard(group, cl.map)
     votes = [cl[s].apply(OP_PREPARE, [Prepare(group.key, 2, 1, ls)])[0] for s, ls in sorted(legs.items())]
+    return x, t, group, legs, votes
+
+
+def exported(shard: Shard, move_id: int) -> list:
+    """Every page of one export of a move, from its start (each must be refused nothing)."""
+    pages, cursor = [], None
+    while True:
+        page = shard.read(shard.sm.slot_moves.export_page, move_id, cursor)
+        assert page.refusal == ExportRefusal.none
+        pages += [page.records] if page.records else []
+        if (cursor := page.cursor) is None:
+            return pages
+
+
+def test_a_move_aborted_for_a_prepared_txn_succeeds_once_the_txn_finished(cl):
+    x, t, group, legs, votes = prepared_into_slot_3(cl)
     assert cl[0].cmd(LEAVING, 2, [3], 1) == R.ok
     assert cl[0].read(cl[0].sm.slot_moves.export_page, 2).refusal == ExportRefusal.reserved
     assert cl[0].cmd(ABORT, 2) == R.ok
@@ -696,35 +714,17 @@ def test_a_pending_transfer_split_during_the_precopy_refuses_the_move(cl):
 
 
 def test_a_txn_prepared_before_the_fence_and_finished_after_it_arrives_with_what_it_wrote(cl):
-    (x,) = ids_in_slot(3, 1)
-    (far,) = ids_in_slot(5, 1)
-    cl.create_accounts(acct(x))
-    cl.move([5], 0, 2)
-    cl.create_accounts(acct(far))
-    t = xfer(id_outside({3, 5}, 3000), far, x, 6)
-    group = Group([t], 2)
-    legs = legs_by_shard(group, cl.map)
-    assert all(cl[s].apply(OP_PREPARE, [Prepare(group.key, 2, 1, ls)])[0].prepared for s, ls in sorted(legs.items()))
+    x, t, group, legs, votes = prepared_into_slot_3(cl)
+    assert all(v.prepared for v in votes)
     a, b = cl[0], cl[1]
     assert a.cmd(TRACKING, 2, [3], 1) == R.ok and b.cmd(IMPORTING, 2, [3], 0) == R.ok
-    pages, cursor = [], None
-    while True:  # the precopy
-        page = a.read(a.sm.slot_moves.export_page, 2, cursor)
-        pages += [page.records] if page.records else []
-        if (cursor := page.cursor) is None:
-            break
+    pages = exported(a, 2)  # the precopy
     assert a.cmd(LEAVING, 2, [3], 1) == R.ok
     assert a.read(a.sm.slot_moves.export_page, 2).refusal == ExportRefusal.reserved
     decision = cl[2].apply(OP_DECIDE, [Decide(group.key, True, 0, 0, sorted(legs), [t.id])])[0]
     for s in sorted(legs):
         cl[s].apply(OP_FINISH, [finish_of(group.key, decision)])
-    cursor = None
-    while True:  # the catch-up: the commit wrote x's balance and history under the fence
-        page = a.read(a.sm.slot_moves.export_page, 2, cursor)
-        assert page.refusal == ExportRefusal.none
-        pages += [page.records] if page.records else []
-        if (cursor := page.cursor) is None:
-            break
+    pages += exported(a, 2)  # the catch-up: the commit wrote x's balance and history under the fence
     for n, records in enumerate(pages):
         assert b.cmd(IMPORT, 2, n, records) == R.ok
     assert b.cmd(ARRIVED, 2, len(pages), sum(map(len, pages)), records_digest(pages)) == R.ok
